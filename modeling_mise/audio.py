@@ -186,6 +186,8 @@ def load_audio(path: str | os.PathLike, target_sampling_rate: int | None = None)
                 errors.append(f"torchcodec: {message}")
     if data is None:
         raise AudioInputError(source, "not a readable audio file (" + "; ".join(errors) + ")")
+    if data.ndim == 2 and data.shape[1] > 1:
+        data = data.mean(axis=1, dtype=np.float64).astype(np.float32)  # decoders give (T, C): no layout guess
     waveform = prepare_waveform(data, sampling_rate, target_sampling_rate, source=source)
     return waveform, int(target_sampling_rate or sampling_rate)
 

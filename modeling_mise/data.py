@@ -257,7 +257,8 @@ class Corpus:
             ValueError: when no clip is usable.
         """
         waveforms, kept, rejections = [], [], []
-        for item in tqdm(self.items, desc="reading audio", disable=not show_progress, unit="clip"):
+        items = tqdm(self.items, desc="reading audio", disable=not show_progress, unit="clip")
+        for position, item in enumerate(items):
             try:
                 waveform = item.read(sampling_rate)
                 reason = rejection_reason(waveform, sampling_rate, min_seconds=min_seconds)
@@ -265,7 +266,7 @@ class Corpus:
                 reason = error.reason
             if reason is None:
                 waveforms.append(waveform)
-                kept.append(item.index)
+                kept.append(position)
                 continue
             if strict:
                 raise AudioInputError(f"{item.source} (row {item.row})", reason)
@@ -281,8 +282,7 @@ class Corpus:
             )
         if not kept:
             raise ValueError(f"{self.source}: none of the {len(self.items)} clips is usable")
-        positions = {item.index: position for position, item in enumerate(self.items)}
-        return waveforms, self.subset(positions[index] for index in kept), rejections
+        return waveforms, self.subset(kept), rejections
 
 
 def format_summary(summary: dict) -> str:
@@ -328,6 +328,9 @@ def _label_mapper(
     label_map: str | Mapping | None, drop_labels: Sequence[str], where: Callable[[int], str]
 ) -> Callable[[int, str], str | None]:
     """Return ``map(row, raw_label) -> mapped label or None (dropped)``."""
+    if isinstance(drop_labels, str):
+        drop_labels = [drop_labels]
+    drop_labels = drop_labels or ()
     dropped = {str(label).strip().casefold() for label in drop_labels}
     if label_map is None:
         table, strict = None, False
@@ -381,7 +384,6 @@ class _Table:
     where: Callable[[int], str]
     base_dir: Path | None = None
     is_audiofolder: bool = False
-    label_from_folder: bool = False
     converters: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
 
 
@@ -431,7 +433,7 @@ def _dataset_table(
     converters = {}
     for column, feature in dataset.features.items():
         if isinstance(feature, ClassLabel):
-            converters[column] = feature.int2str
+            converters[column] = _class_label_converter(feature)
         elif isinstance(feature, Audio) and feature.decode:
             dataset = dataset.cast_column(column, Audio(decode=False))
     if audio_column is None:
@@ -444,6 +446,11 @@ def _dataset_table(
         base_dir=base_dir,
         converters=converters,
     ), audio_column
+
+
+def _class_label_converter(feature: Any) -> Callable[[int], str | None]:
+    """ClassLabel id -> name; ``-1`` (datasets' missing label) -> ``None``."""
+    return lambda value: None if value is None or int(value) < 0 else feature.int2str(int(value))
 
 
 def _is_saved_dataset(directory: Path) -> bool:
@@ -561,6 +568,44 @@ def load_corpus(
     """
     source = os.fspath(source)
     table, audio_column = _open_source(source, split, data_dir, audio_column)
+    columns = _resolve_columns(
+        table, audio_column, label_column, speaker_column, transcript_column, session_column
+    )
+    mapper = _label_mapper(label_map, drop_labels, table.where)
+    items, dropped = [], Counter()
+    for row, record in enumerate(_select(table.rows, columns)):
+        fields = _read_row(table, columns, row, record)
+        label = mapper(row, fields["label"])
+        if label is None:
+            dropped[fields["label"]] += 1
+            continue
+        items.append(CorpusItem(index=len(items), row=row, fingerprint="", **{**fields, "label": label}))
+    if not items:
+        raise ValueError(f"{table.name}: no clip left after label mapping (dropped: {dict(dropped)})")
+    if dropped:
+        logger.info("%s: dropped %d clips with labels %s", table.name, sum(dropped.values()), dict(dropped))
+    _fingerprint_items(items)
+    return Corpus(items, source=table.name, dropped=dropped)
+
+
+@dataclass
+class _Columns:
+    audio: str
+    label: str | None  # None: the audiofolder's label folders
+    speaker: str
+    transcript: str | None
+    session: str | None
+
+
+def _resolve_columns(
+    table: _Table,
+    audio_column: str | None,
+    label_column: str,
+    speaker_column: str,
+    transcript_column: str | None,
+    session_column: str | None,
+) -> _Columns:
+    """Check the required columns exist (naming the missing one and the available ones)."""
     if audio_column is None:
         audio_column = next((c for c in AUDIO_COLUMN_CANDIDATES if c in table.columns), None)
         if audio_column is None:
@@ -575,8 +620,8 @@ def load_corpus(
             label_column = "label"
         else:
             logger.info("%s: no %r column, using folder names as labels", table.name, label_column)
-            table.label_from_folder = True
-    if not table.label_from_folder:
+            label_column = None
+    if label_column is not None:
         _require_column(table, label_column, "label")
     hint = ""
     if table.is_audiofolder:
@@ -590,63 +635,56 @@ def load_corpus(
         transcript_column = None
     if session_column and session_column not in table.columns:
         session_column = None
+    return _Columns(audio_column, label_column, speaker_column, transcript_column, session_column)
 
-    mapper = _label_mapper(label_map, drop_labels, table.where)
-    convert = table.converters
-    items, dropped = [], Counter()
-    wanted = [c for c in (audio_column, label_column, speaker_column, transcript_column, session_column) if c]
-    rows = (
-        table.rows.select_columns(list(dict.fromkeys(wanted)))
-        if hasattr(table.rows, "select_columns")
-        else table.rows
-    )
 
-    def value(record: dict, column: str | None) -> str | None:
+def _select(rows: Iterable[dict], columns: _Columns) -> Iterable[dict]:
+    """Only the needed columns of a ``datasets`` source (others may be large)."""
+    if not hasattr(rows, "select_columns"):
+        return rows
+    wanted = [columns.audio, columns.label, columns.speaker, columns.transcript, columns.session]
+    return rows.select_columns(list(dict.fromkeys(c for c in wanted if c)))
+
+
+def _read_row(table: _Table, columns: _Columns, row: int, record: dict) -> dict:
+    """One source row -> the fields of a :class:`CorpusItem` with the raw label; ValueError naming the row."""
+
+    def value(column: str | None) -> str | None:
         if not column or record.get(column) is None:
             return None
         cell = record[column]
-        return _cell(convert[column](cell) if column in convert else cell)
+        return _cell(table.converters[column](cell) if column in table.converters else cell)
 
-    for row, record in enumerate(rows):
-        path, audio = _audio_reference(record.get(audio_column), table.base_dir)
-        if path is None and audio is None:
-            raise ValueError(f"{table.where(row)}: empty audio cell in column {audio_column!r}")
-        if table.label_from_folder:
-            folder = Path(path or (audio or {}).get("path") or "").resolve().parent
-            if folder == table.base_dir.resolve():
-                raise ValueError(
-                    f"{table.where(row)}: {path} lies at the top of the audiofolder, so it has no label folder, "
-                    f"and there is no {label_column!r} column in metadata"
-                )
-            raw_label = _cell(folder.name)
-        else:
-            raw_label = value(record, label_column)
-        if raw_label is None:
-            raise ValueError(f"{table.where(row)}: empty label in column {label_column!r}")
-        speaker = value(record, speaker_column)
-        if speaker is None:
-            raise ValueError(f"{table.where(row)}: empty speaker in column {speaker_column!r}")
-        label = mapper(row, raw_label)
-        if label is None:
-            dropped[raw_label] += 1
-            continue
-        items.append(
-            CorpusItem(
-                index=len(items),
-                row=row,
-                path=path,
-                audio=audio,
-                label=label,
-                speaker=speaker,
-                transcript=value(record, transcript_column),
-                session=value(record, session_column),
-                fingerprint="",
+    path, audio = _audio_reference(record.get(columns.audio), table.base_dir)
+    if path is None and audio is None:
+        raise ValueError(f"{table.where(row)}: empty audio cell in column {columns.audio!r}")
+    if columns.label is None:
+        folder = Path(path or (audio or {}).get("path") or "").resolve().parent
+        if folder == table.base_dir.resolve():
+            raise ValueError(
+                f"{table.where(row)}: {path} lies at the top of the audiofolder, so it has no label folder, "
+                "and metadata has no label column"
             )
-        )
-    if not items:
-        raise ValueError(f"{table.name}: no clip left after label mapping (dropped: {dict(dropped)})")
-    if dropped:
-        logger.info("%s: dropped %d clips with labels %s", table.name, sum(dropped.values()), dict(dropped))
+        raw_label = _cell(folder.name)
+    else:
+        raw_label = value(columns.label)
+    if raw_label is None:
+        raise ValueError(f"{table.where(row)}: empty label in column {columns.label!r}")
+    speaker = value(columns.speaker)
+    if speaker is None:
+        raise ValueError(f"{table.where(row)}: empty speaker in column {columns.speaker!r}")
+    return {
+        "path": path,
+        "audio": audio,
+        "label": raw_label,
+        "speaker": speaker,
+        "transcript": value(columns.transcript),
+        "session": value(columns.session),
+    }
+
+
+def _fingerprint_items(items: list[CorpusItem]) -> None:
+    """Content fingerprints and durations (header only) of every item, reading each file once."""
     for item in tqdm(items, desc="fingerprinting", disable=len(items) < 2000, unit="clip"):
         if item.audio is None:
             item.fingerprint, item.duration_s = _fingerprint_file(item.path)
@@ -656,4 +694,3 @@ def load_corpus(
             array, rate = item.audio["array"], item.audio["sampling_rate"]
             item.fingerprint = fingerprint_array(array, rate)
             item.duration_s = len(array) / rate if np.ndim(array) == 1 else None
-    return Corpus(items, source=table.name, dropped=dropped)

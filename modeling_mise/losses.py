@@ -202,6 +202,9 @@ def text_mi_lower_bound(
     predicted_codes: torch.Tensor,
     temperature: float = 0.07,
 ) -> torch.Tensor:
-    """InfoNCE bound ``I(t; h) >= log N - InfoNCE(Q_t(h), z_t)`` in nats over a batch of N pairs."""
+    """InfoNCE bound ``I(t; h) >= log N - InfoNCE(z_t, Q_t(h))`` in nats over a batch of N pairs.
+
+    The text codes are the queries and the predictions the keys, as in SPEC's ``L_It`` and the generator's loss.
+    """
     _check_pair("text_codes", text_codes, "predicted_codes", predicted_codes)
-    return math.log(text_codes.shape[0]) - info_nce(predicted_codes, text_codes, temperature)
+    return math.log(text_codes.shape[0]) - info_nce(text_codes, predicted_codes, temperature)

@@ -62,6 +62,17 @@ def test_44k_stereo_int16_becomes_16k_mono_float32(tmp_path):
     assert native_rate == 44100 and native.shape[0] == stereo.shape[0]
 
 
+def test_six_channel_flac_downmixes(tmp_path):
+    channels = np.stack(
+        [_sine(300.0, 0.5, 48000, amplitude=0.1 * (k + 1)) for k in range(6)], axis=1
+    )  # (T, 6)
+    path = tmp_path / "surround.flac"
+    soundfile.write(path, channels, 48000)
+    waveform, sampling_rate = load_audio(path, target_sampling_rate=16000)
+    assert sampling_rate == 16000 and waveform.shape == (8000,)
+    assert np.abs(waveform[500:-500]).max() == pytest.approx(0.35, abs=0.01)
+
+
 def test_prepare_waveform_scales_int_pcm_and_downmixes_any_layout():
     int16 = np.array([0, 16384, -32768, 32767], dtype=np.int16)
     np.testing.assert_allclose(prepare_waveform(int16, 16000), [0.0, 0.5, -1.0, 32767 / 32768], atol=1e-6)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,9 +142,10 @@ def test_text_mi_lower_bound_perfect_and_by_hand():
     expected = math.log(4) - math.log(1 + 3 * math.exp(-1 / 0.07))
     assert text_mi_lower_bound(codes, codes.clone()).item() == pytest.approx(expected, rel=1e-5)
     assert text_mi_lower_bound(codes, codes.clone()).item() == pytest.approx(math.log(4), abs=1e-5)
-    # 2 x 2 by hand with tau = 1, pred = K normalised = [[1, 1]/sqrt2, [0, 1]], codes = I:
-    # cos(pred_i, code_j) = [[1/sqrt2, 1/sqrt2], [0, 1]] -> row 0: log(1 + e^0), row 1: log(1 + e^-1)
-    nce = (math.log(2) + math.log(1 + math.exp(-1))) / 2
+    # 2 x 2 by hand with tau = 1, codes = I as queries, pred = K normalised = [[1, 1]/sqrt2, [0, 1]] as keys:
+    # cos(code_i, pred_j) = [[1/sqrt2, 0], [1/sqrt2, 1]] -> row 0: log(1 + e^(0 - 1/sqrt2)), row 1: log(1 + e^(1/sqrt2 - 1))
+    r = 1 / math.sqrt(2)
+    nce = (math.log(1 + math.exp(-r)) + math.log(1 + math.exp(r - 1))) / 2
     value = text_mi_lower_bound(torch.eye(2), K, temperature=1.0).item()
     assert value == pytest.approx(math.log(2) - nce, rel=1e-5)
 
@@ -201,3 +204,16 @@ def test_sample_beta_follows_beta_distribution(alpha: float):
     draws = [sample_beta(alpha, generator) for _ in range(1500)]
     assert all(0.0 <= d <= 1.0 for d in draws)
     assert stats.kstest(draws, stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+
+
+def test_losses_module_imports_only_torch_math_typing():
+    """Modeling files copy losses.py next to saved weights (trust_remote_code): no package imports allowed."""
+    source = Path(__file__).resolve().parents[1] / "modeling_mise" / "losses.py"
+    imported = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative import in losses.py"
+            imported.add(node.module.split(".")[0])
+    assert imported <= {"__future__", "math", "typing", "torch"}, imported
