@@ -41,7 +41,41 @@ def build_parser() -> argparse.ArgumentParser:
     classify_parser.add_argument(
         "--top_k", type=int, default=None, help="scores to show per clip (default: all)"
     )
+    push_parser = commands.add_parser(
+        "push",
+        help="publish a training run: build OUT/hub/{encoder,generator,classifier} with model cards and upload",
+        description="Build the upload-ready folders OUT/hub/{encoder,generator,classifier} (weights, code, "
+        "config with auto_map, model card), validate them offline, then create <org>/<prefix>-<model> on the "
+        "Hub and upload. Nothing of the run is deleted: a failed push can be rerun.",
+    )
+    push_parser.add_argument("output_dir", help="run folder written by training/train.py (--output_dir)")
+    push_parser.add_argument("--org", required=True, help="Hub user or organisation that receives the repos")
+    push_parser.add_argument(
+        "--prefix", default=None, help="repository name prefix: <prefix>-encoder, ... (default: mise)"
+    )
+    push_parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or `hf auth login`)")
+    push_parser.add_argument("--private", action="store_true", help="create the repositories as private")
+    push_parser.add_argument(
+        "--license", default=None, help="licence id for the cards (default: the training corpus' licence)"
+    )
+    push_parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="only build and validate OUT/hub/* (no token, no network)",
+    )
     return parser
+
+
+def push(args: argparse.Namespace) -> dict:
+    """The `push` subcommand: build and validate the Hub folders, then upload them unless `--dry_run`."""
+    from .hub import build_hub_folders, push_run
+
+    if args.dry_run:
+        folders = build_hub_folders(args.output_dir, args.org, args.prefix, license=args.license)
+        return {kind: str(folder) for kind, folder in folders.items()}
+    return push_run(
+        args.output_dir, args.org, args.prefix, token=args.token, private=args.private, license=args.license
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         for result in results:
             print(json.dumps(result))
+    elif args.command == "push":
+        from .hub import HubPushError
+
+        try:
+            pushed = push(args)
+        except (HubPushError, ValueError, OSError) as error:
+            print(f"mise push: {error}", file=sys.stderr)
+            return 2
+        print(json.dumps(pushed, indent=2))
     return 0
 
 

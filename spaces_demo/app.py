@@ -1,0 +1,334 @@
+"""MISE speech emotion recognition Space: upload or record a clip, get the probability of each emotion.
+
+The end-to-end audio classifier (audio -> frozen encoder -> aligned `z_a` -> emotion classifier) is loaded
+once, at import. Settings, all optional, from the environment:
+
+- `MISE_MODEL`: Hub id or local folder of the classifier (default: `runs/ravdess/models/audio-classifier`,
+  which `make train` writes, relative to the repository root).
+- `MISE_EXAMPLES`: folder of example clips (default: `examples/` next to this file; none shown when absent).
+- `MISE_MAX_SECONDS`: longer clips are cropped to their first `MISE_MAX_SECONDS` (default: the model's).
+- `MISE_HARD_LIMIT_SECONDS`: longer clips are refused (default 120).
+- `MISE_CONCURRENCY`: classifications run at once; further requests wait in the queue (default 2).
+"""
+
+from __future__ import annotations
+
+import html
+import inspect
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import soundfile
+import torch
+from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+import modeling_mise  # noqa: F401  (registers the MISE classes with the transformers Auto classes)
+from modeling_mise.audio import AudioInputError, crop, load_audio, prepare_waveform, rejection_reason
+
+logger = logging.getLogger("mise.space")
+
+APP_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL = APP_DIR.parent / "runs" / "ravdess" / "models" / "audio-classifier"
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+QUEUE_SIZE = 64
+MAX_UPLOAD = "50mb"
+
+
+def env_number(name: str, default: float | None) -> float | None:
+    """A positive number from the environment variable `name`; ValueError naming it for anything else."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return number
+
+
+@dataclass
+class LoadedModel:
+    """The classifier, its feature extractor and what the page needs to know about them."""
+
+    model: torch.nn.Module
+    feature_extractor: object
+    source: str
+    sampling_rate: int
+    id2label: dict[int, str]
+    multimodal: bool
+    max_seconds: float
+    hard_limit_seconds: float
+
+
+@dataclass
+class Clip:
+    """A decoded, validated clip ready for the model, and what was done to it."""
+
+    name: str
+    waveform: np.ndarray  # (T,) float32 mono at the model's rate
+    seconds: float  # duration of the file, before cropping
+    sampling_rate: int  # the file's own rate
+    channels: int | None  # None when the decoder does not say
+    notices: list[str] = field(default_factory=list)
+
+
+def load_model(source: str | None = None) -> tuple[LoadedModel | None, str | None]:
+    """Load the end-to-end classifier from `source` (default: `MISE_MODEL`, else the folder `make train` writes).
+
+    Returns:
+        `(model, None)`, or `(None, message)` with a message for the page when there is no usable model.
+    """
+    source = source or os.environ.get("MISE_MODEL") or str(DEFAULT_MODEL)
+    hint = (
+        "Train one (`make train` writes `runs/ravdess/models/audio-classifier`) or set `MISE_MODEL` to a "
+        "Hub id or to a folder written by `save_pretrained`."
+    )
+    if not Path(source).expanduser().exists() and not HUB_ID.match(source):
+        return None, f"No model found at `{source}`. {hint}"
+    source = str(Path(source).expanduser()) if Path(source).expanduser().exists() else source
+    try:
+        model = AutoModelForAudioClassification.from_pretrained(source).eval()
+        feature_extractor = AutoFeatureExtractor.from_pretrained(source)
+    except Exception as error:  # the page shows why; any failure to load must not crash the Space
+        reason = (
+            str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
+        )
+        return None, f"Could not load the model `{source}`: {reason}. {hint}"
+    id2label = {int(index): name for index, name in model.config.id2label.items()}
+    try:
+        max_seconds = env_number("MISE_MAX_SECONDS", getattr(model.config, "max_duration_s", None) or 30.0)
+        hard_limit = env_number("MISE_HARD_LIMIT_SECONDS", 120.0)
+    except ValueError as error:
+        return None, str(error)
+    # the feature extractor crops silently: never promise more than it keeps
+    max_seconds = min(max_seconds, float(getattr(feature_extractor, "max_duration_s", None) or np.inf))
+    loaded = LoadedModel(
+        model=model,
+        feature_extractor=feature_extractor,
+        source=source,
+        sampling_rate=int(feature_extractor.sampling_rate),
+        id2label=id2label,
+        # MISE models say whether their classifier takes [z_a; z_t]; other audio classifiers take audio only
+        multimodal=bool(getattr(model, "multimodal", False))
+        and "transcripts" in inspect.signature(model.forward).parameters,
+        max_seconds=max_seconds,
+        hard_limit_seconds=max(hard_limit, max_seconds),
+    )
+    if loaded.multimodal:  # load the text side now, not lazily inside the first (concurrent) requests
+        try:
+            noise = np.random.default_rng(0).normal(0.0, 0.1, loaded.sampling_rate).astype(np.float32)
+            predict(loaded, noise, "warm-up")
+        except Exception as error:  # e.g. the text encoder cannot be found offline
+            return (
+                None,
+                f"Could not load the text side of `{source}`: {type(error).__name__}: {error}. {hint}",
+            )
+    return loaded, None
+
+
+def _channel_count(path: str) -> int | None:
+    """Channels of a file FFmpeg decodes (torchcodec metadata), or None when unknown."""
+    try:
+        from torchcodec.decoders import AudioDecoder
+
+        return int(AudioDecoder(path).metadata.num_channels)
+    except Exception:  # torchcodec missing or without FFmpeg: the count is only informative
+        return None
+
+
+def _decode(path: str, name: str) -> tuple[np.ndarray, int, int | None]:
+    """Samples `(T, C)`, sampling rate and channel count of an audio file; AudioInputError naming `name`."""
+    try:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        return data, int(rate), int(data.shape[1])
+    except Exception:  # not a libsndfile format: load_audio tries FFmpeg and says why it failed
+        pass
+    try:
+        waveform, rate = load_audio(path)
+    except AudioInputError as error:
+        raise AudioInputError(name, error.reason) from None
+    return waveform[:, None], rate, _channel_count(path)
+
+
+def read_clip(
+    path: str, sampling_rate: int, max_seconds: float, hard_limit_seconds: float, name: str | None = None
+) -> Clip:
+    """Decode, check, crop, downmix and resample one clip for a model taking `sampling_rate` Hz mono.
+
+    Raises:
+        AudioInputError: naming the file, for a non-audio, empty, silent, too short or too long clip.
+    """
+    name = name or Path(path).name
+    try:
+        info = soundfile.info(path)
+        header_seconds = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+    except Exception:  # not a libsndfile format: the duration is checked after decoding
+        header_seconds = 0.0
+    too_long = f"longer than the {hard_limit_seconds:g} s this demo accepts; trim it first"
+    if header_seconds > hard_limit_seconds:
+        raise AudioInputError(name, f"{header_seconds:.1f} s is {too_long}")
+    data, rate, channels = _decode(path, name)
+    if data.shape[0] == 0:
+        raise AudioInputError(name, "empty clip (0 samples)")
+    seconds = data.shape[0] / rate
+    if seconds > hard_limit_seconds:
+        raise AudioInputError(name, f"{seconds:.1f} s is {too_long}")
+    data, cropped = crop(data, rate, max_seconds)
+    waveform = prepare_waveform(data, rate, sampling_rate, source=name)
+    reason = rejection_reason(waveform, sampling_rate)
+    if reason is not None and not np.any(waveform):
+        reason = "silent (every sample is zero)"
+    if reason is not None:
+        raise AudioInputError(name, f"{reason}; nothing to classify")
+    notices = []
+    if cropped:
+        notices.append(f"Cropped to the first {max_seconds:g} s (the clip is {seconds:.1f} s long).")
+    if rate != sampling_rate:
+        notices.append(f"Resampled from {rate} Hz to {sampling_rate} Hz, the model's rate.")
+    if channels is not None and channels > 1:
+        notices.append(f"Downmixed {channels} channels to mono.")
+    return Clip(name, waveform, seconds, rate, channels, notices)
+
+
+@torch.inference_mode()
+def predict(loaded: LoadedModel, waveform: np.ndarray, transcript: str | None = None) -> dict[str, float]:
+    """Probability of each emotion for a mono waveform at the model's rate."""
+    inputs = loaded.feature_extractor(waveform, sampling_rate=loaded.sampling_rate, return_tensors="pt")
+    extra = {}
+    if loaded.multimodal and transcript and transcript.strip():
+        extra["transcripts"] = [transcript.strip()]
+    logits = loaded.model(**inputs, **extra).logits[0]
+    probabilities = logits.float().softmax(dim=-1).tolist()
+    return {loaded.id2label[index]: p for index, p in enumerate(probabilities)}
+
+
+def describe(clip: Clip, scores: dict[str, float], used_transcript: bool) -> str:
+    """Markdown summary of a classified clip: prediction, duration, rate, channels and notices."""
+    label = max(scores, key=scores.get)
+    channels = "?" if clip.channels is None else str(clip.channels)
+    lines = [
+        f"**Prediction: {label}** ({scores[label]:.0%})",
+        "",
+        "| clip | duration | sample rate | channels |",
+        "|---|---|---|---|",
+        f"| `{clip.name.replace('`', '')}` | {clip.seconds:.2f} s | {clip.sampling_rate} Hz | {channels} |",
+        "",
+    ]
+    lines += [f"- {notice}" for notice in clip.notices]
+    if used_transcript:
+        lines.append("- The transcript was used.")
+    return "\n".join(lines)
+
+
+def _refuse(message: str) -> tuple[None, str]:
+    gr.Warning(html.escape(message.replace("`", "")))  # the toast renders HTML; file names are user input
+    return None, f"⚠️ {message}"
+
+
+MODEL, LOAD_ERROR = load_model()
+if LOAD_ERROR:
+    logger.warning(LOAD_ERROR)
+
+
+def classify(audio: str | None, transcript: str | None = "") -> tuple[dict[str, float] | None, str]:
+    """Classify one clip, given as a file path.
+
+    Returns:
+        The probability of each emotion (for `gr.Label`) and a Markdown description of the clip; for an
+        unusable clip (or no model), `None` and a readable message naming the file and the reason.
+    """
+    if MODEL is None:
+        return _refuse(LOAD_ERROR or "No model is loaded.")
+    if not audio:
+        return _refuse("Upload or record a clip first.")
+    name = Path(audio).name
+    try:
+        clip = read_clip(audio, MODEL.sampling_rate, MODEL.max_seconds, MODEL.hard_limit_seconds, name)
+        scores = predict(MODEL, clip.waveform, transcript)
+    except AudioInputError as error:
+        return _refuse(f"Could not classify `{error.source}`: {error.reason}.")
+    except Exception as error:  # keep serving; the server log has the traceback
+        logger.exception("classification of %s failed", name)
+        return _refuse(f"Could not classify `{name}`: {type(error).__name__}: {error}")
+    used_transcript = bool(MODEL.multimodal and transcript and transcript.strip())
+    return scores, describe(clip, scores, used_transcript)
+
+
+def find_examples(folder: str | None = None, limit: int = 6) -> list[Path]:
+    """Audio files in `folder` (default: `MISE_EXAMPLES`, else `examples/` next to this file)."""
+    folder = folder or os.environ.get("MISE_EXAMPLES") or "examples"
+    path = Path(folder).expanduser()
+    if not path.is_absolute():
+        path = APP_DIR / path
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)[:limit]
+
+
+INTRO = """# MISE: speech emotion recognition
+Upload or record a clip to get the probability of each emotion. The model is the end-to-end classifier of
+[MISE](https://arxiv.org/abs/2510.10078): a frozen audio encoder, the aligned audio-text space and an emotion
+classifier trained on real plus generated features. Any sample rate or channel count is accepted (the clip is
+resampled and downmixed); long clips are cropped."""
+
+
+def build_demo() -> gr.Blocks:
+    """The Space's page: audio in (upload or microphone), emotion probabilities and clip details out."""
+    with gr.Blocks(title="MISE speech emotion recognition") as demo:
+        gr.Markdown(INTRO)
+        if MODEL is None:
+            gr.Markdown(f"⚠️ **No model is loaded.** {LOAD_ERROR}", elem_id="model-error")
+        with gr.Row():
+            with gr.Column():
+                audio = gr.Audio(
+                    sources=["upload", "microphone"], type="filepath", label="Clip", elem_id="clip"
+                )
+                multimodal = MODEL is not None and MODEL.multimodal
+                transcript = gr.Textbox(
+                    label="Transcript (optional)", visible=multimodal, elem_id="transcript", lines=2
+                )
+                if not multimodal:
+                    gr.Markdown("This model is audio-only: it uses no transcript.", elem_id="transcript-note")
+                button = gr.Button(
+                    "Classify", variant="primary", interactive=MODEL is not None, elem_id="classify"
+                )
+            with gr.Column():
+                label = gr.Label(
+                    num_top_classes=len(MODEL.id2label) if MODEL else None, label="Emotion", elem_id="emotion"
+                )
+                info = gr.Markdown(elem_id="clip-info")
+        if MODEL is not None:
+            shown = MODEL.source if HUB_ID.match(MODEL.source) else Path(MODEL.source).name
+            limits = (
+                f"Model: `{shown}` · {len(MODEL.id2label)} emotions · clips over "
+                f"{MODEL.max_seconds:g} s are cropped, over {MODEL.hard_limit_seconds:g} s refused."
+            )
+            gr.Markdown(limits, elem_id="model-info")
+        button.click(classify, inputs=[audio, transcript], outputs=[label, info], api_name="classify")
+        examples = find_examples()
+        if examples:
+            inputs = [audio, transcript] if multimodal else [audio]
+            rows = [[str(path), ""] if multimodal else [str(path)] for path in examples]
+            gr.Examples(rows, inputs=inputs, cache_examples=False, label="Examples")
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    try:
+        concurrency_limit = int(env_number("MISE_CONCURRENCY", 2))
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    example_dirs = sorted({str(path.parent) for path in find_examples()})
+    demo.queue(default_concurrency_limit=concurrency_limit, max_size=QUEUE_SIZE).launch(
+        max_file_size=MAX_UPLOAD, allowed_paths=example_dirs
+    )

@@ -1,0 +1,368 @@
+"""Publishing a run: upload-ready folders, model cards with model-index, clean-process loading, the card
+snippets as written, the pipeline on the classifier folder, and a push that fails clearly and loses nothing.
+
+The run is a real (tiny) `training/train.py` run on 40 RAVDESS clips of 5 speakers, one fold.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard, constants
+from transformers import pipeline
+
+import modeling_mise  # noqa: F401  (registers the Auto classes and the pipeline)
+from modeling_mise import MiseAlignerModel, MiseForAudioClassification, MiseGeneratorModel
+from modeling_mise.audio import load_audio
+from modeling_mise.cli import main as mise_main
+from modeling_mise.encoders import load_audio_encoder
+from modeling_mise.hub import (
+    HubPushError,
+    RunFolderError,
+    build_hub_folders,
+    push_run,
+    read_run,
+    repo_ids,
+    run_without_package,
+    validate_hub_folder,
+)
+from modeling_mise.hub_cards import card_context, render_card, template_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ORG, PREFIX = "mise-test", "mise-ravdess"
+KINDS = ("encoder", "generator", "classifier")
+CODE_FILES = {
+    "encoder": {"configuration_aligner.py", "modeling_aligner.py", "layers.py", "losses.py"},
+    "generator": {"configuration_generator.py", "modeling_generator.py", "layers.py", "losses.py"},
+    "classifier": {
+        "configuration_audio_classifier.py",
+        "modeling_audio_classifier.py",
+        "feature_extraction_mise.py",
+        "encoders.py",
+        "audio.py",
+    },
+}
+
+
+def snapshot(folder: Path, skip: str | None = None) -> dict[str, str]:
+    """sha256 of every file under `folder` (optionally leaving out one top-level sub-folder)."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and (skip is None or path.relative_to(folder).parts[0] != skip)
+    }
+
+
+def usage_snippet(readme: Path) -> str:
+    """The first Python code block of the card's "How to use" section, exactly as written."""
+    match = re.search(r"^## How to use\n.*?```python\n(.*?)```", readme.read_text(), re.S | re.M)
+    assert match, f"{readme}: no python block under '## How to use'"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, ravdess_rows):
+    """A finished `training/train.py` run (one fold + final models) and its built `OUT/hub` folders."""
+    root = tmp_path_factory.mktemp("hub_run")
+    data_dir = root / "ravdess"
+    data_dir.mkdir()
+    speakers = sorted({row["speaker"] for row in ravdess_rows})[:5]
+    chosen, seen = [], set()
+    for row in ravdess_rows:  # one clip per speaker and emotion: every class on every side of the folds
+        key = (row["speaker"], row["emotion"])
+        if row["speaker"] in speakers and key not in seen:
+            seen.add(key)
+            chosen.append(row)
+    with open(data_dir / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(chosen[0]))
+        writer.writeheader()
+        writer.writerows(chosen)
+    out = root / "OUT"
+    # fmt: off
+    command = [
+        sys.executable, "training/train.py", "training/configs/ravdess.yaml",
+        "--dataset", "manifest.csv", "--data_dir", str(data_dir), "--output_dir", str(out),
+        "--max_folds", "1", "--num_validation_speakers", "1", "--aligner_epochs", "3",
+        "--generator_epochs", "2", "--generator_eval_every", "1", "--classifier_epochs", "3",
+        "--checkpoint_every", "0", "--report_to", "none", "--cache_dir", str(root / "cache"),
+    ]
+    # fmt: on
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    before = snapshot(out)
+    # `mise push --dry_run`: build OUT/hub/* and validate it (cards, files, clean-process remote code)
+    assert mise_main(["push", str(out), "--org", ORG, "--prefix", PREFIX, "--dry_run"]) == 0
+    assert snapshot(out, skip="hub") == before, "building the Hub folders changed the run outside OUT/hub"
+    return out, {kind: out / "hub" / kind for kind in KINDS}
+
+
+def test_templates_live_in_the_repository():
+    assert template_dir() == REPO_ROOT / "model_cards"
+    assert {p.name for p in template_dir().glob("*.md")} >= {"encoder.md", "generator.md", "classifier.md"}
+
+
+def test_folders_and_cards(trained_run):
+    out, folders = trained_run
+    run = read_run(out)
+    assert set(folders) == set(KINDS) and all(
+        folder == out / "hub" / kind for kind, folder in folders.items()
+    )
+    assert json.loads((out / "hub" / "repos.json").read_text()) == repo_ids(ORG, PREFIX)
+    id2label = json.loads((out / "models" / "classifier" / "config.json").read_text())["id2label"]
+    fold = run.folds[0]
+    for kind, folder in folders.items():
+        files = {path.name for path in folder.iterdir()}
+        assert {"config.json", "model.safetensors", "README.md"} | CODE_FILES[kind] <= files, files
+        assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+        auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+        assert {"AutoConfig", "AutoModel"} <= set(auto_map)
+        card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
+        data = card.data
+        assert data.model_name == f"{PREFIX}-{kind}"
+        assert data.library_name == "transformers" and data.license == "cc-by-nc-sa-4.0"
+        assert data.pipeline_tag == ("audio-classification" if kind == "classifier" else "feature-extraction")
+        assert data.base_model == ["sentence-transformers/all-MiniLM-L6-v2"]  # openSMILE is not a Hub model
+        assert data.datasets == ["ravdess"] and data.language == ["en"]
+        results = {result.metric_name: result for result in data.eval_results}
+        uar = results["UAR (unweighted average recall, pooled over folds)"]
+        assert uar.metric_value == round(run.summary["uar_pooled"], 4) and uar.metric_type == "recall"
+        assert uar.dataset_name == "RAVDESS" and "leave-one-speaker-out" in uar.dataset_split
+        assert results["WA (weighted accuracy, pooled over folds)"].metric_value == round(
+            run.summary["wa_pooled"], 4
+        )
+        text = card.text
+        assert all(f"`{label}`" in text for label in id2label.values())
+        assert f"{100 * fold['uar']:.2f} %" in text and "aligner_epochs: 3" in text
+        assert "arXiv:2510.10078" in text and "Livingstone & Russo" in text
+        assert all(f"{ORG}/{PREFIX}-{other}" in text for other in KINDS)
+    classifier_folder = folders["classifier"]
+    extractor = json.loads((classifier_folder / "preprocessor_config.json").read_text())
+    assert "AutoFeatureExtractor" in extractor["auto_map"]
+    assert (
+        "AutoModelForAudioClassification"
+        in json.loads((classifier_folder / "config.json").read_text())["auto_map"]
+    )
+    generator_card = (folders["generator"] / "README.md").read_text()
+    quality = fold["stages"]["generator"]["quality"]
+    assert (
+        f"{quality['mi_emotion_nats']:.3f}" in generator_card
+        and f"{quality['frechet_distance']:.3f}" in generator_card
+    )
+    assert (
+        "H(y) − CE(Q_y(h_hat), y)" in generator_card
+        and "fitted on **real** training features only" in generator_card
+    )
+
+
+def test_validation_catches_broken_folders(trained_run, tmp_path):
+    out, folders = trained_run
+    run = read_run(out)
+    broken = tmp_path / "classifier"
+    shutil.copytree(folders["classifier"], broken)
+    (broken / "encoders.py").unlink()  # imported by modeling_audio_classifier.py
+    with pytest.raises(RunFolderError, match="encoders.py"):
+        validate_hub_folder(broken, "classifier", run)
+    wrong = tmp_path / "encoder"
+    shutil.copytree(folders["encoder"], wrong)
+    readme = wrong / "README.md"
+    expected = round(run.summary["uar_pooled"], 4)
+    readme.write_text(readme.read_text().replace(f"value: {expected}\n", "value: 0.999\n", 1))
+    with pytest.raises(RunFolderError, match="does not match summary.json"):
+        validate_hub_folder(wrong, "encoder", run)
+    (wrong / "pytorch_model.bin").write_bytes(b"\x80")
+    with pytest.raises(RunFolderError, match="pickle"):
+        validate_hub_folder(wrong, "encoder", run)
+
+
+def seed_hub_cache(hf_home: Path, repo_id: str, folder: Path) -> None:
+    """Lay out `folder` as the downloaded snapshot of `repo_id` in a Hub cache (what a user gets offline)."""
+    repo_dir = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    shutil.copytree(folder, repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+
+
+def test_card_snippets_and_remote_code_in_a_clean_process(trained_run, ravdess_wav, tmp_path):
+    """Every card's usage snippet runs as written, by Hub id, where `modeling_mise` cannot be imported, and the
+    remote-code models give the same numbers as the registered classes."""
+    out, folders = trained_run
+    repos = repo_ids(ORG, PREFIX)
+    hf_home = tmp_path / "hf_home"
+    for kind in KINDS:
+        seed_hub_cache(hf_home, repos[kind], folders[kind])
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    shutil.copy(ravdess_wav, workdir / "clip.wav")
+    snippets = {kind: usage_snippet(folders[kind] / "README.md") for kind in KINDS}
+    assert (
+        f'AutoModel.from_pretrained("{repos["generator"]}", trust_remote_code=True)' in snippets["generator"]
+    )
+    assert ".generate(" in snippets["generator"]
+
+    waveform, rate = load_audio(ravdess_wav, target_sampling_rate=16000)
+    h = load_audio_encoder("opensmile/eGeMAPSv02").encode([waveform], show_progress=False)
+    aligner = MiseAlignerModel.from_pretrained(out / "models" / "aligner").eval()
+    generator = MiseGeneratorModel.from_pretrained(out / "models" / "generator").eval()
+    classifier = MiseForAudioClassification.from_pretrained(out / "models" / "audio-classifier").eval()
+    with torch.no_grad():
+        expected = {
+            "h": h.tolist(),
+            "z_a": aligner.get_audio_features(h).tolist(),
+            "generated": generator.generate(
+                num_per_label=3, generator=torch.Generator().manual_seed(7)
+            ).features.tolist(),
+            "logits": classifier(input_values=torch.from_numpy(waveform)[None]).logits.tolist(),
+        }
+    (workdir / "expected.json").write_text(json.dumps(expected))
+    (workdir / "snippets.json").write_text(json.dumps(snippets))
+    code = f"""
+    import json, soundfile as sf, torch
+    from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
+    snippets = json.loads(open("snippets.json").read())
+    for kind in ("generator", "encoder", "classifier"):
+        print(f"=== {{kind}}", flush=True)
+        exec(compile(snippets[kind], f"<{{kind}} card>", "exec"), {{"__name__": "__main__"}})
+    expected = json.loads(open("expected.json").read())
+    repos = {json.dumps(repos)}
+    encoder = AutoModel.from_pretrained(repos["encoder"], trust_remote_code=True).eval()
+    generator = AutoModel.from_pretrained(repos["generator"], trust_remote_code=True).eval()
+    classifier = AutoModelForAudioClassification.from_pretrained(repos["classifier"], trust_remote_code=True).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(repos["classifier"], trust_remote_code=True)
+    for model in (encoder, generator, classifier):
+        assert model.__module__.startswith("transformers_modules."), model.__module__
+    with torch.no_grad():
+        z_a = encoder.get_audio_features(torch.tensor(expected["h"]))
+        generated = generator.generate(num_per_label=3, generator=torch.Generator().manual_seed(7)).features
+        audio, rate = sf.read("clip.wav", dtype="float32")
+        logits = classifier(**extractor(audio, sampling_rate=rate, return_tensors="pt")).logits
+    assert torch.allclose(z_a, torch.tensor(expected["z_a"]), atol=1e-5)
+    assert torch.allclose(generated, torch.tensor(expected["generated"]), atol=1e-5)
+    assert torch.allclose(logits, torch.tensor(expected["logits"]), atol=1e-4), (logits, expected["logits"])
+    print("REMOTE_MATCH")
+    """
+    result = run_without_package(code, cwd=workdir, env={"HF_HOME": str(hf_home)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    sections = dict(re.findall(r"=== (\w+)\n(.*?)(?==== |REMOTE_MATCH)", result.stdout, re.S))
+    labels = sorted(generator.config.id2label.values())
+    # generator: 64 labelled rows per emotion in the z_a space, fed to scikit-learn
+    assert f"({64 * len(labels)}, {generator.config.feature_dim}) {labels}" in sections["generator"]
+    assert f"({1}, {aligner.config.projection_dim})" in sections["encoder"]
+    assert any(label in sections["encoder"] for label in labels)
+    assert all(f"'{label}'" in sections["classifier"] for label in labels)
+    assert "REMOTE_MATCH" in result.stdout
+
+
+def test_pipeline_on_the_classifier_folder(trained_run, ravdess_wav):
+    out, folders = trained_run
+    classify = pipeline("audio-classification", model=str(folders["classifier"]))
+    labels = set(classify.model.config.id2label.values())
+    from_path = classify(ravdess_wav, top_k=len(labels))
+    assert {item["label"] for item in from_path} == labels
+    assert math.isclose(sum(item["score"] for item in from_path), 1.0, abs_tol=1e-4)
+    waveform, _ = load_audio(ravdess_wav, target_sampling_rate=44100)
+    from_array = classify(
+        {"raw": np.stack([waveform, waveform], axis=1), "sampling_rate": 44100}, top_k=len(labels)
+    )
+    scores_path = {item["label"]: item["score"] for item in from_path}
+    scores_array = {item["label"]: item["score"] for item in from_array}
+    assert max(abs(scores_path[label] - scores_array[label]) for label in labels) < 0.05
+    original = MiseForAudioClassification.from_pretrained(out / "models" / "audio-classifier").eval()
+    clip, _ = load_audio(ravdess_wav, target_sampling_rate=16000)
+    with torch.no_grad():
+        probabilities = original(input_values=torch.from_numpy(clip)[None]).logits.softmax(-1)[0]
+    for index, probability in enumerate(probabilities.tolist()):
+        assert abs(scores_path[original.config.id2label[index]] - probability) < 1e-3
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_push_fails_clearly_and_loses_nothing(trained_run, monkeypatch, capsys, tmp_path):
+    out, _ = trained_run
+    before = snapshot(out)
+    argv = ["push", str(out), "--org", ORG, "--prefix", PREFIX]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert mise_main(argv) == 2
+    assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+    # no token anywhere: refused before any network call
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    assert mise_main(argv) == 2
+    error = capsys.readouterr().err
+    assert (
+        "no Hugging Face token" in error and f"rerun `mise push {out} --org {ORG} --prefix {PREFIX}`" in error
+    )
+    with pytest.raises(HubPushError, match="no Hugging Face token"):
+        push_run(out, ORG, PREFIX)
+    # a token, but the Hub endpoint is a closed local port (as HF_ENDPOINT would set it): nothing leaves
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    assert mise_main(argv) == 2
+    error = capsys.readouterr().err
+    assert "unreachable" in error and "Connection refused" in error and "Nothing was uploaded" in error
+    assert snapshot(out) == before, "a failed push changed the run folder"
+    assert all(validate_hub_folder(out / "hub" / kind, kind) for kind in KINDS)  # still ready for a rerun
+
+
+def test_bad_run_folders_and_names(tmp_path, trained_run):
+    out, _ = trained_run
+    with pytest.raises(RunFolderError, match="summary.json"):
+        read_run(tmp_path)
+    with pytest.raises(ValueError, match="org"):
+        repo_ids("bad org!", PREFIX)
+    # a run folder with results and models but no run_info.json / folds: cards say "not recorded"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(out / "summary.json", bare / "summary.json")
+    shutil.copytree(out / "models", bare / "models", ignore=shutil.ignore_patterns("generator"))
+    folders = build_hub_folders(bare, org=ORG, check_remote_code=False)
+    assert set(folders) == {"encoder", "classifier"}  # no generator trained: none published
+    card = ModelCard.load(folders["classifier"] / "README.md")
+    assert card.data.license == "other" and card.data.eval_results
+    assert "not recorded" in card.text and f"{ORG}/mise-classifier" in card.text
+
+
+def test_card_for_a_transformers_audio_encoder(trained_run):
+    """The encoder card of a run with a Hub audio model: listed in base_model, its snippet goes through the
+    end-to-end classifier (which carries the encoder's weights); an explicit licence wins."""
+    out, _ = trained_run
+    run = read_run(out)
+    configs = {
+        kind: json.loads((out / "models" / folder / "config.json").read_text())
+        for kind, folder in (
+            ("encoder", "aligner"),
+            ("generator", "generator"),
+            ("classifier", "audio-classifier"),
+        )
+    }
+    spec = {"type": "transformers", "name": "facebook/wav2vec2-base", "pooling": "mean", "layer": 6}
+    configs["encoder"].update(audio_encoder="facebook/wav2vec2-base", audio_encoder_spec=spec)
+    repos = repo_ids(ORG, PREFIX)
+    card = render_card("encoder", card_context("encoder", run, configs, repos, license="apache-2.0"))
+    assert card.data.base_model == ["facebook/wav2vec2-base", "sentence-transformers/all-MiniLM-L6-v2"]
+    assert card.data.license == "apache-2.0" and "opensmile" not in card.data.tags
+    assert "mean-pooled over time from hidden layer 6" in card.text
+    snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
+    compile(snippet, "<encoder card>", "exec")
+    assert f'AutoModel.from_pretrained("{repos["classifier"]}", trust_remote_code=True)' in snippet
+    assert "hidden_states[0]" in snippet and "encoder.classify(z_a)" in snippet

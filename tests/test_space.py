@@ -1,0 +1,564 @@
+"""The Gradio Space (spaces_demo/app.py): `classify` in-process, the page in headless Chromium, the API through
+`gradio_client`, and 20 concurrent requests through the queue (bench/bench_space.py).
+
+The model is a real end-to-end classifier trained here in seconds: eGeMAPS functionals of 96 RAVDESS clips,
+a small aligner and classifier, assembled with `MiseForAudioClassification.from_components`.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import pipeline
+
+import modeling_mise  # noqa: F401  (registers the Auto classes)
+from modeling_mise import (
+    MiseAlignerConfig,
+    MiseAlignerModel,
+    MiseClassifierConfig,
+    MiseClassifierModel,
+    MiseFeatureExtractor,
+    MiseForAudioClassification,
+)
+from modeling_mise.audio import load_audio
+from modeling_mise.encoders import load_audio_encoder
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # a fake microphone (a beep) for the recording test
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+]
+RATE = 16000
+
+
+def _load_file_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_file_module("bench_space", REPO_ROOT / "bench" / "bench_space.py")
+
+
+def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps: int = 80) -> Path:
+    """A real end-to-end classifier: eGeMAPS of `per_class` clips per emotion, aligner + classifier in plain torch."""
+    names = sorted({row["emotion"] for row in rows})
+    chosen = []
+    for name in names:
+        of_class = [row for row in rows if row["emotion"] == name]
+        chosen += of_class[:: max(1, len(of_class) // per_class)][:per_class]
+    encoder = load_audio_encoder("opensmile/eGeMAPSv02")
+    hidden = encoder.encode([load_audio(row["path"], RATE)[0] for row in chosen], show_progress=False)
+    labels = torch.tensor([names.index(row["emotion"]) for row in chosen])
+    id2label = dict(enumerate(names))
+    torch.manual_seed(0)
+    aligner = MiseAlignerModel(
+        MiseAlignerConfig(
+            audio_dim=88, projection_dim=32, hidden_sizes=[64], use_text=False, id2label=id2label
+        )
+    )
+    aligner.set_feature_statistics(hidden.mean(0), hidden.std(0))
+    optimizer = torch.optim.Adam(aligner.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = aligner(audio_features=hidden, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    aligner.eval()
+    with torch.no_grad():
+        audio_embeds = aligner.get_audio_features(hidden)
+    classifier = MiseClassifierModel(MiseClassifierConfig(input_dim=32, hidden_sizes=[32], id2label=id2label))
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = classifier(features=audio_embeds, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    classifier.eval()
+    with torch.no_grad():
+        accuracy = (classifier(features=audio_embeds).logits.argmax(-1) == labels).float().mean().item()
+    assert accuracy > 0.5, f"the fixture model did not learn (training accuracy {accuracy:.2f})"
+    model = MiseForAudioClassification.from_components(aligner, classifier, encoder)
+    model.save_pretrained(folder)
+    MiseFeatureExtractor(sampling_rate=model.config.sampling_rate).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def space_model(ravdess_rows, tmp_path_factory) -> Path:
+    return train_space_model(ravdess_rows, tmp_path_factory.mktemp("space_model") / "audio-classifier")
+
+
+@pytest.fixture(scope="module")
+def id2label(space_model) -> dict[int, str]:
+    config = json.loads((space_model / "config.json").read_text())
+    return {int(k): v for k, v in config["id2label"].items()}
+
+
+@pytest.fixture(scope="module")
+def reference(space_model):
+    """The transformers pipeline on the same model: what the Space must predict."""
+    classify = pipeline("audio-classification", model=str(space_model))
+
+    def predict(path) -> dict[str, float]:
+        waveform, rate = load_audio(path)
+        scores = classify({"raw": waveform, "sampling_rate": rate}, top_k=None)
+        return {item["label"]: item["score"] for item in scores}
+
+    return predict
+
+
+@pytest.fixture(scope="module")
+def clips(ravdess_rows, tmp_path_factory) -> dict[str, Path]:
+    """Good, transformed and bad clips, each with a unique file name."""
+    folder = tmp_path_factory.mktemp("space_clips")
+    rows = [row for row in ravdess_rows if row["speaker"] == ravdess_rows[0]["speaker"]]
+    good, _ = load_audio(rows[0]["path"], RATE)
+    paths = {"good": folder / "good.wav"}
+    shutil.copy(rows[0]["path"], paths["good"])
+    (folder / "notes.wav").write_text("meeting notes, not audio\n" * 20)
+    paths["notes"] = folder / "notes.wav"
+    paths["empty"] = folder / "empty.wav"
+    sf.write(paths["empty"], np.zeros(0, dtype=np.float32), RATE)
+    paths["zero_bytes"] = folder / "zero_bytes.wav"
+    paths["zero_bytes"].write_bytes(b"")
+    paths["silent"] = folder / "silent.wav"
+    sf.write(paths["silent"], np.zeros(3 * RATE, dtype=np.float32), RATE)
+    paths["short"] = folder / "short.wav"
+    sf.write(paths["short"], good[: RATE // 10], RATE)
+    real = np.concatenate([load_audio(row["path"], RATE)[0] for row in rows[:14]])
+    assert len(real) > 40 * RATE
+    paths["long"] = folder / "long_40s.wav"
+    sf.write(paths["long"], real[: 40 * RATE], RATE)
+    paths["too_long"] = folder / "too_long_130s.wav"
+    sf.write(paths["too_long"], np.tile(real, 4)[: 130 * RATE], RATE)
+    high, _ = load_audio(rows[0]["path"], 44100)
+    paths["stereo"] = folder / "stereo_44k.wav"
+    sf.write(paths["stereo"], np.stack([high, 0.5 * high], axis=1), 44100, subtype="PCM_16")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def examples_dir(ravdess_rows, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("space_examples")
+    for row in ravdess_rows[1:4]:
+        shutil.copy(row["path"], folder / Path(row["path"]).name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app(space_model, examples_dir):
+    """spaces_demo/app.py imported in this process with MISE_MODEL pointing at the fixture model."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MISE_MODEL", str(space_model))
+        patch.setenv("MISE_EXAMPLES", str(examples_dir))
+        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        patch.delenv("MISE_MAX_SECONDS", raising=False)
+        patch.delenv("MISE_HARD_LIMIT_SECONDS", raising=False)
+        module = _load_file_module("mise_space_app", REPO_ROOT / "spaces_demo" / "app.py")
+    assert module.LOAD_ERROR is None, module.LOAD_ERROR
+    return module
+
+
+# ---------------------------------------------------------------- the Space folder
+
+SPACE = REPO_ROOT / "spaces_demo"
+
+
+def test_space_card_header():
+    from huggingface_hub import SpaceCard
+
+    card = SpaceCard((SPACE / "README.md").read_text()).data.to_dict()
+    assert {"title", "sdk", "sdk_version", "app_file", "models", "license"} <= set(card)
+    assert card["sdk"] == "gradio" and (SPACE / card["app_file"]).is_file()
+    assert card["sdk_version"].split(".")[0] == gr.__version__.split(".")[0]
+    assert card["models"] and all(len(model.split("/")) == 2 for model in card["models"])
+    assert len(card["short_description"]) <= 60
+
+
+def _distribution_names(requirements: Path) -> set[str]:
+    names = set()
+    for line in requirements.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.split(r"[<>=!~\[; ]", line)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_requirements_cover_what_the_space_imports():
+    """Every third-party import of app.py and of the package modules it loads is in requirements.txt."""
+    optional = {"torchcodec"}  # FFmpeg decoding of non-WAV/FLAC/OGG uploads, used when installed
+    provided = {"gradio"}  # the Space's sdk_version
+    files = [SPACE / "app.py"] + [
+        Path(module.__file__) for name, module in sys.modules.items() if name.startswith("modeling_mise")
+    ]
+    imported = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"modeling_mise", "__future__"} - optional
+    distributions = importlib.metadata.packages_distributions()
+    needed = {distributions[name][0].lower().replace("_", "-") for name in third_party} - provided
+    assert needed <= _distribution_names(SPACE / "requirements.txt"), needed
+
+
+# ---------------------------------------------------------------- classify() in-process
+
+
+def test_classify_matches_the_pipeline(app, clips, reference, id2label):
+    scores, info = app.classify(str(clips["good"]), "")
+    expected = reference(clips["good"])
+    assert set(scores) == set(id2label.values())
+    assert abs(sum(scores.values()) - 1.0) < 1e-4
+    for name, score in expected.items():
+        assert abs(scores[name] - score) < 1e-4, name
+    top = max(expected, key=expected.get)
+    assert f"**Prediction: {top}**" in info
+    assert "good.wav" in info and "16000 Hz" in info and "Cropped" not in info and "Resampled" not in info
+
+
+def test_classify_reports_resampling_downmixing_and_cropping(app, clips, reference):
+    scores, info = app.classify(str(clips["stereo"]), "")
+    assert "44100 Hz" in info and "Resampled from 44100 Hz to 16000 Hz" in info
+    assert "Downmixed 2 channels to mono" in info
+    good = reference(clips["good"])
+    assert max(scores, key=scores.get) == max(good, key=good.get)  # same speech, other rate and layout
+    scores, info = app.classify(str(clips["long"]), "")
+    assert scores is not None and "Cropped to the first 30 s (the clip is 40.0 s long)" in info
+    # the model sees exactly the first 30 s
+    first_30s, _ = load_audio(clips["long"])
+    cropped = clips["long"].parent / "first_30s.wav"
+    sf.write(cropped, first_30s[: 30 * RATE], RATE)
+    expected = reference(cropped)
+    assert all(abs(scores[name] - expected[name]) < 1e-4 for name in expected)
+
+
+@pytest.mark.parametrize(
+    ("clip", "reason"),
+    [
+        ("notes", "not a readable audio file"),
+        ("empty", "empty clip (0 samples)"),
+        ("zero_bytes", "empty file (0 bytes)"),
+        ("silent", "silent (every sample is zero)"),
+        ("short", "too short (0.10 s < 0.25 s)"),
+        ("too_long", "130.0 s is longer than the 120 s this demo accepts"),
+    ],
+)
+def test_classify_refuses_bad_input_with_a_readable_message(app, clips, clip, reason):
+    with pytest.warns(UserWarning):  # gr.Warning outside a request falls back to warnings.warn
+        scores, info = app.classify(str(clips[clip]), "")
+    assert scores is None
+    assert info.startswith("⚠️ Could not classify") and clips[clip].name in info and reason in info
+    assert "Traceback" not in info
+    assert app.classify(str(clips["good"]), "")[0] is not None  # still serving
+
+
+def test_classify_without_a_clip(app):
+    with pytest.warns(UserWarning):
+        assert app.classify(None, "") == (None, "⚠️ Upload or record a clip first.")
+
+
+def test_limits_come_from_the_environment(app, clips, space_model, monkeypatch):
+    monkeypatch.setenv("MISE_MAX_SECONDS", "five")
+    model, message = app.load_model(str(space_model))
+    assert model is None and message == "MISE_MAX_SECONDS must be a positive number, got 'five'"
+    monkeypatch.setenv("MISE_MAX_SECONDS", "5")
+    monkeypatch.setenv("MISE_HARD_LIMIT_SECONDS", "35")
+    loaded, error = app.load_model(str(space_model))
+    assert error is None and loaded.max_seconds == 5.0 and loaded.hard_limit_seconds == 35.0
+    clip = app.read_clip(str(clips["stereo"]), loaded.sampling_rate, 2.0, 35.0)
+    assert clip.waveform.shape == (2 * RATE,) and clip.waveform.dtype == np.float32
+    assert clip.channels == 2 and clip.sampling_rate == 44100 and len(clip.notices) == 3
+    with pytest.raises(ValueError, match=r"long_40s\.wav: 40\.0 s is longer than the 35 s"):
+        app.read_clip(str(clips["long"]), loaded.sampling_rate, 5.0, 35.0)
+
+
+def test_missing_or_broken_model_gives_a_message(app, tmp_path):
+    model, message = app.load_model(str(tmp_path / "no-such-model"))
+    assert model is None and "No model found at" in message and "no-such-model" in message
+    assert "make train" in message and "MISE_MODEL" in message
+    (tmp_path / "empty-folder").mkdir()
+    model, message = app.load_model(str(tmp_path / "empty-folder"))
+    assert model is None and message.startswith("Could not load the model") and "empty-folder" in message
+
+
+def test_page_layout_for_an_audio_only_model(app, examples_dir):
+    assert not app.MODEL.multimodal
+    blocks = {getattr(block, "elem_id", None): block for block in app.demo.blocks.values()}
+    assert blocks["transcript"].visible is False and "audio-only" in blocks["transcript-note"].value
+    assert blocks["clip"].type == "filepath" and blocks["classify"].interactive is not False
+    names = sorted(p.name for p in examples_dir.iterdir())
+    assert [path.name for path in app.find_examples(str(examples_dir))] == names
+    datasets = [block for block in app.demo.blocks.values() if isinstance(block, gr.Dataset)]
+    assert len(datasets) == 1 and [Path(str(row[0])).name for row in datasets[0].samples] == names
+    assert app.find_examples(str(examples_dir / "missing")) == []
+
+
+@pytest.fixture(scope="module")
+def multimodal_model(tmp_path_factory) -> Path:
+    """A multimodal end-to-end model (random weights): `[z_a; z_t]` with the offline MiniLM as text encoder."""
+    torch.manual_seed(0)
+    emotions = {0: "neutral", 1: "happy", 2: "sad"}
+    aligner = MiseAlignerModel(
+        MiseAlignerConfig(audio_dim=88, text_dim=384, projection_dim=8, hidden_sizes=[16], id2label=emotions)
+    )
+    classifier = MiseClassifierModel(
+        MiseClassifierConfig(input_dim=8, text_dim=8, hidden_sizes=[16], multimodal=True, id2label=emotions)
+    )
+    model = MiseForAudioClassification.from_components(
+        aligner.eval(), classifier.eval(), load_audio_encoder("opensmile/eGeMAPSv02")
+    )
+    folder = tmp_path_factory.mktemp("space_multimodal") / "audio-text-classifier"
+    model.save_pretrained(folder)
+    MiseFeatureExtractor().save_pretrained(folder)
+    return folder
+
+
+def test_transcript_box_and_transcript_for_a_multimodal_model(
+    app, multimodal_model, clips, ravdess_rows, examples_dir, monkeypatch
+):
+    loaded, error = app.load_model(str(multimodal_model))
+    assert error is None and loaded.multimodal
+    monkeypatch.setattr(app, "MODEL", loaded)
+    monkeypatch.setenv("MISE_EXAMPLES", str(examples_dir))
+    demo = app.build_demo()
+    blocks = {getattr(block, "elem_id", None): block for block in demo.blocks.values()}
+    assert blocks["transcript"].visible is True and "transcript-note" not in blocks
+    datasets = [block for block in demo.blocks.values() if isinstance(block, gr.Dataset)]
+    assert all(len(row) == 2 for row in datasets[0].samples)  # example clips with an empty transcript
+    transcript = ravdess_rows[0]["transcript"]
+    with_text, info = app.classify(str(clips["good"]), transcript)
+    without_text, info_without = app.classify(str(clips["good"]), "  ")
+    assert "The transcript was used." in info and "transcript" not in info_without
+    waveform, _ = load_audio(clips["good"])
+    inputs = MiseFeatureExtractor()(waveform, return_tensors="pt")
+    with torch.no_grad():
+        expected_with = loaded.model(**inputs, transcripts=[transcript]).logits.softmax(-1)[0]
+        expected_without = loaded.model(**inputs).logits.softmax(-1)[0]
+    names = [loaded.id2label[i] for i in range(len(loaded.id2label))]
+    assert np.allclose([with_text[n] for n in names], expected_with.numpy(), atol=1e-5)
+    assert np.allclose([without_text[n] for n in names], expected_without.numpy(), atol=1e-5)
+    assert not np.allclose(expected_with.numpy(), expected_without.numpy(), atol=1e-4)
+
+
+# ---------------------------------------------------------------- the running Space
+
+
+@pytest.fixture(scope="module")
+def space_url(space_model, examples_dir):
+    env = {"MISE_EXAMPLES": str(examples_dir), "HF_HUB_OFFLINE": "1"}
+    with bench.serve_app(space_model, env=env, concurrency=2) as (url, log_path):
+        yield url
+    assert "Traceback" not in log_path.read_text()
+
+
+def test_starting_without_a_model_shows_a_message(tmp_path):
+    missing = tmp_path / "not-trained-yet"
+    with bench.serve_app(missing, env={"HF_HUB_OFFLINE": "1"}) as (url, log_path):
+        with urllib.request.urlopen(url + "config", timeout=30) as response:
+            config = response.read().decode()
+        from gradio_client import Client, handle_file
+
+        empty = tmp_path / "x.wav"
+        sf.write(empty, np.zeros(RATE, dtype=np.float32), RATE)
+        label, info = Client(url, verbose=False).predict(handle_file(str(empty)), "", api_name="/classify")
+    assert "No model is loaded" in config and "not-trained-yet" in config
+    assert not label and "No model found at" in info
+    log = log_path.read_text()
+    assert "No model found at" in log and "Traceback" not in log
+
+
+def test_gradio_client_api(space_url, clips, reference):
+    from gradio_client import Client, handle_file
+
+    client = Client(space_url, verbose=False)
+    label, info = client.predict(handle_file(str(clips["good"])), "", api_name="/classify")
+    expected = reference(clips["good"])
+    assert label["label"] == max(expected, key=expected.get)
+    for item in label["confidences"]:
+        assert abs(item["confidence"] - expected[item["label"]]) < 1e-4
+    assert "good.wav" in info
+    label, info = client.predict(handle_file(str(clips["notes"])), "", api_name="/classify")
+    assert not label and "notes.wav" in info and "not a readable audio file" in info
+
+
+def test_twenty_concurrent_requests(space_url, space_model, clips, tmp_path):
+    """bench/bench_space.py against the running Space: all 20 answers right, p50/p95 reported."""
+    output = tmp_path / "bench.json"
+    code = bench.main(
+        [
+            "--url",
+            space_url,
+            "--model",
+            str(space_model),
+            "--clip",
+            str(clips["good"]),
+            "--requests",
+            "20",
+            "--output",
+            str(output),
+        ]
+    )
+    report = json.loads(output.read_text())
+    assert code == 0 and report["requests"] == 20 and report["correct"] == 20
+    assert 0 < report["latency_s"]["p50"] <= report["latency_s"]["p95"] <= report["latency_s"]["max"]
+    assert report["throughput_rps"] > 0
+    print("bench:", json.dumps(report))
+
+
+# ---------------------------------------------------------------- headless Chromium
+
+
+@pytest.fixture(scope="module")
+def page(space_url):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = os.environ.get("MISE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        message = "Chromium not found (install it or set MISE_CHROMIUM)"
+        if os.environ.get("MISE_REQUIRE_BROWSER", "0") not in ("", "0", "false", "False"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["microphone"])
+        page = context.new_page()
+        page.goto(space_url)
+        page.wait_for_selector("#classify")
+        yield page
+        browser.close()
+
+
+def upload_and_classify(page, path: Path) -> str:
+    """Upload `path` through the page, click Classify and return the clip-info text once it names the file."""
+    clear = page.locator("#clip button[aria-label=Clear]")
+    if clear.count():
+        clear.first.click()
+    page.locator("#clip input[type=file]").first.set_input_files(str(path))
+    page.wait_for_selector(f'#clip a[data-testid="download-link"][href$="/{path.name}"]', timeout=30000)
+    page.click("#classify")
+    page.wait_for_function(
+        "(name) => document.querySelector('#clip-info').innerText.includes(name)",
+        arg=path.name,
+        timeout=60000,
+    )
+    return page.locator("#clip-info").inner_text()
+
+
+def shown_label(page) -> str | None:
+    value = page.locator("#emotion [data-testid=label-output-value]")
+    return value.inner_text().strip() if value.count() else None
+
+
+@pytest.mark.browser
+def test_browser_classifies_a_ravdess_clip(page, clips, reference, id2label):
+    info = upload_and_classify(page, clips["good"])
+    expected = reference(clips["good"])
+    label = shown_label(page)
+    assert label in id2label.values() and label == max(expected, key=expected.get)
+    assert f"Prediction: {label}" in info and "16000 Hz" in info
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
+    assert (ARTIFACTS / "space.png").stat().st_size > 10_000
+    print("screenshot:", ARTIFACTS / "space.png")
+
+
+@pytest.mark.browser
+def test_browser_bad_files_get_a_message_and_the_page_keeps_working(page, clips, reference, tmp_path):
+    expected = reference(clips["good"])
+    top = max(expected, key=expected.get)
+    cases = [
+        ("notes", "not a readable audio file"),
+        ("empty", "empty clip (0 samples)"),
+        ("zero_bytes", "empty file (0 bytes)"),
+        ("silent", "silent"),
+        ("too_long", "longer than the 120 s this demo accepts"),
+    ]
+    for clip, reason in cases:
+        info = upload_and_classify(page, clips[clip])
+        assert info.startswith("⚠️ Could not classify") and reason in info, info
+        assert "Traceback" not in page.content() and shown_label(page) is None
+        good = tmp_path / f"good_after_{clip}.wav"
+        shutil.copy(clips["good"], good)
+        assert "Prediction" in upload_and_classify(page, good) and shown_label(page) == top
+    toasts = page.locator(".toast-body").all_inner_texts()
+    assert any("too_long_130s.wav" in toast for toast in toasts)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "space_after_bad_input.png"), full_page=True)
+
+
+@pytest.mark.browser
+def test_browser_reports_cropping_resampling_and_downmixing(page, clips):
+    info = upload_and_classify(page, clips["long"])
+    assert "Cropped to the first 30 s" in info and shown_label(page) is not None
+    info = upload_and_classify(page, clips["stereo"])
+    assert "Resampled from 44100 Hz to 16000 Hz" in info and "Downmixed 2 channels to mono" in info
+    assert shown_label(page) is not None
+
+
+@pytest.mark.browser
+def test_browser_example_clip(page, examples_dir, reference):
+    example = sorted(examples_dir.iterdir())[0]
+    clear = page.locator("#clip button[aria-label=Clear]")
+    if clear.count():
+        clear.first.click()
+    page.get_by_text(example.name, exact=True).click()
+    page.wait_for_selector(f'#clip a[data-testid="download-link"][href$="/{example.name}"]', timeout=30000)
+    page.click("#classify")
+    page.wait_for_function(
+        "(name) => document.querySelector('#clip-info').innerText.includes(name)",
+        arg=example.name,
+        timeout=60000,
+    )
+    expected = reference(example)
+    assert shown_label(page) == max(expected, key=expected.get)
+
+
+@pytest.mark.browser
+def test_browser_recording_from_the_microphone(page, id2label):
+    """Chromium's fake microphone (a beep) through the record button: it is classified like an upload."""
+    before = page.locator("#clip-info").inner_text()
+    clear = page.locator("#clip button[aria-label=Clear]")
+    if clear.count():
+        clear.first.click()
+    page.locator("#clip button[aria-label='Record audio']").click()
+    page.locator("#clip button.record-button").click()
+    page.wait_for_timeout(2000)
+    page.locator("#clip button.stop-button").click()
+    page.wait_for_selector('#clip a[data-testid="download-link"]', timeout=30000)
+    page.click("#classify")
+    page.wait_for_function(
+        "(before) => { const t = document.querySelector('#clip-info').innerText; return t !== before && t.includes(' Hz'); }",
+        arg=before,
+        timeout=60000,
+    )
+    info = page.locator("#clip-info").inner_text()
+    assert "Prediction" in info and shown_label(page) in id2label.values()
+    page.locator("#clip button[aria-label='Upload file']").click()
