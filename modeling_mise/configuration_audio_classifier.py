@@ -11,7 +11,11 @@ from .configuration_classifier import MiseClassifierConfig
 
 class MiseAudioClassifierConfig(PretrainedConfig):
     r"""
-    Configuration of [`MiseForAudioClassification`] (audio in, emotion out).
+    Configuration of [`MiseForAudioClassification`] (audio in, emotion out; optionally a transcript too).
+
+    With a multimodal classifier (`classifier_config.multimodal`) the model classifies `[z_a; z_t]`; the text
+    side (the aligner's text encoder, referenced by `aligner_config.text_encoder`, and its LoRA adapter if any)
+    is loaded the first time a transcript is given, and a clip without transcript uses the null text code.
 
     Args:
         aligner_config (`dict` or [`MiseAlignerConfig`]): the stage-1 aligner whose audio head gives `z_a`.
@@ -51,10 +55,15 @@ class MiseAudioClassifierConfig(PretrainedConfig):
                 f"{name}.classifier_config.input_dim ({classifier_obj.input_dim}) must equal "
                 f"aligner_config.projection_dim ({aligner_obj.projection_dim})"
             )
-        if classifier_obj.multimodal:
+        if classifier_obj.multimodal and not aligner_obj.use_text:
             raise ValueError(
-                f"{name}.classifier_config.multimodal: the end-to-end audio classifier takes audio only; "
-                "use MiseClassifierModel on [z_a; z_t] for multimodal classification"
+                f"{name}.classifier_config.multimodal needs an aligner with a text head "
+                "(aligner_config.use_text=True) to compute z_t"
+            )
+        if classifier_obj.multimodal and classifier_obj.text_dim != aligner_obj.projection_dim:
+            raise ValueError(
+                f"{name}.classifier_config.text_dim ({classifier_obj.text_dim}) must equal "
+                f"aligner_config.projection_dim ({aligner_obj.projection_dim})"
             )
         self.aligner_config = _as_dict(aligner_obj, MiseAlignerConfig, "aligner_config")
         self.classifier_config = _as_dict(classifier_obj, MiseClassifierConfig, "classifier_config")
@@ -75,6 +84,11 @@ class MiseAudioClassifierConfig(PretrainedConfig):
         return MiseClassifierConfig(
             **_as_dict(self.classifier_config, MiseClassifierConfig, "classifier_config")
         )
+
+    @property
+    def multimodal(self) -> bool:
+        """Whether the classifier takes `[z_a; z_t]` (and the model a transcript)."""
+        return bool(self.classifier_config.get("multimodal", False))
 
 
 def _as_dict(value: dict | PretrainedConfig | None, config_class: type, field: str) -> dict:

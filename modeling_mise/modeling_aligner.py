@@ -2,18 +2,63 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from safetensors import safe_open
 from torch import nn
 from torch.nn import functional as F
-from transformers import PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers import BatchEncoding, PreTrainedModel
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, cached_file
 
 from .configuration_aligner import MiseAlignerConfig
+from .encoders import (
+    TextEncoder,
+    apply_text_lora,
+    has_text_lora,
+    load_text_adapter,
+    load_text_encoder,
+    text_adapter_state_dict,
+)
 from .layers import init_mise_weights, mlp
 from .losses import soft_cross_entropy, symmetric_info_nce
+
+TEXT_ADAPTER_PREFIX = "text_adapter."
+TEXT_ENCODER_PREFIX = "text_encoder."
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+
+
+def read_checkpoint_tensors(
+    pretrained_model_name_or_path: str | os.PathLike, prefix: str, **hub_kwargs
+) -> dict[str, torch.Tensor]:
+    """Tensors whose name starts with `prefix` in a saved model's safetensors (single file or shards), prefix
+    removed. Used for weights the Auto loading leaves aside, e.g. a LoRA adapter stored beside the heads."""
+    hub_kwargs = {key: value for key, value in hub_kwargs.items() if key in _HUB_KWARGS and value is not None}
+    options = {
+        "_raise_exceptions_for_missing_entries": False,
+        "_raise_exceptions_for_connection_errors": False,
+    }
+    single = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_NAME, **hub_kwargs, **options)
+    files = [single] if single else []
+    if not files:
+        index = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_INDEX_NAME, **hub_kwargs, **options)
+        if index:
+            with open(index) as handle:
+                weight_map = json.load(handle)["weight_map"]
+            shards = sorted({shard for key, shard in weight_map.items() if key.startswith(prefix)})
+            files = [cached_file(pretrained_model_name_or_path, shard, **hub_kwargs) for shard in shards]
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(file, framework="pt") as handle:
+            names = list(handle.keys())
+            for key in names:
+                if key.startswith(prefix):
+                    tensors[key[len(prefix) :]] = handle.get_tensor(key)
+    return tensors
 
 
 @dataclass
@@ -56,10 +101,17 @@ class MiseAlignerModel(MisePreTrainedModel):
     with a linear emotion head on `z_a`. Trained with cross-entropy plus `lambda_cl` times a symmetric InfoNCE
     loss with a learnable temperature. Input standardisation statistics (fitted on training speakers only)
     are buffers saved with the weights.
+
+    Text side: frozen text features `t` (`text_features`), or, once a text encoder is attached
+    (`set_text_encoder`), tokens (`input_ids` + `attention_mask`) or raw strings. With `config.text_lora` the
+    encoder gets a peft LoRA adapter that trains with the heads; the state dict (hence `save_pretrained`, the
+    training checkpoints and a parent model's file) holds the heads plus the adapter (`text_adapter.*`) and
+    never the text encoder's base weights, which `from_pretrained` reloads from `config.text_encoder`.
     """
 
     config_class = MiseAlignerConfig
     main_input_name = "audio_features"
+    _keys_to_ignore_on_load_unexpected = [r"text_adapter\."]
 
     def __init__(self, config: MiseAlignerConfig):
         super().__init__(config)
@@ -81,6 +133,11 @@ class MiseAlignerModel(MisePreTrainedModel):
             torch.tensor(math.log(1.0 / config.tau_init)), requires_grad=config.learn_temperature
         )
         self.post_init()
+        # attached after post_init, so weight initialisation never touches a pretrained text encoder
+        self.text_encoder: TextEncoder | None = None
+        self._pending_text_adapter: dict[str, torch.Tensor] | None = None
+        self._state_prefix = ""
+        self.register_load_state_dict_post_hook(_ignore_missing_text_encoder_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -126,10 +183,90 @@ class MiseAlignerModel(MisePreTrainedModel):
         standardised = (audio_features.to(self.audio_mean.dtype) - self.audio_mean) / self.audio_std
         return F.normalize(self.audio_projection(self.input_dropout(standardised)), dim=-1)
 
-    def get_text_features(self, text_features: torch.Tensor) -> torch.Tensor:
-        """`z_t`: the L2-normalised text projection of frozen text features `t` of shape `(batch, text_dim)`."""
+    # ------------------------------------------------------------------------------------- text encoder
+    def set_text_encoder(self, text_encoder: TextEncoder | None = None) -> TextEncoder:
+        """Attach the text encoder `f_t` (loaded from `config.text_encoder` when not given) so the aligner takes
+        tokens or strings. With `config.text_lora` a LoRA adapter is added (unless it has one) and loaded with
+        the adapter weights of a checkpoint, if one was read. Returns the attached encoder."""
+        config = self.config
+        if not config.use_text:
+            raise ValueError("This aligner was built with use_text=False: it has no text projection head")
+        if text_encoder is None:
+            text_encoder = load_text_encoder(
+                config.text_encoder, config.text_pooling, dtype=config.text_dtype
+            )
+        if text_encoder.hidden_size != config.text_dim:
+            raise ValueError(
+                f"text encoder {text_encoder.name!r} gives {text_encoder.hidden_size}-d features but the aligner "
+                f"expects text_dim={config.text_dim}"
+            )
+        if config.text_lora is not None and not has_text_lora(text_encoder):
+            apply_text_lora(text_encoder, **config.text_lora)
+        self.text_encoder = text_encoder.to(self.audio_mean.device)
+        if self._pending_text_adapter is not None:
+            if not has_text_lora(text_encoder):
+                raise ValueError(
+                    f"the checkpoint holds a LoRA adapter but text encoder {text_encoder.name!r} has none "
+                    "(config.text_lora is not set)"
+                )
+            load_text_adapter(text_encoder, self._pending_text_adapter, source="text_adapter")
+            self._pending_text_adapter = None
+        self.text_encoder.train(self.training)
+        return self.text_encoder
+
+    def _require_text_encoder(self) -> TextEncoder:
+        if self.text_encoder is None:
+            raise ValueError(
+                "this aligner has no text encoder attached: call set_text_encoder() (loads config.text_encoder "
+                f"= {self.config.text_encoder!r}) or pass text_features"
+            )
+        return self.text_encoder
+
+    def tokenize(self, texts: Sequence[str]) -> BatchEncoding:
+        """Tokenise transcripts for `get_text_features(input_ids=..., attention_mask=...)` (padded batch)."""
+        return self._require_text_encoder().tokenize(texts)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text features `t = pool(f_t(x_t))` (B, text_dim) of tokens; differentiable through a LoRA adapter.
+
+        Rows whose `attention_mask` is all zero (no transcript) give NaN rows.
+        """
+        encoder = self._require_text_encoder()
+        device = encoder.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        missing = attention_mask.sum(dim=-1) == 0  # (B,)
+        if bool(missing.any()):
+            # a fully masked row would give NaN attention: let it see its first token, then drop it
+            attention_mask = attention_mask.clone()
+            attention_mask[missing, 0] = 1
+        features = encoder(input_ids, attention_mask).to(self.text_mean.dtype)
+        return features.masked_fill(missing.unsqueeze(-1), float("nan"))
+
+    def get_text_features(
+        self,
+        text_features: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """`z_t`: the L2-normalised text projection of one of: frozen text features `t` `(batch, text_dim)`,
+        tokens `input_ids` + `attention_mask` `(batch, length)`, or raw `texts` (both need `set_text_encoder`).
+        A missing transcript (a NaN feature row, an all-zero mask row) gives a NaN row."""
         if not self.config.use_text:
             raise ValueError("This aligner was built with use_text=False: it has no text projection head")
+        sources = {"text_features": text_features, "input_ids": input_ids, "texts": texts}
+        given = [name for name, value in sources.items() if value is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"get_text_features takes exactly one of text_features, input_ids, texts; got {given}"
+            )
+        if texts is not None:
+            batch = self.tokenize(texts)
+            input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        if input_ids is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            text_features = self.encode_text(input_ids, attention_mask).to(self.text_mean.device)
         self._check_features(text_features, self.config.text_dim, "text_features")
         standardised = (text_features.to(self.text_mean.dtype) - self.text_mean) / self.text_std
         return F.normalize(self.text_projection(standardised), dim=-1)
@@ -144,6 +281,8 @@ class MiseAlignerModel(MisePreTrainedModel):
         text_features: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> MiseAlignerOutput:
         """
         Args:
@@ -152,7 +291,15 @@ class MiseAlignerModel(MisePreTrainedModel):
                 may be NaN and are left out of the contrastive loss.
             labels: emotion ids `(batch,)` or soft labels `(batch, num_labels)` (mix-up).
             return_loss: compute the loss even without labels (contrastive part only).
+            input_ids / attention_mask: transcript tokens `(batch, length)` instead of `text_features`, through
+                the attached (LoRA-tuned) text encoder; an all-zero mask row is a missing transcript.
         """
+        if input_ids is not None:
+            if text_features is not None:
+                raise ValueError("pass either text_features or input_ids, not both")
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            text_features = self.encode_text(input_ids, attention_mask).to(audio_features.device)
         audio_embeds = self.get_audio_features(audio_features)
         logits = self.classify(audio_embeds)
         text_embeds = contrastive_loss = ce_loss = loss = None
@@ -185,3 +332,67 @@ class MiseAlignerModel(MisePreTrainedModel):
             contrastive_loss=contrastive_loss,
             temperature=temperature,
         )
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """The module's state without the text encoder's base weights, plus its LoRA adapter as `text_adapter.*`."""
+        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in [key for key in state if key.startswith(prefix + TEXT_ENCODER_PREFIX)]:
+            del state[key]
+        adapter = self._pending_text_adapter
+        if self.text_encoder is not None and has_text_lora(self.text_encoder):
+            adapter = text_adapter_state_dict(self.text_encoder)
+        for key, value in (adapter or {}).items():
+            state[prefix + TEXT_ADAPTER_PREFIX + key] = value if keep_vars else value.detach()
+        return state
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        adapter_keys = [key for key in state_dict if key.startswith(prefix + TEXT_ADAPTER_PREFIX)]
+        adapter = {key[len(prefix + TEXT_ADAPTER_PREFIX) :]: state_dict.pop(key) for key in adapter_keys}
+        self._state_prefix = prefix
+        if adapter:
+            if self.text_encoder is not None:
+                try:
+                    load_text_adapter(self.text_encoder, adapter, source=f"{prefix}{TEXT_ADAPTER_PREFIX}*")
+                except ValueError as error:
+                    error_msgs.append(str(error))
+            else:  # applied when a text encoder is attached
+                self._pending_text_adapter = {key: value.detach().clone() for key, value in adapter.items()}
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        text_encoder: TextEncoder | None = None,
+        load_text_encoder: bool | None = None,
+        **kwargs,
+    ):
+        """`PreTrainedModel.from_pretrained`, then the text side: the LoRA adapter saved beside the heads is read
+        and, with `config.text_lora` (or `load_text_encoder=True`, or a given `text_encoder`), the base text
+        encoder is loaded from `config.text_encoder` and the adapter set on it. `load_text_encoder=False`
+        keeps the audio side only (the adapter waits until `set_text_encoder`)."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        adapter = read_checkpoint_tensors(pretrained_model_name_or_path, TEXT_ADAPTER_PREFIX, **kwargs)
+        if adapter:
+            model._pending_text_adapter = adapter
+        if load_text_encoder is None:
+            load_text_encoder = model.config.text_lora is not None or text_encoder is not None
+        if load_text_encoder:
+            model.set_text_encoder(text_encoder)
+            model.eval()
+        return loaded
+
+
+def _ignore_missing_text_encoder_weights(module: MiseAlignerModel, incompatible_keys) -> None:
+    """The text encoder's base weights are never in a MISE state dict: not missing."""
+    base = module._state_prefix + TEXT_ENCODER_PREFIX
+    incompatible_keys.missing_keys[:] = [
+        key for key in incompatible_keys.missing_keys if not key.startswith(base)
+    ]

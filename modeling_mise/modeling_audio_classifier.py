@@ -1,6 +1,14 @@
-"""End-to-end audio classifier: frozen audio encoder -> aligner audio head (`z_a`) -> emotion classifier."""
+"""End-to-end audio classifier: frozen audio encoder -> aligner audio head (`z_a`) -> emotion classifier.
+
+Multimodal variant: the aligner's text side gives `z_t` of an optional transcript and the classifier takes
+`[z_a; z_t]`. A clip without transcript gets the *null text code*, the zero vector: every real or generated
+`z_t` is L2-normalised, so zero is never a transcript's code. Stage 3 trains with it for clips without a
+transcript and for a random fraction of the others, so the classifier knows it (`multimodal_features`).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F
@@ -9,8 +17,31 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from .configuration_audio_classifier import MiseAudioClassifierConfig
 from .encoders import AudioEncoder, build_audio_encoder, load_audio_encoder
 from .losses import soft_cross_entropy
-from .modeling_aligner import MiseAlignerModel, MisePreTrainedModel
+from .modeling_aligner import (
+    TEXT_ADAPTER_PREFIX,
+    MiseAlignerModel,
+    MisePreTrainedModel,
+    read_checkpoint_tensors,
+)
 from .modeling_classifier import MiseClassifierModel
+
+
+def multimodal_features(
+    audio_embeds: torch.Tensor, text_embeds: torch.Tensor | None = None, text_dim: int | None = None
+) -> torch.Tensor:
+    """`[z_a; z_t]` (B, d_a + d_t) for the multimodal classifier. Rows of a missing transcript (`text_embeds`
+    None, or a NaN row) get the null text code, the zero vector (`text_dim` is needed when `text_embeds` is None)."""
+    if text_embeds is None:
+        if text_dim is None:
+            raise ValueError("multimodal_features: give text_embeds or text_dim")
+        text_embeds = audio_embeds.new_zeros(audio_embeds.shape[0], text_dim)
+    if text_embeds.dim() != 2 or text_embeds.shape[0] != audio_embeds.shape[0]:
+        raise ValueError(
+            f"text_embeds must have shape ({audio_embeds.shape[0]}, d_t), got {tuple(text_embeds.shape)}"
+        )
+    missing = torch.isnan(text_embeds).any(dim=-1, keepdim=True)  # (B, 1)
+    text_embeds = torch.where(missing, torch.zeros_like(text_embeds), text_embeds)
+    return torch.cat([audio_embeds, text_embeds.to(audio_embeds.dtype)], dim=-1)
 
 
 class MiseForAudioClassification(MisePreTrainedModel):
@@ -18,6 +49,11 @@ class MiseForAudioClassification(MisePreTrainedModel):
     Audio in, emotion out: the frozen audio encoder gives `h`, the aligner's audio head gives `z_a`, and the
     stage-3 classifier gives emotion logits. Works with `pipeline("audio-classification")` through
     [`MiseFeatureExtractor`]; a transformers audio encoder's weights are saved inside this model.
+
+    With a multimodal classifier, `forward(..., transcripts=[...])` adds `z_t` of each transcript (`None` for a
+    clip without one: the null text code). The text encoder is loaded from the aligner's `text_encoder` id/path
+    the first time a transcript comes (its LoRA adapter, if any, is saved in this model); audio-only use,
+    the pipeline included, never loads it.
     """
 
     config_class = MiseAudioClassifierConfig
@@ -43,7 +79,9 @@ class MiseForAudioClassification(MisePreTrainedModel):
     def from_components(
         cls, aligner: MiseAlignerModel, classifier: MiseClassifierModel, audio_encoder: AudioEncoder
     ) -> MiseForAudioClassification:
-        """Assemble the end-to-end model from a trained aligner, classifier and the frozen audio encoder."""
+        """Assemble the end-to-end model from a trained aligner, classifier and the frozen audio encoder.
+
+        A multimodal classifier keeps the aligner's attached text encoder (with its LoRA adapter), if any."""
         if audio_encoder.hidden_size != aligner.config.audio_dim:
             raise ValueError(
                 f"audio encoder {audio_encoder.name!r} gives {audio_encoder.hidden_size}-d features but the "
@@ -58,7 +96,55 @@ class MiseForAudioClassification(MisePreTrainedModel):
         model = cls(config, audio_encoder=audio_encoder)
         model.aligner.load_state_dict(aligner.state_dict())
         model.classifier.load_state_dict(classifier.state_dict())
+        if aligner.text_encoder is not None and model.multimodal:
+            model.aligner.set_text_encoder(aligner.text_encoder)
         return model.eval()
+
+    @property
+    def multimodal(self) -> bool:
+        """Whether the classifier takes `[z_a; z_t]` (and `forward` a transcript per clip)."""
+        return self.classifier.config.multimodal
+
+    def text_embeds(self, transcripts: Sequence[str | None] | None, batch_size: int) -> torch.Tensor:
+        """`z_t` (B, d) of each clip's transcript; NaN rows for clips without one (None or blank)."""
+        dim = self.aligner.config.projection_dim
+        device = self.aligner.audio_mean.device
+        embeds = torch.full((batch_size, dim), float("nan"), device=device)
+        if transcripts is None:
+            return embeds
+        if isinstance(transcripts, str) or len(transcripts) != batch_size:
+            raise ValueError(
+                f"transcripts: expected a list of {batch_size} strings or None (one per clip), got {transcripts!r}"
+            )
+        for index, text in enumerate(transcripts):
+            if text is not None and not isinstance(text, str):
+                raise ValueError(
+                    f"transcripts[{index}]: expected a string or None, got {type(text).__name__}"
+                )
+        present = [index for index, text in enumerate(transcripts) if text is not None and text.strip()]
+        if present:
+            if self.aligner.text_encoder is None:
+                self.aligner.set_text_encoder()
+            embeds[present] = self.aligner.get_text_features(texts=[transcripts[i] for i in present]).float()
+        return embeds
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *model_args, load_text_encoder: bool = False, **kwargs
+    ):
+        """`PreTrainedModel.from_pretrained`, keeping the aligner's LoRA adapter (if any) for its text encoder,
+        which loads on the first transcript, or now with `load_text_encoder=True`."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        adapter = read_checkpoint_tensors(
+            pretrained_model_name_or_path, "aligner." + TEXT_ADAPTER_PREFIX, **kwargs
+        )
+        if adapter:
+            model.aligner._pending_text_adapter = adapter
+        if load_text_encoder:
+            model.aligner.set_text_encoder()
+            model.eval()
+        return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual, and let `AutoModel` (not only `AutoModelForAudioClassification`) load remote code."""
@@ -73,17 +159,27 @@ class MiseForAudioClassification(MisePreTrainedModel):
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        transcripts: Sequence[str | None] | None = None,
     ) -> SequenceClassifierOutput:
         """
         Args:
             input_values: mono waveforms at `config.sampling_rate`, shape `(batch, samples)`, zero-padded.
             attention_mask: 1 for real samples, 0 for padding, shape `(batch, samples)`.
             labels: emotion ids `(batch,)`; the loss is set exactly when given.
+            transcripts: multimodal models only: one transcript per clip, `None` (or blank) for a clip without
+                one; `None` for the whole batch is audio only. Missing transcripts use the null text code.
         """
+        if transcripts is not None and not self.multimodal:
+            raise ValueError(
+                "transcripts: this classifier is audio-only (classifier_config.multimodal=False)"
+            )
         with torch.no_grad():
             hidden = self.audio_encoder(input_values, attention_mask=attention_mask)
         audio_embeds = self.aligner.get_audio_features(hidden.to(self.aligner.audio_mean.dtype))
-        logits = self.classifier(features=audio_embeds).logits
+        features = audio_embeds
+        if self.multimodal:
+            features = multimodal_features(audio_embeds, self.text_embeds(transcripts, audio_embeds.shape[0]))
+        logits = self.classifier(features=features).logits
         loss = None
         if labels is not None:
             loss = (

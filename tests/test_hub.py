@@ -366,3 +366,18 @@ def test_card_for_a_transformers_audio_encoder(trained_run):
     compile(snippet, "<encoder card>", "exec")
     assert f'AutoModel.from_pretrained("{repos["classifier"]}", trust_remote_code=True)' in snippet
     assert "hidden_states[0]" in snippet and "encoder.classify(z_a)" in snippet
+
+
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        (["--push_to_hub", "true"], "hub_model_id"),
+        (["--push_to_hub", "true", "--hub_model_id", "no-slash"], "hub_model_id"),
+        (["--push_to_hub", "true", "--hub_model_id", "org/mise", "--final_models", "false"], "final_models"),
+    ],
+)
+def test_train_push_to_hub_flags_are_checked(flags, field):
+    from training.arguments import ConfigError, parse_arguments
+
+    with pytest.raises(ConfigError, match=field):
+        parse_arguments(["training/configs/ravdess.yaml", "--output_dir", "unused", *flags])

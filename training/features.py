@@ -1,0 +1,166 @@
+"""Corpus -> usable clips (bad files rejected with a reason) -> frozen-encoder features through the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+
+from modeling_mise.audio import crop
+from modeling_mise.cache import FeatureCache
+from modeling_mise.data import Corpus, Rejection, load_corpus, write_rejections
+from modeling_mise.encoders import AudioEncoder, TextEncoder
+
+from .arguments import DataArguments, ModelArguments
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class CorpusFeatures:
+    """Frozen features of the usable clips, row i belonging to `corpus.items[i]`."""
+
+    audio: torch.Tensor  # (N, audio_dim)
+    text: torch.Tensor | None  # (N, text_dim); NaN rows where a clip has no transcript
+    audio_spec: dict
+    text_spec: dict | None
+    cache_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def read_corpus(data_args: DataArguments) -> Corpus:
+    """The corpus named by the data arguments (manifest CSV, audiofolder or `datasets` source).
+
+    A relative `dataset` path that exists under a local `data_dir` is read from there (e.g. `manifest.csv`
+    with `--data_dir ../shared/data/ravdess`); otherwise `data_dir` goes to `datasets.load_dataset`.
+    """
+    source, data_dir = data_args.dataset, data_args.data_dir
+    if data_dir and not Path(source).is_absolute() and (Path(data_dir) / source).exists():
+        source, data_dir = str(Path(data_dir) / source), None
+    return load_corpus(
+        source,
+        audio_column=data_args.audio_column,
+        label_column=data_args.label_column,
+        speaker_column=data_args.speaker_column,
+        transcript_column=data_args.transcript_column,
+        session_column=data_args.session_column,
+        split=data_args.split,
+        label_map=data_args.label_map,
+        drop_labels=data_args.drop_labels,
+        data_dir=data_dir,
+    )
+
+
+def usable_clips(
+    corpus: Corpus, sampling_rate: int, data_args: DataArguments, output_dir: Path, accelerator: Accelerator
+) -> tuple[list[np.ndarray], Corpus, list[Rejection]]:
+    """Decode every clip; unreadable/empty/silent/NaN/too-short ones go to `OUT/rejected.csv` (fatal if strict)."""
+    waveforms, usable, rejections = corpus.load_waveforms(
+        sampling_rate,
+        min_seconds=data_args.min_seconds,
+        strict=data_args.strict,
+        show_progress=accelerator.is_local_main_process,
+    )
+    if accelerator.is_main_process:
+        write_rejections(rejections, output_dir / "rejected.csv")
+    for rejection in rejections:
+        logger.warning(f"rejected row {rejection.row}: {rejection.path}: {rejection.reason}")
+    if rejections:
+        logger.warning(f"{len(rejections)} clip(s) rejected, listed in {output_dir / 'rejected.csv'}")
+    return waveforms, usable, rejections
+
+
+def text_fingerprint(text: str) -> str:
+    """Content key of a transcript in the text-feature cache."""
+    return hashlib.sha256(("text:" + text).encode("utf-8")).hexdigest()
+
+
+def extract_features(
+    corpus: Corpus,
+    waveforms: list[np.ndarray],
+    audio_encoder: AudioEncoder,
+    text_encoder: TextEncoder | None,
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    accelerator: Accelerator,
+) -> CorpusFeatures:
+    """Audio features `h` (and text features `t`) of every usable clip, computed once and cached.
+
+    The audio cache key is the encoder's spec plus the crop length; the entry key is each file's content
+    fingerprint, so a changed file or encoder recomputes only what changed. Misses are split across processes.
+    """
+    start = time.perf_counter()
+    show = accelerator.is_local_main_process
+    max_seconds = model_args.max_duration_s
+    audio_spec = {**audio_encoder.spec(), "max_duration_s": max_seconds}
+    audio_cache = FeatureCache(data_args.cache_dir, audio_spec)
+
+    def encode_audio(indices: list[int]) -> torch.Tensor:
+        clips = [crop(waveforms[i], audio_encoder.sampling_rate, max_seconds)[0] for i in indices]
+        return audio_encoder.encode(clips, batch_size=data_args.feature_batch_size, show_progress=show)
+
+    audio = audio_cache.get_or_compute(corpus.fingerprints(), encode_audio, accelerator, desc="audio")
+    stats = {"audio": dict(audio_cache.last_stats)}
+
+    text, text_spec = None, None
+    transcripts = corpus.transcripts()
+    present = [i for i, transcript in enumerate(transcripts) if transcript]
+    if text_encoder is not None and present:
+        text_spec = text_encoder.spec()
+        text_cache = FeatureCache(data_args.cache_dir, text_spec)
+        texts = [transcripts[i] for i in present]
+
+        def encode_text(indices: list[int]) -> torch.Tensor:
+            return text_encoder.encode([texts[i] for i in indices], show_progress=show)
+
+        fingerprints = [text_fingerprint(t) for t in texts]
+        found = text_cache.get_or_compute(fingerprints, encode_text, accelerator, desc="text")
+        text = torch.full((len(corpus), found.shape[1]), float("nan"))
+        text[torch.as_tensor(present)] = found.float()
+        stats["text"] = dict(text_cache.last_stats)
+        if len(present) < len(corpus):
+            logger.warning(
+                f"{len(corpus) - len(present)} clip(s) have no transcript: they use the null text code"
+            )
+    seconds = time.perf_counter() - start
+    summary = ", ".join(f"{name} {s['hits']} hits / {s['misses']} misses" for name, s in stats.items())
+    logger.info(f"features in {seconds:.1f} s: {summary}")
+    return CorpusFeatures(audio.float(), text, audio_spec, text_spec, stats, seconds)
+
+
+def reject_nonfinite(
+    corpus: Corpus, features: CorpusFeatures, rejections: list[Rejection], strict: bool
+) -> tuple[Corpus, CorpusFeatures]:
+    """Clips whose audio features are NaN/Inf are rejected like unreadable files (fatal when `strict`)."""
+    bad = torch.nonzero(~torch.isfinite(features.audio).all(dim=1)).flatten().tolist()
+    if not bad:
+        return corpus, features
+    encoder = features.audio_spec.get("name", "the audio encoder")
+    for index in bad:
+        item = corpus.items[index]
+        reason = f"non-finite features from {encoder}"
+        if strict:
+            raise ValueError(f"{item.source} (row {item.row}): {reason}")
+        rejections.append(Rejection(row=item.row, path=item.source, reason=reason))
+        logger.warning(f"rejected row {item.row}: {item.source}: {reason}")
+    keep = [i for i in range(len(corpus)) if i not in set(bad)]
+    rows = torch.as_tensor(keep)
+    text = features.text[rows] if features.text is not None else None
+    return corpus.subset(keep), replace(features, audio=features.audio[rows], text=text)
+
+
+def speaker_normalized(features: CorpusFeatures, speakers: np.ndarray) -> CorpusFeatures:
+    """Audio features z-normalised per speaker with the speaker's own statistics (labels are not used)."""
+    audio = features.audio.clone()
+    for speaker in np.unique(speakers):
+        rows = torch.as_tensor(speakers == speaker)
+        block = audio[rows]
+        std = block.std(0) if block.shape[0] > 1 else torch.ones_like(block[0])
+        audio[rows] = (block - block.mean(0)) / std.clamp(min=1e-6)
+    return replace(features, audio=audio)

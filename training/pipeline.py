@@ -1,0 +1,372 @@
+"""One fold of the protocol (stages 1-3 on training speakers, test on held-out speakers) and the final models."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+
+from modeling_mise import (
+    MiseAlignerModel,
+    MiseFeatureExtractor,
+    MiseForAudioClassification,
+    MiseGeneratorModel,
+)
+from modeling_mise.encoders import AudioEncoder
+from modeling_mise.folds import Fold
+from modeling_mise.metrics import classification_metrics
+from modeling_mise.modeling_audio_classifier import multimodal_features
+
+from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
+from .checkpoint import CheckpointManager, ResumePoint
+from .features import CorpusFeatures
+from .loop import StageRuntime
+from .multimodal import MultimodalAugmenter, TextSide, train_aligner_lora, transcript_codes
+from .stages import (
+    aligner_config,
+    classifier_config,
+    encode_audio,
+    encode_text,
+    generator_config,
+    predict,
+    train_aligner,
+    train_classifier,
+    train_generator,
+)
+
+logger = get_logger(__name__)
+
+STAGE_MARKER = "stage.json"
+FINAL_FOLD = "final"
+
+
+@dataclass
+class RunContext:
+    """Everything the folds share: arguments, features, labels, where to write, how to resume."""
+
+    accelerator: Accelerator
+    data_args: DataArguments
+    model_args: ModelArguments
+    training_args: MiseTrainingArguments
+    features: CorpusFeatures
+    labels: torch.Tensor  # (N,) class ids
+    id2label: dict[int, str]
+    output_dir: Path
+    config_hash: str
+    checkpoints: CheckpointManager
+    resume_from: ResumePoint | None = None
+    resuming: bool = False
+    progress: object | None = None
+    transcripts: list[str | None] | None = None  # per row of `features`; the LoRA text encoder reads them
+
+    @property
+    def epochs_per_fold(self) -> int:
+        """Epochs of the three stages of one fold (run-wide tracker steps advance by this per fold)."""
+        args = self.training_args
+        generator_epochs = args.generator_epochs if self.model_args.uses_generator else 0
+        return args.aligner_epochs + generator_epochs + args.classifier_epochs
+
+    def runtime(self, fold: str, fold_index: int, stage_offset: int) -> StageRuntime:
+        """The stage runtime of one stage of one fold."""
+        return StageRuntime(
+            accelerator=self.accelerator,
+            fold=fold,
+            fold_index=fold_index,
+            checkpoints=self.checkpoints,
+            resume_from=self.resume_from,
+            checkpoint_every=self.training_args.checkpoint_every,
+            max_grad_norm=self.training_args.max_grad_norm,
+            step_offset=fold_index * self.epochs_per_fold + stage_offset,
+            progress=self.progress,
+        )
+
+
+def stage_seed(seed: int, fold_index: int, stage: int) -> int:
+    """Seed of one stage of one fold: seed + 1000 * fold + stage."""
+    return seed + 1000 * fold_index + stage
+
+
+def _write_json(path: Path, value: dict, accelerator: Accelerator) -> None:
+    if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(value, indent=2, default=_json_default))
+        tmp.replace(path)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _completed_stage(directory: Path, ctx: RunContext) -> dict | None:
+    """The stage summary of a stage finished by an earlier attempt of this run (resume only)."""
+    marker = directory / STAGE_MARKER
+    if not ctx.resuming or not marker.is_file():
+        return None
+    record = json.loads(marker.read_text())
+    return record if record.get("config_hash") == ctx.config_hash else None
+
+
+def _finish_stage(model, directory: Path, summary: dict, ctx: RunContext) -> None:
+    """Save a trained stage's model (safetensors) and its marker, so a resumed run reuses it."""
+    if ctx.accelerator.is_main_process:
+        model.save_pretrained(directory)
+    _write_json(
+        directory / STAGE_MARKER, {"config_hash": ctx.config_hash, "summary": summary}, ctx.accelerator
+    )
+    ctx.accelerator.wait_for_everyone()
+
+
+def _text_codes(
+    ctx: RunContext, aligner: MiseAlignerModel, rows: np.ndarray, for_generator: bool = True
+) -> torch.Tensor | None:
+    """Text codes of the generator: z_t of the aligner, or the standardised raw t without alignment.
+
+    With a LoRA-tuned text encoder z_t comes from the fold's tuned encoder on the transcripts. The multimodal
+    classifier asks with `for_generator=False`: z_t even under the `no_text_code` ablation.
+    """
+    text = ctx.features.text
+    if text is None or (for_generator and ctx.model_args.no_text_code):
+        return None
+    if aligner.config.text_lora is not None:
+        return transcript_codes(aligner, [ctx.transcripts[i] for i in rows])
+    if aligner.config.use_text:
+        return encode_text(aligner, text[rows])
+    present = text[~torch.isnan(text).any(dim=1)]
+    return (text[rows] - present.mean(0)) / present.std(0).clamp(min=1e-6)
+
+
+def train_stages(
+    ctx: RunContext, fold: Fold, fold_index: int, directory: Path, seed_index: int | None = None
+) -> dict:
+    """Stages 1-3 on the fold's training speakers, selected on its validation speakers.
+
+    Stage k of the fold is seeded with `stage_seed(seed, seed_index, k)` (`seed_index` defaults to the fold's).
+    """
+    margs, targs = ctx.model_args, ctx.training_args
+    features, labels = ctx.features, ctx.labels
+    train, val = fold.train, fold.validation
+    text_dim = None if features.text is None else features.text.shape[1]
+    seed, seed_index = targs.seed, fold_index if seed_index is None else seed_index
+    if margs.multimodal and features.text is None:
+        raise ValueError(
+            "multimodal: no usable clip has a transcript (check transcript_column and the text encoder)"
+        )
+
+    # stage 1: aligner
+    done = _completed_stage(directory / "aligner", ctx)
+    if done is not None:
+        aligner = MiseAlignerModel.from_pretrained(directory / "aligner").eval()
+        aligner_summary = done["summary"]
+    else:
+        config = aligner_config(margs, features.audio.shape[1], text_dim, ctx.id2label, features.audio_spec)
+        if config.text_lora is not None:  # the text encoder trains too: tokens, not cached features
+            aligner, aligner_summary = train_aligner_lora(
+                ctx.runtime(fold.name, fold_index, 0),
+                config,
+                targs,
+                features.audio[train],
+                labels[train],
+                features.audio[val],
+                labels[val],
+                [ctx.transcripts[i] for i in train],
+                features.text[train],
+                seed=stage_seed(seed, seed_index, 1),
+            )
+        else:
+            aligner, aligner_summary = train_aligner(
+                ctx.runtime(fold.name, fold_index, 0),
+                config,
+                targs,
+                features.audio[train],
+                labels[train],
+                features.audio[val],
+                labels[val],
+                text_train=None if features.text is None else features.text[train],
+                seed=stage_seed(seed, seed_index, 1),
+            )
+        _finish_stage(aligner, directory / "aligner", aligner_summary, ctx)
+    z_train, z_val = encode_audio(aligner, features.audio[train]), encode_audio(aligner, features.audio[val])
+    codes_train, codes_val = _text_codes(ctx, aligner, train), _text_codes(ctx, aligner, val)
+    text_train = text_val = None  # multimodal: z_t of the classifier and of the text-side generator
+    if margs.multimodal:
+        text_train, text_val = _text_codes(ctx, aligner, train, False), _text_codes(ctx, aligner, val, False)
+
+    # stage 2: generator (augmentation gan / mise)
+    generator, generator_summary = None, None
+    if margs.uses_generator:
+        done = _completed_stage(directory / "generator", ctx)
+        if done is not None:
+            generator = MiseGeneratorModel.from_pretrained(directory / "generator").eval()
+            generator_summary = done["summary"]
+        else:
+            code_dim = None if codes_train is None else codes_train.shape[1]
+            config = generator_config(margs, z_train.shape[1], code_dim, ctx.id2label)
+            text_side = None
+            if margs.multimodal:
+                text_side = TextSide(
+                    config, targs, z_train, labels[train], text_train, stage_seed(seed, seed_index, 2)
+                )
+            generator, generator_summary = train_generator(
+                ctx.runtime(fold.name, fold_index, targs.aligner_epochs),
+                config,
+                targs,
+                z_train,
+                labels[train],
+                z_val,
+                labels[val],
+                text_codes_train=codes_train,
+                text_codes_val=codes_val,
+                seed=stage_seed(seed, seed_index, 2),
+                text_side=text_side,
+            )
+            _finish_stage(generator, directory / "generator", generator_summary, ctx)
+        generator.to(ctx.accelerator.device)
+
+    # stage 3: classifier on real + generated features
+    offset = ctx.epochs_per_fold - targs.classifier_epochs
+    features_train, features_val, augmenter, text_dim = z_train, z_val, None, None
+    if margs.multimodal:  # [z_a; z_t] over the four real/generated combinations
+        augmenter = MultimodalAugmenter(
+            margs.augmentation,
+            z_train,
+            text_train,
+            labels[train],
+            targs,
+            margs.multimodal_text_dropout,
+            generator,
+            seed=stage_seed(seed, seed_index, 3),
+        )
+        features_train, features_val = (
+            multimodal_features(z_train, text_train),
+            multimodal_features(z_val, text_val),
+        )
+        text_dim = text_train.shape[1]
+    classifier, classifier_summary = train_classifier(
+        ctx.runtime(fold.name, fold_index, offset),
+        classifier_config(margs, z_train.shape[1], ctx.id2label, text_dim),
+        targs,
+        features_train,
+        labels[train],
+        features_val,
+        labels[val],
+        augmentation=margs.augmentation,
+        generator=generator,
+        text_codes_train=codes_train,
+        seed=stage_seed(seed, seed_index, 3),
+        augmenter=augmenter,
+        head_init=aligner.emotion_head if margs.classifier_init_from_aligner else None,
+    )
+    _finish_stage(classifier, directory / "classifier", classifier_summary, ctx)
+    return {
+        "aligner": aligner,
+        "generator": generator,
+        "classifier": classifier,
+        "stages": {
+            "aligner": aligner_summary,
+            "generator": generator_summary,
+            "classifier": classifier_summary,
+        },
+    }
+
+
+def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
+    """Train one fold and write `OUT/folds/<fold>/metrics.json` (UAR, WA, macro-F1, confusion matrix)."""
+    directory = ctx.output_dir / "folds" / fold.name
+    metrics_path = directory / "metrics.json"
+    if ctx.resuming and metrics_path.is_file():
+        previous = json.loads(metrics_path.read_text())
+        if previous.get("config_hash") == ctx.config_hash:
+            logger.info(f"fold {fold.name}: already complete, skipped")
+            if ctx.progress is not None:
+                ctx.progress.update(ctx.epochs_per_fold)
+            return previous
+    trained = train_stages(ctx, fold, fold_index, directory)
+    test = fold.test
+    num_labels = len(ctx.id2label)
+    z_test = encode_audio(trained["aligner"], ctx.features.audio[test])
+    y_true = ctx.labels[test].numpy()
+    extra = {}
+    if ctx.model_args.multimodal:  # test clips with their transcripts; also scored as if they had none
+        text_test = _text_codes(ctx, trained["aligner"], test, for_generator=False)
+        y_pred = predict(trained["classifier"], multimodal_features(z_test, text_test))
+        y_null = predict(trained["classifier"], multimodal_features(z_test, text_dim=text_test.shape[1]))
+        extra["uar_without_transcript"] = classification_metrics(y_true, y_null, num_labels, ctx.id2label)[
+            "uar"
+        ]
+    else:
+        y_pred = predict(trained["classifier"], z_test)
+    metrics = classification_metrics(y_true, y_pred, num_labels, ctx.id2label)
+    with torch.no_grad():
+        aligner_logits = (
+            trained["aligner"].classify(z_test.to(ctx.accelerator.device)).argmax(-1).cpu().numpy()
+        )
+    record = {
+        "fold": fold.name,
+        "test_speakers": fold.test_speakers,
+        "validation_speakers": fold.validation_speakers,
+        "clips": {"train": len(fold.train), "validation": len(fold.validation), "test": len(test)},
+        **metrics,
+        "aligner_uar": classification_metrics(y_true, aligner_logits, num_labels, ctx.id2label)["uar"],
+        **extra,
+        "stages": trained["stages"],
+        "y_true": y_true.tolist(),
+        "y_pred": y_pred.tolist(),
+        "config_hash": ctx.config_hash,
+    }
+    _write_json(metrics_path, record, ctx.accelerator)
+    ctx.accelerator.wait_for_everyone()
+    logger.info(
+        f"fold {fold.name}: UAR {metrics['uar']:.4f} WA {metrics['wa']:.4f} F1 {metrics['f1_macro']:.4f}"
+    )
+    if ctx.accelerator.trackers:
+        scalars = {f"eval/fold_{key}": metrics[key] for key in ("uar", "wa", "f1_macro")}
+        ctx.accelerator.log(scalars, step=(fold_index + 1) * ctx.epochs_per_fold)
+    return record
+
+
+def final_fold(speakers: np.ndarray, num_validation_speakers: int, seed: int, labels: np.ndarray) -> Fold:
+    """All speakers but a few validation speakers (for early stopping) train the released models."""
+    names = sorted(set(speakers.tolist()))
+    rng = np.random.default_rng([seed, 999])
+    classes = set(labels.tolist())
+    for _ in range(100):
+        chosen = sorted(rng.choice(names, size=min(num_validation_speakers, len(names) - 1), replace=False))
+        train = np.flatnonzero(~np.isin(speakers, chosen))
+        if set(labels[train].tolist()) == classes:
+            break
+    validation = np.flatnonzero(np.isin(speakers, chosen))
+    return Fold(FINAL_FOLD, train, validation, np.zeros(0, dtype=np.int64), [], list(chosen))
+
+
+def train_final_models(
+    ctx: RunContext, fold: Fold, fold_index: int, audio_encoder: AudioEncoder, seed_index: int
+) -> Path:
+    """Train on all speakers and write `OUT/models/{aligner,generator,classifier,audio-classifier}`."""
+    directory = ctx.output_dir / "models"
+    trained = train_stages(ctx, fold, fold_index, ctx.output_dir / FINAL_FOLD, seed_index)
+    accelerator = ctx.accelerator
+    if accelerator.is_main_process:
+        trained["aligner"].save_pretrained(directory / "aligner")
+        trained["classifier"].save_pretrained(directory / "classifier")
+        if trained["generator"] is not None:
+            trained["generator"].save_pretrained(directory / "generator")
+        aligner, classifier = trained["aligner"].to("cpu"), trained["classifier"].to("cpu")
+        audio_model = MiseForAudioClassification.from_components(aligner, classifier, audio_encoder)
+        audio_model.config.max_duration_s = ctx.model_args.max_duration_s
+        audio_model.save_pretrained(directory / "audio-classifier")
+        MiseFeatureExtractor(
+            sampling_rate=audio_encoder.sampling_rate, max_duration_s=ctx.model_args.max_duration_s
+        ).save_pretrained(directory / "audio-classifier")
+    accelerator.wait_for_everyone()
+    logger.info(f"final models written to {directory}")
+    return directory

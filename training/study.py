@@ -1,0 +1,295 @@
+"""The comparison study: every augmentation variant on the same folds and seeds, with MI quality and figures.
+
+    accelerate launch training/study.py training/configs/ravdess_study.yaml --output_dir OUT [--key value ...]
+
+Per seed and fold, stage 1 (the aligner) is trained once per alignment setting and stage 2 (the InfoGAN) once
+per generator setting; each variant then trains its stage-3 classifier (training/stages.py). Frozen features
+come from the shared cache. Writes `OUT/study.csv` (variant x seed x fold), `OUT/study.json`, `OUT/study.md`,
+`OUT/quality.json` (every generator checkpoint) and `OUT/figures/*.png`; `OUT/runs/` keeps each finished
+(seed, fold) so `--resume_from_checkpoint latest` continues a killed study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `training` and `modeling_mise` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.logging import get_logger
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+from modeling_mise.encoders import load_audio_encoder, load_text_encoder
+from modeling_mise.folds import Fold, make_folds
+from training.arguments import (
+    ARGUMENT_TYPES,
+    ConfigError,
+    DataArguments,
+    MiseTrainingArguments,
+    ModelArguments,
+    _read_config_file,
+    arguments_dict,
+    config_hash,
+)
+from training.features import (
+    extract_features,
+    read_corpus,
+    reject_nonfinite,
+    speaker_normalized,
+    usable_clips,
+)
+from training.loop import NonFiniteLossError
+from training.study_report import write_report
+from training.study_unit import FoldUnit, Study
+from training.study_variants import StudyArguments, cut_class
+
+logger = get_logger("mise.study")
+STUDY_FILES = ("runs", "figures", "study.csv", "study.json", "study.md", "quality.json", "study_info.json")
+
+
+def parse_study_arguments(
+    argv: list[str] | None = None,
+) -> tuple[DataArguments, ModelArguments, MiseTrainingArguments, StudyArguments]:
+    """`[CONFIG.yaml|.json] [--key value ...]` over the training arguments plus [`StudyArguments`]."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((*ARGUMENT_TYPES, StudyArguments))
+    if argv and not argv[0].startswith("-"):
+        config_path = Path(argv.pop(0))
+        values = _read_config_file(config_path)
+        unknown = sorted(set(values) - {action.dest for action in parser._actions})
+        if unknown:
+            raise ConfigError(f"{config_path}: unknown key(s) {unknown}")
+        parser.set_defaults(**values)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    except TypeError as error:
+        raise ConfigError(str(error)) from error
+
+
+# ---------------------------------------------------------------------------------------------- the whole study
+def _prepare_output_dir(
+    output_dir: Path, training_args: MiseTrainingArguments, accelerator: Accelerator
+) -> bool:
+    """Continue (resume), replace (overwrite) or refuse a previous study in `output_dir`."""
+    has_run = any((output_dir / name).exists() for name in STUDY_FILES)
+    if training_args.resume_from_checkpoint is not None:
+        return True
+    if has_run and not training_args.overwrite_output_dir:
+        raise ConfigError(
+            f"output_dir: {output_dir} already holds a study; pass --resume_from_checkpoint latest to continue "
+            "it or --overwrite_output_dir to start again"
+        )
+    if has_run and accelerator.is_main_process:
+        for name in STUDY_FILES:
+            path = output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    accelerator.wait_for_everyone()
+    return False
+
+
+def study_hash(data_args, model_args, training_args, study_args: StudyArguments) -> str:
+    """Hash of what changes a (seed, fold) unit's results; the choice of variants and seeds is left out."""
+    study_values = {
+        key: value
+        for key, value in dataclasses.asdict(study_args).items()
+        if key not in ("variants", "seeds", "figures", "map_max_points")
+    }
+    text = config_hash(data_args, model_args, training_args) + json.dumps(study_values, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _load_unit(path: Path, hash_: str, variants: list[str]) -> dict | None:
+    if not path.is_file():
+        return None
+    unit = json.loads(path.read_text())
+    if unit.get("config_hash") != hash_:
+        logger.warning(
+            f"{path}: computed with another configuration (hash {unit.get('config_hash')}); recomputing"
+        )
+        return None
+    if not set(variants) <= {row["variant"] for row in unit["rows"]}:
+        return None
+    unit["rows"] = [row for row in unit["rows"] if row["variant"] in variants]
+    return unit
+
+
+def _folds(study: Study, speakers: np.ndarray, sessions) -> list[Fold]:
+    data_args = study.data_args
+    split = None
+    if data_args.protocol == "split":
+        split = np.where(np.isin(speakers, data_args.test_speakers), "test", "train")
+        split = np.where(np.isin(speakers, data_args.validation_speakers), "validation", split)
+    return make_folds(
+        speakers, study.labels.numpy(), protocol=data_args.protocol, sessions=sessions, k=data_args.num_folds,
+        num_validation_speakers=data_args.num_validation_speakers, split=split, max_folds=data_args.max_folds,
+        seed=study.training_args.seed, id2label=study.id2label,
+    )  # fmt: skip
+
+
+def _training_rows(study: Study, fold: Fold, fold_index: int) -> tuple[np.ndarray, dict]:
+    """The fold's training rows, with the imbalance cut applied (same cut for every seed and variant)."""
+    name = study.study_args.imbalance_class
+    if name is None:
+        return fold.train, {}
+    label2id = {label: index for index, label in study.id2label.items()}
+    if name not in label2id:
+        raise ConfigError(f"imbalance_class: {name!r} is not a class of the corpus ({sorted(label2id)})")
+    reduced, counts = cut_class(
+        fold.train, study.labels.numpy(), label2id[name], study.study_args.imbalance_keep,
+        seed=study.training_args.seed + fold_index,
+    )  # fmt: skip
+    return reduced, counts
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the study; returns the content of `OUT/study.json`."""
+    started = time.perf_counter()
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+
+    # 1. arguments: the training config keys plus the study's own
+    data_args, model_args, training_args, study_args = parse_study_arguments(raw_argv)
+    threads, previous_threads = training_args.training_threads, torch.get_num_threads()
+    with threadpool_limits(threads or None):  # one thread: fastest for these sizes, never oversubscribed
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            return _run_study(raw_argv, started, data_args, model_args, training_args, study_args)
+        finally:
+            torch.set_num_threads(previous_threads)
+
+
+def _run_study(
+    raw_argv: list[str],
+    started: float,
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    training_args: MiseTrainingArguments,
+    study_args: StudyArguments,
+) -> dict:
+    output_dir = Path(training_args.output_dir)
+    hash_ = study_hash(data_args, model_args, training_args, study_args)
+
+    # 2. accelerator, logging, output folder
+    accelerator = Accelerator(
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True)
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("mise").setLevel(logging.INFO)
+    resuming = _prepare_output_dir(output_dir, training_args, accelerator)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    # 3. corpus and frozen features (cached: a second study on the same corpus computes nothing)
+    corpus = read_corpus(data_args)
+    audio_encoder = load_audio_encoder(
+        model_args.audio_encoder, model_args.audio_pooling, model_args.audio_layer
+    )
+    waveforms, corpus, rejections = usable_clips(
+        corpus, audio_encoder.sampling_rate, data_args, output_dir, accelerator
+    )
+    text_encoder = None
+    if (
+        model_args.text_encoder is not None
+        and data_args.transcript_column is not None
+        and any(corpus.transcripts())
+    ):
+        text_encoder = load_text_encoder(model_args.text_encoder, model_args.text_pooling)
+    features = extract_features(
+        corpus, waveforms, audio_encoder, text_encoder, data_args, model_args, accelerator
+    )
+    del waveforms
+    corpus, features = reject_nonfinite(corpus, features, rejections, data_args.strict)
+    if (
+        data_args.speaker_normalization
+    ):  # every variant, the classic baseline included, sees the same features
+        features = speaker_normalized(features, corpus.speakers())
+        logger.info("per-speaker normalised features (each speaker's own statistics, labels unused)")
+    study = Study(
+        accelerator, data_args, model_args, training_args, study_args, features.audio, features.text,
+        torch.as_tensor(corpus.labels()), dict(corpus.id2label), features.audio_spec,
+    )  # fmt: skip
+
+    # 4. folds, shared by every variant and seed
+    folds = _folds(study, corpus.speakers(), corpus.sessions())
+    logger.info(
+        f"{len(folds)} fold(s) x {len(study_args.seeds)} seed(s) x {len(study_args.variants)} variant(s)"
+    )
+
+    # 5. per (seed, fold): shared stage-1/2 models, one classifier per variant -> OUT/runs/
+    units = []
+    progress = tqdm(total=len(folds) * len(study_args.seeds), desc="study", unit="fold",
+                    disable=not accelerator.is_local_main_process)  # fmt: skip
+    for seed in study_args.seeds:
+        for fold_index, fold in enumerate(folds):
+            path = output_dir / "runs" / f"seed-{seed}" / f"{fold.name}.json"
+            unit = _load_unit(path, hash_, study_args.variants) if resuming else None
+            if unit is None:
+                tick = time.perf_counter()
+                train_rows, counts = _training_rows(study, fold, fold_index)
+                unit = FoldUnit(study, fold, fold_index, seed, train_rows).run()
+                unit.update(config_hash=hash_, seconds=time.perf_counter() - tick, imbalance_counts=counts)
+                maps = unit.pop("maps")
+                if accelerator.is_main_process:
+                    for name, arrays in maps.items():
+                        (output_dir / "runs" / "maps").mkdir(parents=True, exist_ok=True)
+                        np.savez_compressed(output_dir / "runs" / "maps" / f"{name}.npz", **arrays)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.with_suffix(".tmp").write_text(json.dumps(unit))
+                    path.with_suffix(".tmp").replace(path)
+            units.append(unit)
+            progress.update(1)
+            logger.info(
+                f"seed {seed} {fold.name}: "
+                + ", ".join(f"{row['variant']} {row['uar']:.3f}" for row in unit["rows"])
+            )
+    progress.close()
+
+    # 6. tables, tests, quality and figures
+    info = {
+        "command": shlex.join(["training/study.py", *raw_argv]),
+        "config_hash": hash_,
+        "seconds": time.perf_counter() - started,
+        "unit_seconds": sum(
+            unit.get("seconds", 0.0) for unit in units
+        ),  # training time, earlier attempts included
+        "world_size": accelerator.num_processes,
+        "corpus": corpus.summary(),
+        "rejected": len(rejections),
+        "folds": [
+            {"name": f.name, "test": f.test_speakers, "validation": f.validation_speakers} for f in folds
+        ],
+        "config": arguments_dict(data_args, model_args, training_args, study_args),
+    }
+    report = {}
+    if accelerator.is_main_process:
+        report = write_report(output_dir, units, study_args, study.id2label, info)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return report
+
+
+def _cli() -> None:
+    try:
+        main()
+    except (ValueError, NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    _cli()

@@ -1,0 +1,334 @@
+"""The study's outputs from its finished (seed, fold) units: study.csv / .json / .md, quality.json and figures.
+
+Aggregation: a variant's UAR per fold is averaged over seeds; `uar_mean ± uar_std` are over those folds and the
+paired Wilcoxon signed-rank test against no augmentation pairs them by fold. Pooled metrics are computed per
+seed on the concatenated test predictions of all folds and averaged over seeds (`*_pooled_seed_std`).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from modeling_mise.metrics import paired_wilcoxon, summarize_folds
+
+from .study_variants import REFERENCE, VARIANTS, StudyArguments
+
+CSV_COLUMNS = (
+    "variant", "seed", "fold", "test_speakers", "uar", "wa", "f1_macro", "val_uar", "generated_ratio",
+    "train_clips", "test_clips", "seconds",
+)  # fmt: skip
+QUALITY_KEYS = ("mi_emotion_nats", "mi_text_nats", "frechet_distance", "precision", "recall")
+MAP_VARIANTS_TSNE = ("mise", "cgan")
+
+
+def git_commit(directory: Path) -> str:
+    """`git rev-parse --short HEAD` of the code, `+dirty` when it has uncommitted changes; `unknown` without git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=directory, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def _mean(values: list) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarize_variant(
+    rows: list[dict], folds: list[str], seeds: list[int], num_labels: int, id2label: dict
+) -> dict:
+    """Mean ± std over folds (seed-averaged), pooled metrics per seed averaged, summed confusion matrix."""
+    per_seed = []
+    for seed in seeds:
+        seed_rows = sorted((r for r in rows if r["seed"] == seed), key=lambda r: folds.index(r["fold"]))
+        if not seed_rows:
+            continue
+        per_seed.append(
+            summarize_folds(
+                seed_rows,
+                np.concatenate([r["y_true"] for r in seed_rows]),
+                np.concatenate([r["y_pred"] for r in seed_rows]),
+                num_labels,
+                id2label,
+            )
+        )
+    summary: dict = {"n_folds": len(folds), "n_seeds": len(per_seed)}
+    by_fold = {}
+    for key in ("uar", "wa", "f1_macro"):
+        fold_values = [_mean([r[key] for r in rows if r["fold"] == fold]) for fold in folds]
+        by_fold[key] = fold_values
+        summary[f"{key}_mean"] = float(np.mean(fold_values))
+        summary[f"{key}_std"] = _std(fold_values)
+        pooled = [s[f"{key}_pooled"] for s in per_seed]
+        summary[f"{key}_pooled"] = float(np.mean(pooled))
+        summary[f"{key}_pooled_seed_std"] = _std(pooled)
+    summary["uar_by_fold"] = dict(zip(folds, by_fold["uar"], strict=True))
+    summary["confusion_matrix_pooled"] = np.sum(
+        [s["confusion_matrix_pooled"] for s in per_seed], axis=0
+    ).tolist()
+    names = list(per_seed[0]["per_class_recall_pooled"])
+    summary["per_class_recall_pooled"] = {
+        name: _mean([s["per_class_recall_pooled"][name] for s in per_seed]) for name in names
+    }
+    summary["val_uar_mean"] = _mean([r["val_uar"] for r in rows])
+    ratios = [r["generated_ratio"] for r in rows if r["generated_ratio"] is not None]
+    summary["generated_ratio_chosen"] = (
+        {str(k): ratios.count(k) for k in sorted(set(ratios))} if ratios else None
+    )
+    return summary
+
+
+def _quality_summary(units: list[dict]) -> dict:
+    """Quality of the selected generator checkpoints, averaged over folds and seeds, overall and per class."""
+    collected: dict[str, list[dict]] = defaultdict(list)
+    for unit in units:
+        for variant, quality in unit["final_quality"].items():
+            collected[variant].append(quality)
+    summary = {}
+    for variant, qualities in collected.items():
+        entry = {key: _mean([q.get(key) for q in qualities]) for key in QUALITY_KEYS}
+        classes = list(qualities[0]["per_class"])
+        entry["per_class"] = {
+            name: {
+                k: _mean([q["per_class"][name][k] for q in qualities])
+                for k in ("frechet_distance", "precision", "recall")
+            }
+            for name in classes
+        }
+        entry["n"] = len(qualities)
+        summary[variant] = entry
+    return summary
+
+
+def _imbalance(summaries: dict, units: list[dict], study_args: StudyArguments) -> dict | None:
+    name = study_args.imbalance_class
+    if name is None:
+        return None
+    recall = {v: s["per_class_recall_pooled"].get(name) for v, s in summaries.items()}
+    full, cut = recall.get("none_full_data"), recall.get("none")
+    recovered = {}
+    for variant in ("mise_proportional", "mise_balanced", "mise"):
+        if variant in recall and None not in (full, cut, recall[variant]) and full > cut:
+            recovered[variant] = (recall[variant] - cut) / (full - cut)
+    seen = {}
+    for unit in units:
+        seen.setdefault(unit["fold"], unit["imbalance_counts"])
+    return {
+        "class": name,
+        "keep": study_args.imbalance_keep,
+        "training_clips_per_fold": seen,
+        "recall_pooled": recall,
+        "recovered_fraction": recovered,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _markdown(report: dict, id2label: dict) -> str:
+    info, variants = report["info"], report["variants"]
+    lines = [
+        "# MISE comparison study",
+        "",
+        f"- command: `{info['command']}`",
+        f"- date: {info['date']}, commit: `{info['commit']}`",
+        f"- corpus: {info['corpus'].get('clips')} clips, {info['corpus'].get('speakers')} speakers; "
+        f"folds: {len(info['folds'])} ({info['config']['protocol']}); seeds: {report['seeds']}",
+        f"- encoders: {info['config']['audio_encoder']} + {info['config']['text_encoder']}; "
+        f"training time {info['unit_seconds'] / 60:.1f} min ({info['world_size']} process(es))",
+        "",
+        "UAR mean ± std over folds (each fold averaged over seeds); pooled = over the concatenated test predictions "
+        "of all folds, averaged over seeds. p: two-sided paired Wilcoxon signed-rank test against `none` across "
+        "folds. All numbers in %.",
+        "",
+        "| variant | what | UAR mean ± std | pooled UAR | pooled WA | pooled macro-F1 | Δ pooled UAR vs none | p vs none | ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in variants.items():
+        test = s.get("wilcoxon_vs_none")
+        delta = s.get("delta_uar_pooled_vs_none")
+        ratio = s.get("generated_ratio_chosen")
+        lines.append(
+            f"| {name} | {VARIANTS[name].description} | {_pct(s['uar_mean'])} ± {_pct(s['uar_std'])} | "
+            f"{_pct(s['uar_pooled'])} | {_pct(s['wa_pooled'])} | {_pct(s['f1_macro_pooled'])} | "
+            f"{'–' if delta is None else f'{100 * delta:+.1f}'} | "
+            f"{'–' if test is None else format(test['p_value'], '.3g')} | "
+            f"{'–' if not ratio else ', '.join(f'{k}×{v}' for k, v in ratio.items())} |"
+        )
+    if report["quality"]:
+        lines += [
+            "",
+            "## Quality of generated features (selected checkpoints, mean over folds and seeds)",
+            "",
+            "MI bounds in nats from a probe trained on real training features only; Fréchet distance and k-NN "
+            "precision/recall (k = 5) between real and generated training-speaker features.",
+            "",
+            "| generator | I(y; ĥ) | I(t; ĥ) | Fréchet distance | precision | recall |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, q in report["quality"].items():
+            cells = [("–" if q[k] is None else f"{q[k]:.3f}") for k in QUALITY_KEYS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    imbalance = report.get("imbalance")
+    if imbalance:
+        lines += [
+            "",
+            f"## Class imbalance: `{imbalance['class']}` cut to {100 * imbalance['keep']:.0f}% of its training clips",
+            "",
+            "| variant | pooled recall of the cut class |",
+            "|---|---|",
+        ]
+        for name, value in imbalance["recall_pooled"].items():
+            lines.append(f"| {name} | {_pct(value)} |")
+        for name, value in imbalance["recovered_fraction"].items():
+            lines.append(f"\n{name} recovers {100 * value:.0f}% of the recall lost by the cut.")
+    if report["figures"]:
+        lines += ["", "## Figures", ""] + [f"- [{Path(p).name}]({p})" for p in report["figures"]]
+    return "\n".join(lines) + "\n"
+
+
+def _figures(
+    output_dir: Path, report: dict, units: list[dict], id2label: dict, study_args: StudyArguments
+) -> list[str]:
+    from modeling_mise.plots import (
+        plot_confusion_matrix,
+        plot_feature_map,
+        plot_quality_curves,
+        plot_study_bars,
+    )
+
+    figures = output_dir / "figures"
+    written = []
+    variants = report["variants"]
+    reference = REFERENCE if REFERENCE in variants else None
+    written.append(plot_study_bars(variants, figures / "study_uar.png", reference=reference,
+                                   title="UAR per variant (bars: mean ± std over folds; diamonds: pooled)"))  # fmt: skip
+    for name, summary in variants.items():
+        written.append(
+            plot_confusion_matrix(
+                summary["confusion_matrix_pooled"],
+                id2label,
+                figures / f"confusion_{name}.png",
+                title=f"{name}: pooled confusion (recall per true class)",
+            )  # fmt: skip
+        )
+    records = [record for unit in units for record in unit["quality"]]
+    if records:
+        written.append(plot_quality_curves(records, figures / "quality_vs_step.png",
+                                           title="generated-feature quality per generator checkpoint"))  # fmt: skip
+    rng = np.random.default_rng(0)
+    half = study_args.map_max_points // 2
+    for path in sorted((output_dir / "runs" / "maps").glob("*.npz")):
+        data = np.load(path)
+        real = rng.permutation(len(data["real"]))[:half]
+        generated = rng.permutation(len(data["generated"]))[:half]
+        name = path.stem
+        methods = ("pca", "tsne") if name in MAP_VARIANTS_TSNE else ("pca",)
+        for method in methods:
+            written.append(
+                plot_feature_map(
+                    data["real"][real],
+                    data["real_labels"][real],
+                    data["generated"][generated],
+                    data["generated_labels"][generated],
+                    id2label,
+                    figures / f"map_{method}_{name}.png",
+                    method=method,
+                    title=f"{name}: real vs generated, {method.upper()} (first fold, first seed)",
+                )  # fmt: skip
+            )
+    imbalance = report.get("imbalance")
+    if imbalance:
+        bars = {}
+        for name, unit_rows in _rows_by_variant(units).items():
+            values = [row["per_class_recall"][imbalance["class"]] for row in unit_rows]
+            values = [v for v in values if v is not None]
+            pooled = imbalance["recall_pooled"].get(name)
+            if values and pooled is not None:
+                bars[name] = {
+                    "recall_mean": float(np.mean(values)),
+                    "recall_std": _std(values),
+                    "recall_pooled": pooled,
+                }
+        if bars:
+            written.append(plot_study_bars(bars, figures / "imbalance_recall.png", metric="recall",
+                                           reference="none" if "none" in bars else None,
+                                           title=f"recall of the cut class {imbalance['class']!r}"))  # fmt: skip
+    return [str(Path(p).relative_to(output_dir)) for p in written]
+
+
+def _rows_by_variant(units: list[dict]) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for unit in units:
+        for row in unit["rows"]:
+            grouped[row["variant"]].append(row)
+    return grouped
+
+
+def write_report(
+    output_dir: Path, units: list[dict], study_args: StudyArguments, id2label: dict, info: dict
+) -> dict:
+    """Write study.csv, study.json, study.md, quality.json and the figures; return the study.json content."""
+    output_dir = Path(output_dir)
+    folds = [fold["name"] for fold in info["folds"]]
+    grouped = _rows_by_variant(units)
+    num_labels = len(id2label)
+    variants = {}
+    for name in study_args.variants:
+        variants[name] = summarize_variant(grouped[name], folds, study_args.seeds, num_labels, id2label)
+    if REFERENCE in variants:
+        reference = variants[REFERENCE]
+        for name, summary in variants.items():
+            if name == REFERENCE:
+                continue
+            ours = [summary["uar_by_fold"][f] for f in folds]
+            theirs = [reference["uar_by_fold"][f] for f in folds]
+            summary["wilcoxon_vs_none"] = paired_wilcoxon(ours, theirs)
+            summary["delta_uar_pooled_vs_none"] = summary["uar_pooled"] - reference["uar_pooled"]
+    info = {
+        **info,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(Path(__file__).resolve().parent),
+    }
+    report = {
+        "info": info,
+        "seeds": list(study_args.seeds),
+        "folds": folds,
+        "variants": variants,
+        "quality": _quality_summary(units),
+        "imbalance": _imbalance(variants, units, study_args),
+        "figures": [],
+    }
+    with open(output_dir / "study.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for unit in units:
+            writer.writerows(unit["rows"])
+    quality = [record for unit in units for record in unit["quality"]]
+    (output_dir / "quality.json").write_text(json.dumps(quality, indent=1))
+    if study_args.figures:
+        report["figures"] = _figures(output_dir, report, units, id2label, study_args)
+    (output_dir / "study.json").write_text(json.dumps(report, indent=2))
+    (output_dir / "study.md").write_text(_markdown(report, id2label))
+    return report

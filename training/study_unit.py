@@ -1,0 +1,290 @@
+"""One unit of the study: every variant on one fold for one seed, sharing what the variants have in common.
+
+Per unit, stage 1 (`train_aligner`) runs once per alignment setting and stage 2 (`train_generator`) once per
+generator setting; each variant trains its own stage-3 classifier (`train_classifier`), with the generated-to-
+real ratio chosen on the validation speakers. The generator's checkpoints are scored as they are evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from modeling_mise.folds import Fold
+from modeling_mise.metrics import classification_metrics
+from modeling_mise.quality import MIProbe, generation_quality
+
+from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
+from .loop import StageRuntime
+from .pipeline import stage_seed
+from .stages import (
+    aligner_config,
+    classifier_config,
+    encode_audio,
+    encode_text,
+    generator_config,
+    predict,
+    train_aligner,
+    train_classifier,
+    train_generator,
+)
+from .study_variants import StudyArguments, Variant, classic_baseline
+
+QUALITY_SCALARS = ("frechet_distance", "precision", "recall")
+
+
+@dataclass
+class StudyRuntime(StageRuntime):
+    """A stage runtime that keeps every epoch's record (losses, and the MI bounds at each evaluation)."""
+
+    records: list[dict] = field(default_factory=list)
+
+    def log(self, values: dict[str, float], epoch: int) -> None:
+        self.records.append({"epoch": epoch + 1, **values})
+
+
+@dataclass
+class Study:
+    """Everything the units share: arguments, frozen features, labels."""
+
+    accelerator: Accelerator
+    data_args: DataArguments
+    model_args: ModelArguments
+    training_args: MiseTrainingArguments
+    study_args: StudyArguments
+    audio: torch.Tensor  # (N, audio_dim) frozen features
+    text: torch.Tensor | None  # (N, text_dim), NaN rows without transcript
+    labels: torch.Tensor  # (N,)
+    id2label: dict[int, str]
+    audio_spec: dict
+    classic_cache: dict[str, np.ndarray] = field(default_factory=dict)  # fold -> test predictions
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+
+@dataclass
+class Space:
+    """A trained aligner and the `z_a` of the fold's training, validation and test rows."""
+
+    aligner: object
+    train: np.ndarray
+    z_train: torch.Tensor
+    z_val: torch.Tensor
+    z_test: torch.Tensor
+
+
+class FoldUnit:
+    """Runs the study's variants on `fold` for `seed`; `train_rows` are the fold's (possibly cut) training rows."""
+
+    def __init__(self, study: Study, fold: Fold, fold_index: int, seed: int, train_rows: np.ndarray) -> None:
+        self.study, self.fold, self.fold_index, self.seed, self.train_rows = (
+            study,
+            fold,
+            fold_index,
+            seed,
+            train_rows,
+        )
+        self.spaces: dict[tuple, Space] = {}
+        self.generators: dict[tuple, tuple] = {}
+        self.probes: dict[tuple, MIProbe] = {}
+        self.quality_records: list[dict] = []
+        self.final_quality: dict[str, dict] = {}
+        self.maps: dict[str, dict[str, np.ndarray]] = {}
+
+    def runtime(self) -> StudyRuntime:
+        return StudyRuntime(
+            self.study.accelerator,
+            fold=self.fold.name,
+            fold_index=self.fold_index,
+            max_grad_norm=self.study.training_args.max_grad_norm,
+        )
+
+    # ------------------------------------------------------------------------------------------ stage 1
+    def space(self, variant: Variant) -> Space:
+        """The aligned (or unaligned) space of `variant`, trained once per unit."""
+        if variant.aligner_key not in self.spaces:
+            study, val = self.study, self.fold.validation
+            train = self.fold.train if variant.full_data else self.train_rows
+            model_args = dataclasses.replace(study.model_args, no_alignment=not variant.alignment)
+            text_dim = None if study.text is None else study.text.shape[1]
+            config = aligner_config(
+                model_args, study.audio.shape[1], text_dim, study.id2label, study.audio_spec
+            )
+            aligner, _ = train_aligner(
+                self.runtime(), config, study.training_args, study.audio[train], study.labels[train],
+                study.audio[val], study.labels[val], text_train=None if study.text is None else study.text[train],
+                seed=stage_seed(self.seed, self.fold_index, 1),
+            )  # fmt: skip
+            encode = lambda rows: encode_audio(aligner, study.audio[rows])  # noqa: E731
+            self.spaces[variant.aligner_key] = Space(
+                aligner, train, encode(train), encode(val), encode(self.fold.test)
+            )
+        return self.spaces[variant.aligner_key]
+
+    def text_codes(self, space: Space, rows: np.ndarray, variant: Variant) -> torch.Tensor | None:
+        """Text codes of a generator: `z_t` of an aligned space, the standardised raw `t` without alignment."""
+        text = self.study.text
+        if text is None or not variant.text_code:
+            return None
+        if space.aligner.config.use_text:
+            return encode_text(space.aligner, text[rows])
+        reference = text[space.train]
+        reference = reference[~torch.isnan(reference).any(dim=1)]
+        return (text[rows] - reference.mean(0)) / reference.std(0).clamp(min=1e-6)
+
+    # ------------------------------------------------------------------------------------------ stage 2
+    def generator(self, variant: Variant, space: Space) -> tuple:
+        """(generator, training text codes) of `variant`, trained once per generator setting and unit."""
+        if variant.generator_key in self.generators:
+            return self.generators[variant.generator_key]
+        study, targs = self.study, self.study.training_args
+        labels, val = study.labels, self.fold.validation
+        model_args = dataclasses.replace(
+            study.model_args, augmentation=variant.augmentation, no_alignment=not variant.alignment,
+            no_text_code=not variant.text_code, no_mi=not variant.mi,
+        )  # fmt: skip
+        codes_train = self.text_codes(space, space.train, variant)
+        codes_val = self.text_codes(space, val, variant)
+        code_dim = None if codes_train is None else codes_train.shape[1]
+        config = generator_config(model_args, space.z_train.shape[1], code_dim, study.id2label)
+        seed = stage_seed(self.seed, self.fold_index, 2)
+        # the text bound needs a code on every row: with missing transcripts only the emotion bound is scored
+        scored_codes = None if codes_train is None or torch.isnan(codes_train).any() else codes_train
+        probe_key = (variant.aligner_key, scored_codes is not None)
+        if (
+            probe_key not in self.probes
+        ):  # Q is trained on real data only, shared by the generators of a space
+            self.probes[probe_key] = MIProbe().fit(
+                space.z_train, labels[space.train], scored_codes, seed=seed
+            )
+        probe = self.probes[probe_key]
+        checkpoint_quality: list[dict] = []
+
+        def score_checkpoint(model) -> dict[str, float]:
+            quality = generation_quality(
+                model, space.z_train, labels[space.train], scored_codes, seed=seed, probe=probe
+            )
+            checkpoint_quality.append(quality)
+            return {key: quality[key] for key in QUALITY_SCALARS if quality[key] is not None}
+
+        runtime = self.runtime()
+        model, summary = train_generator(
+            runtime, config, targs, space.z_train, labels[space.train], space.z_val, labels[val],
+            text_codes_train=codes_train, text_codes_val=codes_val, seed=seed,
+            on_evaluate=score_checkpoint if self.fold_index < study.study_args.quality_folds else None,
+        )  # fmt: skip
+        model.to(study.accelerator.device)
+        self._record_checkpoints(
+            variant, runtime.records, summary["best_epoch"], len(space.train), checkpoint_quality
+        )
+        self.final_quality[variant.name] = generation_quality(
+            model, space.z_train, labels[space.train], scored_codes, seed=seed, probe=probe
+        )
+        if self.fold_index == 0 and self.seed == study.study_args.seeds[0]:
+            self._keep_map(variant, model, space, codes_train, seed)
+        self.generators[variant.generator_key] = (model, codes_train)
+        return model, codes_train
+
+    def _record_checkpoints(
+        self, variant: Variant, records: list[dict], best_epoch: int, train_rows: int, quality: list[dict]
+    ) -> None:
+        """One quality record per generator evaluation: MI bounds always, FD / k-NN where scored."""
+        batches = max(1, round(train_rows / self.study.training_args.generator_batch_size))  # as make_loader
+        evaluations = [record for record in records if "eval/generator_mi_emotion_nats" in record]
+        for index, record in enumerate(evaluations):
+            entry = {
+                "variant": variant.name, "seed": self.seed, "fold": self.fold.name, "epoch": record["epoch"],
+                "step": record["epoch"] * batches, "selected": record["epoch"] == best_epoch,
+            }  # fmt: skip
+            entry.update(
+                {k.split("_", 1)[1]: v for k, v in record.items() if k.startswith("eval/generator_")}
+            )
+            if index < len(quality):
+                entry["per_class"] = quality[index]["per_class"]
+            self.quality_records.append(entry)
+
+    def _keep_map(self, variant: Variant, model, space: Space, codes_train, seed: int) -> None:
+        """Real and generated training features (one generated row per real row) for the 2-D maps."""
+        device = model.null_text_code.device
+        labels = self.study.labels[space.train]
+        output = model.generate(
+            labels=labels.to(device), text_codes=None if codes_train is None else codes_train.to(device),
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        self.maps[variant.name] = {
+            "real": space.z_train.numpy(),
+            "real_labels": labels.numpy(),
+            "generated": output.features.float().cpu().numpy(),
+            "generated_labels": output.labels.cpu().numpy(),
+        }
+
+    # ------------------------------------------------------------------------------------------ stage 3
+    def classify(self, variant: Variant) -> tuple[np.ndarray, float | None, float | None]:
+        """(test predictions, validation UAR, chosen generated-to-real ratio) of `variant`."""
+        study, targs = self.study, self.study.training_args
+        labels, val = study.labels, self.fold.validation
+        if variant.augmentation == "classic":
+            if self.fold.name not in study.classic_cache:  # deterministic: shared by the seeds
+                study.classic_cache[self.fold.name] = classic_baseline(
+                    study.audio.numpy(), labels.numpy(), np.union1d(self.train_rows, val), self.fold.test,
+                    study.study_args.classic_c, study.study_args.classic_max_iter,
+                )  # fmt: skip
+            return study.classic_cache[self.fold.name], None, None
+        space = self.space(variant)
+        generator, codes_train = self.generator(variant, space) if variant.uses_generator else (None, None)
+        ratios = (
+            (study.study_args.generated_ratios or [targs.generated_ratio]) if variant.uses_ratio else [None]
+        )
+        head = space.aligner.emotion_head if study.model_args.classifier_init_from_aligner else None
+        best = None
+        for ratio in ratios:
+            stage_args = targs if ratio is None else dataclasses.replace(targs, generated_ratio=ratio)
+            if variant.class_balanced is not None:
+                stage_args = dataclasses.replace(stage_args, class_balanced_generation=variant.class_balanced)
+            classifier, summary = train_classifier(
+                self.runtime(), classifier_config(study.model_args, space.z_train.shape[1], study.id2label),
+                stage_args, space.z_train, labels[space.train], space.z_val, labels[val],
+                augmentation=variant.augmentation, generator=generator, text_codes_train=codes_train,
+                seed=stage_seed(self.seed, self.fold_index, 3), head_init=head,
+            )  # fmt: skip
+            if best is None or summary["best_score"] > best[1]:
+                best = (classifier, summary["best_score"], ratio)
+        classifier, _, ratio = best
+        val_uar = classification_metrics(
+            labels[val].numpy(), predict(classifier, space.z_val), study.num_labels
+        )
+        return predict(classifier, space.z_test), val_uar["uar"], ratio
+
+    def run(self) -> dict:
+        """Every selected variant; returns the unit's rows, quality records and maps."""
+        study, fold = self.study, self.fold
+        y_test = study.labels[fold.test].numpy()
+        rows = []
+        for variant in study.study_args.selected:
+            tick = time.perf_counter()
+            y_pred, val_uar, ratio = self.classify(variant)
+            metrics = classification_metrics(y_test, y_pred, study.num_labels, study.id2label)
+            rows.append({
+                "variant": variant.name, "seed": self.seed, "fold": fold.name,
+                "test_speakers": " ".join(fold.test_speakers), "uar": metrics["uar"], "wa": metrics["wa"],
+                "f1_macro": metrics["f1_macro"], "val_uar": val_uar, "generated_ratio": ratio,
+                "train_clips": int(len(fold.train if variant.full_data else self.train_rows)),
+                "test_clips": int(len(fold.test)), "seconds": time.perf_counter() - tick,
+                "per_class_recall": metrics["per_class_recall"], "y_true": y_test.tolist(),
+                "y_pred": np.asarray(y_pred).tolist(),
+            })  # fmt: skip
+        return {
+            "seed": self.seed,
+            "fold": fold.name,
+            "rows": rows,
+            "quality": self.quality_records,
+            "final_quality": self.final_quality,
+            "maps": self.maps,
+        }

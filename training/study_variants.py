@@ -1,0 +1,206 @@
+"""What a comparison study compares: the variants (SPEC §2), the study's own arguments, and the classic baseline.
+
+A variant names its augmentation, the stage-1 setting it shares with others (alignment or not) and the stage-2
+setting (text code, MI terms); variants with equal settings share the trained aligner / generator of a fold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .arguments import ConfigError
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row group of the study table."""
+
+    name: str
+    description: str
+    augmentation: str  # "classic" or an `ModelArguments.augmentation` value
+    alignment: bool = True
+    text_code: bool = True
+    mi: bool = True
+    class_balanced: bool | None = None  # None: `class_balanced_generation` of the training arguments
+    full_data: bool = False  # class-imbalance study: trained on the training side before the class was cut
+
+    @property
+    def uses_generator(self) -> bool:
+        return self.augmentation in ("gan", "mise")
+
+    @property
+    def uses_ratio(self) -> bool:
+        """Whether extra rows are added, so a generated-to-real ratio is chosen."""
+        return self.augmentation in ("noise", "gan", "mise")
+
+    @property
+    def aligner_key(self) -> tuple[bool, bool]:
+        """Variants with the same key share one stage-1 aligner per fold and seed."""
+        return self.alignment, self.full_data
+
+    @property
+    def generator_key(self) -> tuple[bool, bool, bool, bool] | None:
+        """Variants with the same key share one stage-2 generator per fold and seed."""
+        if not self.uses_generator:
+            return None
+        return self.alignment, self.text_code, self.mi and self.augmentation == "mise", self.full_data
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("classic", "openSMILE functionals + standardised logistic regression", "classic"),
+        Variant("none", "no augmentation (aligned space)", "none"),
+        Variant("noise", "Gaussian feature noise", "noise"),
+        Variant("mixup", "mix-up only", "mixup"),
+        Variant("cgan", "conditional GAN without MI (lambda_y = lambda_t = 0)", "gan", mi=False),
+        Variant("mise", "full MISE", "mise"),
+        Variant("mise_no_alignment", "ablation: no alignment", "mise", alignment=False),
+        Variant(
+            "mise_no_alignment_no_text",
+            "ablation: no alignment, no text code",
+            "mise",
+            alignment=False,
+            text_code=False,
+        ),
+        Variant("mise_no_alignment_no_mi", "ablation: no alignment, no MI", "gan", alignment=False, mi=False),
+        # class-imbalance study only
+        Variant(
+            "none_full_data", "no augmentation, before the class was cut (reference)", "none", full_data=True
+        ),
+        Variant(
+            "mise_proportional",
+            "MISE, generation proportional to the (imbalanced) class sizes",
+            "mise",
+            class_balanced=False,
+        ),
+        Variant("mise_balanced", "MISE, class-balanced generation", "mise", class_balanced=True),
+    )
+}
+DEFAULT_VARIANTS = (
+    "classic",
+    "none",
+    "noise",
+    "mixup",
+    "cgan",
+    "mise",
+    "mise_no_alignment",
+    "mise_no_alignment_no_text",
+    "mise_no_alignment_no_mi",
+)
+IMBALANCE_VARIANTS = ("none_full_data", "mise_proportional", "mise_balanced")
+REFERENCE = "none"
+
+
+@dataclass
+class StudyArguments:
+    """Which variants and seeds the study runs, and its class-imbalance option."""
+
+    variants: list[str] = field(
+        default_factory=lambda: list(DEFAULT_VARIANTS),
+        metadata={
+            "help": f"Variants to compare (of {sorted(VARIANTS)}); `none` is the reference of the tests."
+        },
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds; every fold runs each."}
+    )
+    generated_ratios: list[float] = field(
+        default_factory=list,
+        metadata={
+            "help": "Candidate generated-to-real ratios of noise/cGAN/MISE, chosen per fold on validation UAR "
+            "(empty: the training argument generated_ratio)."
+        },
+    )
+    quality_folds: int = field(
+        default=1,
+        metadata={
+            "help": "Per seed, the first N folds score every generator checkpoint with Fréchet distance and "
+            "k-NN precision/recall (the MI bounds are recorded for every checkpoint of every fold)."
+        },
+    )
+    classic_c: float = field(default=1.0, metadata={"help": "Inverse L2 strength of the classic baseline."})
+    classic_max_iter: int = field(
+        default=2000, metadata={"help": "Solver iterations of the classic baseline."}
+    )
+    imbalance_class: str | None = field(
+        default=None,
+        metadata={
+            "help": "Class-imbalance study: cut most training clips of this class (a label name) and add the "
+            f"variants {list(IMBALANCE_VARIANTS)}."
+        },
+    )
+    imbalance_keep: float = field(
+        default=0.2,
+        metadata={"help": "Fraction of the cut class' training clips that is kept (at least one)."},
+    )
+    figures: bool = field(default=True, metadata={"help": "Write the PNG figures to OUT/figures/."})
+    map_max_points: int = field(
+        default=800, metadata={"help": "Real + generated points at most in each PCA / t-SNE map."}
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.variants, str):
+            self.variants = [name.strip() for name in self.variants.split(",") if name.strip()]
+        unknown = [name for name in self.variants if name not in VARIANTS]
+        if unknown:
+            raise ConfigError(f"variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
+        if not self.variants:
+            raise ConfigError("variants: at least one variant is needed")
+        if self.imbalance_class in ("", "none", "None"):
+            self.imbalance_class = None
+        if self.imbalance_class is not None:
+            self.variants += [name for name in ("none", *IMBALANCE_VARIANTS) if name not in self.variants]
+        self.variants = list(dict.fromkeys(self.variants))
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: need distinct seeds, got {self.seeds}")
+        if any(ratio < 0 for ratio in self.generated_ratios):
+            raise ConfigError(f"generated_ratios: must be >= 0, got {self.generated_ratios}")
+        if self.quality_folds < 0:
+            raise ConfigError(f"quality_folds: must be >= 0, got {self.quality_folds}")
+        if not self.classic_c > 0 or self.classic_max_iter < 1:
+            raise ConfigError(
+                f"classic_c / classic_max_iter: must be > 0, got {self.classic_c}, {self.classic_max_iter}"
+            )
+        if not 0.0 < self.imbalance_keep < 1.0:
+            raise ConfigError(f"imbalance_keep: must lie in (0, 1), got {self.imbalance_keep}")
+        if self.map_max_points < 20:
+            raise ConfigError(f"map_max_points: must be >= 20, got {self.map_max_points}")
+
+    @property
+    def selected(self) -> list[Variant]:
+        return [VARIANTS[name] for name in self.variants]
+
+
+def cut_class(
+    train: np.ndarray, labels: np.ndarray, class_id: int, keep: float, seed: int
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Training rows with all but `keep` (at least one) of the clips of `class_id` removed, seeded."""
+    rows = train[labels[train] == class_id]
+    kept = max(1, int(round(keep * len(rows))))
+    chosen = np.random.default_rng(seed).choice(rows, size=kept, replace=False) if len(rows) else rows
+    reduced = np.sort(np.concatenate([train[labels[train] != class_id], chosen]))
+    return reduced, {"before": int(len(rows)), "after": int(len(chosen))}
+
+
+def classic_baseline(
+    features: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    c: float = 1.0,
+    max_iter: int = 2000,
+) -> np.ndarray:
+    """SPEC §5's reference: standardised frozen features + multinomial logistic regression; test predictions.
+
+    It has no model selection, so it trains on the whole training side (training + validation speakers).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
+    model.fit(features[train], labels[train])
+    return model.predict(features[test])

@@ -1,0 +1,275 @@
+"""Train and evaluate MISE end to end on a corpus, then write the models trained on all speakers.
+
+    accelerate launch training/train.py training/configs/ravdess.yaml --output_dir OUT [--key value ...]
+
+Writes `OUT/rejected.csv`, `OUT/folds/<fold>/metrics.json`, `OUT/summary.json`, `OUT/run_info.json`,
+`OUT/checkpoints/` (resume with `--resume_from_checkpoint latest`), TensorBoard logs under `OUT/mise/` and
+`OUT/models/{aligner,generator,classifier,audio-classifier}/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `training` and `modeling_mise` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
+
+from modeling_mise.encoders import load_audio_encoder, load_text_encoder
+from modeling_mise.folds import make_folds
+from modeling_mise.hub import HubPushError, push_run
+from modeling_mise.metrics import summarize_folds
+from training.arguments import ConfigError, arguments_dict, config_hash, parse_arguments
+from training.checkpoint import CheckpointManager
+from training.features import (
+    extract_features,
+    read_corpus,
+    reject_nonfinite,
+    speaker_normalized,
+    usable_clips,
+)
+from training.loop import NonFiniteLossError
+from training.pipeline import RunContext, final_fold, run_fold, train_final_models
+
+logger = get_logger("mise.train")
+
+# what a run writes; `--overwrite_output_dir` deletes exactly these
+RUN_FILES = ("folds", "final", "checkpoints", "models", "mise", "summary.json", "run_info.json", "rejected.csv")  # fmt: skip
+FINAL_SEED_INDEX = 1_000_000
+
+
+def _prepare_output_dir(output_dir: Path, args, hash_: str, accelerator: Accelerator) -> bool:
+    """Refuse to mix runs: a previous run is continued (resume), replaced (overwrite) or an error."""
+    previous = output_dir / "run_info.json"
+    has_run = any((output_dir / name).exists() for name in RUN_FILES)
+    if args.resume_from_checkpoint is not None:
+        if previous.is_file():
+            old_hash = json.loads(previous.read_text()).get("config_hash")
+            if old_hash != hash_:
+                raise ConfigError(
+                    f"resume_from_checkpoint: {output_dir} holds a run with another configuration "
+                    f"(hash {old_hash} != {hash_}); resume with the same settings or use a new output_dir"
+                )
+        return True
+    if has_run and not args.overwrite_output_dir:
+        raise ConfigError(
+            f"output_dir: {output_dir} already holds a run; pass --resume_from_checkpoint latest to continue "
+            "it or --overwrite_output_dir to start again"
+        )
+    if has_run and accelerator.is_main_process:
+        for name in RUN_FILES:
+            path = output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    accelerator.wait_for_everyone()
+    return False
+
+
+def _tracker_config(values: dict) -> dict:
+    """TensorBoard hparams take scalars and strings only."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in values.items()}
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the whole protocol; returns the summary (also written to `OUT/summary.json`)."""
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    # 1. arguments: YAML/JSON config + `--key value` overrides, validated per field
+    data_args, model_args, training_args = parse_arguments(argv)
+    output_dir = Path(training_args.output_dir)
+    hash_ = config_hash(data_args, model_args, training_args)
+
+    # 2. accelerator (tracker, mixed precision, gradient accumulation), seeds, output folder
+    accelerator = Accelerator(
+        log_with=None if training_args.report_to == "none" else training_args.report_to,
+        project_dir=str(output_dir),
+        mixed_precision=training_args.mixed_precision,
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint otherwise
+    hf_logging.disable_progress_bar()  # save/load bars of every fold's models: one progress bar is enough
+    logger.info(f"{accelerator.num_processes} process(es), device {accelerator.device}, config hash {hash_}")
+    resuming = _prepare_output_dir(output_dir, training_args, hash_, accelerator)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(training_args.seed)
+    all_args = arguments_dict(data_args, model_args, training_args)
+    if training_args.report_to != "none":
+        accelerator.init_trackers("mise", config=_tracker_config(all_args))
+
+    # 3. corpus: summary, usable clips, rejected files -> OUT/rejected.csv
+    tick = time.perf_counter()
+    corpus = read_corpus(data_args)
+    logger.info("corpus summary\n" + corpus.format_summary())
+    audio_encoder = load_audio_encoder(
+        model_args.audio_encoder, model_args.audio_pooling, model_args.audio_layer
+    )
+    waveforms, corpus, rejections = usable_clips(
+        corpus, audio_encoder.sampling_rate, data_args, output_dir, accelerator
+    )
+    seconds["read_audio"] = time.perf_counter() - tick
+
+    # 4. frozen features through the cache (misses sharded across processes)
+    has_text = any(corpus.transcripts())
+    text_encoder = None
+    if model_args.text_encoder is not None and has_text and data_args.transcript_column is not None:
+        text_encoder = load_text_encoder(
+            model_args.text_encoder, model_args.text_pooling, dtype=model_args.text_dtype
+        )
+    features = extract_features(
+        corpus, waveforms, audio_encoder, text_encoder, data_args, model_args, accelerator
+    )
+    del waveforms, text_encoder  # a LoRA-tuned stage 1 loads its own copy per fold
+    corpus, features = reject_nonfinite(corpus, features, rejections, data_args.strict)
+    if accelerator.is_main_process:
+        from modeling_mise.data import write_rejections
+
+        write_rejections(rejections, output_dir / "rejected.csv")
+    seconds["features"] = features.seconds
+    labels = torch.as_tensor(corpus.labels())
+
+    # 5. speaker-independent folds
+    split = None
+    if data_args.protocol == "split":
+        speakers = corpus.speakers()
+        split = np.where(np.isin(speakers, data_args.test_speakers), "test", "train")
+        split = np.where(np.isin(speakers, data_args.validation_speakers), "validation", split)
+    folds = make_folds(
+        corpus.speakers(),
+        corpus.labels(),
+        protocol=data_args.protocol,
+        sessions=corpus.sessions(),
+        k=data_args.num_folds,
+        num_validation_speakers=data_args.num_validation_speakers,
+        split=split,
+        max_folds=data_args.max_folds,
+        seed=training_args.seed,
+        id2label=corpus.id2label,
+    )
+    logger.info(f"{len(folds)} fold(s) ({data_args.protocol}): {', '.join(f.name for f in folds)}")
+
+    checkpoints = CheckpointManager(output_dir / "checkpoints", hash_, training_args.checkpoints_total_limit)
+    resume_from = None
+    if resuming:
+        resume_from = checkpoints.resolve(training_args.resume_from_checkpoint)
+        where = resume_from.path if resume_from is not None else "the completed folds (no checkpoint yet)"
+        logger.info(f"resuming from {where}")
+    run_info = {
+        "config_hash": hash_,
+        "command": "accelerate launch training/train.py " + shlex.join(sys.argv[1:]),
+        "world_size": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+        "corpus": corpus.summary(),
+        "rejected": len(rejections),
+        "feature_cache": features.cache_stats,
+        "folds": [fold.name for fold in folds],
+        "config": all_args,
+    }
+    if accelerator.is_main_process:
+        _write_json(output_dir / "run_info.json", run_info)
+
+    # 6. per fold: stage 1 aligner, stage 2 InfoGAN, stage 3 classifier, test -> folds/<fold>/metrics.json
+    total_folds = len(folds) + (1 if training_args.final_models else 0)
+    progress = tqdm(
+        total=0, desc="MISE", unit="epoch", disable=not accelerator.is_local_main_process, dynamic_ncols=True
+    )
+    fold_features = features
+    if data_args.speaker_normalization:
+        fold_features = speaker_normalized(features, corpus.speakers())
+        logger.info("folds use per-speaker normalised features; the final models use global statistics")
+    ctx = RunContext(
+        accelerator, data_args, model_args, training_args, fold_features, labels, dict(corpus.id2label),
+        output_dir, hash_, checkpoints, resume_from, resuming, progress if not progress.disable else None,
+        corpus.transcripts(),
+    )  # fmt: skip
+    progress.total = total_folds * ctx.epochs_per_fold
+    if training_args.training_threads:
+        torch.set_num_threads(training_args.training_threads)
+        threadpool_limits(training_args.training_threads)
+    tick = time.perf_counter()
+    records = [run_fold(ctx, fold, index) for index, fold in enumerate(folds)]
+    seconds["folds"] = time.perf_counter() - tick
+
+    # 7. summary: pooled and mean +- std over folds
+    pooled_true = np.concatenate([record["y_true"] for record in records])
+    pooled_pred = np.concatenate([record["y_pred"] for record in records])
+    summary = summarize_folds(records, pooled_true, pooled_pred, len(corpus.id2label), corpus.id2label)
+    summary.update(
+        folds={record["fold"]: record["uar"] for record in records},
+        aligner_uar_mean=float(np.mean([record["aligner_uar"] for record in records])),
+        protocol=data_args.protocol,
+        augmentation=model_args.augmentation,
+        world_size=accelerator.num_processes,
+        config_hash=hash_,
+        feature_cache=features.cache_stats,
+        rejected=len(rejections),
+    )
+    logger.info(
+        f"pooled UAR {summary['uar_pooled']:.4f}, mean UAR {summary['uar_mean']:.4f} +- {summary['uar_std']:.4f} "
+        f"over {summary['n_folds']} fold(s)"
+    )
+
+    # 8. final models on all speakers (a few validation speakers drive early stopping)
+    if training_args.final_models:
+        tick = time.perf_counter()
+        fold = final_fold(
+            corpus.speakers(), data_args.num_validation_speakers, training_args.seed, corpus.labels()
+        )
+        ctx.features = features  # a released model sees one clip at a time: global statistics only
+        train_final_models(ctx, fold, len(folds), audio_encoder, seed_index=FINAL_SEED_INDEX)
+        seconds["final_models"] = time.perf_counter() - tick
+    progress.close()
+    seconds["total"] = time.perf_counter() - started
+    summary["seconds"] = seconds
+    if accelerator.is_main_process:
+        _write_json(output_dir / "summary.json", summary)
+        _write_json(output_dir / "run_info.json", {**run_info, "seconds": seconds})
+
+    # 9. hub: build OUT/hub/* (cards, code, validation) and upload; a failure keeps OUT and `mise push` retries
+    if training_args.push_to_hub and accelerator.is_main_process:
+        org, _, prefix = training_args.hub_model_id.partition("/")
+        summary["hub"] = push_run(output_dir, org=org, prefix=prefix or None)
+        _write_json(output_dir / "summary.json", summary)
+    accelerator.end_training()
+    return summary
+
+
+def _cli() -> None:
+    try:
+        main()
+    except (ValueError, NonFiniteLossError) as error:  # bad input / config / NaN loss: a message, not a trace
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except HubPushError as error:  # the run is complete in OUT; `mise push OUT --org ORG` retries
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _cli()
