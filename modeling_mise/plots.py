@@ -206,6 +206,7 @@ def plot_study_bars(
         for key in (f"{metric}_mean", f"{metric}_std", f"{metric}_pooled"):
             if summary[variant].get(key) is None:
                 raise ValueError(f"summary[{variant!r}]: missing {key!r}")
+    name = metric.upper() if len(metric) <= 3 else metric  # UAR, WA; longer names as they are
     means = np.array([summary[v][f"{metric}_mean"] for v in variants]) * 100
     stds = np.array([summary[v][f"{metric}_std"] for v in variants]) * 100
     pooled = np.array([summary[v][f"{metric}_pooled"] for v in variants]) * 100
@@ -219,9 +220,9 @@ def plot_study_bars(
         capsize=4,
         color=_colours(len(variants)),
         alpha=0.85,
-        label=f"{metric.upper()} mean ± std over folds",
+        label=f"{name} mean ± std over folds",
     )
-    axis.scatter(positions, pooled, marker="D", color="black", zorder=3, label=f"pooled {metric.upper()}")
+    axis.scatter(positions, pooled, marker="D", color="black", zorder=3, label=f"pooled {name}")
     for x, value, top in zip(positions, pooled, np.maximum(means + stds, pooled), strict=True):
         axis.annotate(
             f"{value:.1f}", (x, top), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8
@@ -237,7 +238,7 @@ def plot_study_bars(
             label=f"{reference} (pooled)",
         )
     axis.set_xticks(positions, variants, rotation=30, ha="right", fontsize=8)
-    axis.set_ylabel(f"{metric.upper()} [%]")
+    axis.set_ylabel(f"{name} [%]")
     low = max(0.0, float(np.min(means - stds)) - 10)
     axis.set_ylim(low, min(100.0, float(np.max(np.maximum(means + stds, pooled))) + 8))
     axis.grid(axis="y", alpha=0.3)

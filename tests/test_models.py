@@ -61,7 +61,7 @@ def test_aligner_shapes_normalised_and_loss_only_when_asked():
     assert torch.allclose(out.audio_embeds.norm(dim=-1), torch.ones(5), atol=1e-5)
     assert torch.allclose(model.get_text_features(text).norm(dim=-1), torch.ones(5), atol=1e-5)
     assert out.contrastive_loss is not None and out.ce_loss is None
-    assert abs(float(out.temperature) - 0.07) < 1e-6
+    assert abs(out.temperature.item() - 0.07) < 1e-6
 
     labels = torch.tensor([0, 1, 2, 0, 1])
     out = model(audio_features=audio, text_features=text, labels=labels)

@@ -143,7 +143,9 @@ class FoldUnit:
     def generator(self, variant: Variant, space: Space) -> tuple:
         """(generator, training text codes) of `variant`, trained once per generator setting and unit."""
         if variant.generator_key in self.generators:
-            return self.generators[variant.generator_key]
+            model, codes_train, owner = self.generators[variant.generator_key]
+            self.final_quality[variant.name] = self.final_quality[owner]  # the same generator, listed by name
+            return model, codes_train
         study, targs = self.study, self.study.training_args
         labels, val = study.labels, self.fold.validation
         model_args = dataclasses.replace(
@@ -189,7 +191,7 @@ class FoldUnit:
         )
         if self.fold_index == 0 and self.seed == study.study_args.seeds[0]:
             self._keep_map(variant, model, space, codes_train, seed)
-        self.generators[variant.generator_key] = (model, codes_train)
+        self.generators[variant.generator_key] = (model, codes_train, variant.name)
         return model, codes_train
 
     def _record_checkpoints(
