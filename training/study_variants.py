@@ -110,8 +110,8 @@ class StudyArguments:
     generated_ratios: list[float] = field(
         default_factory=list,
         metadata={
-            "help": "Candidate generated-to-real ratios of noise/cGAN/MISE, chosen per fold on validation UAR "
-            "(empty: the training argument generated_ratio)."
+            "help": "Candidate generated-to-real ratios of noise/cGAN/MISE, chosen per fold on the validation "
+            "speakers by early_stopping_metric (empty: the training argument generated_ratio)."
         },
     )
     quality_folds: int = field(
