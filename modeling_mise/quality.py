@@ -8,14 +8,11 @@ real and generated features, overall and per class.
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import linalg
 
 from .losses import emotion_mi_lower_bound, text_mi_lower_bound
 
@@ -56,29 +53,21 @@ def _as_labels(values: Any, name: str, rows: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _sqrtm_checked(product: np.ndarray, tolerance: float = 1e-6) -> np.ndarray | None:
-    """``sqrtm(product)``, or None when it is non-finite, clearly complex or does not square back."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)  # singular input: judged by the checks below
-        root = linalg.sqrtm(product)
-    if not np.isfinite(root).all():
-        return None
-    scale = max(float(np.abs(product).max()), 1e-12)
-    if np.iscomplexobj(root) and np.abs(root.imag).max() > tolerance * max(1.0, math.sqrt(scale)):
-        return None
-    if np.abs(root @ root - product).max() > tolerance * scale:
-        return None
-    return root
+def _psd_root(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a covariance, negative round-off eigenvalues clipped to 0."""
+    values, vectors = np.linalg.eigh((sigma + sigma.T) / 2.0)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
 
 
 def gaussian_frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
 ) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2):
     ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``.
 
-    When the square root of a (near-)singular product comes out non-finite, clearly complex or inaccurate,
-    it is retried with ``eps * I`` added to both covariances; the remaining imaginary round-off is dropped.
+    ``tr (sigma1 sigma2)^(1/2)`` is the sum of the square roots of the eigenvalues of the symmetric
+    ``sigma1^(1/2) sigma2 sigma1^(1/2)``: two symmetric eigendecompositions, exact for singular covariances too
+    (no general matrix square root, which is slow and unstable when ``D`` exceeds the number of rows).
     """
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
@@ -86,17 +75,16 @@ def gaussian_frechet_distance(
         raise ValueError(
             f"mu/sigma: inconsistent shapes {mu1.shape}, {sigma1.shape}, {mu2.shape}, {sigma2.shape}"
         )
-    covmean = _sqrtm_checked(sigma1 @ sigma2)
-    if covmean is None:
-        offset = np.eye(mu1.size) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    covmean = np.real(covmean)
+    root = _psd_root(sigma1)
+    cross = np.linalg.eigvalsh(root @ sigma2 @ root)
     diff = mu1 - mu2
-    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean)
+    distance = (
+        diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.sqrt(np.clip(cross, 0.0, None)).sum()
+    )
     return float(max(distance, 0.0))
 
 
-def frechet_distance(real: Any, generated: Any, eps: float = 1e-6) -> float:
+def frechet_distance(real: Any, generated: Any) -> float:
     """Fréchet distance between Gaussians fitted (mean, sample covariance) to two feature sets (N, D), (M, D)."""
     x = _as_matrix(real, "real")
     y = _as_matrix(generated, "generated")
@@ -106,7 +94,7 @@ def frechet_distance(real: Any, generated: Any, eps: float = 1e-6) -> float:
         raise ValueError(f"real/generated: need >= 2 rows each, got {x.shape[0]} and {y.shape[0]}")
     sigma1 = np.atleast_2d(np.cov(x, rowvar=False))
     sigma2 = np.atleast_2d(np.cov(y, rowvar=False))
-    return gaussian_frechet_distance(x.mean(axis=0), sigma1, y.mean(axis=0), sigma2, eps)
+    return gaussian_frechet_distance(x.mean(axis=0), sigma1, y.mean(axis=0), sigma2)
 
 
 def _distances(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:

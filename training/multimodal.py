@@ -32,15 +32,13 @@ from modeling_mise.modeling_audio_classifier import multimodal_features
 from modeling_mise.quality import MIProbe
 
 from .arguments import MiseTrainingArguments
-from .loop import LoopState, StageRuntime, run_epochs
+from .loop import StageRuntime
 from .stages import (
     FeatureDataset,
     InfoGANStep,
-    _epoch_mean,
     _optimizer_step,
-    _predict,
-    _selection_score,
     _summary,
+    fit_supervised,
     make_loader,
 )
 
@@ -113,45 +111,17 @@ def train_aligner_lora(
     input_ids, attention_mask = tokenize_transcripts(model, transcripts_train)
     dataset = FeatureDataset(audio_train, labels_train, input_ids, attention_mask)
     loader = make_loader(dataset, args.aligner_batch_size, accelerator)
-    parameters = heads + lora
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
-    def train_epoch(epoch: int, state: LoopState) -> dict[str, float]:
-        loader.set_epoch(epoch)
-        model.train()
-        total = torch.zeros(())
-        for audio, labels, ids, mask in loader:
-            ids, mask = _trim_padding(ids, mask)
-            with accelerator.accumulate(model):
-                output = model(audio_features=audio, labels=labels, input_ids=ids, attention_mask=mask)
-                runtime.check_finite(output.loss, "aligner", epoch, state.step)
-                accelerator.backward(output.loss)
-                _optimizer_step(accelerator, parameters, optimizer, runtime.max_grad_norm)
-            state.step += 1
-            total += output.loss.detach().float().cpu()
-        return {"loss": float(_epoch_mean(accelerator, total, len(loader)))}
+    def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
+        audio, labels, ids, mask = batch
+        ids, mask = _trim_padding(ids, mask)
+        return model(audio_features=audio, labels=labels, input_ids=ids, attention_mask=mask).loss
 
-    unwrapped = accelerator.unwrap_model(model)
-
-    def evaluate() -> tuple[float, dict[str, float]]:
-        unwrapped.eval()
-        device = accelerator.device
-        logits = _predict(lambda x: unwrapped(audio_features=x.to(device)).logits.float().cpu(), audio_val)
-        return _selection_score(logits, labels_val, args.early_stopping_metric)
-
-    try:
-        state = run_epochs(
-            runtime,
-            "aligner",
-            num_epochs=args.aligner_epochs,
-            train_epoch=train_epoch,
-            evaluate=evaluate,
-            best_module=model,
-            patience=args.early_stopping_patience,
-        )
-    finally:  # a crashed stage must not leave its models registered
-        accelerator.free_memory()
-    return unwrapped.eval(), _summary(state)
+    model, state = fit_supervised(
+        runtime, "aligner", model, optimizer, loader, heads + lora, args, args.aligner_epochs,
+        batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val,
+    )  # fmt: skip
+    return model, _summary(state)
 
 
 @torch.no_grad()

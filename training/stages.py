@@ -108,6 +108,65 @@ def _nan_mean_std(values: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------- configs
+def fit_supervised(
+    runtime: StageRuntime,
+    stage: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    parameters: list,
+    args: MiseTrainingArguments,
+    num_epochs: int,
+    batch_loss: Callable[[nn.Module, tuple], Tensor],
+    val_logits: Callable[[nn.Module, Tensor], Tensor],
+    features_val: Tensor,
+    labels_val: Tensor,
+    before_epoch: Callable[[int], None] | None = None,
+) -> tuple[nn.Module, LoopState]:
+    """The loop of stages 1 and 3: `batch_loss(model, batch)` per step, early stopping on
+    `val_logits(model, x)` of the validation speakers (`early_stopping_metric`). Returns the best model (eval
+    mode, unwrapped) and the loop state."""
+    accelerator = runtime.accelerator
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    unwrapped = accelerator.unwrap_model(model)
+
+    def train_epoch(epoch: int, state: LoopState) -> dict[str, float]:
+        if before_epoch is not None:
+            before_epoch(epoch)
+        loader.set_epoch(epoch)
+        model.train()
+        total = torch.zeros(())
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = batch_loss(model, batch)
+                runtime.check_finite(loss, stage, epoch, state.step)
+                accelerator.backward(loss)
+                _optimizer_step(accelerator, parameters, optimizer, runtime.max_grad_norm)
+            state.step += 1
+            total += loss.detach().float().cpu()
+        return {"loss": float(_epoch_mean(accelerator, total, len(loader)))}
+
+    def evaluate() -> tuple[float, dict[str, float]]:
+        unwrapped.eval()
+        device = accelerator.device
+        logits = _predict(lambda x: val_logits(unwrapped, x.to(device)).float().cpu(), features_val)
+        return _selection_score(logits, labels_val, args.early_stopping_metric)
+
+    try:
+        state = run_epochs(
+            runtime,
+            stage,
+            num_epochs=num_epochs,
+            train_epoch=train_epoch,
+            evaluate=evaluate,
+            best_module=model,
+            patience=args.early_stopping_patience,
+        )
+    finally:  # a crashed stage must not leave its models registered
+        accelerator.free_memory()
+    return unwrapped.eval(), state
+
+
 def aligner_config(
     model_args: ModelArguments,
     audio_dim: int,
@@ -221,46 +280,17 @@ def train_aligner(
     )
     tensors = (audio_train, labels_train) + ((text_train,) if use_text else ())
     loader = make_loader(FeatureDataset(*tensors), args.aligner_batch_size, accelerator)
-    parameters = list(model.parameters())
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
-    def train_epoch(epoch: int, state: LoopState) -> dict[str, float]:
-        loader.set_epoch(epoch)
-        model.train()
-        total = torch.zeros(())
-        for batch in loader:
-            with accelerator.accumulate(model):
-                output = model(
-                    audio_features=batch[0], labels=batch[1], text_features=batch[2] if use_text else None
-                )
-                runtime.check_finite(output.loss, "aligner", epoch, state.step)
-                accelerator.backward(output.loss)
-                _optimizer_step(accelerator, parameters, optimizer, runtime.max_grad_norm)
-            state.step += 1
-            total += output.loss.detach().float().cpu()
-        return {"loss": float(_epoch_mean(accelerator, total, len(loader)))}
+    def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
+        return model(
+            audio_features=batch[0], labels=batch[1], text_features=batch[2] if use_text else None
+        ).loss
 
-    unwrapped = accelerator.unwrap_model(model)
-
-    def evaluate() -> tuple[float, dict[str, float]]:
-        unwrapped.eval()
-        device = accelerator.device
-        logits = _predict(lambda x: unwrapped(audio_features=x.to(device)).logits.float().cpu(), audio_val)
-        return _selection_score(logits, labels_val, args.early_stopping_metric)
-
-    try:
-        state = run_epochs(
-            runtime,
-            "aligner",
-            num_epochs=args.aligner_epochs,
-            train_epoch=train_epoch,
-            evaluate=evaluate,
-            best_module=model,
-            patience=args.early_stopping_patience,
-        )
-    finally:  # a crashed stage must not leave its models registered
-        accelerator.free_memory()
-    return unwrapped.eval(), _summary(state)
+    model, state = fit_supervised(
+        runtime, "aligner", model, optimizer, loader, list(model.parameters()), args, args.aligner_epochs,
+        batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val,
+    )  # fmt: skip
+    return model, _summary(state)
 
 
 @torch.no_grad()
@@ -621,49 +651,24 @@ def train_classifier(
     )
     dataset = FeatureDataset(*augmenter.rows(0))
     loader = make_loader(dataset, args.classifier_batch_size, accelerator)
-    parameters = list(model.parameters())
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    unwrapped = accelerator.unwrap_model(model)
     use_mixup = augmentation == "mixup" and args.mixup_alpha > 0
 
-    def train_epoch(epoch: int, state: LoopState) -> dict[str, float]:
+    def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
+        features, labels = batch
+        if use_mixup:
+            features, labels = mixup(features, labels, config.num_labels, args.mixup_alpha)
+        return model(features=features, labels=labels).loss
+
+    def before_epoch(epoch: int) -> None:
         dataset.tensors = augmenter.rows(epoch)
-        loader.set_epoch(epoch)
-        model.train()
-        total = torch.zeros(())
-        for features, labels in loader:
-            if use_mixup:
-                features, labels = mixup(features, labels, config.num_labels, args.mixup_alpha)
-            with accelerator.accumulate(model):
-                loss = model(features=features, labels=labels).loss
-                runtime.check_finite(loss, "classifier", epoch, state.step)
-                accelerator.backward(loss)
-                _optimizer_step(accelerator, parameters, optimizer, runtime.max_grad_norm)
-            state.step += 1
-            total += loss.detach().float().cpu()
-        return {"loss": float(_epoch_mean(accelerator, total, len(loader)))}
 
-    def evaluate() -> tuple[float, dict[str, float]]:
-        unwrapped.eval()
-        device = accelerator.device
-        logits = _predict(lambda x: unwrapped(features=x.to(device)).logits.float().cpu(), features_val)
-        return _selection_score(logits, labels_val, args.early_stopping_metric)
-
-    try:
-        state = run_epochs(
-            runtime,
-            "classifier",
-            num_epochs=args.classifier_epochs,
-            train_epoch=train_epoch,
-            evaluate=evaluate,
-            best_module=model,
-            patience=args.early_stopping_patience,
-        )
-    finally:  # a crashed stage must not leave its models registered
-        accelerator.free_memory()
+    model, state = fit_supervised(
+        runtime, "classifier", model, optimizer, loader, list(model.parameters()), args, args.classifier_epochs,
+        batch_loss, lambda model, x: model(features=x).logits, features_val, labels_val, before_epoch,
+    )  # fmt: skip
     summary = _summary(state)
     summary["generated_rows_per_epoch"] = len(augmenter.extra_labels)
-    return unwrapped.eval(), summary
+    return model, summary
 
 
 @torch.no_grad()
