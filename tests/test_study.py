@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -227,6 +229,33 @@ def test_resumed_study_trains_nothing_and_reports_the_same(study_run, manifest, 
     assert after["variants"] == before["variants"]
     with pytest.raises(ConfigError, match="already holds a study"):
         main(args)
+
+
+def test_one_process_per_seed_then_a_merge_reports_the_same(study_run, manifest, cache_dir, tmp_path):
+    """Seeds run as concurrent processes into one OUT (maps kept per seed), then one run writes the tables."""
+    output_dir, _ = study_run
+    merged = tmp_path / "merged"
+    args = study_args(manifest, merged, cache_dir, "--figures", "false", "--resume_from_checkpoint", "latest")
+    script = Path(__file__).resolve().parents[1] / "training" / "study.py"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), *args, "--seeds", seed], stderr=subprocess.PIPE, text=True
+        )
+        for seed in SEEDS
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=900)
+        assert process.returncode == 0, stderr[-3000:]
+    for seed in SEEDS:
+        assert sorted(p.name for p in (merged / "runs" / f"seed-{seed}").glob("*.json")) == sorted(
+            p.name for p in (output_dir / "runs" / f"seed-{seed}").glob("*.json")
+        )
+        assert {p.name for p in (merged / "runs" / "maps" / f"seed-{seed}").glob("*.npz")} == {
+            f"{name}.npz" for name in GENERATOR_VARIANTS
+        }
+    report = main(args + ["--seeds", *SEEDS])
+    before = json.loads((output_dir / "study.json").read_text())
+    assert report["variants"] == before["variants"]
 
 
 def test_class_imbalance_cuts_the_class_and_reports_its_recall(manifest, cache_dir, tmp_path, ravdess_rows):

@@ -6,7 +6,9 @@ Per seed and fold, stage 1 (the aligner) is trained once per alignment setting a
 per generator setting; each variant then trains its stage-3 classifier (training/stages.py). Frozen features
 come from the shared cache. Writes `OUT/study.csv` (variant x seed x fold), `OUT/study.json`, `OUT/study.md`,
 `OUT/quality.json` (every generator checkpoint) and `OUT/figures/*.png`; `OUT/runs/` keeps each finished
-(seed, fold) so `--resume_from_checkpoint latest` continues a killed study.
+(seed, fold) so `--resume_from_checkpoint latest` continues a killed study. With more cores than one study
+uses, run one process per seed into the same OUT (`--seeds N --resume_from_checkpoint latest`), then once more
+with every seed and `--resume_from_checkpoint latest`: it trains nothing and writes the tables and figures.
 """
 
 from __future__ import annotations
@@ -245,9 +247,14 @@ def _run_study(
                 unit.update(config_hash=hash_, seconds=time.perf_counter() - tick, imbalance_counts=counts)
                 maps = unit.pop("maps")
                 if accelerator.is_main_process:
-                    for name, arrays in maps.items():
-                        (output_dir / "runs" / "maps").mkdir(parents=True, exist_ok=True)
-                        np.savez_compressed(output_dir / "runs" / "maps" / f"{name}.npz", **arrays)
+                    for (
+                        name,
+                        arrays,
+                    ) in maps.items():  # per seed: processes running one seed each never collide
+                        (output_dir / "runs" / "maps" / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
+                        np.savez_compressed(
+                            output_dir / "runs" / "maps" / f"seed-{seed}" / f"{name}.npz", **arrays
+                        )
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.with_suffix(".tmp").write_text(json.dumps(unit))
                     path.with_suffix(".tmp").replace(path)

@@ -239,7 +239,7 @@ def _figures(
                                            title="generated-feature quality per generator checkpoint"))  # fmt: skip
     rng = np.random.default_rng(0)
     half = study_args.map_max_points // 2
-    for path in sorted((output_dir / "runs" / "maps").glob("*.npz")):
+    for path in sorted((output_dir / "runs" / "maps" / f"seed-{study_args.seeds[0]}").glob("*.npz")):
         data = np.load(path)
         real = rng.permutation(len(data["real"]))[:half]
         generated = rng.permutation(len(data["generated"]))[:half]

@@ -189,7 +189,7 @@ class FoldUnit:
         self.final_quality[variant.name] = generation_quality(
             model, space.z_train, labels[space.train], scored_codes, seed=seed, probe=probe
         )
-        if self.fold_index == 0 and self.seed == study.study_args.seeds[0]:
+        if self.fold_index == 0:  # the first fold's maps, one set per seed
             self._keep_map(variant, model, space, codes_train, seed)
         self.generators[variant.generator_key] = (model, codes_train, variant.name)
         return model, codes_train
