@@ -1,7 +1,7 @@
 """Emotion corpora: a manifest CSV, a local ``audiofolder`` or a ``datasets`` dataset -> :class:`Corpus`.
 
-Labels, speakers, transcripts and sessions are read and checked once here; audio is decoded later by
-:meth:`Corpus.load_waveforms` through :mod:`modeling_mise.audio` (soundfile first, so WAV/FLAC need
+Labels, speakers, transcripts, sessions and given splits are read and checked once here; audio is decoded
+later by :meth:`Corpus.load_waveforms` through :mod:`modeling_mise.audio` (soundfile first, so WAV/FLAC need
 no torchcodec), which rejects bad files with a reason instead of failing the run.
 """
 
@@ -24,6 +24,7 @@ import soundfile
 from tqdm.auto import tqdm
 
 from .audio import AudioInputError, load_audio, prepare_waveform, rejection_reason
+from .folds import SPLIT_ALIASES
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ class CorpusItem:
     ``audio`` is ``None`` when the clip is a file at ``path``; otherwise the source's own audio:
     ``{"array", "sampling_rate"}`` for decoded arrays or ``{"bytes", "path"}`` for an embedded file,
     decoded on demand by :meth:`read`. ``fingerprint`` is the sha256 of the file bytes (or of the array
-    bytes and rate), empty when the file could not be read. ``row`` is the row in the source.
+    bytes and rate), empty when the file could not be read. ``row`` is the row in the source. ``split`` is
+    the row's given partition (``"train"``, ``"validation"`` or ``"test"``), ``None`` without a split column.
     """
 
     index: int
@@ -71,6 +73,7 @@ class CorpusItem:
     session: str | None
     fingerprint: str
     duration_s: float | None = None
+    split: str | None = None
 
     @property
     def source(self) -> str:
@@ -197,6 +200,13 @@ class Corpus:
     def sessions(self) -> np.ndarray | None:
         """Session ids ``(N,)`` (``None`` for a clip without one), or ``None`` when no clip has a session."""
         values = [item.session for item in self.items]
+        if all(value is None for value in values):
+            return None
+        return np.asarray(values, dtype=object)
+
+    def splits(self) -> np.ndarray | None:
+        """Given partition ``(N,)`` (train / validation / test), or ``None`` when no clip has one."""
+        values = [item.split for item in self.items]
         if all(value is None for value in values):
             return None
         return np.asarray(values, dtype=object)
@@ -538,6 +548,7 @@ def load_corpus(
     speaker_column: str = "speaker",
     transcript_column: str | None = "transcript",
     session_column: str | None = "session",
+    split_column: str | None = "split",
     split: str = "train",
     label_map: str | Mapping | None = None,
     drop_labels: Sequence[str] = (),
@@ -555,6 +566,9 @@ def load_corpus(
         speaker_column: speaker column (required: folds are speaker-independent).
         transcript_column: optional transcript column; missing column or empty cells give ``None``.
         session_column: optional session column (for leave-one-session-out).
+        split_column: optional column giving each row's partition, ``train`` / ``validation`` / ``test`` (also
+            training, valid, val, dev, testing; any case), for a given split such as MSP-Podcast's; when the
+            source has it, every row needs one of these values. ``None`` ignores the column.
         split: split of a ``datasets`` source.
         label_map: ``None`` (the corpus' own labels), a preset (``"iemocap4"``: neutral, happy with excited
             merged, angry, sad; short codes or names, any case; others dropped), or a dict
@@ -563,13 +577,13 @@ def load_corpus(
         data_dir: ``data_dir`` passed to ``datasets.load_dataset``.
 
     Raises:
-        ValueError: for a missing column (naming it and the available ones), an empty label / speaker
-            cell or a label the map does not cover (naming the row), or no clip left.
+        ValueError: for a missing column (naming it and the available ones), an empty label / speaker /
+            split cell, an unknown split or a label the map does not cover (naming the row), or no clip left.
     """
     source = os.fspath(source)
     table, audio_column = _open_source(source, split, data_dir, audio_column)
     columns = _resolve_columns(
-        table, audio_column, label_column, speaker_column, transcript_column, session_column
+        table, audio_column, label_column, speaker_column, transcript_column, session_column, split_column
     )
     mapper = _label_mapper(label_map, drop_labels, table.where)
     items, dropped = [], Counter()
@@ -595,6 +609,7 @@ class _Columns:
     speaker: str
     transcript: str | None
     session: str | None
+    split: str | None = None
 
 
 def _resolve_columns(
@@ -604,6 +619,7 @@ def _resolve_columns(
     speaker_column: str,
     transcript_column: str | None,
     session_column: str | None,
+    split_column: str | None = None,
 ) -> _Columns:
     """Check the required columns exist (naming the missing one and the available ones)."""
     if audio_column is None:
@@ -635,15 +651,18 @@ def _resolve_columns(
         transcript_column = None
     if session_column and session_column not in table.columns:
         session_column = None
-    return _Columns(audio_column, label_column, speaker_column, transcript_column, session_column)
+    if split_column and split_column not in table.columns:
+        split_column = None
+    return _Columns(
+        audio_column, label_column, speaker_column, transcript_column, session_column, split_column
+    )
 
 
 def _select(rows: Iterable[dict], columns: _Columns) -> Iterable[dict]:
     """Only the needed columns of a ``datasets`` source (others may be large)."""
     if not hasattr(rows, "select_columns"):
         return rows
-    wanted = [columns.audio, columns.label, columns.speaker, columns.transcript, columns.session]
-    return rows.select_columns(list(dict.fromkeys(c for c in wanted if c)))
+    return rows.select_columns(list(dict.fromkeys(c for c in vars(columns).values() if c)))
 
 
 def _read_row(table: _Table, columns: _Columns, row: int, record: dict) -> dict:
@@ -680,7 +699,25 @@ def _read_row(table: _Table, columns: _Columns, row: int, record: dict) -> dict:
         "speaker": speaker,
         "transcript": value(columns.transcript),
         "session": value(columns.session),
+        "split": _split_value(table, columns.split, row, value(columns.split)),
     }
+
+
+def _split_value(table: _Table, column: str | None, row: int, raw: str | None) -> str | None:
+    """A split cell -> ``train`` / ``validation`` / ``test``; ValueError naming the row and the column."""
+    if column is None:
+        return None
+    if raw is None:
+        raise ValueError(
+            f"{table.where(row)}: empty split in column {column!r}; with a split column every row needs "
+            "train, validation or test (set split_column to None to ignore the column)"
+        )
+    if raw.casefold() not in SPLIT_ALIASES:
+        raise ValueError(
+            f"{table.where(row)}: split {raw!r} in column {column!r} is not train, validation or test "
+            f"(accepted: {', '.join(SPLIT_ALIASES)}; set split_column to None to ignore the column)"
+        )
+    return SPLIT_ALIASES[raw.casefold()]
 
 
 def _fingerprint_items(items: list[CorpusItem]) -> None:

@@ -126,6 +126,33 @@ def test_missing_column_and_empty_cells(tmp_path, ravdess_rows):
         load_corpus(tmp_path / "absent.csv")
 
 
+def test_split_column(tmp_path, ravdess_rows):
+    rows = ravdess_rows[:6]
+    given = ["Train", "train", "dev", "VALID", "test", "testing"]
+    header = ["path", "emotion", "speaker", "split"]
+    cells = [
+        [r["path"], r["emotion"], f"s{i}", part] for i, (r, part) in enumerate(zip(rows, given, strict=True))
+    ]
+    corpus = load_corpus(_write_csv(tmp_path / "m.csv", header, cells))
+    assert list(corpus.splits()) == ["train", "train", "validation", "validation", "test", "test"]
+    assert [item.split for item in corpus.subset([5, 0]).items] == ["test", "train"]
+    assert load_corpus(tmp_path / "m.csv", split_column=None).splits() is None
+    renamed = _write_csv(tmp_path / "p.csv", [*header[:3], "partition"], cells)
+    assert load_corpus(renamed).splits() is None  # no `split` column: no given split
+    assert list(load_corpus(renamed, split_column="partition").splits())[:3] == [
+        "train",
+        "train",
+        "validation",
+    ]
+
+    cells[3][3] = "tst"
+    with pytest.raises(ValueError, match=r"b.csv: row 3 \(line 5\): split 'tst' in column 'split' is not"):
+        load_corpus(_write_csv(tmp_path / "b.csv", header, cells))
+    cells[3][3] = " "
+    with pytest.raises(ValueError, match=r"e.csv: row 3 \(line 5\): empty split in column 'split'"):
+        load_corpus(_write_csv(tmp_path / "e.csv", header, cells))
+
+
 def test_label_maps(tmp_path, ravdess_rows):
     paths = [r["path"] for r in ravdess_rows[:8]]
     codes = ["neu", "HAP", "exc", "Angry", "sad", "fru", "xxx", "Neutral"]

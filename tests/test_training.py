@@ -428,3 +428,62 @@ def test_label_outside_the_label_map_names_the_row(ravdess_rows, cache_dir, tmp_
     label_map = json.dumps({"angry": "angry", "sad": "sad"})  # every other emotion is unknown to the map
     with pytest.raises(ValueError, match=r"row \d+"):
         main(run_args(manifest, tmp_path / "out", cache_dir, "--label_map", label_map, "--report_to", "none"))
+
+
+PARTS = {"Actor_01": "train", "Actor_02": "train", "Actor_03": "dev", "Actor_04": "test"}
+
+
+def split_arguments(manifest: Path, tmp_path: Path, *extra: str):
+    """Data arguments of protocol split over `manifest` (no model is trained)."""
+    args = ["--dataset", str(manifest), "--output_dir", str(tmp_path / "out"), "--protocol", "split", *extra]
+    return parse_arguments(args)[0]
+
+
+def test_protocol_split_follows_the_split_column(ravdess_rows, tmp_path):
+    from training.features import read_corpus
+    from training.pipeline import build_folds
+
+    rows = [{**row, "split": PARTS[row["speaker"]]} for row in subset(ravdess_rows)]
+    manifest = write_manifest(tmp_path / "split.csv", rows, columns=("path", "speaker", "emotion", "split"))
+    data_args = split_arguments(manifest, tmp_path)
+    corpus = read_corpus(data_args)
+    (fold,) = build_folds(data_args, corpus, seed=0)
+    parts = np.asarray([PARTS[row["speaker"]] for row in rows])
+    np.testing.assert_array_equal(fold.train, np.flatnonzero(parts == "train"))
+    np.testing.assert_array_equal(fold.validation, np.flatnonzero(parts == "dev"))
+    np.testing.assert_array_equal(fold.test, np.flatnonzero(parts == "test"))
+    assert fold.test_speakers == ["Actor_04"] and fold.validation_speakers == ["Actor_03"]
+
+    # the column and the speaker lists are never mixed silently
+    both = split_arguments(manifest, tmp_path, "--test_speakers", "Actor_04")
+    with pytest.raises(ConfigError, match=r"test_speakers / split_column: .*'split' of .*split.csv"):
+        build_folds(both, read_corpus(both), seed=0)
+    # without the column, the speaker lists give the same partition
+    lists = ["--split_column", "none", "--test_speakers", "Actor_04", "--validation_speakers", "Actor_03"]
+    by_lists = split_arguments(manifest, tmp_path, *lists)
+    (same,) = build_folds(by_lists, read_corpus(by_lists), seed=0)
+    for part in ("train", "validation", "test"):
+        np.testing.assert_array_equal(getattr(same, part), getattr(fold, part))
+    typo = split_arguments(manifest, tmp_path, "--split_column", "none", "--test_speakers", "Actor_40")
+    with pytest.raises(ConfigError, match=r"test_speakers / validation_speakers: \['Actor_40'\] not among"):
+        build_folds(typo, read_corpus(typo), seed=0)
+
+    # other protocols ignore the column, even a bad value in it
+    rows[5]["split"] = "tst"
+    bad = write_manifest(tmp_path / "bad.csv", rows, columns=("path", "speaker", "emotion", "split"))
+    loso = split_arguments(bad, tmp_path, "--protocol", "loso")
+    assert read_corpus(loso).splits() is None
+    with pytest.raises(ValueError, match=r"bad.csv: row 5 \(line 7\): split 'tst' in column 'split'"):
+        read_corpus(split_arguments(bad, tmp_path))
+
+
+def test_protocol_split_needs_a_split_column_or_test_speakers(ravdess_rows, tmp_path):
+    from training.features import read_corpus
+    from training.pipeline import build_folds
+
+    manifest = write_manifest(tmp_path / "plain.csv", subset(ravdess_rows, SPEAKERS[:2]))
+    data_args = split_arguments(manifest, tmp_path)  # may have a split column: known once the corpus is read
+    with pytest.raises(ConfigError, match=r"test_speakers / split_column: .*plain.csv has no column 'split'"):
+        build_folds(data_args, read_corpus(data_args), seed=0)
+    with pytest.raises(ConfigError, match=r"test_speakers / split_column: .*\(split_column is none\)"):
+        split_arguments(manifest, tmp_path, "--split_column", "none")  # known at parse time

@@ -18,6 +18,10 @@ from transformers import HfArgumentParser
 
 PROTOCOLS = ("loso", "loso_session", "kfold", "split")
 AUGMENTATIONS = ("none", "noise", "mixup", "gan", "mise")
+SPLIT_NEEDS = (
+    "test_speakers / split_column: protocol 'split' needs a split column in the corpus (split_column, a "
+    "column of train / validation / test per row) or test_speakers (with optional validation_speakers)"
+)
 
 
 class ConfigError(ValueError):
@@ -66,6 +70,14 @@ class DataArguments:
     session_column: str | None = field(
         default="session", metadata={"help": "Session column (optional; needed by protocol loso_session)."}
     )
+    split_column: str | None = field(
+        default="split",
+        metadata={
+            "help": "Column giving each row's part of a given split, train / validation / test (also valid, "
+            "val, dev); protocol split uses it when the corpus has it (then leave test_speakers unset), other "
+            "protocols ignore it; `none` for no column. Not `split`, the split of a Hub dataset to read."
+        },
+    )
     label_map: str | None = field(
         default=None,
         metadata={
@@ -97,11 +109,14 @@ class DataArguments:
         default=1, metadata={"help": "Speakers taken from each fold's training side for early stopping."}
     )
     test_speakers: list[str] = field(
-        default_factory=list, metadata={"help": "Protocol split: test speakers."}
+        default_factory=list,
+        metadata={"help": "Protocol split without a split column in the corpus: test speakers."},
     )
     validation_speakers: list[str] = field(
         default_factory=list,
-        metadata={"help": "Protocol split: validation speakers (default: drawn from train)."},
+        metadata={
+            "help": "Protocol split without a split column: validation speakers (default: drawn from train)."
+        },
     )
     max_folds: int | None = field(default=None, metadata={"help": "Run only the first N folds (quick runs)."})
     cache_dir: str | None = field(
@@ -116,11 +131,14 @@ class DataArguments:
             self.transcript_column = None
         if self.session_column in ("", "none", "None"):
             self.session_column = None
+        if self.split_column in ("", "none", "None"):
+            self.split_column = None
         self.label_map = _parse_label_map(self.label_map)
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"protocol: must be one of {PROTOCOLS}, got {self.protocol!r}")
-        if self.protocol == "split" and not self.test_speakers:
-            raise ConfigError("test_speakers: protocol 'split' needs at least one test speaker")
+        if self.protocol == "split" and not self.test_speakers and self.split_column is None:
+            # with a split_column, whether the corpus has it is known once it is read (pipeline.build_folds)
+            raise ConfigError(f"{SPLIT_NEEDS} (split_column is none)")
         if self.protocol == "kfold" and self.num_folds < 2:
             raise ConfigError(f"num_folds: must be >= 2 for protocol 'kfold', got {self.num_folds}")
         if self.num_validation_speakers < 1:

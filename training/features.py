@@ -38,7 +38,8 @@ def read_corpus(data_args: DataArguments) -> Corpus:
     """The corpus named by the data arguments (manifest CSV, audiofolder or `datasets` source).
 
     A relative `dataset` path that exists under a local `data_dir` is read from there (e.g. `manifest.csv`
-    with `--data_dir ../shared/data/ravdess`); otherwise `data_dir` goes to `datasets.load_dataset`.
+    with `--data_dir ../shared/data/ravdess`); otherwise `data_dir` goes to `datasets.load_dataset`. The split
+    column is read (and checked) for protocol split only: other protocols ignore it.
     """
     source, data_dir = data_args.dataset, data_args.data_dir
     if data_dir and not Path(source).is_absolute() and (Path(data_dir) / source).exists():
@@ -50,6 +51,7 @@ def read_corpus(data_args: DataArguments) -> Corpus:
         speaker_column=data_args.speaker_column,
         transcript_column=data_args.transcript_column,
         session_column=data_args.session_column,
+        split_column=data_args.split_column if data_args.protocol == "split" else None,
         split=data_args.split,
         label_map=data_args.label_map,
         drop_labels=data_args.drop_labels,

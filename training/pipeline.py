@@ -1,4 +1,4 @@
-"""One fold of the protocol (stages 1-3 on training speakers, test on held-out speakers) and the final models."""
+"""The folds of the protocol, one fold (stages 1-3 on training speakers, test on held-out ones), final models."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from modeling_mise import (
     MiseForAudioClassification,
     MiseGeneratorModel,
 )
+from modeling_mise.data import Corpus
 from modeling_mise.encoders import AudioEncoder
-from modeling_mise.folds import Fold
+from modeling_mise.folds import Fold, make_folds
 from modeling_mise.metrics import classification_metrics
 from modeling_mise.modeling_audio_classifier import multimodal_features
 
-from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
+from .arguments import SPLIT_NEEDS, ConfigError, DataArguments, MiseTrainingArguments, ModelArguments
 from .checkpoint import CheckpointManager, ResumePoint
 from .features import CorpusFeatures
 from .loop import StageRuntime
@@ -43,6 +44,49 @@ logger = get_logger(__name__)
 
 STAGE_MARKER = "stage.json"
 FINAL_FOLD = "final"
+
+
+def build_folds(data_args: DataArguments, corpus: Corpus, seed: int) -> list[Fold]:
+    """The speaker-independent folds of `data_args.protocol` over the corpus (train.py and study.py)."""
+    return make_folds(
+        corpus.speakers(), corpus.labels(), protocol=data_args.protocol, sessions=corpus.sessions(),
+        k=data_args.num_folds, num_validation_speakers=data_args.num_validation_speakers,
+        split=given_split(data_args, corpus) if data_args.protocol == "split" else None,
+        max_folds=data_args.max_folds, seed=seed, id2label=corpus.id2label,
+    )  # fmt: skip
+
+
+def given_split(data_args: DataArguments, corpus: Corpus) -> np.ndarray:
+    """Protocol split: train / validation / test per clip, from the corpus' split column or the speaker lists.
+
+    Raises:
+        ConfigError: naming `test_speakers` / `split_column` when neither is there, or both (the run never
+            picks one silently), and naming speakers of the lists that the corpus lacks or that are in both.
+    """
+    lists = [name for name in ("test_speakers", "validation_speakers") if getattr(data_args, name)]
+    column = corpus.splits()
+    if column is not None:
+        if lists:
+            raise ConfigError(
+                f"{' / '.join(lists)} / split_column: protocol 'split' got {' and '.join(lists)} and the "
+                f"split column {data_args.split_column!r} of {corpus.source}; give one (split_column: none "
+                "uses the lists)"
+            )
+        return column
+    if not data_args.test_speakers:
+        name = data_args.split_column
+        missing = f"{corpus.source} has no column {name!r}" if name else "split_column is none"
+        raise ConfigError(f"{SPLIT_NEEDS} ({missing})")
+    speakers = corpus.speakers()
+    test, validation = set(data_args.test_speakers), set(data_args.validation_speakers)
+    unknown = sorted((test | validation) - set(speakers.tolist()))
+    if unknown or test & validation:
+        problem = (
+            f"{unknown} not among the corpus' speakers" if unknown else f"{sorted(test & validation)} in both"
+        )
+        raise ConfigError(f"test_speakers / validation_speakers: {problem}")
+    split = np.where(np.isin(speakers, sorted(test)), "test", "train")
+    return np.where(np.isin(speakers, sorted(validation)), "validation", split)
 
 
 @dataclass

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from modeling_mise.encoders import load_audio_encoder, load_text_encoder
-from modeling_mise.folds import Fold, make_folds
+from modeling_mise.folds import Fold
 from training.arguments import (
     ARGUMENT_TYPES,
     ConfigError,
@@ -54,6 +54,7 @@ from training.features import (
     usable_clips,
 )
 from training.loop import NonFiniteLossError
+from training.pipeline import build_folds
 from training.study_report import write_report
 from training.study_unit import FoldUnit, Study
 from training.study_variants import StudyArguments, cut_class
@@ -129,19 +130,6 @@ def _load_unit(path: Path, hash_: str, variants: list[str]) -> dict | None:
         return None
     unit["rows"] = [row for row in unit["rows"] if row["variant"] in variants]
     return unit
-
-
-def _folds(study: Study, speakers: np.ndarray, sessions) -> list[Fold]:
-    data_args = study.data_args
-    split = None
-    if data_args.protocol == "split":
-        split = np.where(np.isin(speakers, data_args.test_speakers), "test", "train")
-        split = np.where(np.isin(speakers, data_args.validation_speakers), "validation", split)
-    return make_folds(
-        speakers, study.labels.numpy(), protocol=data_args.protocol, sessions=sessions, k=data_args.num_folds,
-        num_validation_speakers=data_args.num_validation_speakers, split=split, max_folds=data_args.max_folds,
-        seed=study.training_args.seed, id2label=study.id2label,
-    )  # fmt: skip
 
 
 def _training_rows(study: Study, fold: Fold, fold_index: int) -> tuple[np.ndarray, dict]:
@@ -227,7 +215,7 @@ def _run_study(
     )  # fmt: skip
 
     # 4. folds, shared by every variant and seed
-    folds = _folds(study, corpus.speakers(), corpus.sessions())
+    folds = build_folds(data_args, corpus, training_args.seed)
     logger.info(
         f"{len(folds)} fold(s) x {len(study_args.seeds)} seed(s) x {len(study_args.variants)} variant(s)"
     )

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 from modeling_mise.encoders import load_audio_encoder, load_text_encoder
-from modeling_mise.folds import make_folds
 from modeling_mise.hub import HubPushError, push_run
 from modeling_mise.metrics import summarize_folds
 from training.arguments import ConfigError, arguments_dict, config_hash, parse_arguments
@@ -43,7 +42,7 @@ from training.features import (
     usable_clips,
 )
 from training.loop import NonFiniteLossError
-from training.pipeline import RunContext, final_fold, run_fold, train_final_models
+from training.pipeline import RunContext, build_folds, final_fold, run_fold, train_final_models
 
 logger = get_logger("mise.train")
 
@@ -154,23 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     labels = torch.as_tensor(corpus.labels())
 
     # 5. speaker-independent folds
-    split = None
-    if data_args.protocol == "split":
-        speakers = corpus.speakers()
-        split = np.where(np.isin(speakers, data_args.test_speakers), "test", "train")
-        split = np.where(np.isin(speakers, data_args.validation_speakers), "validation", split)
-    folds = make_folds(
-        corpus.speakers(),
-        corpus.labels(),
-        protocol=data_args.protocol,
-        sessions=corpus.sessions(),
-        k=data_args.num_folds,
-        num_validation_speakers=data_args.num_validation_speakers,
-        split=split,
-        max_folds=data_args.max_folds,
-        seed=training_args.seed,
-        id2label=corpus.id2label,
-    )
+    folds = build_folds(data_args, corpus, training_args.seed)
     logger.info(f"{len(folds)} fold(s) ({data_args.protocol}): {', '.join(f.name for f in folds)}")
 
     checkpoints = CheckpointManager(output_dir / "checkpoints", hash_, training_args.checkpoints_total_limit)
