@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--license", default=None, help="licence id for the cards (default: the training corpus' licence)"
     )
     push_parser.add_argument(
+        "--study",
+        default=None,
+        help="folder written by training/study.py (with study.json): each card quotes its comparison table",
+    )
+    push_parser.add_argument(
         "--dry_run",
         action="store_true",
         help="only build and validate OUT/hub/* (no token, no network)",
@@ -71,10 +76,18 @@ def push(args: argparse.Namespace) -> dict:
     from .hub import build_hub_folders, push_run
 
     if args.dry_run:
-        folders = build_hub_folders(args.output_dir, args.org, args.prefix, license=args.license)
+        folders = build_hub_folders(
+            args.output_dir, args.org, args.prefix, license=args.license, study=args.study
+        )
         return {kind: str(folder) for kind, folder in folders.items()}
     return push_run(
-        args.output_dir, args.org, args.prefix, token=args.token, private=args.private, license=args.license
+        args.output_dir,
+        args.org,
+        args.prefix,
+        token=args.token,
+        private=args.private,
+        license=args.license,
+        study=args.study,
     )
 
 

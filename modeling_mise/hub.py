@@ -28,6 +28,7 @@ from .hub_cards import (
     card_context,
     is_finite_number,
     read_run,
+    read_study,
     render_card,
     repo_ids,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "check_remote_code_loading",
     "push_run",
     "read_run",
+    "read_study",
     "repo_ids",
     "run_without_package",
     "validate_hub_folder",
@@ -93,6 +95,7 @@ def build_hub_folders(
     *,
     license: str | None = None,
     check_remote_code: bool = True,
+    study: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Write and validate `OUT/hub/{encoder,generator,classifier}/`; returns `{kind: folder}`.
 
@@ -102,10 +105,13 @@ def build_hub_folders(
     one only once it validates, so a failed build leaves the previous one (and everything else in `OUT`) as it
     was. `org`/`prefix` name the repositories in the cards (`<org>/<prefix>-<kind>`). With `check_remote_code`
     the folders are also loaded in a clean Python process in which `modeling_mise` cannot be imported.
-    The generator is left out when the run trained none (augmentation `none`, `noise` or `mixup`).
+    The generator is left out when the run trained none (augmentation `none`, `noise` or `mixup`). `study`, a
+    folder written by `training/study.py`, adds a "Comparison study" section quoting its `study.json` to
+    every card ([`read_study`]).
     """
     output_dir = Path(output_dir)
     run = read_run(output_dir)
+    study_section = read_study(study) if study is not None else None
     models_dir = output_dir / "models"
     kinds = tuple(k for k in HUB_KINDS if (models_dir / SOURCE_FOLDERS[k]).is_dir())
     for required in ("encoder", "classifier"):
@@ -126,7 +132,7 @@ def build_hub_folders(
             model.save_pretrained(folder)
             if extractor is not None:
                 extractor.save_pretrained(folder)
-            card = render_card(kind, card_context(kind, run, configs, repos, license))
+            card = render_card(kind, card_context(kind, run, configs, repos, license, study_section))
             card.save(folder / "README.md")
             validate_hub_folder(folder, kind, run)
         if check_remote_code:
@@ -324,19 +330,22 @@ def push_run(
     token: str | None = None,
     private: bool = False,
     license: str | None = None,
+    study: str | os.PathLike | None = None,
 ) -> dict[str, str]:
     """Build, validate and upload `OUT/hub/*` to `<org>/<prefix>-{encoder,generator,classifier}`.
 
     Returns `{kind: commit URL}` (also written to `OUT/hub/pushed.json`). Raises `HubPushError` with what to do
     when there is no token, the Hub is unreachable (or `HF_HUB_OFFLINE=1`) or refuses; the run folder is never
     modified beyond `OUT/hub/`, so the same call can be repeated. Repositories are created if needed
-    (`exist_ok`), so a rerun after a partial upload continues where it stopped.
+    (`exist_ok`), so a rerun after a partial upload continues where it stopped. `study`: see
+    [`build_hub_folders`].
     """
     from huggingface_hub import HfApi, constants, get_token
 
     output_dir = Path(output_dir)
     repos = repo_ids(org, prefix)
-    rerun = f"rerun `mise push {output_dir} --org {org}" + (f" --prefix {prefix}`" if prefix else "`")
+    options = (f" --prefix {prefix}" if prefix else "") + (f" --study {study}" if study is not None else "")
+    rerun = f"rerun `mise push {output_dir} --org {org}{options}`"
     if constants.HF_HUB_OFFLINE:
         raise HubPushError(
             f"cannot push: HF_HUB_OFFLINE is set, so the Hub is unreachable by configuration. Nothing was uploaded "
@@ -361,7 +370,7 @@ def push_run(
             f"cannot push: {constants.ENDPOINT} is unreachable or refused the token "
             f"({type(error).__name__}: {error}). Nothing was uploaded and {output_dir} is unchanged; {rerun}."
         ) from error
-    folders = build_hub_folders(output_dir, org, prefix, license=license)
+    folders = build_hub_folders(output_dir, org, prefix, license=license, study=study)
     pushed: dict[str, str] = {}
     for kind, folder in folders.items():
         repo_id = repos[kind]

@@ -6,6 +6,7 @@ every value they use is prepared here, preformatted, and reads "not recorded" wh
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -163,14 +164,16 @@ def is_finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _percent(value: object) -> str:
-    return f"{100 * value:.2f} %" if is_finite_number(value) else NOT_RECORDED
+def _percent(value: object, digits: int = 2) -> str:
+    return f"{100 * value:.{digits}f} %" if is_finite_number(value) else NOT_RECORDED
 
 
-def _mean_std(mean: object, std: object) -> str:
+def _mean_std(mean: object, std: object, digits: int = 2) -> str:
     if not is_finite_number(mean):
         return NOT_RECORDED
-    return f"{100 * mean:.2f} ± {100 * std:.2f} %" if is_finite_number(std) else f"{100 * mean:.2f} %"
+    if not is_finite_number(std):
+        return _percent(mean, digits)
+    return f"{100 * mean:.{digits}f} ± {100 * std:.{digits}f} %"
 
 
 def _nats(value: object) -> str:
@@ -197,15 +200,27 @@ def template_dir() -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ card context
+def _known_corpus(*parts: object) -> CorpusFacts | None:
+    """The known corpus whose name appears in a data source, folder or file name, if any."""
+    haystack = " ".join(str(part) for part in parts if part)
+    key = next((k for k, pattern in _CORPUS_PATTERNS.items() if re.search(pattern, haystack, re.I)), None)
+    return KNOWN_CORPORA.get(key)
+
+
+def _corpus_details(corpus: dict) -> list[str]:
+    """Clips, speakers and hours of a recorded corpus summary (`run_info.json` / `study.json` "corpus")."""
+    return [f"{corpus['clips']} clips" if "clips" in corpus else None,
+            f"{corpus['speakers']} speakers" if "speakers" in corpus else None,
+            f"{corpus['hours']:.2f} h" if is_finite_number(corpus.get("hours")) else None]  # fmt: skip
+
+
 def _dataset(run: RunRecord, license: str | None) -> dict:
     """Name, id, licence and language of the training data, from the run's data config and known corpora."""
     config = run.config
     source = (run.run_info.get("corpus") or {}).get("source") or config.get("dataset")
     if config.get("dataset") and config.get("data_dir") and not Path(str(config["dataset"])).is_absolute():
         source = source or str(Path(config["data_dir"]) / config["dataset"])
-    haystack = " ".join(str(part) for part in (source, config.get("data_dir"), config.get("dataset")) if part)
-    key = next((k for k, pattern in _CORPUS_PATTERNS.items() if re.search(pattern, haystack, re.I)), None)
-    facts = KNOWN_CORPORA.get(key)
+    facts = _known_corpus(source, config.get("data_dir"), config.get("dataset"))
     if source is None:
         slug = "unknown"
     elif _looks_like_hub_id(str(source)):
@@ -226,10 +241,7 @@ def _dataset(run: RunRecord, license: str | None) -> dict:
             "The licence of the training data was not recorded: check it before using or redistributing these "
             "weights. The MISE code in this repository is Apache-2.0."
         )
-    corpus = run.run_info.get("corpus") or {}
-    details = [f"{corpus['clips']} clips" if "clips" in corpus else None,
-               f"{corpus['speakers']} speakers" if "speakers" in corpus else None,
-               f"{corpus['hours']:.2f} h" if is_finite_number(corpus.get("hours")) else None]  # fmt: skip
+    details = _corpus_details(run.run_info.get("corpus") or {})
     description = ", ".join(filter(None, [facts.description if facts else None, *details]))
     return {
         "name": facts.name if facts else (slug if slug != "unknown" else NOT_RECORDED),
@@ -246,19 +258,23 @@ def _dataset(run: RunRecord, license: str | None) -> dict:
     }
 
 
-def _protocol_text(run: RunRecord) -> tuple[str, str]:
-    """(long description, short split name) of the fold protocol."""
-    config, n_folds = run.config, run.summary.get("n_folds", len(run.folds) or NOT_RECORDED)
-    names = {
+def _protocol_name(protocol: str, config: dict) -> str:
+    """Readable name of a fold protocol (`DataArguments.protocol`)."""
+    return {
         "loso": "leave-one-speaker-out",
         "loso_session": "leave-one-session-out",
         "kfold": f"{config.get('num_folds', 'k')} speaker-grouped folds",
         "split": "a fixed speaker split",
-    }
+    }.get(protocol, protocol)
+
+
+def _protocol_text(run: RunRecord) -> tuple[str, str]:
+    """(long description, short split name) of the fold protocol."""
+    config, n_folds = run.config, run.summary.get("n_folds", len(run.folds) or NOT_RECORDED)
     protocol = config.get("protocol") or run.summary.get("protocol")
     if protocol is None:
         return f"{n_folds} speaker-independent fold(s); protocol {NOT_RECORDED}", "test speakers"
-    name = names.get(protocol, protocol)
+    name = _protocol_name(protocol, config)
     text = f"{name}, {n_folds} fold(s)"
     if config.get("max_folds"):
         text += f" (only the first {config['max_folds']} of the protocol were run: `max_folds`)"
@@ -395,6 +411,95 @@ def _fold_rows(run: RunRecord) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ the study
+STUDY_FILE = "study.json"
+STUDY_REFERENCE = "none"  # training.study_variants.REFERENCE, the variant of study.json's `*_vs_none` fields
+
+
+def _is_object(value: object) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _distinct(values: list[int]) -> str:
+    return "/".join(str(value) for value in sorted(set(values)))
+
+
+def read_study(study_dir: str | os.PathLike) -> dict:
+    """The cards' "Comparison study" section from a folder written by `training/study.py`.
+
+    Reads its `study.json` (command, date, commit, corpus; per variant the folds, seeds, UAR mean ± std over
+    folds, pooled UAR, Δ pooled UAR and paired Wilcoxon test against the reference `none`) and returns it
+    checked and preformatted (percent with one decimal), one table row per variant in the study's order.
+    Raises `RunFolderError` naming the file and the field that is missing or malformed.
+    """
+    study_dir = Path(study_dir)
+    path = study_dir / STUDY_FILE
+    if not study_dir.is_dir():
+        raise RunFolderError(f"{study_dir}: not a study folder (no such directory)")
+    study = _read_json(path)
+    if study is None:
+        raise RunFolderError(f"{path}: missing; training/study.py writes it when the study has finished")
+
+    def field(*keys: str, check=_is_object, expected: str = "an object", optional: bool = False):
+        value = study
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not (check(value) or (optional and value is None)):
+            raise RunFolderError(f"{path}: field '{'.'.join(keys)}' missing or not {expected}")
+        return value
+
+    number = functools.partial(field, check=is_finite_number, expected="a finite number")
+    field("info")
+    command, date, commit = (
+        field("info", key, check=_is_text, expected="a non-empty string")
+        for key in ("command", "date", "commit")
+    )
+    corpus = field("info", "corpus")
+    config = field("info", "config", optional=True) or {}
+    variants = field(
+        "variants", check=lambda value: _is_object(value) and bool(value), expected="a non-empty object"
+    )
+    rows, folds, seeds = [], [], []
+    for name in variants:
+        field("variants", name)
+        for key, counts in (("n_folds", folds), ("n_seeds", seeds)):
+            counts.append(field("variants", name, key, check=_is_count, expected="a positive integer"))
+        uar = {key: number("variants", name, key) for key in ("uar_mean", "uar_std", "uar_pooled")}
+        delta = number("variants", name, "delta_uar_pooled_vs_none", optional=True)
+        test = field("variants", name, "wilcoxon_vs_none", optional=True)
+        p_value = None if test is None else number("variants", name, "wilcoxon_vs_none", "p_value")
+        rows.append({
+            "name": name,
+            "uar_mean_std": _mean_std(uar["uar_mean"], uar["uar_std"], digits=1),
+            "uar_pooled": _percent(uar["uar_pooled"], digits=1),
+            "delta_uar_pooled": "—" if delta is None else f"{100 * delta:+.1f} pp",
+            "p_value": "—" if p_value is None else f"{p_value:.3g}",
+        })  # fmt: skip
+    facts = _known_corpus(corpus.get("source"), config.get("data_dir"), config.get("dataset"))
+    corpus_text = ", ".join(filter(None, [facts.name if facts else None, *_corpus_details(corpus)]))
+    protocol = (
+        _protocol_name(config["protocol"], config) if config.get("protocol") else f"protocol {NOT_RECORDED}"
+    )
+    return {
+        "command": command,
+        "date": date,
+        "commit": commit,
+        "corpus": corpus_text or NOT_RECORDED,
+        "protocol": f"{protocol}, {_distinct(folds)} fold(s) × {_distinct(seeds)} seed(s)",
+        "reference": STUDY_REFERENCE,
+        "has_reference": STUDY_REFERENCE in variants,
+        "rows": rows,
+    }
+
+
 def repo_ids(org: str | None, prefix: str | None, kinds: tuple[str, ...] = HUB_KINDS) -> dict[str, str]:
     """`{kind: "<org>/<prefix>-<kind>"}`; `your-org` stands in for an organisation not chosen yet."""
     org, prefix = org or "your-org", prefix or DEFAULT_PREFIX
@@ -405,8 +510,9 @@ def repo_ids(org: str | None, prefix: str | None, kinds: tuple[str, ...] = HUB_K
 
 
 def card_context(kind: str, run: RunRecord, configs: dict[str, dict], repos: dict[str, str],
-                 license: str | None = None) -> dict:  # fmt: skip
-    """Every value a card template uses, preformatted (missing values read "not recorded")."""
+                 license: str | None = None, study: dict | None = None) -> dict:  # fmt: skip
+    """Every value a card template uses, preformatted (missing values read "not recorded"); `study` is a
+    [`read_study`] section, or None for cards without one."""
     from huggingface_hub import EvalResult, ModelCardData
 
     aligner, generator = configs["encoder"], configs.get("generator")
@@ -501,6 +607,7 @@ def card_context(kind: str, run: RunRecord, configs: dict[str, dict], repos: dic
         "config_yaml": config_yaml,
         "config_source": "run_info.json" if config_yaml else None,
         "final_training_text": final_text,
+        "study": study,
         "not_recorded": NOT_RECORDED,
         "package": PACKAGE,
         "package_version": __version__,

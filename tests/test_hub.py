@@ -1,7 +1,9 @@
 """Publishing a run: upload-ready folders, model cards with model-index, clean-process loading, the card
-snippets as written, the pipeline on the classifier folder, and a push that fails clearly and loses nothing.
+snippets as written, the pipeline on the classifier folder, a push that fails clearly and loses nothing, and
+cards that quote a comparison study.
 
-The run is a real (tiny) `training/train.py` run on 40 RAVDESS clips of 5 speakers, one fold.
+The run is a real (tiny) `training/train.py` run on 40 RAVDESS clips of 5 speakers, one fold; the study folder
+is written by the study's own `write_report` from seeded predictions.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from modeling_mise.hub import (
     build_hub_folders,
     push_run,
     read_run,
+    read_study,
     repo_ids,
     run_without_package,
     validate_hub_folder,
@@ -44,6 +47,7 @@ from modeling_mise.hub_cards import card_context, render_card, template_dir
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ORG, PREFIX = "mise-test", "mise-ravdess"
 KINDS = ("encoder", "generator", "classifier")
+STUDY_VARIANTS = ("classic", "none", "mise")
 CODE_FILES = {
     "encoder": {"configuration_aligner.py", "modeling_aligner.py", "layers.py", "losses.py"},
     "generator": {"configuration_generator.py", "modeling_generator.py", "layers.py", "losses.py"},
@@ -381,3 +385,143 @@ def test_train_push_to_hub_flags_are_checked(flags, field):
 
     with pytest.raises(ConfigError, match=field):
         parse_arguments(["training/configs/ravdess.yaml", "--output_dir", "unused", *flags])
+
+
+# ------------------------------------------------------------------------------------------- comparison study
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory) -> Path:
+    """A study folder as `training/study.py` leaves it: `write_report` on units of 3 variants x 4 LOSO folds
+    x 2 seeds, each with seeded test predictions (the better the variant, the more of them are right)."""
+    from modeling_mise.metrics import classification_metrics
+    from training.study_report import write_report
+    from training.study_variants import StudyArguments
+
+    out = tmp_path_factory.mktemp("study")
+    id2label = {0: "angry", 1: "happy", 2: "sad"}
+    folds = [f"speaker-Actor_0{i}" for i in range(1, 5)]
+    study_args = StudyArguments(variants=list(STUDY_VARIANTS), seeds=[0, 1], figures=False)
+    rng = np.random.default_rng(0)
+    y_true = np.repeat(np.arange(3), 4)
+    units = []
+    for seed in study_args.seeds:
+        for fold in folds:
+            rows = []
+            for variant, accuracy in zip(STUDY_VARIANTS, (0.6, 0.5, 0.8), strict=True):
+                wrong = rng.random(len(y_true)) > accuracy
+                y_pred = np.where(wrong, (y_true + rng.integers(1, 3, len(y_true))) % 3, y_true)
+                metrics = classification_metrics(y_true, y_pred, len(id2label), id2label)
+                rows.append({
+                    "variant": variant, "seed": seed, "fold": fold, "test_speakers": fold.split("-")[1],
+                    "uar": metrics["uar"], "wa": metrics["wa"], "f1_macro": metrics["f1_macro"],
+                    "val_uar": None, "generated_ratio": 1.0 if variant == "mise" else None,
+                    "per_class_recall": metrics["per_class_recall"], "y_true": y_true.tolist(),
+                    "y_pred": y_pred.tolist(),
+                })  # fmt: skip
+            units.append({"seed": seed, "fold": fold, "rows": rows, "quality": [], "final_quality": {},
+                          "imbalance_counts": None})  # fmt: skip
+    info = {
+        "command": "training/study.py training/configs/ravdess_study.yaml --output_dir study --seeds 0 1",
+        "unit_seconds": 60.0,
+        "world_size": 1,
+        "corpus": {"source": "data/ravdess/manifest.csv", "clips": 48, "speakers": 4, "hours": 0.05},
+        "folds": [{"name": fold, "test": [fold.split("-")[1]], "validation": []} for fold in folds],
+        "config": {"protocol": "loso", "audio_encoder": "opensmile/eGeMAPSv02", "text_encoder": "none"},
+    }
+    write_report(out, units, study_args, id2label, info)
+    return out
+
+
+def expected_study_rows(report: dict) -> list[str]:
+    """The cards' study table rows, spelled out from study.json (percent with one decimal)."""
+    rows = []
+    for name, variant in report["variants"].items():
+        tail = "— | —"
+        if name != "none":
+            delta, test = variant["delta_uar_pooled_vs_none"], variant["wilcoxon_vs_none"]
+            tail = f"{100 * delta:+.1f} pp | {test['p_value']:.3g}"
+        rows.append(
+            f"| `{name}`{' (reference)' if name == 'none' else ''} | {100 * variant['uar_mean']:.1f} ± "
+            f"{100 * variant['uar_std']:.1f} % | {100 * variant['uar_pooled']:.1f} % | {tail} |"
+        )
+    return rows
+
+
+def test_cards_quote_the_comparison_study(trained_run, study_dir, tmp_path):
+    """`mise push --study` adds the study section to every card and changes nothing else in it."""
+    out, folders = trained_run
+    run = tmp_path / "OUT"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("hub"))
+    argv = ["push", str(run), "--org", ORG, "--prefix", PREFIX, "--study", str(study_dir), "--dry_run"]
+    assert mise_main(argv) == 0
+    report = json.loads((study_dir / "study.json").read_text())
+    assert list(report["variants"]) == list(STUDY_VARIANTS)
+    expected = expected_study_rows(report)
+    assert expected[0].startswith("| `classic` | ") and "(reference) | " in expected[1]
+    info = report["info"]
+    for kind in KINDS:
+        card = (run / "hub" / kind / "README.md").read_text()
+        without = (folders[kind] / "README.md").read_text()  # built without --study
+        assert "## Comparison study" not in without
+        start, end = card.index("## Comparison study"), card.index("## Citation")
+        section = card[start:end]
+        assert [line for line in section.splitlines() if line.startswith("| `")] == expected
+        assert f"```bash\n{info['command']}\n```" in section
+        assert f"Date: {info['date']}; commit: `{info['commit']}`" in section
+        assert "Corpus: RAVDESS, 48 clips, 4 speakers, 0.05 h" in section
+        assert "Protocol: leave-one-speaker-out, 4 fold(s) × 2 seed(s)" in section
+        assert card[:start] + card[end:] == without
+        validate_hub_folder(run / "hub" / kind, kind, read_run(run))
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda report: report["info"].pop("commit"), "info.commit"),
+        (lambda report: report["info"].update(corpus=None), "info.corpus"),
+        (lambda report: report.update(variants={}), "variants"),
+        (lambda report: report["variants"]["mise"].pop("uar_std"), "variants.mise.uar_std"),
+        (lambda report: report["variants"]["classic"].update(n_folds="4"), "variants.classic.n_folds"),
+        (
+            lambda report: report["variants"]["mise"].update(delta_uar_pooled_vs_none="+2"),
+            "variants.mise.delta_uar_pooled_vs_none",
+        ),  # fmt: skip
+        (
+            lambda report: report["variants"]["mise"]["wilcoxon_vs_none"].pop("p_value"),
+            "variants.mise.wilcoxon_vs_none.p_value",
+        ),  # fmt: skip
+    ],
+)
+def test_a_malformed_study_names_the_file_and_field(study_dir, tmp_path, edit, field):
+    report = json.loads((study_dir / "study.json").read_text())
+    edit(report)
+    (tmp_path / "study.json").write_text(json.dumps(report))
+    with pytest.raises(
+        RunFolderError, match=re.escape(f"{tmp_path / 'study.json'}: field '{field}' missing")
+    ):
+        read_study(tmp_path)
+
+
+def test_a_missing_study_fails_before_anything_is_built(
+    trained_run, study_dir, tmp_path, capsys, monkeypatch
+):
+    out, _ = trained_run
+    before = snapshot(out)
+    with pytest.raises(RunFolderError, match="not a study folder"):
+        read_study(tmp_path / "nowhere")
+    argv = ["push", str(out), "--org", ORG, "--prefix", PREFIX, "--study", str(tmp_path), "--dry_run"]
+    assert mise_main(argv) == 2
+    assert f"{tmp_path / 'study.json'}: missing" in capsys.readouterr().err
+    assert snapshot(out) == before
+    # a study without the reference variant: no Δ and no test, and the card says why
+    report = json.loads((study_dir / "study.json").read_text())
+    del report["variants"]["none"]
+    for variant in report["variants"].values():
+        del variant["delta_uar_pooled_vs_none"], variant["wilcoxon_vs_none"]
+    (tmp_path / "study.json").write_text(json.dumps(report))
+    section = read_study(tmp_path)
+    assert not section["has_reference"] and [row["name"] for row in section["rows"]] == ["classic", "mise"]
+    assert all(row["delta_uar_pooled"] == row["p_value"] == "—" for row in section["rows"])
+    # a push that cannot reach the Hub says how to rerun it, the study included
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubPushError, match=re.escape(f"--prefix {PREFIX} --study {study_dir}`")):
+        push_run(out, ORG, PREFIX, study=study_dir)
