@@ -476,8 +476,11 @@ def read_study(study_dir: str | os.PathLike) -> dict:
         delta = number("variants", name, "delta_uar_pooled_vs_none", optional=True)
         test = field("variants", name, "wilcoxon_vs_none", optional=True)
         p_value = None if test is None else number("variants", name, "wilcoxon_vs_none", "p_value")
+        description = field(
+            "variants", name, "description", check=_is_text, expected="a string", optional=True
+        )
         rows.append({
-            "name": name,
+            "name": name, "description": description or "",
             "uar_mean_std": _mean_std(uar["uar_mean"], uar["uar_std"], digits=1),
             "uar_pooled": _percent(uar["uar_pooled"], digits=1),
             "delta_uar_pooled": "—" if delta is None else f"{100 * delta:+.1f} pp",

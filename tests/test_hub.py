@@ -440,7 +440,8 @@ def expected_study_rows(report: dict) -> list[str]:
             delta, test = variant["delta_uar_pooled_vs_none"], variant["wilcoxon_vs_none"]
             tail = f"{100 * delta:+.1f} pp | {test['p_value']:.3g}"
         rows.append(
-            f"| `{name}`{' (reference)' if name == 'none' else ''} | {100 * variant['uar_mean']:.1f} ± "
+            f"| `{name}`{' (reference)' if name == 'none' else ''} | {variant['description']} | "
+            f"{100 * variant['uar_mean']:.1f} ± "
             f"{100 * variant['uar_std']:.1f} % | {100 * variant['uar_pooled']:.1f} % | {tail} |"
         )
     return rows

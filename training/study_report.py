@@ -296,7 +296,10 @@ def write_report(
     num_labels = len(id2label)
     variants = {}
     for name in study_args.variants:
-        variants[name] = summarize_variant(grouped[name], folds, study_args.seeds, num_labels, id2label)
+        variants[name] = {
+            "description": VARIANTS[name].description,
+            **summarize_variant(grouped[name], folds, study_args.seeds, num_labels, id2label),
+        }
     if REFERENCE in variants:
         reference = variants[REFERENCE]
         for name, summary in variants.items():
