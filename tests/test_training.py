@@ -116,6 +116,13 @@ def test_yaml_config_and_flag_overrides(tmp_path):
         *parse_arguments([str(config), "--classifier_hidden_sizes", "8", "4"])
     )  # max_folds
     assert hash_ != config_hash(*parse_arguments([str(config), "--classifier_hidden_sizes", "8"]))
+    # the split column only matters to protocol split
+    column = ["--classifier_hidden_sizes", "8", "4", "--split_column", "part"]
+    assert hash_ == config_hash(*parse_arguments([str(config), *column]))
+    split = ["--protocol", "split", "--test_speakers", "s1"]
+    assert config_hash(*parse_arguments([str(config), *split])) != config_hash(
+        *parse_arguments([str(config), *split, "--split_column", "part"])
+    )
     with pytest.raises(ConfigError, match="text_code_dropout"):
         parse_arguments([str(config), "--text_code_dropout", "1.5"])
     with pytest.raises(ConfigError, match="output_dir"):

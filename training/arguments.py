@@ -550,4 +550,6 @@ def arguments_dict(*arguments: object) -> dict:
 def config_hash(*arguments: object) -> str:
     """Hash of every setting that changes results (paths, logging and resume settings excluded)."""
     values = {key: value for key, value in arguments_dict(*arguments).items() if key not in _NOT_HASHED}
+    if values.get("protocol") != "split":  # the split column is only read by protocol split
+        values.pop("split_column", None)
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
