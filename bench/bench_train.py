@@ -69,20 +69,12 @@ def classic_baseline_uar(corpus, features, data_args, seed: int) -> dict:
     import numpy as np
     from sklearn.metrics import balanced_accuracy_score
 
-    from modeling_mise.folds import make_folds
     from training.features import speaker_normalized
+    from training.pipeline import build_folds
     from training.study_variants import classic_baseline
 
     labels, speakers = corpus.labels(), corpus.speakers()
-    folds = make_folds(
-        speakers,
-        labels,
-        protocol=data_args.protocol,
-        num_validation_speakers=data_args.num_validation_speakers,
-        max_folds=data_args.max_folds,
-        seed=seed,
-        id2label=corpus.id2label,
-    )
+    folds = build_folds(data_args, corpus, seed)  # the folds training used, whatever the protocol
     result = {}
     for name, audio in (
         ("global", features.audio),
