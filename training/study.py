@@ -268,7 +268,11 @@ def _run_study(
         "folds": [
             {"name": f.name, "test": f.test_speakers, "validation": f.validation_speakers} for f in folds
         ],
-        "config": arguments_dict(data_args, model_args, training_args, study_args),
+        "config": {  # the feature cache is a local path of no consequence to the results
+            key: value
+            for key, value in arguments_dict(data_args, model_args, training_args, study_args).items()
+            if key != "cache_dir"
+        },
     }
     report = {}
     if accelerator.is_main_process:
