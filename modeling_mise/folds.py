@@ -21,6 +21,7 @@ SPLIT_ALIASES = {
     "valid": "validation",
     "val": "validation",
     "dev": "validation",
+    "development": "validation",  # MSP-Podcast
     "test": "test",
     "testing": "test",
 }

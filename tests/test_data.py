@@ -128,7 +128,7 @@ def test_missing_column_and_empty_cells(tmp_path, ravdess_rows):
 
 def test_split_column(tmp_path, ravdess_rows):
     rows = ravdess_rows[:6]
-    given = ["Train", "train", "dev", "VALID", "test", "testing"]
+    given = ["Train", "train", "dev", "Development", "test", "testing"]
     header = ["path", "emotion", "speaker", "split"]
     cells = [
         [r["path"], r["emotion"], f"s{i}", part] for i, (r, part) in enumerate(zip(rows, given, strict=True))
