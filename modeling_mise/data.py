@@ -567,7 +567,7 @@ def load_corpus(
         transcript_column: optional transcript column; missing column or empty cells give ``None``.
         session_column: optional session column (for leave-one-session-out).
         split_column: optional column giving each row's partition, ``train`` / ``validation`` / ``test`` (also
-            training, valid, val, dev, testing; any case), for a given split such as MSP-Podcast's; when the
+            training, valid, val, dev, development, testing; any case), for a given split such as MSP-Podcast's; when the
             source has it, every row needs one of these values. ``None`` ignores the column.
         split: split of a ``datasets`` source.
         label_map: ``None`` (the corpus' own labels), a preset (``"iemocap4"``: neutral, happy with excited

@@ -74,7 +74,7 @@ class DataArguments:
         default="split",
         metadata={
             "help": "Column giving each row's part of a given split, train / validation / test (also valid, "
-            "val, dev); protocol split uses it when the corpus has it (then leave test_speakers unset), other "
+            "val, dev, development); protocol split uses it when the corpus has it (then leave test_speakers unset), other "
             "protocols ignore it; `none` for no column. Not `split`, the split of a Hub dataset to read."
         },
     )
