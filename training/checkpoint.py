@@ -1,24 +1,30 @@
-"""Checkpoints of a run: `accelerator.save_state` folders plus a small JSON of where the run stood.
+"""Checkpoints of a stage: safetensors of its models, optimisers and RNG states plus a small JSON of where it stood.
 
-`OUT/checkpoints/checkpoint_<n>/` holds the prepared models, optimizers and every process' RNG states
-(`save_state`), `progress.json` (fold, stage, epoch, early-stopping state, config hash) and, mid-stage, the
-best weights seen so far (`best_state.safetensors`). A folder is written under a temporary name and renamed
-when complete, so a run killed while saving never leaves a half checkpoint behind as `latest`.
+A run keeps one `CheckpointManager` per fold (`OUT/checkpoints/<fold>/`, see `for_fold`), so the processes that
+train different folds never share a folder. `checkpoint_<n>/` holds `state.safetensors` (every tensor of the
+stage's models and optimisers, and the torch / CUDA / NumPy RNG states of the process that trains the fold),
+`progress.json` (fold, stage, epoch, early-stopping state, config hash, the optimisers' hyper-parameters and
+Python's RNG state) and the best weights seen so far (`best_state.safetensors`). A folder is written under a
+temporary name and renamed when complete, so a run killed while saving never leaves a half checkpoint behind
+as `latest`. Nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 PROGRESS_FILE = "progress.json"
+STATE_FILE = "state.safetensors"
 BEST_STATE_FILE = "best_state.safetensors"
 _NAME = re.compile(r"^checkpoint_(\d+)$")
 
@@ -77,39 +83,48 @@ class CheckpointManager:
         self.check(path, progress)
         return ResumePoint(path, progress)
 
+    def for_fold(self, fold: str) -> CheckpointManager:
+        """The manager of one fold's checkpoints, `<root>/<fold>/`."""
+        return CheckpointManager(self.root / fold, self.config_hash, self.total_limit)
+
     def save(
         self,
-        accelerator: Accelerator,
         progress: dict,
+        objects: dict[str, nn.Module | torch.optim.Optimizer],
         best_state: dict[str, torch.Tensor] | None = None,
     ) -> Path:
-        """Save the accelerator state + progress on every process (RNG states are per process)."""
+        """Save `objects` (models and optimisers by name), this process' RNG states and `progress`."""
         found = self.checkpoints()
         number = int(_NAME.match(found[-1].name).group(1)) + 1 if found else 0
         final = self.root / f"checkpoint_{number}"
         staging = self.root / f".checkpoint_{number}.tmp"
-        if accelerator.is_main_process and staging.exists():
+        if staging.exists():
             shutil.rmtree(staging)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
-        if accelerator.is_main_process:
-            if best_state is not None:
-                save_file(
-                    {key: value.contiguous() for key, value in best_state.items()}, staging / BEST_STATE_FILE
-                )
-            record = dict(progress, config_hash=self.config_hash, world_size=accelerator.num_processes)
-            (staging / PROGRESS_FILE).write_text(json.dumps(record, indent=2))
-            staging.rename(final)
-            for old in self.checkpoints()[: -self.total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        staging.mkdir(parents=True)
+        tensors, meta = training_state(objects)
+        save_file(tensors, staging / STATE_FILE)
+        if best_state is not None:
+            save_file(
+                {key: value.contiguous() for key, value in best_state.items()}, staging / BEST_STATE_FILE
+            )
+        record = dict(progress, config_hash=self.config_hash, state=meta)
+        (staging / PROGRESS_FILE).write_text(json.dumps(record, indent=2))
+        staging.rename(final)
+        for old in self.checkpoints()[: -self.total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def load(self, accelerator: Accelerator, path: Path) -> tuple[dict, dict[str, torch.Tensor] | None]:
-        """Restore the accelerator state (models, optimizers, RNG) from `path`; return (progress, best_state)."""
+    def load(
+        self, path: Path, objects: dict[str, nn.Module | torch.optim.Optimizer]
+    ) -> tuple[dict, dict[str, torch.Tensor] | None]:
+        """Restore `objects` and the RNG states from `path`; return (progress, best_state)."""
         progress = read_progress(path)
         self.check(path, progress)
-        accelerator.load_state(str(path))
+        if not (path / STATE_FILE).is_file() or "state" not in progress:
+            raise CheckpointError(
+                f"{path}: no {STATE_FILE} (written by another version); start a new output_dir"
+            )
+        restore_training_state(objects, load_file(path / STATE_FILE), progress["state"])
         best_file = path / BEST_STATE_FILE
         return progress, (load_file(best_file) if best_file.is_file() else None)
 
@@ -128,3 +143,62 @@ def read_progress(path: Path) -> dict:
         return json.loads((Path(path) / PROGRESS_FILE).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: unreadable {PROGRESS_FILE} ({error})") from error
+
+
+def training_state(
+    objects: dict[str, nn.Module | torch.optim.Optimizer],
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors (weights, optimiser moments, RNG states) and JSON (hyper-parameters, Python RNG) of a stage."""
+    tensors: dict[str, torch.Tensor] = {"rng/torch": torch.get_rng_state()}
+    meta: dict = {"optimizers": {}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{index}"] = state
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    tensors["rng/numpy"] = torch.from_numpy(keys.astype(np.int64))
+    meta["numpy"] = [kind, int(position), int(has_gauss), float(gauss)]
+    meta["python"] = list(random.getstate())
+    for name, obj in objects.items():
+        if isinstance(obj, nn.Module):
+            for key, value in obj.state_dict().items():
+                tensors[f"model/{name}/{key}"] = value.detach().cpu().contiguous()
+            continue
+        state = obj.state_dict()
+        scalars = {}
+        for index, values in state["state"].items():
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer/{name}/{index}/{key}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars[f"{index}/{key}"] = value
+        meta["optimizers"][name] = {"param_groups": state["param_groups"], "scalars": scalars}
+    return tensors, meta
+
+
+def restore_training_state(
+    objects: dict[str, nn.Module | torch.optim.Optimizer], tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
+    """The inverse of `training_state`: weights, optimiser states and this process' RNG states."""
+    for name, obj in objects.items():
+        if isinstance(obj, nn.Module):
+            prefix = f"model/{name}/"
+            obj.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+            continue
+        prefix, saved = f"optimizer/{name}/", meta["optimizers"][name]
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                index, field = key[len(prefix) :].split("/", 1)
+                state.setdefault(int(index), {})[field] = value
+        for key, value in saved["scalars"].items():
+            index, field = key.split("/", 1)
+            state.setdefault(int(index), {})[field] = value
+        obj.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda = [tensors[key] for key in sorted(tensors) if key.startswith("rng/cuda/")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, position, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((kind, tensors["rng/numpy"].numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = meta["python"]
+    random.setstate((version, tuple(internal), gauss_next))

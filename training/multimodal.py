@@ -33,14 +33,7 @@ from modeling_mise.quality import MIProbe
 
 from .arguments import MiseTrainingArguments
 from .loop import StageRuntime
-from .stages import (
-    FeatureDataset,
-    InfoGANStep,
-    _optimizer_step,
-    _summary,
-    fit_supervised,
-    make_loader,
-)
+from .stages import Batches, InfoGANStep, _summary, fit_supervised
 
 Tensor = torch.Tensor
 
@@ -92,7 +85,6 @@ def train_aligner_lora(
     features `text_train` (the adapter starts at zero, so they are the encoder's initial output). Early stopping
     on validation UAR like `stages.train_aligner`; returns the best aligner (eval mode, text encoder attached).
     """
-    accelerator = runtime.accelerator
     set_seed(seed)
     model = MiseAlignerModel(config)
     model.set_text_encoder()
@@ -109,8 +101,7 @@ def train_aligner_lora(
         ]
     )
     input_ids, attention_mask = tokenize_transcripts(model, transcripts_train)
-    dataset = FeatureDataset(audio_train, labels_train, input_ids, attention_mask)
-    loader = make_loader(dataset, args.aligner_batch_size, accelerator)
+    batches = Batches((audio_train, labels_train, input_ids, attention_mask), args.aligner_batch_size)
 
     def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
         audio, labels, ids, mask = batch
@@ -118,7 +109,7 @@ def train_aligner_lora(
         return model(audio_features=audio, labels=labels, input_ids=ids, attention_mask=mask).loss
 
     model, state = fit_supervised(
-        runtime, "aligner", model, optimizer, loader, heads + lora, args, args.aligner_epochs,
+        runtime, "aligner", model, optimizer, batches, heads + lora, args, args.aligner_epochs,
         batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val,
     )  # fmt: skip
     return model, _summary(state)
@@ -277,22 +268,23 @@ class TextSide:
     ) -> list[Tensor]:
         """One `D_t` step, then one `G_t` step through `optimizer_g` (G's own parameters have no gradient
         then). `batch` is the stage's `(z_a, y, ..., z_t)`; returns the two losses."""
-        accelerator = runtime.accelerator
         real, labels, codes = batch[0], batch[1], batch[-1]
         d_parameters = list(self.discriminator.parameters())
-        loss_d = step_module("text_discriminator", real, labels, codes)
+        with runtime.autocast():
+            loss_d = step_module("text_discriminator", real, labels, codes)
         runtime.check_finite(loss_d, "generator (D_t step)", epoch, step)
-        accelerator.backward(loss_d)
-        _optimizer_step(accelerator, d_parameters, optimizer_t, runtime.max_grad_norm)
+        runtime.backward(loss_d)
+        runtime.optimizer_step(optimizer_t, d_parameters)
         for parameter in d_parameters:  # D_t is fixed while G_t learns to fool it
             parameter.requires_grad_(False)
-        loss_g = step_module("text_generator", real, labels, codes)
+        with runtime.autocast():
+            loss_g = step_module("text_generator", real, labels, codes)
         runtime.check_finite(loss_g, "generator (G_t step)", epoch, step)
-        accelerator.backward(loss_g)
-        _optimizer_step(accelerator, g_parameters, optimizer_g, runtime.max_grad_norm)
+        runtime.backward(loss_g)
+        runtime.optimizer_step(optimizer_g, g_parameters)
         for parameter in d_parameters:
             parameter.requires_grad_(True)
-        return [loss_d.detach().float().cpu(), loss_g.detach().float().cpu()]
+        return [loss_d.detach().float(), loss_g.detach().float()]
 
     @torch.no_grad()
     def evaluate(self, model: MiseGeneratorModel, features: Tensor, labels: Tensor) -> dict[str, float]:

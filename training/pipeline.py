@@ -1,9 +1,15 @@
-"""The folds of the protocol, one fold (stages 1-3 on training speakers, test on held-out ones), final models."""
+"""The folds of the protocol, one fold (stages 1-3 on training speakers, test on held-out ones), final models.
+
+With several processes each takes whole folds (`run_folds`: fold i goes to process i mod world size) and trains
+them alone, so a fold's result does not depend on the number of processes; the main process gathers the folds'
+`metrics.json` and trains the final models.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +113,7 @@ class RunContext:
     resuming: bool = False
     progress: object | None = None
     transcripts: list[str | None] | None = None  # per row of `features`; the LoRA text encoder reads them
+    resume_points: dict[str, ResumePoint | None] = field(default_factory=dict)  # per fold, read once
 
     @property
     def epochs_per_fold(self) -> int:
@@ -115,14 +122,26 @@ class RunContext:
         generator_epochs = args.generator_epochs if self.model_args.uses_generator else 0
         return args.aligner_epochs + generator_epochs + args.classifier_epochs
 
+    def resume_point(self, fold: str) -> ResumePoint | None:
+        """Where a resumed run continues `fold`: the given checkpoint when it is the fold's, else (`latest`) the
+        fold's newest checkpoint written before this run started."""
+        if fold not in self.resume_points:
+            point = None
+            if self.resume_from is not None:
+                point = self.resume_from if self.resume_from.progress.get("fold") == fold else None
+            elif self.resuming and self.training_args.resume_from_checkpoint == "latest":
+                point = self.checkpoints.for_fold(fold).resolve("latest")
+            self.resume_points[fold] = point
+        return self.resume_points[fold]
+
     def runtime(self, fold: str, fold_index: int, stage_offset: int) -> StageRuntime:
         """The stage runtime of one stage of one fold."""
         return StageRuntime(
             accelerator=self.accelerator,
             fold=fold,
             fold_index=fold_index,
-            checkpoints=self.checkpoints,
-            resume_from=self.resume_from,
+            checkpoints=self.checkpoints.for_fold(fold),
+            resume_from=self.resume_point(fold),
             checkpoint_every=self.training_args.checkpoint_every,
             max_grad_norm=self.training_args.max_grad_norm,
             step_offset=fold_index * self.epochs_per_fold + stage_offset,
@@ -135,12 +154,12 @@ def stage_seed(seed: int, fold_index: int, stage: int) -> int:
     return seed + 1000 * fold_index + stage
 
 
-def _write_json(path: Path, value: dict, accelerator: Accelerator) -> None:
-    if accelerator.is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(value, indent=2, default=_json_default))
-        tmp.replace(path)
+def _write_json(path: Path, value: dict) -> None:
+    """Written by the process that trains the fold."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=_json_default))
+    tmp.replace(path)
 
 
 def _json_default(value: object) -> object:
@@ -162,12 +181,8 @@ def _completed_stage(directory: Path, ctx: RunContext) -> dict | None:
 
 def _finish_stage(model, directory: Path, summary: dict, ctx: RunContext) -> None:
     """Save a trained stage's model (safetensors) and its marker, so a resumed run reuses it."""
-    if ctx.accelerator.is_main_process:
-        model.save_pretrained(directory)
-    _write_json(
-        directory / STAGE_MARKER, {"config_hash": ctx.config_hash, "summary": summary}, ctx.accelerator
-    )
-    ctx.accelerator.wait_for_everyone()
+    model.save_pretrained(directory)
+    _write_json(directory / STAGE_MARKER, {"config_hash": ctx.config_hash, "summary": summary})
 
 
 def _text_codes(
@@ -367,8 +382,10 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
         "y_pred": y_pred.tolist(),
         "config_hash": ctx.config_hash,
     }
-    _write_json(metrics_path, record, ctx.accelerator)
-    ctx.accelerator.wait_for_everyone()
+    _write_json(metrics_path, record)
+    shutil.rmtree(
+        ctx.checkpoints.root / fold.name, ignore_errors=True
+    )  # a finished fold resumes from its metrics
     logger.info(
         f"fold {fold.name}: UAR {metrics['uar']:.4f} WA {metrics['wa']:.4f} F1 {metrics['f1_macro']:.4f}"
     )
@@ -376,6 +393,26 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
         scalars = {f"eval/fold_{key}": metrics[key] for key in ("uar", "wa", "f1_macro")}
         ctx.accelerator.log(scalars, step=(fold_index + 1) * ctx.epochs_per_fold)
     return record
+
+
+def run_folds(ctx: RunContext, folds: list[Fold], final_models: bool = False) -> list[dict]:
+    """Every fold, whole folds spread over the processes (fold i on process i mod world size); every process
+    returns all folds' records, read from their `metrics.json`. `final_models`: the main process trains them
+    after its folds (counted in its progress bar)."""
+    accelerator = ctx.accelerator
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = [index for index in range(len(folds)) if index % world == rank]
+    if ctx.progress is not None:
+        ctx.progress.total = (len(mine) + int(final_models)) * ctx.epochs_per_fold
+    records = {index: run_fold(ctx, folds[index], index) for index in mine}
+    if world > 1:
+        accelerator.wait_for_everyone()
+        for index, fold in enumerate(folds):
+            if index not in records:
+                records[index] = json.loads(
+                    (ctx.output_dir / "folds" / fold.name / "metrics.json").read_text()
+                )
+    return [records[index] for index in range(len(folds))]
 
 
 def final_fold(speakers: np.ndarray, num_validation_speakers: int, seed: int, labels: np.ndarray) -> Fold:
@@ -395,11 +432,11 @@ def final_fold(speakers: np.ndarray, num_validation_speakers: int, seed: int, la
 def train_final_models(
     ctx: RunContext, fold: Fold, fold_index: int, audio_encoder: AudioEncoder, seed_index: int
 ) -> Path:
-    """Train on all speakers and write `OUT/models/{aligner,generator,classifier,audio-classifier}`."""
+    """Train on all speakers (main process) and write `OUT/models/{aligner,generator,classifier,audio-classifier}`."""
     directory = ctx.output_dir / "models"
-    trained = train_stages(ctx, fold, fold_index, ctx.output_dir / FINAL_FOLD, seed_index)
     accelerator = ctx.accelerator
     if accelerator.is_main_process:
+        trained = train_stages(ctx, fold, fold_index, ctx.output_dir / FINAL_FOLD, seed_index)
         trained["aligner"].save_pretrained(directory / "aligner")
         trained["classifier"].save_pretrained(directory / "classifier")
         if trained["generator"] is not None:
@@ -411,6 +448,7 @@ def train_final_models(
         MiseFeatureExtractor(
             sampling_rate=audio_encoder.sampling_rate, max_duration_s=ctx.model_args.max_duration_s
         ).save_pretrained(directory / "audio-classifier")
+        shutil.rmtree(ctx.checkpoints.root / FINAL_FOLD, ignore_errors=True)
     accelerator.wait_for_everyone()
     logger.info(f"final models written to {directory}")
     return directory

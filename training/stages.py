@@ -1,8 +1,8 @@
 """The three training stages of MISE on plain tensors: features and labels in, a trained model and its metrics out.
 
 A study script can call them per variant without re-running shared parts: `train_aligner` once per fold, then
-`train_generator` / `train_classifier` per augmentation. Each stage seeds itself, prepares its model, optimiser
-and data loader with Accelerate, and runs the shared epoch loop (`training.loop.run_epochs`).
+`train_generator` / `train_classifier` per augmentation. Each stage seeds itself, trains on this process on
+whole-tensor batches (`Batches`) and runs the shared epoch loop (`training.loop.run_epochs`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
 
 from modeling_mise import (
     MiseAlignerConfig,
@@ -40,56 +38,46 @@ if TYPE_CHECKING:
 Tensor = torch.Tensor
 
 
-class FeatureDataset(Dataset):
-    """Row-aligned tensors served a whole batch at a time (`__getitems__`), without per-row collation."""
+class Batches:
+    """Shuffled equal-sized batches of row-aligned tensors, sliced from the whole tensors (no DataLoader).
 
-    def __init__(self, *tensors: Tensor) -> None:
+    About `batch_size` rows each: `round(N / batch_size)` batches' worth, so every batch has the same size and at
+    most a few rows an epoch are left out. Epoch `e` is ordered by `randperm(N)` from a generator seeded with
+    `seed + e` (`seed`: the process' torch seed when the stage starts, as `set_seed` left it), the order a
+    seedable-sampler DataLoader gave, and takes one draw of the global generator as its iterator did, so
+    runs at a fixed seed reproduce those of a DataLoader exactly.
+    """
+
+    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int, seed: int | None = None) -> None:
         self.tensors = tensors
+        self.seed = torch.initial_seed() if seed is None else seed
+        rows = len(tensors[0])
+        self.size = max(1, rows // max(1, round(rows / batch_size)))
 
     def __len__(self) -> int:
-        return self.tensors[0].shape[0]
+        return len(self.tensors[0]) // self.size
 
-    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
-        return tuple(tensor[index] for tensor in self.tensors)
-
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
-        rows = torch.as_tensor(indices)
-        return tuple(tensor[rows] for tensor in self.tensors)
-
-
-def _as_batch(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    return batch
-
-
-def make_loader(dataset: FeatureDataset, batch_size: int, accelerator: Accelerator) -> DataLoader:
-    """A shuffling loader of equal-sized batches of about `batch_size` rows (the global batch).
-
-    Every batch has the same size (a multiple of the process count; at most a few rows an epoch are left out),
-    so `split_batches` gives each process an equal share and one or several processes step on the same data.
-    """
-    batches = max(1, round(len(dataset) / batch_size))
-    size = len(dataset) // batches
-    size = max(size - size % accelerator.num_processes, accelerator.num_processes)
-    return DataLoader(dataset, batch_size=size, shuffle=True, drop_last=True, collate_fn=_as_batch)
+    def epoch(self, epoch: int) -> list[tuple[Tensor, ...]]:
+        """The batches of `epoch`, in order."""
+        torch.empty((), dtype=torch.int64).random_()  # the global draw a DataLoader iterator made
+        rows = len(self.tensors[0])
+        order = torch.randperm(rows, generator=torch.Generator().manual_seed(self.seed + epoch))
+        count = rows // self.size
+        return [
+            tuple(tensor[index] for tensor in self.tensors)
+            for index in order[: count * self.size].view(count, self.size)
+        ]
 
 
-def _optimizer_step(accelerator: Accelerator, parameters: list, optimizer, max_grad_norm: float) -> None:
-    if accelerator.sync_gradients and max_grad_norm > 0:
-        accelerator.clip_grad_norm_(parameters, max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad()
-
-
-def _epoch_mean(accelerator: Accelerator, totals: Tensor, batches: int) -> Tensor:
-    """Mean per-batch losses of an epoch, averaged over processes (each saw its share of every batch)."""
-    totals = totals / max(batches, 1)
-    if accelerator.num_processes > 1:
-        totals = accelerator.reduce(totals.to(accelerator.device), reduction="mean").cpu()
-    return totals
+def _epoch_mean(totals: Tensor, batches: int) -> Tensor:
+    """Mean per-batch losses of an epoch."""
+    return totals.cpu() / max(batches, 1)
 
 
 @torch.no_grad()
 def _predict(forward, features: Tensor, batch_size: int = 4096) -> Tensor:
+    if len(features) <= batch_size:  # one chunk: no copy
+        return forward(features)
     return torch.cat([forward(chunk) for chunk in features.split(batch_size)])
 
 
@@ -113,7 +101,7 @@ def fit_supervised(
     stage: str,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    loader: DataLoader,
+    batches: Batches,
     parameters: list,
     args: MiseTrainingArguments,
     num_epochs: int,
@@ -125,46 +113,45 @@ def fit_supervised(
 ) -> tuple[nn.Module, LoopState]:
     """The loop of stages 1 and 3: `batch_loss(model, batch)` per step, early stopping on
     `val_logits(model, x)` of the validation speakers (`early_stopping_metric`). Returns the best model (eval
-    mode, unwrapped) and the loop state."""
-    accelerator = runtime.accelerator
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    unwrapped = accelerator.unwrap_model(model)
+    mode) and the loop state."""
+    device = runtime.device
+    model.to(device)
+    features_val = features_val.to(device)
 
     def train_epoch(epoch: int, state: LoopState) -> dict[str, float]:
         if before_epoch is not None:
             before_epoch(epoch)
-        loader.set_epoch(epoch)
         model.train()
-        total = torch.zeros(())
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = batch_loss(model, batch)
-                runtime.check_finite(loss, stage, epoch, state.step)
-                accelerator.backward(loss)
-                _optimizer_step(accelerator, parameters, optimizer, runtime.max_grad_norm)
+        total = torch.zeros((), device=device)
+        epoch_batches = batches.epoch(epoch)
+        for index, batch in enumerate(epoch_batches):
+            runtime.begin_batch(index, len(epoch_batches))
+            with runtime.autocast():
+                loss = batch_loss(model, tuple(tensor.to(device) for tensor in batch))
+            runtime.check_finite(loss, stage, epoch, state.step)
+            runtime.backward(loss)
+            runtime.optimizer_step(optimizer, parameters)
             state.step += 1
-            total += loss.detach().float().cpu()
-        return {"loss": float(_epoch_mean(accelerator, total, len(loader)))}
+            total += loss.detach().float()
+        return {"loss": float(_epoch_mean(total, len(epoch_batches)))}
 
     def evaluate() -> tuple[float, dict[str, float]]:
-        unwrapped.eval()
-        device = accelerator.device
-        logits = _predict(lambda x: val_logits(unwrapped, x.to(device)).float().cpu(), features_val)
+        model.eval()
+        with runtime.autocast():
+            logits = _predict(lambda x: val_logits(model, x).float().cpu(), features_val)
         return _selection_score(logits, labels_val, args.early_stopping_metric)
 
-    try:
-        state = run_epochs(
-            runtime,
-            stage,
-            num_epochs=num_epochs,
-            train_epoch=train_epoch,
-            evaluate=evaluate,
-            best_module=model,
-            patience=args.early_stopping_patience,
-        )
-    finally:  # a crashed stage must not leave its models registered
-        accelerator.free_memory()
-    return unwrapped.eval(), state
+    state = run_epochs(
+        runtime,
+        stage,
+        num_epochs=num_epochs,
+        train_epoch=train_epoch,
+        evaluate=evaluate,
+        best_module=model,
+        objects={"model": model, "optimizer": optimizer},
+        patience=args.early_stopping_patience,
+    )
+    return model.eval(), state
 
 
 def aligner_config(
@@ -265,9 +252,8 @@ def train_aligner(
     """Stage 1: CE + lambda_cl * symmetric InfoNCE; standardisation fitted on the training rows only.
 
     Early stopping on the validation speakers (`early_stopping_metric`: UAR or cross-entropy); returns the best
-    aligner (eval mode, unwrapped) and a summary.
+    aligner (eval mode) and a summary.
     """
-    accelerator = runtime.accelerator
     set_seed(seed)
     model = MiseAlignerModel(config)
     text_mean = text_std = None
@@ -279,7 +265,7 @@ def train_aligner(
         model.parameters(), lr=args.aligner_learning_rate, weight_decay=args.aligner_weight_decay
     )
     tensors = (audio_train, labels_train) + ((text_train,) if use_text else ())
-    loader = make_loader(FeatureDataset(*tensors), args.aligner_batch_size, accelerator)
+    batches = Batches(tensors, args.aligner_batch_size)
 
     def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
         return model(
@@ -287,7 +273,7 @@ def train_aligner(
         ).loss
 
     model, state = fit_supervised(
-        runtime, "aligner", model, optimizer, loader, list(model.parameters()), args, args.aligner_epochs,
+        runtime, "aligner", model, optimizer, batches, list(model.parameters()), args, args.aligner_epochs,
         batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val,
     )  # fmt: skip
     return model, _summary(state)
@@ -417,7 +403,6 @@ def train_generator(
     `text_side` (multimodal mode, `training.multimodal.TextSide`) also trains the text-side generator `G_t`
     against its discriminator after each G step, and adds its MI bounds to the selection score.
     """
-    accelerator = runtime.accelerator
     set_seed(seed)
     use_codes = config.use_text_code and text_codes_train is not None
     # the text bound needs a code on every row: with missing transcripts the probe scores emotion MI only
@@ -435,54 +420,56 @@ def train_generator(
     )
     tensors = (features_train, labels_train) + ((text_codes_train,) if use_codes else ())
     tensors += (text_side.text_codes_train,) if text_side is not None else ()
-    loader = make_loader(FeatureDataset(*tensors), args.generator_batch_size, accelerator)
-    step_module, optimizer_g, optimizer_d, loader = accelerator.prepare(
-        step_module, optimizer_g, optimizer_d, loader
-    )
-    optimizer_t = accelerator.prepare(text_side.optimizer) if text_side is not None else None
+    batches = Batches(tensors, args.generator_batch_size)
+    device = runtime.device
+    step_module.to(device)
+    optimizer_t = text_side.optimizer if text_side is not None else None
     d_parameters, g_parameters = model.discriminator_parameters(), model.generator_parameters()
     num_labels = config.num_labels
     val_codes = text_codes_val if use_codes else None
     repeats = max(1, math.ceil(256 / max(len(labels_val), 1)))
 
     def train_epoch(epoch: int, state: LoopState) -> dict[str, float]:
-        loader.set_epoch(epoch)
         step_module.train()
-        totals = torch.zeros(2 if text_side is None else 4)
-        for batch in loader:
+        totals = torch.zeros(2 if text_side is None else 4, device=device)
+        epoch_batches = batches.epoch(epoch)
+        for index, batch in enumerate(epoch_batches):
+            batch = tuple(tensor.to(device) for tensor in batch)
             real, labels = batch[0], batch[1]
             codes = batch[2] if use_codes else None
             mixed = mixed_labels = None
             if args.generator_mixup_alpha > 0:
                 mixed, mixed_labels = mixup(real, labels, num_labels, args.generator_mixup_alpha)
-            with accelerator.accumulate(step_module):
+            runtime.begin_batch(index, len(epoch_batches))
+            with runtime.autocast():
                 loss_d = step_module("discriminator", real, labels, codes, mixed, mixed_labels)
-                runtime.check_finite(loss_d, "generator (D step)", epoch, state.step)
-                accelerator.backward(loss_d)
-                _optimizer_step(accelerator, d_parameters, optimizer_d, runtime.max_grad_norm)
-                for parameter in d_parameters:  # D is fixed while G learns to fool it
-                    parameter.requires_grad_(False)
+            runtime.check_finite(loss_d, "generator (D step)", epoch, state.step)
+            runtime.backward(loss_d)
+            runtime.optimizer_step(optimizer_d, d_parameters)
+            for parameter in d_parameters:  # D is fixed while G learns to fool it
+                parameter.requires_grad_(False)
+            with runtime.autocast():
                 loss_g = step_module("generator", real, labels, codes)
-                runtime.check_finite(loss_g, "generator (G step)", epoch, state.step)
-                accelerator.backward(loss_g)
-                _optimizer_step(accelerator, g_parameters, optimizer_g, runtime.max_grad_norm)
-                for parameter in d_parameters:
-                    parameter.requires_grad_(True)
-                losses = [loss_d.detach().float().cpu(), loss_g.detach().float().cpu()]
-                if text_side is not None:
-                    losses += text_side.train_step(
-                        runtime, step_module, optimizer_t, optimizer_g, g_parameters, batch, epoch, state.step
-                    )
+            runtime.check_finite(loss_g, "generator (G step)", epoch, state.step)
+            runtime.backward(loss_g)
+            runtime.optimizer_step(optimizer_g, g_parameters)
+            for parameter in d_parameters:
+                parameter.requires_grad_(True)
+            losses = [loss_d.detach().float(), loss_g.detach().float()]
+            if text_side is not None:
+                losses += text_side.train_step(
+                    runtime, step_module, optimizer_t, optimizer_g, g_parameters, batch, epoch, state.step
+                )
             state.step += 1
             totals += torch.stack(losses)
-        totals = _epoch_mean(accelerator, totals, len(loader))
+        totals = _epoch_mean(totals, len(epoch_batches))
         names = ("d_loss", "g_loss", "text_d_loss", "text_g_loss")
         return {name: float(total) for name, total in zip(names, totals, strict=False)}
 
     def evaluate() -> tuple[float, dict[str, float]]:
         output = model.generate(
-            labels=labels_val.to(accelerator.device),
-            text_codes=None if val_codes is None else val_codes.to(accelerator.device),
+            labels=labels_val.to(device),
+            text_codes=None if val_codes is None else val_codes.to(device),
             num_per_label=repeats,
             generator=torch.Generator().manual_seed(seed),
         )
@@ -500,19 +487,20 @@ def train_generator(
             score += sum(text_scores.values())
         return score, metrics
 
-    try:
-        state = run_epochs(
-            runtime,
-            "generator",
-            num_epochs=args.generator_epochs,
-            train_epoch=train_epoch,
-            evaluate=evaluate,
-            best_module=model,
-            eval_every=args.generator_eval_every,
-            patience=args.early_stopping_patience,
-        )
-    finally:  # a crashed stage must not leave its models registered
-        accelerator.free_memory()
+    objects = {"model": step_module, "optimizer_g": optimizer_g, "optimizer_d": optimizer_d}
+    if optimizer_t is not None:
+        objects["optimizer_t"] = optimizer_t
+    state = run_epochs(
+        runtime,
+        "generator",
+        num_epochs=args.generator_epochs,
+        train_epoch=train_epoch,
+        evaluate=evaluate,
+        best_module=model,
+        objects=objects,
+        eval_every=args.generator_eval_every,
+        patience=args.early_stopping_patience,
+    )
     model.eval()
     quality = generation_report(
         model, probe, features_train, labels_train, text_codes_train if probe_codes else None, seed
@@ -618,14 +606,13 @@ def train_classifier(
 ) -> tuple[MiseClassifierModel, dict]:
     """Stage 3: the MLP on real `z_a` plus augmentation (`none`, `noise`, `mixup`, `gan`, `mise`).
 
-    Early stopping on the validation speakers (`early_stopping_metric`); returns the best classifier (eval mode,
-    unwrapped). A given `augmenter` (anything with `rows(epoch)` and `extra_labels`, e.g. the multimodal one)
+    Early stopping on the validation speakers (`early_stopping_metric`); returns the best classifier (eval mode).
+    A given `augmenter` (anything with `rows(epoch)` and `extra_labels`, e.g. the multimodal one)
     replaces the default.
     `head_init` (the aligner's emotion head, "the classifier's last layer" of the paper) initialises a linear
     classifier (`hidden_sizes=[]`, `input_scale=1`), so stage 3 starts from stage 1's decision on `z_a` (a
     multimodal classifier's `z_t` weights start at zero).
     """
-    accelerator = runtime.accelerator
     set_seed(seed)
     if augmenter is None:
         augmenter = Augmenter(
@@ -649,8 +636,7 @@ def train_classifier(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.classifier_learning_rate, weight_decay=args.classifier_weight_decay
     )
-    dataset = FeatureDataset(*augmenter.rows(0))
-    loader = make_loader(dataset, args.classifier_batch_size, accelerator)
+    batches = Batches(augmenter.rows(0), args.classifier_batch_size)
     use_mixup = augmentation == "mixup" and args.mixup_alpha > 0
 
     def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
@@ -660,10 +646,10 @@ def train_classifier(
         return model(features=features, labels=labels).loss
 
     def before_epoch(epoch: int) -> None:
-        dataset.tensors = augmenter.rows(epoch)
+        batches.tensors = augmenter.rows(epoch)
 
     model, state = fit_supervised(
-        runtime, "classifier", model, optimizer, loader, list(model.parameters()), args, args.classifier_epochs,
+        runtime, "classifier", model, optimizer, batches, list(model.parameters()), args, args.classifier_epochs,
         batch_loss, lambda model, x: model(features=x).logits, features_val, labels_val, before_epoch,
     )  # fmt: skip
     summary = _summary(state)

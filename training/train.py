@@ -42,7 +42,7 @@ from training.features import (
     usable_clips,
 )
 from training.loop import NonFiniteLossError
-from training.pipeline import RunContext, build_folds, final_fold, run_fold, train_final_models
+from training.pipeline import RunContext, build_folds, final_fold, run_folds, train_final_models
 
 logger = get_logger("mise.train")
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     resume_from = None
     if resuming:
         resume_from = checkpoints.resolve(training_args.resume_from_checkpoint)
-        where = resume_from.path if resume_from is not None else "the completed folds (no checkpoint yet)"
+        where = resume_from.path if resume_from is not None else "each fold's latest checkpoint"
         logger.info(f"resuming from {where}")
     run_info = {
         "config_hash": hash_,
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(training_args.training_threads)
         threadpool_limits(training_args.training_threads)
     tick = time.perf_counter()
-    records = [run_fold(ctx, fold, index) for index, fold in enumerate(folds)]
+    records = run_folds(ctx, folds, training_args.final_models)
     seconds["folds"] = time.perf_counter() - tick
 
     # 7. summary: pooled and mean +- std over folds
