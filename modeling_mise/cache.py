@@ -84,6 +84,10 @@ class FeatureCache:
         )
         return self.directory / f"{name}.safetensors"
 
+    def contains(self, fingerprint: str) -> bool:
+        """Whether an entry for ``fingerprint`` exists (not read: :meth:`load` may still find it unreadable)."""
+        return self.entry_path(fingerprint).is_file()
+
     def load(self, fingerprint: str) -> torch.Tensor | None:
         """The cached feature vector, or ``None`` when absent or unreadable (a warning names the file)."""
         path = self.entry_path(fingerprint)

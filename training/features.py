@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
-from modeling_mise.audio import crop
+from modeling_mise.audio import AudioInputError, crop
 from modeling_mise.cache import FeatureCache
 from modeling_mise.data import Corpus, Rejection, load_corpus, write_rejections
 from modeling_mise.encoders import AudioEncoder, TextEncoder
@@ -59,16 +59,67 @@ def read_corpus(data_args: DataArguments) -> Corpus:
     )
 
 
+def audio_spec(audio_encoder: AudioEncoder, model_args: ModelArguments) -> dict:
+    """The audio feature cache's key: the encoder's spec plus the crop length."""
+    return {**audio_encoder.spec(), "max_duration_s": model_args.max_duration_s}
+
+
+def cached_fingerprints(
+    corpus: Corpus, audio_encoder: AudioEncoder, data_args: DataArguments, model_args: ModelArguments
+) -> set[str]:
+    """Fingerprints of the clips whose audio features are already cached (one file lookup each, nothing decoded)."""
+    cache = FeatureCache(data_args.cache_dir, audio_spec(audio_encoder, model_args))
+    return {
+        fingerprint
+        for fingerprint in set(corpus.fingerprints())
+        if fingerprint and cache.contains(fingerprint)
+    }
+
+
 def usable_clips(
-    corpus: Corpus, sampling_rate: int, data_args: DataArguments, output_dir: Path, accelerator: Accelerator
-) -> tuple[list[np.ndarray], Corpus, list[Rejection]]:
-    """Decode every clip; unreadable/empty/silent/NaN/too-short ones go to `OUT/rejected.csv` (fatal if strict)."""
-    waveforms, usable, rejections = corpus.load_waveforms(
-        sampling_rate,
-        min_seconds=data_args.min_seconds,
-        strict=data_args.strict,
-        show_progress=accelerator.is_local_main_process,
-    )
+    corpus: Corpus,
+    sampling_rate: int,
+    data_args: DataArguments,
+    output_dir: Path,
+    accelerator: Accelerator,
+    cached: set[str] | None = None,
+) -> tuple[list[np.ndarray | None], Corpus, list[Rejection]]:
+    """Decode the clips; unreadable/empty/silent/NaN/too-short ones go to `OUT/rejected.csv` (fatal if strict).
+
+    A clip in `cached` (fingerprints with cached features, see `cached_fingerprints`) passed these checks when its
+    features were computed: it is not decoded (its waveform is None) unless its length, read from the file header,
+    is unknown or under `min_seconds`.
+    """
+    cached = cached or set()
+    known = [
+        i
+        for i, item in enumerate(corpus.items)
+        if item.fingerprint in cached
+        and item.duration_s is not None
+        and item.duration_s >= data_args.min_seconds
+    ]
+    rest = sorted(set(range(len(corpus))) - set(known))
+    options = {
+        "min_seconds": data_args.min_seconds,
+        "strict": data_args.strict,
+        "show_progress": accelerator.is_local_main_process,
+    }
+    decoded, rejections, kept = [], [], []
+    if rest:
+        try:
+            decoded, _, rejections = corpus.subset(rest).load_waveforms(sampling_rate, **options)
+        except AudioInputError:
+            raise
+        except ValueError:  # none of the uncached clips is usable: decode all, for the full list of reasons
+            if not known:
+                raise
+            known, rest = [], list(range(len(corpus)))
+            decoded, _, rejections = corpus.load_waveforms(sampling_rate, **options)
+        rejected = {rejection.row for rejection in rejections}
+        kept = [i for i in rest if corpus.items[i].row not in rejected]
+    waveforms_of = dict(zip(kept, decoded, strict=True))
+    order = sorted(known + kept)
+    waveforms, usable = [waveforms_of.get(i) for i in order], corpus.subset(order)
     if accelerator.is_main_process:
         write_rejections(rejections, output_dir / "rejected.csv")
     for rejection in rejections:
@@ -85,7 +136,7 @@ def text_fingerprint(text: str) -> str:
 
 def extract_features(
     corpus: Corpus,
-    waveforms: list[np.ndarray],
+    waveforms: list[np.ndarray | None],
     audio_encoder: AudioEncoder,
     text_encoder: TextEncoder | None,
     data_args: DataArguments,
@@ -99,12 +150,15 @@ def extract_features(
     """
     start = time.perf_counter()
     show = accelerator.is_local_main_process
-    max_seconds = model_args.max_duration_s
-    audio_spec = {**audio_encoder.spec(), "max_duration_s": max_seconds}
-    audio_cache = FeatureCache(data_args.cache_dir, audio_spec)
+    max_seconds, rate = model_args.max_duration_s, audio_encoder.sampling_rate
+    spec = audio_spec(audio_encoder, model_args)
+    audio_cache = FeatureCache(data_args.cache_dir, spec)
+
+    def waveform(index: int) -> np.ndarray:  # a clip skipped as cached whose entry turned out unreadable
+        return waveforms[index] if waveforms[index] is not None else corpus.items[index].read(rate)
 
     def encode_audio(indices: list[int]) -> torch.Tensor:
-        clips = [crop(waveforms[i], audio_encoder.sampling_rate, max_seconds)[0] for i in indices]
+        clips = [crop(waveform(i), rate, max_seconds)[0] for i in indices]
         return audio_encoder.encode(clips, batch_size=data_args.feature_batch_size, show_progress=show)
 
     audio = audio_cache.get_or_compute(corpus.fingerprints(), encode_audio, accelerator, desc="audio")
@@ -133,7 +187,7 @@ def extract_features(
     seconds = time.perf_counter() - start
     summary = ", ".join(f"{name} {s['hits']} hits / {s['misses']} misses" for name, s in stats.items())
     logger.info(f"features in {seconds:.1f} s: {summary}")
-    return CorpusFeatures(audio.float(), text, audio_spec, text_spec, stats, seconds)
+    return CorpusFeatures(audio.float(), text, spec, text_spec, stats, seconds)
 
 
 def reject_nonfinite(

@@ -47,6 +47,7 @@ from training.arguments import (
     config_hash,
 )
 from training.features import (
+    cached_fingerprints,
     extract_features,
     read_corpus,
     reject_nonfinite,
@@ -189,8 +190,9 @@ def _run_study(
     audio_encoder = load_audio_encoder(
         model_args.audio_encoder, model_args.audio_pooling, model_args.audio_layer
     )
+    cached = cached_fingerprints(corpus, audio_encoder, data_args, model_args)  # decode only the misses
     waveforms, corpus, rejections = usable_clips(
-        corpus, audio_encoder.sampling_rate, data_args, output_dir, accelerator
+        corpus, audio_encoder.sampling_rate, data_args, output_dir, accelerator, cached
     )
     text_encoder = None
     if (

@@ -35,6 +35,7 @@ from modeling_mise.metrics import summarize_folds
 from training.arguments import ConfigError, arguments_dict, config_hash, parse_arguments
 from training.checkpoint import CheckpointManager
 from training.features import (
+    cached_fingerprints,
     extract_features,
     read_corpus,
     reject_nonfinite,
@@ -128,8 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
     audio_encoder = load_audio_encoder(
         model_args.audio_encoder, model_args.audio_pooling, model_args.audio_layer
     )
+    cached = cached_fingerprints(corpus, audio_encoder, data_args, model_args)  # decode only the misses
     waveforms, corpus, rejections = usable_clips(
-        corpus, audio_encoder.sampling_rate, data_args, output_dir, accelerator
+        corpus, audio_encoder.sampling_rate, data_args, output_dir, accelerator, cached
     )
     seconds["read_audio"] = time.perf_counter() - tick
 
