@@ -1,20 +1,35 @@
-"""Benchmark of `training/train.py`: full leave-one-speaker-out MISE on RAVDESS with eGeMAPS, features cached.
+"""Benchmark of training on RAVDESS: the feature stage, the full leave-one-speaker-out run, a study seed, scaling.
 
-    python bench/bench_train.py [--config training/configs/ravdess.yaml] [--output_dir runs/bench]
+    python bench/bench_train.py [--only features train study scale] [--baseline_repo PATH] [--num_processes N]
+                                [--output_dir runs/bench] [--key value ...]
 
-In one run: (1) the feature stage with an empty cache (decode + openSMILE eGeMAPS of every clip, the first
-extraction), then (2) the whole training command on that cache (`main()`: reading the audio, the cached feature
-stage, all folds, the final models). Prints and writes `OUT/bench.json` with both feature-stage times, their
-ratio (target >= 20x) and the wall time of the full run (target <= 600 s on the 2-core reference machine).
-Extra `--key value` arguments go to the training command (e.g. `--max_folds 2` for a smoke run).
+Parts (all by default; `--only` picks some, e.g. `--only train`):
+- `features`: the feature stage of `training/configs/ravdess.yaml` (eGeMAPS + MiniLM) with an empty cache (the
+  first extraction), then warm (corpus scan, cache look-up, loading the cached features; target <= 2 s); the
+  classic baseline on the same features and folds.
+- `train`: `training/train.py` with the shipped RAVDESS config on the warm cache: 24 folds + final models, on
+  `--num_processes` processes (whole folds each; target <= 90 s wall), with its peak memory.
+- `study`: one seed of `training/study.py` with `training/configs/ravdess_study.yaml` (all variants, 24 folds,
+  ComParE_2016; target <= 300 s wall, peak memory < 2 GB).
+- `scale`: the first two folds at 1x, 2x and 4x the clips (the manifest repeated, same speakers), eGeMAPS and
+  ComParE_2016 features: how time and memory grow.
+
+`--baseline_repo PATH` (a checkout of an earlier commit, e.g. `git worktree add /tmp/base <commit>`) runs the
+`train` and `study` commands there too, one process, in the same run: the ratio of wall times and whether the
+fold metrics are identical. Extra `--key value` arguments go to every training and study command (e.g.
+`--max_folds 4` for a shorter look; the targets are for the full workload). Prints a table, writes
+`OUT/bench.json` and `OUT/bench.md` (the README's speed table).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,43 +38,45 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TARGET_SECONDS = 600.0
-TARGET_SPEEDUP = 20.0
+CONFIG = REPO / "training" / "configs" / "ravdess.yaml"
+STUDY_CONFIG = REPO / "training" / "configs" / "ravdess_study.yaml"
+DATA = REPO.parent / "shared" / "data" / "ravdess"
+TARGETS = {"warm_features_s": 2.0, "train_wall_s": 90.0, "study_seed_wall_s": 300.0, "peak_rss_gb": 2.0}
+PARTS = ("features", "train", "study", "scale")
 
 
-def first_extraction(config: str, cache_dir: str, extra: list[str]) -> dict:
-    """Time the feature stage of `main()` with an empty cache (same functions, same arguments)."""
+# ---------------------------------------------------------------------------------------------- features
+def feature_stage(config: Path, data_dir: str, cache_dir: str, extra: list[str]) -> dict:
+    """The feature stage of `main()` (same functions, same arguments): corpus scan, cache look-up, decoding of
+    the misses, extraction; returns its wall time (encoders loaded in it) and the cache statistics."""
     from accelerate import Accelerator
 
     from modeling_mise.encoders import load_audio_encoder, load_text_encoder
     from training.arguments import parse_arguments
-    from training.features import extract_features, read_corpus, usable_clips
+    from training.features import cached_fingerprints, extract_features, read_corpus, usable_clips
 
-    data_args, model_args, _ = parse_arguments(
-        [config, "--output_dir", tempfile.mkdtemp(), "--cache_dir", cache_dir, *extra]
-    )
+    arguments = [str(config), "--output_dir", tempfile.mkdtemp(), "--cache_dir", cache_dir, *extra]
+    data_args, model_args, training_args = parse_arguments([*arguments, "--data_dir", data_dir])
     accelerator = Accelerator()
+    start = time.perf_counter()
     corpus = read_corpus(data_args)
     encoder = load_audio_encoder(model_args.audio_encoder, model_args.audio_pooling, model_args.audio_layer)
-    start = time.perf_counter()
+    cached = cached_fingerprints(corpus, encoder, data_args, model_args)
     waveforms, corpus, _ = usable_clips(
-        corpus, encoder.sampling_rate, data_args, Path(tempfile.mkdtemp()), accelerator
+        corpus, encoder.sampling_rate, data_args, Path(tempfile.mkdtemp()), accelerator, cached
     )
-    read_seconds = time.perf_counter() - start
     text_encoder = load_text_encoder(model_args.text_encoder) if model_args.text_encoder else None
     features = extract_features(corpus, waveforms, encoder, text_encoder, data_args, model_args, accelerator)
+    seconds = time.perf_counter() - start
     return {
-        "read_audio_s": read_seconds,
-        "features_s": features.seconds,
+        "seconds": seconds,
+        "decoded": sum(waveform is not None for waveform in waveforms),
         "cache": features.cache_stats,
-        "baseline": classic_baseline_uar(corpus, features, data_args, training_seed(config, extra)),
+        "corpus": corpus,
+        "features": features,
+        "data_args": data_args,
+        "seed": training_args.seed,
     }
-
-
-def training_seed(config: str, extra: list[str]) -> int:
-    from training.arguments import parse_arguments
-
-    return parse_arguments([config, "--output_dir", tempfile.mkdtemp(), *extra])[2].seed
 
 
 def classic_baseline_uar(corpus, features, data_args, seed: int) -> dict:
@@ -91,65 +108,234 @@ def classic_baseline_uar(corpus, features, data_args, seed: int) -> dict:
     return result
 
 
+def bench_features(args, cache_dir: str, extra: list[str]) -> dict:
+    """Cold then warm feature stage of the RAVDESS config, and the classic baseline on its features."""
+    empty = not any(Path(cache_dir).iterdir())
+    cold_cache = cache_dir if empty else tempfile.mkdtemp(prefix="mise-bench-cold-")
+    cold = feature_stage(args.config, args.data_dir, cold_cache, extra)
+    assert cold["cache"]["audio"]["hits"] == 0, "the first extraction must start from an empty cache"
+    warm = feature_stage(args.config, args.data_dir, cold_cache, extra)
+    return {
+        "first_extraction_s": cold["seconds"],
+        "warm_features_s": warm["seconds"],
+        "warm_decoded_clips": warm["decoded"],
+        "warm_cache": warm["cache"],
+        "clips": len(warm["corpus"]),
+        "classic_baseline": classic_baseline_uar(
+            warm["corpus"], warm["features"], warm["data_args"], warm["seed"]
+        ),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(repo: Path, script: str, arguments: list[str], processes: int, log: Path) -> dict:
+    """Run `script` of `repo` on `processes` processes; wall time and peak resident memory of the process tree."""
+    import psutil
+
+    command = [sys.executable, script, *arguments]
+    env = dict(os.environ, PYTHONPATH=str(repo), HF_HUB_OFFLINE="1")
+    if processes > 1:
+        import torch
+
+        if not torch.cuda.is_available():
+            env["ACCELERATE_USE_CPU"] = "true"
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(_free_port()), script, *arguments,
+        ]  # fmt: skip
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, cwd=repo, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        peak, root = 0, psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}); see {log}")
+    return {"wall_s": wall, "peak_rss_gb": peak / 2**30, "processes": processes, "command": " ".join(command)}
+
+
+def fold_predictions(output_dir: Path) -> dict[str, list[int]]:
+    """Test predictions per fold of a `train.py` run."""
+    return {
+        path.parent.name: json.loads(path.read_text())["y_pred"]
+        for path in sorted((output_dir / "folds").glob("*/metrics.json"))
+    }
+
+
+def study_predictions(output_dir: Path) -> list[tuple]:
+    """(variant, seed, fold, UAR) rows of a study, sorted."""
+    with open(output_dir / "study.csv") as handle:
+        return sorted((r["variant"], r["seed"], r["fold"], r["uar"]) for r in csv.DictReader(handle))
+
+
+def bench_train(args, cache_dir: str, extra: list[str]) -> dict:
+    """The full run of the shipped config on the warm cache, here (and in the baseline checkout, one process)."""
+    common = [str(args.config), "--data_dir", args.data_dir, "--cache_dir", cache_dir, "--report_to", "none"]
+    common += ["--overwrite_output_dir", "true", *extra]
+    out = Path(args.output_dir) / "train"
+    result = launch(REPO, "training/train.py", [*common, "--output_dir", str(out)], args.num_processes,
+                    Path(args.output_dir) / "train.log")  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    result.update(
+        {key: summary[key] for key in ("n_folds", "uar_pooled", "uar_mean", "uar_std", "wa_pooled")}
+    )
+    result.update(f1_macro_pooled=summary["f1_macro_pooled"], aligner_uar_mean=summary["aligner_uar_mean"])
+    if args.baseline_repo:
+        base_out = Path(args.output_dir) / "train-baseline"
+        baseline = launch(args.baseline_repo, "training/train.py", [*common, "--output_dir", str(base_out)], 1,
+                          Path(args.output_dir) / "train-baseline.log")  # fmt: skip
+        baseline["uar_pooled"] = json.loads((base_out / "summary.json").read_text())["uar_pooled"]
+        baseline["identical_predictions"] = fold_predictions(base_out) == fold_predictions(out)
+        result["baseline"] = baseline
+    return result
+
+
+def bench_study(args, cache_dir: str, extra: list[str]) -> dict:
+    """One seed of the study (all variants), here (and in the baseline checkout, one process)."""
+    common = [str(STUDY_CONFIG), "--data_dir", args.data_dir, "--cache_dir", cache_dir, "--seeds", "0"]
+    common += ["--figures", "false", "--overwrite_output_dir", "true", *extra]
+    out = Path(args.output_dir) / "study"
+    result = launch(REPO, "training/study.py", [*common, "--output_dir", str(out)], args.num_processes,
+                    Path(args.output_dir) / "study.log")  # fmt: skip
+    result["units"] = len(list((out / "runs" / "seed-0").glob("*.json")))
+    if args.baseline_repo:
+        base_out = Path(args.output_dir) / "study-baseline"
+        baseline = launch(args.baseline_repo, "training/study.py", [*common, "--output_dir", str(base_out)], 1,
+                          Path(args.output_dir) / "study-baseline.log")  # fmt: skip
+        baseline["identical_results"] = study_predictions(base_out) == study_predictions(out)
+        result["baseline"] = baseline
+    return result
+
+
+def bench_scale(args, cache_dir: str, extra: list[str]) -> list[dict]:
+    """Two folds (no final models) at 1x, 2x and 4x the clips, eGeMAPS and ComParE_2016, on one process."""
+    with open(Path(args.data_dir) / "manifest.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["path"] = str(Path(args.data_dir) / row["path"])
+    results = []
+    for encoder in ("opensmile/eGeMAPSv02", "opensmile/ComParE_2016"):
+        for factor in (1, 2, 4):
+            manifest = Path(args.output_dir) / f"manifest-x{factor}.csv"
+            with open(manifest, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows * factor)
+            out = Path(args.output_dir) / f"scale-{encoder.split('/')[1]}-x{factor}"
+            arguments = [str(args.config), "--dataset", str(manifest), "--cache_dir", cache_dir,
+                         "--audio_encoder", encoder, "--max_folds", "2", "--final_models", "false",
+                         "--report_to", "none", "--overwrite_output_dir", "true", "--output_dir", str(out), *extra]  # fmt: skip
+            run = launch(REPO, "training/train.py", arguments, 1, out.with_suffix(".log"))
+            seconds = json.loads((out / "summary.json").read_text())["seconds"]
+            results.append({"encoder": encoder, "clips": len(rows) * factor, **run, "seconds": seconds})
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- report
+def table(result: dict) -> list[tuple[str, str]]:
+    """(measurement, value) rows of the README's speed table, from `bench.json`."""
+    rows = []
+    features = result.get("features")
+    if features:
+        rows.append((f"first eGeMAPS + MiniLM extraction, {features['clips']} clips",
+                     f"{features['first_extraction_s']:.1f} s"))  # fmt: skip
+        rows.append(("warm feature stage, corpus scan included",
+                     f"{features['warm_features_s']:.2f} s ({features['warm_decoded_clips']} clips decoded; "
+                     f"target ≤ {TARGETS['warm_features_s']:.0f} s)"))  # fmt: skip
+    for name, label, target in (
+        ("train", "full leave-one-speaker-out run, 24 folds + final models", "train_wall_s"),
+        ("study", "one study seed, 9 variants × 24 folds (ComParE_2016)", "study_seed_wall_s"),
+    ):
+        run = result.get(name)
+        if not run:
+            continue
+        value = (
+            f"{run['wall_s']:.0f} s wall on {run['processes']} process(es) (target ≤ {TARGETS[target]:.0f} s)"
+        )
+        baseline = run.get("baseline")
+        if baseline:
+            same = baseline.get("identical_predictions", baseline.get("identical_results"))
+            value += (f"; previous version {baseline['wall_s']:.0f} s on 1 process: "
+                      f"{baseline['wall_s'] / run['wall_s']:.1f}× faster, {'identical' if same else 'DIFFERENT'} "
+                      "results")  # fmt: skip
+        rows.append((label, value))
+        rows.append((f"{label}: peak memory", f"{run['peak_rss_gb']:.2f} GB (all processes)"))
+    train = result.get("train")
+    if train:
+        rows.append(("MISE pooled UAR / mean ± std / WA / macro-F1",
+                     f"{train['uar_pooled']:.1%} / {100 * train['uar_mean']:.1f} ± {100 * train['uar_std']:.1f} / "
+                     f"{train['wa_pooled']:.1%} / {train['f1_macro_pooled']:.1%}"))  # fmt: skip
+        rows.append(("aligner head alone, mean UAR", f"{train['aligner_uar_mean']:.1%}"))
+    if features:
+        baseline = features["classic_baseline"]
+        rows.append(("logistic regression, same features and folds",
+                     f"{baseline['uar_pooled_global_normalization']:.1%} (global standardisation), "
+                     f"{baseline['uar_pooled_speaker_normalization']:.1%} (per-speaker)"))  # fmt: skip
+    for run in result.get("scale", []):
+        rows.append((f"2 folds, {run['clips']} clips, {run['encoder'].split('/')[1]}",
+                     f"{run['seconds']['folds']:.1f} s folds, {run['wall_s']:.0f} s wall, "
+                     f"{run['peak_rss_gb']:.2f} GB peak"))  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", default=str(REPO / "training" / "configs" / "ravdess.yaml"))
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--data_dir", default=str(DATA))
     parser.add_argument("--output_dir", default=str(REPO / "runs" / "bench"))
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--baseline_repo", type=Path, default=None)
+    parser.add_argument("--num_processes", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--cache_dir", default=None, help="feature cache of the runs (default: a new one)")
     args, extra = parser.parse_known_args()
-    from training.train import main as train
-
-    cache_dir = tempfile.mkdtemp(prefix="mise-bench-cache-")
-    first = first_extraction(args.config, cache_dir, extra)
-    assert first["cache"]["audio"]["hits"] == 0, "the first extraction must start from an empty cache"
-
-    start = time.perf_counter()
-    summary = train(
-        [
-            args.config,
-            "--output_dir",
-            args.output_dir,
-            "--cache_dir",
-            cache_dir,
-            "--overwrite_output_dir",
-            "true",
-        ]
-        + extra
-    )
-    total = time.perf_counter() - start
-    seconds = summary["seconds"]
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="mise-bench-cache-")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result = {
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
-        },
-        "first_extraction": {"read_audio_s": first["read_audio_s"], "features_s": first["features_s"]},
-        "cached_run": {**seconds, "wall_s": total, "feature_cache": summary["feature_cache"]},
-        "feature_speedup": first["features_s"] / max(seconds["features"], 1e-9),
-        "n_folds": summary["n_folds"],
-        "uar_pooled": summary["uar_pooled"],
-        "uar_mean": summary["uar_mean"],
-        "uar_std": summary["uar_std"],
-        "wa_pooled": summary["wa_pooled"],
-        "f1_macro_pooled": summary["f1_macro_pooled"],
-        "aligner_uar_mean": summary["aligner_uar_mean"],
-        "classic_baseline": first["baseline"],
-        "targets": {"wall_s": TARGET_SECONDS, "feature_speedup": TARGET_SPEEDUP},
+            "load_average_at_start": load,
+        },  # fmt: skip
+        "targets": TARGETS,
+        "extra_arguments": extra,
     }
-    Path(args.output_dir, "bench.json").write_text(json.dumps(result, indent=2))
-    print(
-        f"first extraction: {first['features_s']:.1f} s (+ {first['read_audio_s']:.1f} s reading audio); "
-        f"cached feature stage: {seconds['features']:.2f} s -> {result['feature_speedup']:.0f}x "
-        f"(target >= {TARGET_SPEEDUP:.0f}x)\n"
-        f"full run ({summary['n_folds']} folds + final models): {total:.0f} s wall "
-        f"(reading audio {seconds['read_audio']:.1f} s, folds {seconds['folds']:.0f} s, "
-        f"final models {seconds.get('final_models', 0):.0f} s; target <= {TARGET_SECONDS:.0f} s)\n"
-        f"pooled UAR {summary['uar_pooled']:.4f}, mean UAR {summary['uar_mean']:.4f} +- {summary['uar_std']:.4f}, "
-        f"WA {summary['wa_pooled']:.4f}, macro-F1 {summary['f1_macro_pooled']:.4f}\n"
-        f"classic baseline (logistic regression, same features and folds): {first['baseline']}"
-    )
+    path = Path(args.output_dir) / "bench.json"
+    if path.is_file():  # parts run one at a time add up in one file
+        result = {**json.loads(path.read_text()), **result}
+    if "features" in args.only:
+        result["features"] = bench_features(args, cache_dir, [])
+    # the runs below start from a warm cache: eGeMAPS (train) and ComParE_2016 (study, scale) features
+    feature_stage(args.config, args.data_dir, cache_dir, [])
+    if {"study", "scale"} & set(args.only):
+        feature_stage(args.config, args.data_dir, cache_dir, ["--audio_encoder", "opensmile/ComParE_2016"])
+    parts = {"train": bench_train, "study": bench_study, "scale": bench_scale}
+    for name in ("train", "study", "scale"):
+        if name in args.only:
+            result[name] = parts[name](args, cache_dir, extra)
+            path.write_text(json.dumps(result, indent=2))
+    path.write_text(json.dumps(result, indent=2))
+    rows = table(result)
+    markdown = ["| measurement | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
+    (Path(args.output_dir) / "bench.md").write_text("\n".join(markdown) + "\n")
+    width = max(len(name) for name, _ in rows) if rows else 0
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
 
 
 if __name__ == "__main__":

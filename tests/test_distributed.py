@@ -1,7 +1,7 @@
 """Two real ranks on CPU (gloo): `accelerate launch --multi_gpu --num_processes 2` with ACCELERATE_USE_CPU=true.
 
-The two-rank run extracts the features (misses sharded across the ranks), trains all three stages under DDP and
-must reach the fold metrics of a one-process run on the same cache within a stated tolerance.
+The two-rank run extracts the features (misses sharded across the ranks), then each rank trains whole folds
+(fold i on rank i mod 2) and the main rank gathers them: every fold must equal the one-process run's exactly.
 """
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from training.train import main
 
 REPO = Path(__file__).resolve().parents[1]
 SPEAKERS = ("Actor_01", "Actor_02", "Actor_03", "Actor_04", "Actor_05", "Actor_06")
-# Dropout, mix-up and text-code dropout off: what remains random (GAN noise) is drawn from identically seeded
-# per-rank streams, and `split_batches` makes each optimiser step average the same global batch either way.
 ARGS = [
     "--max_folds", "2", "--num_validation_speakers", "1", "--text_encoder", "none",
     "--projection_dim", "16", "--aligner_hidden_sizes", "32", "--noise_dim", "8",
@@ -33,12 +29,6 @@ ARGS = [
     "--aligner_batch_size", "32", "--generator_batch_size", "32", "--classifier_batch_size", "32",
     "--final_models", "false", "--report_to", "none", "--seed", "11",
 ]  # fmt: skip
-# Why not exact: `split_batches` with equal-sized batches gives both ranks halves of the very batches one process
-# sees and DDP averages their gradients, so stages 1 and 3 follow the one-process run up to the summation order
-# of the all-reduce; but the GAN draws each half-batch's noise from its own rank's stream, so the generated
-# features (and through them the stage-3 classifier) differ slightly. A test clip near a decision boundary may
-# flip: one clip moves a fold's UAR by 1/(8 classes * 4 clips) = 0.031, so allow two clips per fold.
-UAR_TOLERANCE = 0.07
 
 
 def _free_port() -> int:
@@ -80,14 +70,10 @@ def test_two_ranks_match_one_process(ravdess_rows, tmp_path):
     )
     summary_two = json.loads((two / "summary.json").read_text())
     assert summary_two["world_size"] == 2 and one["world_size"] == 1
-    for fold in ("speaker-Actor_01", "speaker-Actor_02"):
+    assert summary_two["uar_pooled"] == one["uar_pooled"]
+    for fold in ("speaker-Actor_01", "speaker-Actor_02"):  # one fold trained on each rank
         a = json.loads((tmp_path / "one" / "folds" / fold / "metrics.json").read_text())
         b = json.loads((two / "folds" / fold / "metrics.json").read_text())
-        assert a["y_true"] == b["y_true"]
-        agreement = np.mean(np.asarray(a["y_pred"]) == np.asarray(b["y_pred"]))
-        assert abs(a["uar"] - b["uar"]) <= UAR_TOLERANCE, (fold, a["uar"], b["uar"])
-        assert agreement >= 0.9, (fold, agreement)
-        assert abs(a["aligner_uar"] - b["aligner_uar"]) <= UAR_TOLERANCE, fold
-        print(
-            f"{fold}: UAR one process {a['uar']:.4f}, two ranks {b['uar']:.4f}, same prediction {agreement:.2f}"
-        )
+        assert a["y_true"] == b["y_true"] and a["y_pred"] == b["y_pred"], fold
+        assert a["aligner_uar"] == b["aligner_uar"], fold
+        assert a["stages"]["generator"]["best_score"] == b["stages"]["generator"]["best_score"], fold

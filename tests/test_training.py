@@ -237,7 +237,7 @@ def test_killed_run_resumes_to_the_same_result(reference_run, corpus_with_bad_fi
     deadline = time.monotonic() + 240
     killed_at = None
     while process.poll() is None and time.monotonic() < deadline:
-        for progress in checkpoints.glob("checkpoint_*/progress.json"):
+        for progress in checkpoints.glob("*/checkpoint_*/progress.json"):  # one folder per fold
             record = json.loads(progress.read_text())
             if record["fold_index"] == 1 and record["stage"] == "generator":
                 killed_at = record
@@ -272,9 +272,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_with_bad_files
         NonFiniteLossError, match=r"fold 'speaker-Actor_01', stage classifier, epoch \d+, step \d+"
     ):
         main([*args, "--max_folds", "1", "--classifier_learning_rate", "1e30"])
-    latest = max((output_dir / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
+    folder = output_dir / "checkpoints" / "speaker-Actor_01"
+    latest = max(folder.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
     progress = read_json(latest / "progress.json")
-    assert progress["stage"] == "generator" and progress["loop"]["stopped"]  # stage 2's end, nothing newer
+    # stage 2's last periodic checkpoint (epoch 4 of 6), nothing newer
+    assert progress["stage"] == "generator" and progress["loop"]["epoch"] == 4
     assert not (output_dir / "folds" / "speaker-Actor_01" / "metrics.json").exists()
 
 

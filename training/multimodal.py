@@ -4,7 +4,7 @@
   trainable) and trains on transcript tokens instead of cached text features; afterwards the fold's text codes
   come from the tuned encoder (`transcript_codes`).
 - Stage 2 (`TextSide`): the text-side generator `t_hat = G_t(eps, y, z_a)` trains inside the InfoGAN stage,
-  in the same DDP module as `G` and `D` (`MultimodalInfoGANStep`), against its own pair discriminator
+  in the same step module as `G` and `D` (`MultimodalInfoGANStep`), against its own pair discriminator
   `D_t([z_a; z_t])` with two Q heads on the text code alone: `Q_t^y` (emotion logits) and `Q_t^a` (a vector
   in the `z_a` space). Its loss mirrors `G`'s, with the roles of audio and text swapped:
   `L_Gt = adversarial + lambda_y * CE(Q_t^y(t_hat), y) + lambda_t * InfoNCE(z_a, Q_t^a(t_hat))`, the two
@@ -158,7 +158,7 @@ class TextDiscriminator(nn.Module):
 
 
 class MultimodalInfoGANStep(InfoGANStep):
-    """`InfoGANStep` plus the text side's two players, so one DDP wrapper all-reduces every step's gradients.
+    """`InfoGANStep` plus the text side's two players, in one module.
 
     `player="text_discriminator"`: BCE of `D_t` on real pairs `(z_a, z_t)` (clips with a transcript) and
     generated pairs `(z_a, t_hat)` + lambda_y * CE(Q_t^y(z_t), y) + lambda_t * InfoNCE(z_a, Q_t^a(z_t)) on the
@@ -252,7 +252,7 @@ class TextSide:
         )
 
     def step_module(self, model: MiseGeneratorModel) -> MultimodalInfoGANStep:
-        """The DDP-wrappable module of all four players."""
+        """The module of all four players."""
         return MultimodalInfoGANStep(model, self.discriminator)
 
     def train_step(

@@ -299,7 +299,7 @@ def encode_text(aligner: MiseAlignerModel, text: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------- stage 2
 class InfoGANStep(nn.Module):
-    """Both players' losses through one `forward`, so a DDP wrapper all-reduces the gradients of either step.
+    """Both players' losses through one `forward` (one module holds every player, so one checkpoint entry).
 
     `player="discriminator"`: real/fake BCE + lambda_y * CE(Q_y(real), y) (+ soft CE on mixed-up real rows)
     + lambda_t * InfoNCE(Q_t(real), z_t); the generated rows are detached. `player="generator"`: the

@@ -6,9 +6,9 @@ Per seed and fold, stage 1 (the aligner) is trained once per alignment setting a
 per generator setting; each variant then trains its stage-3 classifier (training/stages.py). Frozen features
 come from the shared cache. Writes `OUT/study.csv` (variant x seed x fold), `OUT/study.json`, `OUT/study.md`,
 `OUT/quality.json` (every generator checkpoint) and `OUT/figures/*.png`; `OUT/runs/` keeps each finished
-(seed, fold) so `--resume_from_checkpoint latest` continues a killed study. With more cores than one study
-uses, run one process per seed into the same OUT (`--seeds N --resume_from_checkpoint latest`), then once more
-with every seed and `--resume_from_checkpoint latest`: it trains nothing and writes the tables and figures.
+(seed, fold) so `--resume_from_checkpoint latest` continues a killed study. With several processes
+(`accelerate launch --num_processes N`, one per core or GPU) each takes whole (seed, fold) units and the main
+process writes the tables and figures; the results do not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -148,6 +148,53 @@ def _training_rows(study: Study, fold: Fold, fold_index: int) -> tuple[np.ndarra
     return reduced, counts
 
 
+def _write_unit(output_dir: Path, path: Path, unit: dict, maps: dict, seed: int) -> None:
+    """A finished unit's JSON and, for the first fold, its 2-D maps (per seed: processes never collide)."""
+    for name, arrays in maps.items():
+        folder = output_dir / "runs" / "maps" / f"seed-{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(folder / f"{name}.npz", **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(unit))
+    path.with_suffix(".tmp").replace(path)
+
+
+def _run_units(study: Study, folds: list[Fold], output_dir: Path, hash_: str, resuming: bool) -> list[dict]:
+    """Every (seed, fold) unit, whole units spread over the processes (unit i on process i mod world size, each
+    writes its own `OUT/runs/seed-S/<fold>.json`); every process returns all units, in (seed, fold) order."""
+    accelerator, study_args = study.accelerator, study.study_args
+    pairs = [(seed, index, fold) for seed in study_args.seeds for index, fold in enumerate(folds)]
+    rank, world = accelerator.process_index, accelerator.num_processes
+    units: dict[int, dict] = {}
+    progress = tqdm(total=len(pairs[rank::world]), desc="study", unit="fold",
+                    disable=not accelerator.is_local_main_process)  # fmt: skip
+    for position, (seed, fold_index, fold) in enumerate(pairs):
+        if position % world != rank:
+            continue
+        path = output_dir / "runs" / f"seed-{seed}" / f"{fold.name}.json"
+        unit = _load_unit(path, hash_, study_args.variants) if resuming else None
+        if unit is None:
+            tick = time.perf_counter()
+            train_rows, counts = _training_rows(study, fold, fold_index)
+            unit = FoldUnit(study, fold, fold_index, seed, train_rows).run()
+            unit.update(config_hash=hash_, seconds=time.perf_counter() - tick, imbalance_counts=counts)
+            _write_unit(output_dir, path, unit, unit.pop("maps"), seed)
+        units[position] = unit
+        progress.update(1)
+        logger.info(
+            f"seed {seed} {fold.name}: "
+            + ", ".join(f"{row['variant']} {row['uar']:.3f}" for row in unit["rows"])
+        )
+    progress.close()
+    if world > 1:
+        accelerator.wait_for_everyone()
+        for position, (seed, _, fold) in enumerate(pairs):
+            if position not in units:
+                path = output_dir / "runs" / f"seed-{seed}" / f"{fold.name}.json"
+                units[position] = _load_unit(path, hash_, study_args.variants)
+    return [units[position] for position in range(len(pairs))]
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the study; returns the content of `OUT/study.json`."""
     started = time.perf_counter()
@@ -223,38 +270,7 @@ def _run_study(
     )
 
     # 5. per (seed, fold): shared stage-1/2 models, one classifier per variant -> OUT/runs/
-    units = []
-    progress = tqdm(total=len(folds) * len(study_args.seeds), desc="study", unit="fold",
-                    disable=not accelerator.is_local_main_process)  # fmt: skip
-    for seed in study_args.seeds:
-        for fold_index, fold in enumerate(folds):
-            path = output_dir / "runs" / f"seed-{seed}" / f"{fold.name}.json"
-            unit = _load_unit(path, hash_, study_args.variants) if resuming else None
-            if unit is None:
-                tick = time.perf_counter()
-                train_rows, counts = _training_rows(study, fold, fold_index)
-                unit = FoldUnit(study, fold, fold_index, seed, train_rows).run()
-                unit.update(config_hash=hash_, seconds=time.perf_counter() - tick, imbalance_counts=counts)
-                maps = unit.pop("maps")
-                if accelerator.is_main_process:
-                    for (
-                        name,
-                        arrays,
-                    ) in maps.items():  # per seed: processes running one seed each never collide
-                        (output_dir / "runs" / "maps" / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
-                        np.savez_compressed(
-                            output_dir / "runs" / "maps" / f"seed-{seed}" / f"{name}.npz", **arrays
-                        )
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.with_suffix(".tmp").write_text(json.dumps(unit))
-                    path.with_suffix(".tmp").replace(path)
-            units.append(unit)
-            progress.update(1)
-            logger.info(
-                f"seed {seed} {fold.name}: "
-                + ", ".join(f"{row['variant']} {row['uar']:.3f}" for row in unit["rows"])
-            )
-    progress.close()
+    units = _run_units(study, folds, output_dir, hash_, resuming)
 
     # 6. tables, tests, quality and figures
     info = {
