@@ -164,7 +164,13 @@ def launch(repo: Path, script: str, arguments: list[str], processes: int, log: P
     wall = time.perf_counter() - start
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}); see {log}")
-    return {"wall_s": wall, "peak_rss_gb": peak / 2**30, "processes": processes, "command": " ".join(command)}
+    return {
+        "wall_s": wall,
+        "peak_rss_gb": peak / 2**30,
+        "processes": processes,
+        "load_average_1_5_15_min_at_end": os.getloadavg(),  # other jobs on the machine slow every number
+        "command": " ".join(command),
+    }
 
 
 def fold_predictions(output_dir: Path) -> dict[str, list[int]]:
@@ -221,14 +227,15 @@ def bench_study(args, cache_dir: str, extra: list[str]) -> dict:
 
 
 def bench_scale(args, cache_dir: str, extra: list[str]) -> list[dict]:
-    """Two folds (no final models) at 1x, 2x and 4x the clips, eGeMAPS and ComParE_2016, on one process."""
+    """Two folds (no final models) at `--scale_factors` times the clips (1x, 2x, 4x), eGeMAPS and ComParE_2016
+    (`--scale_encoders`), on one process."""
     with open(Path(args.data_dir) / "manifest.csv") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
         row["path"] = str(Path(args.data_dir) / row["path"])
     results = []
-    for encoder in ("opensmile/eGeMAPSv02", "opensmile/ComParE_2016"):
-        for factor in (1, 2, 4):
+    for encoder in args.scale_encoders:
+        for factor in args.scale_factors:
             manifest = Path(args.output_dir) / f"manifest-x{factor}.csv"
             with open(manifest, "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -302,6 +309,10 @@ def main() -> None:
     parser.add_argument("--baseline_repo", type=Path, default=None)
     parser.add_argument("--num_processes", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--cache_dir", default=None, help="feature cache of the runs (default: a new one)")
+    parser.add_argument("--scale_factors", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument(
+        "--scale_encoders", nargs="+", default=["opensmile/eGeMAPSv02", "opensmile/ComParE_2016"]
+    )
     args, extra = parser.parse_known_args()
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="mise-bench-cache-")
