@@ -50,11 +50,11 @@ from training.features import (
     extract_features,
     read_corpus,
     reject_nonfinite,
-    speaker_normalized,
     usable_clips,
 )
 from training.loop import NonFiniteLossError
 from training.pipeline import build_folds
+from training.speaker_normalization import SpeakerNormalization, normalization_report
 from training.study_report import write_report
 from training.study_unit import FoldUnit, Study
 from training.study_variants import StudyArguments, cut_class
@@ -204,11 +204,7 @@ def _run_study(
     )
     del waveforms
     corpus, features = reject_nonfinite(corpus, features, rejections, data_args.strict)
-    if (
-        data_args.speaker_normalization
-    ):  # every variant, the classic baseline included, sees the same features
-        features = speaker_normalized(features, corpus.speakers())
-        logger.info("per-speaker normalised features (each speaker's own statistics, labels unused)")
+    normalization = SpeakerNormalization.from_arguments(data_args, features, corpus)  # all variants alike
     study = Study(
         accelerator, data_args, model_args, training_args, study_args, features.audio, features.text,
         torch.as_tensor(corpus.labels()), dict(corpus.id2label), features.audio_spec,
@@ -219,6 +215,7 @@ def _run_study(
     logger.info(
         f"{len(folds)} fold(s) x {len(study_args.seeds)} seed(s) x {len(study_args.variants)} variant(s)"
     )
+    choices = normalization.plan(folds)
 
     # 5. per (seed, fold): shared stage-1/2 models, one classifier per variant -> OUT/runs/
     units = []
@@ -231,7 +228,10 @@ def _run_study(
             if unit is None:
                 tick = time.perf_counter()
                 train_rows, counts = _training_rows(study, fold, fold_index)
-                unit = FoldUnit(study, fold, fold_index, seed, train_rows).run()
+                fold_study = dataclasses.replace(
+                    study, audio=normalization.features_for(choices[fold.name]).audio
+                )
+                unit = FoldUnit(fold_study, fold, fold_index, seed, train_rows).run()
                 unit.update(config_hash=hash_, seconds=time.perf_counter() - tick, imbalance_counts=counts)
                 maps = unit.pop("maps")
                 if accelerator.is_main_process:
@@ -265,6 +265,7 @@ def _run_study(
         "world_size": accelerator.num_processes,
         "corpus": corpus.summary(),
         "rejected": len(rejections),
+        "speaker_normalization": normalization_report(choices, data_args.speaker_normalization),
         "folds": [
             {"name": f.name, "test": f.test_speakers, "validation": f.validation_speakers} for f in folds
         ],
