@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from training.arguments import ConfigError, config_hash, parse_arguments
 from training.loop import NonFiniteLossError
@@ -561,3 +562,24 @@ def test_auto_speaker_normalization_keeps_per_speaker_statistics_where_neutral(
     assert always["folds"] == auto["folds"]
     with pytest.raises(ConfigError, match="speaker_normalization"):
         parse_arguments(["--dataset", "x.csv", "--output_dir", "out", "--speaker_normalization", "sometimes"])
+
+
+def test_corpus_files_add_only_where_the_clips_are(tmp_path):
+    """Hyper-parameters come from the method's config, the corpus from a corpus file given after it; flags win."""
+    from training.study import parse_study_arguments
+
+    configs = REPO / "training" / "configs"
+    method = parse_study_arguments([str(configs / "ravdess_study.yaml"), "--output_dir", "out"])
+    for corpus in ("ravdess", "emodb"):
+        corpus_file = configs / "corpora" / f"{corpus}.yaml"
+        keys = set(yaml.safe_load(corpus_file.read_text()))
+        assert keys <= {"dataset", "data_dir", "label_column", "speaker_column", "transcript_column",
+                        "audio_column", "session_column", "label_map", "drop_labels"}  # fmt: skip
+        data, model, training, _ = parse_study_arguments([str(configs / "ravdess_study.yaml"), str(corpus_file),
+                                                 "--output_dir", "out", "--lambda_y", "0.5"])  # fmt: skip
+        assert data.data_dir.endswith(corpus) and model.lambda_y == 0.5
+        assert model.audio_encoder == method[1].audio_encoder and model.lambda_cl == method[1].lambda_cl
+    bad = tmp_path / "corpus.yaml"
+    bad.write_text("data_dir: x\nspeaker_colum: who\n")
+    with pytest.raises(ConfigError, match=r"corpus.yaml: unknown key\(s\) \['speaker_colum'\]"):
+        parse_study_arguments([str(configs / "ravdess_study.yaml"), str(bad), "--output_dir", "out"])

@@ -520,23 +520,27 @@ _NOT_HASHED = {
 }
 
 
-def parse_arguments(
-    argv: list[str] | None = None,
-) -> tuple[DataArguments, ModelArguments, MiseTrainingArguments]:
-    """Parse `[CONFIG.yaml|.json] [--key value ...]`: the file's keys become defaults, the flags override them."""
+def parse_arguments(argv: list[str] | None = None, extra_types: tuple[type, ...] = ()) -> tuple:
+    """Parse `[CONFIG.yaml|.json ...] [--key value ...]` into (data, model, training, *extra) arguments.
+
+    Each leading file gives values (a later file overrides an earlier one: hyper-parameters first, then a corpus
+    file with its paths, columns and label map); every flag overrides them all.
+    """
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_TYPES)
-    if argv and not argv[0].startswith("-"):
+    parser = HfArgumentParser((*ARGUMENT_TYPES, *extra_types))
+    known = {action.dest for action in parser._actions}
+    values: dict = {}
+    while argv and not argv[0].startswith("-"):
         config_path = Path(argv.pop(0))
-        values = _read_config_file(config_path)
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known)
+        read = _read_config_file(config_path)
+        unknown = sorted(set(read) - known)
         if unknown:
             raise ConfigError(f"{config_path}: unknown key(s) {unknown}")
-        # YAML values become the parser's defaults, so any `--key value` on the command line overrides them.
-        parser.set_defaults(**values)
+        values.update(read)
+    # file values become the parser's defaults, so any `--key value` on the command line overrides them.
+    parser.set_defaults(**values)
     try:
         return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except TypeError as error:

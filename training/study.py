@@ -32,19 +32,17 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
 from modeling_mise.encoders import load_audio_encoder, load_text_encoder
 from modeling_mise.folds import Fold
 from training.arguments import (
-    ARGUMENT_TYPES,
     ConfigError,
     DataArguments,
     MiseTrainingArguments,
     ModelArguments,
-    _read_config_file,
     arguments_dict,
     config_hash,
+    parse_arguments,
 )
 from training.features import (
     extract_features,
@@ -66,20 +64,8 @@ STUDY_FILES = ("runs", "figures", "study.csv", "study.json", "study.md", "qualit
 def parse_study_arguments(
     argv: list[str] | None = None,
 ) -> tuple[DataArguments, ModelArguments, MiseTrainingArguments, StudyArguments]:
-    """`[CONFIG.yaml|.json] [--key value ...]` over the training arguments plus [`StudyArguments`]."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((*ARGUMENT_TYPES, StudyArguments))
-    if argv and not argv[0].startswith("-"):
-        config_path = Path(argv.pop(0))
-        values = _read_config_file(config_path)
-        unknown = sorted(set(values) - {action.dest for action in parser._actions})
-        if unknown:
-            raise ConfigError(f"{config_path}: unknown key(s) {unknown}")
-        parser.set_defaults(**values)
-    try:
-        return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    except TypeError as error:
-        raise ConfigError(str(error)) from error
+    """`[CONFIG.yaml|.json ...] [--key value ...]`: the training arguments plus [`StudyArguments`]."""
+    return parse_arguments(argv, (StudyArguments,))
 
 
 # ---------------------------------------------------------------------------------------------- the whole study
