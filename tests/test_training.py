@@ -583,3 +583,21 @@ def test_corpus_files_add_only_where_the_clips_are(tmp_path):
     bad.write_text("data_dir: x\nspeaker_colum: who\n")
     with pytest.raises(ConfigError, match=r"corpus.yaml: unknown key\(s\) \['speaker_colum'\]"):
         parse_study_arguments([str(configs / "ravdess_study.yaml"), str(bad), "--output_dir", "out"])
+
+
+def test_emodb_runs_with_the_same_settings(emodb_dir, cache_dir, tmp_path):
+    """The second development corpus (German, 7 emotions, uneven classes) through the same settings and a corpus
+    file: its actors are heard in every emotion, so `auto` keeps per-speaker statistics."""
+    corpus_file = REPO / "training" / "configs" / "corpora" / "emodb.yaml"
+    with open(emodb_dir / "manifest.csv", newline="") as handle:
+        rows = [
+            row for row in csv.DictReader(handle) if row["speaker"] in ("spk03", "spk08", "spk09", "spk10")
+        ]
+    for row in rows:
+        row["path"] = str(emodb_dir / row["path"])
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    args = run_args(manifest, tmp_path / "out", cache_dir, "--final_models", "false", "--report_to", "none")
+    summary = main([str(corpus_file), *args])
+    assert summary["n_folds"] == 2 and len(summary["confusion_matrix_pooled"]) == 7
+    assert summary["speaker_normalization"]["per_speaker_folds"] == 2
+    assert 1 / 7 < summary["uar_pooled"] <= 1.0
