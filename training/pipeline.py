@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -395,16 +396,23 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
     return record
 
 
-def run_folds(ctx: RunContext, folds: list[Fold], final_models: bool = False) -> list[dict]:
+def run_folds(
+    ctx: RunContext,
+    folds: list[Fold],
+    final_models: bool = False,
+    context_for: Callable[[Fold], RunContext] | None = None,
+) -> list[dict]:
     """Every fold, whole folds spread over the processes (fold i on process i mod world size); every process
     returns all folds' records, read from their `metrics.json`. `final_models`: the main process trains them
-    after its folds (counted in its progress bar)."""
+    after its folds (counted in its progress bar). `context_for(fold)`: the fold's context (e.g. its features),
+    `ctx` when not given."""
     accelerator = ctx.accelerator
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = [index for index in range(len(folds)) if index % world == rank]
     if ctx.progress is not None:
         ctx.progress.total = (len(mine) + int(final_models)) * ctx.epochs_per_fold
-    records = {index: run_fold(ctx, folds[index], index) for index in mine}
+    context_for = context_for or (lambda fold: ctx)
+    records = {index: run_fold(context_for(folds[index]), folds[index], index) for index in mine}
     if world > 1:
         accelerator.wait_for_everyone()
         for index, fold in enumerate(folds):

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `training` and `modeling_mise` importable
@@ -39,11 +40,11 @@ from training.features import (
     extract_features,
     read_corpus,
     reject_nonfinite,
-    speaker_normalized,
     usable_clips,
 )
 from training.loop import NonFiniteLossError
 from training.pipeline import RunContext, build_folds, final_fold, run_folds, train_final_models
+from training.speaker_normalization import SpeakerNormalization, normalization_report
 
 logger = get_logger("mise.train")
 
@@ -184,12 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
     progress = tqdm(
         total=0, desc="MISE", unit="epoch", disable=not accelerator.is_local_main_process, dynamic_ncols=True
     )
-    fold_features = features
-    if data_args.speaker_normalization:
-        fold_features = speaker_normalized(features, corpus.speakers())
-        logger.info("folds use per-speaker normalised features; the final models use global statistics")
+    normalization = SpeakerNormalization.from_arguments(data_args, features, corpus)
+    choices = normalization.plan(folds)
     ctx = RunContext(
-        accelerator, data_args, model_args, training_args, fold_features, labels, dict(corpus.id2label),
+        accelerator, data_args, model_args, training_args, features, labels, dict(corpus.id2label),
         output_dir, hash_, checkpoints, resume_from, resuming, progress if not progress.disable else None,
         corpus.transcripts(),
     )  # fmt: skip
@@ -198,7 +197,12 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(training_args.training_threads)
         threadpool_limits(training_args.training_threads)
     tick = time.perf_counter()
-    records = run_folds(ctx, folds, training_args.final_models)
+    records = run_folds(
+        ctx,
+        folds,
+        training_args.final_models,
+        lambda fold: replace(ctx, features=normalization.features_for(choices[fold.name])),
+    )
     seconds["folds"] = time.perf_counter() - tick
 
     # 7. summary: pooled and mean +- std over folds
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         config_hash=hash_,
         feature_cache=features.cache_stats,
         rejected=len(rejections),
+        speaker_normalization=normalization_report(choices, data_args.speaker_normalization),
     )
     logger.info(
         f"pooled UAR {summary['uar_pooled']:.4f}, mean UAR {summary['uar_mean']:.4f} +- {summary['uar_std']:.4f} "
