@@ -530,11 +530,21 @@ def one_emotion_per_speaker(ravdess_rows, tmp_path_factory) -> Path:
 def test_auto_speaker_normalization_falls_back_to_global_statistics(
     one_emotion_per_speaker, cache_dir, tmp_path
 ):
+    from transformers import AutoModelForAudioClassification
+
     from training.speaker_normalization import SpeakerNormalizationError
 
     args = ["--max_folds", "1", "--final_models", "false", "--report_to", "none", "--augmentation", "noise"]
-    auto = main(run_args(one_emotion_per_speaker, tmp_path / "auto", cache_dir, *args))
+    auto = main(run_args(one_emotion_per_speaker, tmp_path / "auto", cache_dir, *args[:1], "1", *args[4:]))
     report = auto["speaker_normalization"]
+    assert auto["enrolment"] is None  # no per-speaker fold: no as-released enrolment numbers
+    # the released model records why and refuses enrolment clips
+    model = AutoModelForAudioClassification.from_pretrained(tmp_path / "auto" / "models" / "audio-classifier")
+    assert not model.config.speaker_adaptive and not model.config.speaker_normalization["allowed"]
+    with pytest.raises(
+        ValueError, match="enrolment: this model does not take enrolment clips: per-speaker stat"
+    ):
+        model.speaker_statistics(torch.zeros(3, 16000))
     assert report["mode"] == "auto" and report["global_folds"] == 1 and report["per_speaker_folds"] == 0
     choice = report["folds"]["speaker-Actor_01"]
     assert not choice["per_speaker"] and choice["label_neutrality"] < 0.1
@@ -603,3 +613,43 @@ def test_emodb_runs_with_the_same_settings(emodb_dir, cache_dir, tmp_path):
     assert summary["n_folds"] == 2 and len(summary["confusion_matrix_pooled"]) == 7
     assert summary["speaker_normalization"]["per_speaker_folds"] == 2
     assert 1 / 7 < summary["uar_pooled"] <= 1.0
+
+
+def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_rows):
+    """Folds with per-speaker statistics report the as-released UAR with 3, 10 and all other clips of the test
+    speaker as enrolment; the released model takes such clips and then classifies with its per-speaker pair."""
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    from modeling_mise.audio import load_audio
+    from modeling_mise.layers import speaker_normalize, speaker_statistics
+
+    summary = read_json(reference_run / "summary.json")
+    assert summary["speaker_normalization"]["per_speaker_folds"] == 2
+    enrolment = summary["enrolment"]
+    assert enrolment["n_folds"] == 2
+    assert all(0.0 <= enrolment[f"uar_pooled_{k}"] <= 1.0 for k in ("k3", "k10", "all"))
+    fold = read_json(reference_run / "folds" / "speaker-Actor_01" / "metrics.json")
+    assert {k: len(v) for k, v in fold["enrolment_predictions"].items()} == {
+        k: 30 for k in ("k3", "k10", "all")
+    }
+
+    folder = reference_run / "models" / "audio-classifier"
+    model = AutoModelForAudioClassification.from_pretrained(folder).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(folder)
+    assert model.config.speaker_adaptive and model.config.speaker_normalization["allowed"]
+    clips = [load_audio(row["path"], 16000)[0] for row in ravdess_rows if row["speaker"] == "Actor_05"][:6]
+    enrol = extractor(clips[1:], sampling_rate=16000, return_tensors="pt")
+    test = extractor(clips[:1], sampling_rate=16000, return_tensors="pt")
+    statistics = model.speaker_statistics(**enrol)
+    with torch.no_grad():
+        adapted = model(**test, speaker_statistics=statistics).logits
+        plain = model(**test).logits
+        hidden = model.audio_encoder(test["input_values"], attention_mask=test["attention_mask"])
+        expected = model.speaker_classifier(
+            features=model.speaker_aligner.get_audio_features(speaker_normalize(hidden, *statistics))
+        ).logits
+        enrol_hidden = model.audio_encoder(enrol["input_values"], attention_mask=enrol["attention_mask"])
+    assert torch.allclose(statistics[0], speaker_statistics(enrol_hidden)[0])
+    assert torch.allclose(adapted, expected, atol=1e-5) and not torch.allclose(adapted, plain)
+    with pytest.raises(ValueError, match="at least 2 clips"):
+        model.speaker_statistics(**extractor(clips[:1], sampling_rate=16000, return_tensors="pt"))

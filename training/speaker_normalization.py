@@ -15,16 +15,20 @@ an error that names the speakers heard in few classes; `false` always uses globa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import torch
 from accelerate.logging import get_logger
 
 from modeling_mise.data import Corpus
 from modeling_mise.folds import Fold
+from modeling_mise.layers import speaker_normalize, speaker_statistics
+from modeling_mise.metrics import classification_metrics
 
 from .arguments import DataArguments
 from .features import CorpusFeatures, speaker_normalized
+from .stages import encode_audio, predict
 
 logger = get_logger(__name__)
 
@@ -136,6 +140,13 @@ class SpeakerNormalization:
             )
         return choices
 
+    def fold_context(self, ctx, choice: NormalizationChoice, enrolment: Enrolment):
+        """The run context of one fold: its features, and the as-released enrolment evaluation where the fold
+        uses per-speaker statistics."""
+        return replace(
+            ctx, features=self.features_for(choice), enrolment=enrolment if choice.per_speaker else None
+        )
+
     def features_for(self, choice: NormalizationChoice) -> CorpusFeatures:
         """The frozen features as they are (global statistics) or z-normalised per speaker."""
         if not choice.per_speaker:
@@ -154,3 +165,49 @@ def normalization_report(choices: dict[str, NormalizationChoice], mode: str) -> 
         "global_folds": len(choices) - per_speaker,
         "folds": {name: asdict(choice) for name, choice in choices.items()},
     }
+
+
+ENROLMENT_SIZES = {"k3": 3, "k10": 10, "all": None}  # None: every other clip of the speaker
+
+
+@dataclass
+class Enrolment:
+    """The as-released evaluation of a fold that uses per-speaker statistics: each test clip is normalised with the
+    statistics of k other clips of its speaker (unlabelled enrolment), as the released model does with enrolment
+    clips, instead of with its speaker's statistics over all clips, itself included."""
+
+    audio: torch.Tensor  # (N, audio_dim) frozen features as they are
+    speakers: np.ndarray  # (N,)
+    seed: int
+
+    def normalized(self, test: np.ndarray, size: int | None) -> torch.Tensor:
+        """Each test clip normalised with `size` other clips of its speaker (itself when it has no other)."""
+        rng = np.random.default_rng([self.seed, size or 0])
+        rows = []
+        for index in test:
+            others = test[(self.speakers[test] == self.speakers[index]) & (test != index)]
+            if size is not None and len(others) > size:
+                others = rng.choice(others, size=size, replace=False)
+            enrolment = self.audio[torch.as_tensor(others if len(others) else [index])]
+            rows.append(speaker_normalize(self.audio[index], *speaker_statistics(enrolment)))
+        return torch.stack(rows)
+
+    def evaluate(self, aligner, classifier, test: np.ndarray) -> dict[str, list[int]]:
+        """Test predictions for each enrolment size (`k3`, `k10`, `all`)."""
+        return {
+            name: predict(classifier, encode_audio(aligner, self.normalized(test, size))).tolist()
+            for name, size in ENROLMENT_SIZES.items()
+        }
+
+
+def enrolment_summary(records: list[dict], num_labels: int, id2label: dict[int, str]) -> dict | None:
+    """Pooled UAR per enrolment size over the folds that used per-speaker statistics."""
+    records = [record for record in records if record.get("enrolment_predictions")]
+    if not records:
+        return None
+    y_true = np.concatenate([record["y_true"] for record in records])
+    summary = {"n_folds": len(records)}
+    for name in ENROLMENT_SIZES:
+        y_pred = np.concatenate([record["enrolment_predictions"][name] for record in records])
+        summary[f"uar_pooled_{name}"] = classification_metrics(y_true, y_pred, num_labels, id2label)["uar"]
+    return summary
