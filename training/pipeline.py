@@ -7,8 +7,10 @@ them alone, so a fold's result does not depend on the number of processes; the m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +52,7 @@ logger = get_logger(__name__)
 
 STAGE_MARKER = "stage.json"
 FINAL_FOLD = "final"
+SPEAKER_FINAL_FOLD = "final-speaker"  # the released per-speaker pair, used with enrolment clips
 
 
 def build_folds(data_args: DataArguments, corpus: Corpus, seed: int) -> list[Fold]:
@@ -113,6 +116,7 @@ class RunContext:
     resuming: bool = False
     progress: object | None = None
     transcripts: list[str | None] | None = None  # per row of `features`; the LoRA text encoder reads them
+    enrolment: object | None = None  # `Enrolment` in a per-speaker fold: the as-released evaluation
     resume_points: dict[str, ResumePoint | None] = field(default_factory=dict)  # per fold, read once
 
     @property
@@ -364,6 +368,10 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
         ]
     else:
         y_pred = predict(trained["classifier"], z_test)
+        if ctx.enrolment is not None:
+            extra["enrolment_predictions"] = ctx.enrolment.evaluate(
+                trained["aligner"], trained["classifier"], test
+            )
     metrics = classification_metrics(y_true, y_pred, num_labels, ctx.id2label)
     with torch.no_grad():
         aligner_logits = (
@@ -395,16 +403,23 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
     return record
 
 
-def run_folds(ctx: RunContext, folds: list[Fold], final_models: bool = False) -> list[dict]:
+def run_folds(
+    ctx: RunContext,
+    folds: list[Fold],
+    final_models: bool = False,
+    context_for: Callable[[Fold], RunContext] | None = None,
+) -> list[dict]:
     """Every fold, whole folds spread over the processes (fold i on process i mod world size); every process
     returns all folds' records, read from their `metrics.json`. `final_models`: the main process trains them
-    after its folds (counted in its progress bar)."""
+    after its folds (counted in its progress bar). `context_for(fold)`: the fold's context (e.g. its features),
+    `ctx` when not given."""
     accelerator = ctx.accelerator
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = [index for index in range(len(folds)) if index % world == rank]
     if ctx.progress is not None:
         ctx.progress.total = (len(mine) + int(final_models)) * ctx.epochs_per_fold
-    records = {index: run_fold(ctx, folds[index], index) for index in mine}
+    context_for = context_for or (lambda fold: ctx)
+    records = {index: run_fold(context_for(folds[index]), folds[index], index) for index in mine}
     if world > 1:
         accelerator.wait_for_everyone()
         for index, fold in enumerate(folds):
@@ -430,25 +445,44 @@ def final_fold(speakers: np.ndarray, num_validation_speakers: int, seed: int, la
 
 
 def train_final_models(
-    ctx: RunContext, fold: Fold, fold_index: int, audio_encoder: AudioEncoder, seed_index: int
+    ctx: RunContext,
+    fold: Fold,
+    fold_index: int,
+    audio_encoder: AudioEncoder,
+    seed_index: int,
+    speaker_ctx: RunContext | None = None,
+    speaker_normalization: dict | None = None,
 ) -> Path:
-    """Train on all speakers (main process) and write `OUT/models/{aligner,generator,classifier,audio-classifier}`."""
+    """Train on all speakers (main process) and write `OUT/models/{aligner,generator,classifier,audio-classifier}`.
+
+    With `speaker_ctx` (per-speaker features), a second aligner + classifier trains on them too; the end-to-end
+    model then takes enrolment clips (`speaker_normalization` records the choice either way)."""
     directory = ctx.output_dir / "models"
     accelerator = ctx.accelerator
     if accelerator.is_main_process:
         trained = train_stages(ctx, fold, fold_index, ctx.output_dir / FINAL_FOLD, seed_index)
+        speaker_pair = None
+        if speaker_ctx is not None:
+            speaker_fold = dataclasses.replace(fold, name=SPEAKER_FINAL_FOLD)
+            adapted = train_stages(
+                speaker_ctx, speaker_fold, fold_index + 1, ctx.output_dir / SPEAKER_FINAL_FOLD, seed_index
+            )
+            speaker_pair = (adapted["aligner"].to("cpu"), adapted["classifier"].to("cpu"))
         trained["aligner"].save_pretrained(directory / "aligner")
         trained["classifier"].save_pretrained(directory / "classifier")
         if trained["generator"] is not None:
             trained["generator"].save_pretrained(directory / "generator")
         aligner, classifier = trained["aligner"].to("cpu"), trained["classifier"].to("cpu")
-        audio_model = MiseForAudioClassification.from_components(aligner, classifier, audio_encoder)
+        audio_model = MiseForAudioClassification.from_components(
+            aligner, classifier, audio_encoder, speaker_pair, speaker_normalization
+        )
         audio_model.config.max_duration_s = ctx.model_args.max_duration_s
         audio_model.save_pretrained(directory / "audio-classifier")
         MiseFeatureExtractor(
             sampling_rate=audio_encoder.sampling_rate, max_duration_s=ctx.model_args.max_duration_s
         ).save_pretrained(directory / "audio-classifier")
-        shutil.rmtree(ctx.checkpoints.root / FINAL_FOLD, ignore_errors=True)
+        for name in (FINAL_FOLD, SPEAKER_FINAL_FOLD):
+            shutil.rmtree(ctx.checkpoints.root / name, ignore_errors=True)
     accelerator.wait_for_everyone()
     logger.info(f"final models written to {directory}")
     return directory
