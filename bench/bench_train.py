@@ -246,8 +246,11 @@ def bench_scale(args, cache_dir: str, extra: list[str]) -> list[dict]:
                          "--audio_encoder", encoder, "--max_folds", "2", "--final_models", "false",
                          "--report_to", "none", "--overwrite_output_dir", "true", "--output_dir", str(out), *extra]  # fmt: skip
             run = launch(REPO, "training/train.py", arguments, 1, out.with_suffix(".log"))
-            seconds = json.loads((out / "summary.json").read_text())["seconds"]
-            results.append({"encoder": encoder, "clips": len(rows) * factor, **run, "seconds": seconds})
+            summary = json.loads((out / "summary.json").read_text())
+            results.append(
+                {"encoder": encoder, "clips": len(rows) * factor, "n_folds": summary["n_folds"], **run,
+                 "seconds": summary["seconds"]}
+            )  # fmt: skip
     return results
 
 
@@ -292,7 +295,7 @@ def table(result: dict) -> list[tuple[str, str]]:
                      f"{baseline['uar_pooled_global_normalization']:.1%} (global standardisation), "
                      f"{baseline['uar_pooled_speaker_normalization']:.1%} (per-speaker)"))  # fmt: skip
     for run in result.get("scale", []):
-        rows.append((f"2 folds, {run['clips']} clips, {run['encoder'].split('/')[1]}",
+        rows.append((f"{run['n_folds']} fold(s), {run['clips']} clips, {run['encoder'].split('/')[1]}",
                      f"{run['seconds']['folds']:.1f} s folds, {run['wall_s']:.0f} s wall, "
                      f"{run['peak_rss_gb']:.2f} GB peak"))  # fmt: skip
     return rows
@@ -306,6 +309,7 @@ def main() -> None:
     parser.add_argument("--data_dir", default=str(DATA))
     parser.add_argument("--output_dir", default=str(REPO / "runs" / "bench"))
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--report", action="store_true", help="only rewrite the table from OUT/bench.json")
     parser.add_argument("--baseline_repo", type=Path, default=None)
     parser.add_argument("--num_processes", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--cache_dir", default=None, help="feature cache of the runs (default: a new one)")
@@ -329,13 +333,18 @@ def main() -> None:
     }
     path = Path(args.output_dir) / "bench.json"
     if path.is_file():  # parts run one at a time add up in one file
-        result = {**json.loads(path.read_text()), **result}
+        previous = json.loads(path.read_text())
+        result = {**result, **previous} if args.report else {**previous, **result}
+    if args.report:
+        args.only = []
     if "features" in args.only:
         result["features"] = bench_features(args, cache_dir, [])
     # the runs below start from a warm cache: eGeMAPS (train) and ComParE_2016 (study, scale) features
-    feature_stage(args.config, args.data_dir, cache_dir, [])
-    if {"study", "scale"} & set(args.only):
-        feature_stage(args.config, args.data_dir, cache_dir, ["--audio_encoder", "opensmile/ComParE_2016"])
+    if args.only:
+        feature_stage(args.config, args.data_dir, cache_dir, [])
+    compare = "opensmile/ComParE_2016"
+    if "study" in args.only or ("scale" in args.only and compare in args.scale_encoders):
+        feature_stage(args.config, args.data_dir, cache_dir, ["--audio_encoder", compare])
     parts = {"train": bench_train, "study": bench_study, "scale": bench_scale}
     for name in ("train", "study", "scale"):
         if name in args.only:
