@@ -138,7 +138,7 @@ def test_wav_with_zero_frames(tmp_path):
     path = tmp_path / "zero_frames.wav"
     soundfile.write(path, np.zeros((0, 1), dtype=np.float32), 16000)
     assert path.stat().st_size > 0
-    _assert_rejected(path, "empty audio")
+    _assert_rejected(path, r"empty clip \(0 samples\)")
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf])
@@ -189,7 +189,7 @@ def test_torchcodec_fallback_for_containers_soundfile_cannot_read(tmp_path):
 
 def test_rejection_reason_for_silent_short_and_broken_clips(ravdess_wav):
     rate = 16000
-    assert rejection_reason(np.zeros(rate, dtype=np.float32), rate) == "silent (peak -inf dBFS)"
+    assert rejection_reason(np.zeros(rate, dtype=np.float32), rate) == "silent (every sample is zero)"
     quiet = _sine(200.0, 1.0, rate, amplitude=10 ** (-72.0 / 20))
     assert rejection_reason(quiet, rate) == "silent (peak -72.0 dBFS)"
     assert rejection_reason(quiet, rate, silence_dbfs=-80.0) is None
