@@ -504,6 +504,7 @@ ARGUMENT_TYPES = (DataArguments, ModelArguments, MiseTrainingArguments)
 # resumed run may change them.
 _NOT_HASHED = {
     "output_dir",
+    "min_class_clips",  # a check: the runs it lets through are the same
     "overwrite_output_dir",
     "resume_from_checkpoint",
     "cache_dir",
