@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import urllib.request
 
 import numpy as np
 from transformers import AudioClassificationPipeline
@@ -43,9 +44,8 @@ def decode_input(inputs, sampling_rate: int) -> tuple[np.ndarray | None, str]:
         inputs = os.fspath(inputs)
     if isinstance(inputs, str):
         if inputs.startswith(("http://", "https://")):
-            import httpx
-
-            data = httpx.get(inputs, follow_redirects=True).content
+            with urllib.request.urlopen(inputs, timeout=60) as response:  # http/https only
+                data = response.read()
             return decode_bytes(data, inputs.split("?")[0], sampling_rate, inputs), inputs
         return load_audio(inputs, sampling_rate)[0], inputs
     if isinstance(inputs, (bytes, bytearray)):

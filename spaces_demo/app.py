@@ -305,7 +305,8 @@ INTRO = """# MISE: speech emotion recognition
 Upload or record a clip to get the probability of each emotion. The model is the end-to-end classifier of
 [MISE](https://arxiv.org/abs/2510.10078): a frozen audio encoder, the aligned audio-text space and an emotion
 classifier trained on real plus generated features. Any sample rate or channel count is accepted (the clip is
-resampled and downmixed); long clips are cropped."""
+resampled and downmixed); a clip longer than the model's window is classified on its first seconds, and
+the page says so."""
 
 
 def build_demo() -> gr.Blocks:
