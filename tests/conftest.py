@@ -72,6 +72,19 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return path
 
 
+def _fit(model, steps: int, **inputs):
+    """`steps` full-batch Adam steps (lr 1e-2) on the model's loss; returns the model in eval mode."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
 def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps: int = 80) -> Path:
     """A real end-to-end classifier: eGeMAPS of `per_class` clips per emotion, aligner + classifier in plain torch."""
     import torch
@@ -103,23 +116,11 @@ def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps
         )
     )
     aligner.set_feature_statistics(hidden.mean(0), hidden.std(0))
-    optimizer = torch.optim.Adam(aligner.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = aligner(audio_features=hidden, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    aligner.eval()
+    _fit(aligner, steps, audio_features=hidden, labels=labels)
     with torch.no_grad():
         audio_embeds = aligner.get_audio_features(hidden)
     classifier = MiseClassifierModel(MiseClassifierConfig(input_dim=32, hidden_sizes=[32], id2label=id2label))
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = classifier(features=audio_embeds, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    classifier.eval()
+    _fit(classifier, steps, features=audio_embeds, labels=labels)
     with torch.no_grad():
         accuracy = (classifier(features=audio_embeds).logits.argmax(-1) == labels).float().mean().item()
     assert accuracy > 0.5, f"the fixture model did not learn (training accuracy {accuracy:.2f})"

@@ -267,6 +267,26 @@ def test_page_layout_for_an_audio_only_model(app, examples_dir):
     assert app.find_examples(str(examples_dir / "missing")) == []
 
 
+def test_the_space_ships_emodb_example_clips(app, monkeypatch):
+    """Without MISE_EXAMPLES the page shows the Emo-DB clips in spaces_demo/examples/ (CC0), and they classify."""
+    monkeypatch.delenv("MISE_EXAMPLES", raising=False)
+    shipped = app.find_examples()
+    emotions = {path.stem.rsplit("_", 1)[1] for path in shipped}
+    assert (
+        len(shipped) >= 4
+        and len(emotions) == len(shipped)
+        and {p.parent for p in shipped} == {SPACE / "examples"}
+    )
+    attribution = (SPACE / "examples" / "README.md").read_text()
+    assert "CC0" in attribution and "Burkhardt" in attribution
+    assert all(path.name in attribution for path in shipped)
+    datasets = [block for block in app.build_demo().blocks.values() if isinstance(block, gr.Dataset)]
+    assert [Path(str(row[0])).name for row in datasets[0].samples] == [path.name for path in shipped]
+    for path in shipped:
+        scores, info = app.classify(str(path), "")
+        assert scores is not None and path.name in info and "16000 Hz" in info
+
+
 @pytest.fixture(scope="module")
 def multimodal_model(tmp_path_factory) -> Path:
     """A multimodal end-to-end model (random weights): `[z_a; z_t]` with the offline MiniLM as text encoder."""

@@ -511,7 +511,8 @@ PARTS = {"Actor_01": "train", "Actor_02": "train", "Actor_03": "dev", "Actor_04"
 
 def split_arguments(manifest: Path, tmp_path: Path, *extra: str):
     """Data arguments of protocol split over `manifest` (no model is trained)."""
-    args = ["--dataset", str(manifest), "--output_dir", str(tmp_path / "out"), "--protocol", "split", *extra]
+    args = ["--dataset", str(manifest), "--output_dir", str(tmp_path / "out"), "--protocol", "split"]
+    args += ["--min_class_clips", "2", *extra]
     return parse_arguments(args)[0]
 
 
