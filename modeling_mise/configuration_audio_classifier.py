@@ -25,6 +25,13 @@ class MiseAudioClassifierConfig(PretrainedConfig):
             defaults to the aligner's `audio_encoder` (openSMILE needs no weights).
         sampling_rate (`int`, defaults to 16000): sampling rate the model expects.
         max_duration_s (`float`, defaults to 30.0): longest clip, in seconds, the model takes.
+        speaker_aligner_config (`dict` or [`MiseAlignerConfig`], *optional*): with `speaker_classifier_config`,
+            a second aligner + classifier trained on per-speaker z-normalised features, used when the caller
+            gives other clips of the same speaker (unlabelled enrolment). Present only when the training corpus
+            allowed per-speaker statistics.
+        speaker_classifier_config (`dict` or [`MiseClassifierConfig`], *optional*): see above.
+        speaker_normalization (`dict`, *optional*): what training found about per-speaker statistics
+            (`allowed`, `label_neutrality`, `reason`); enrolment is refused with this reason when not allowed.
     """
 
     model_type = "mise-audio-classifier"
@@ -36,6 +43,9 @@ class MiseAudioClassifierConfig(PretrainedConfig):
         audio_encoder_spec: dict | None = None,
         sampling_rate: int = 16000,
         max_duration_s: float = 30.0,
+        speaker_aligner_config: dict | MiseAlignerConfig | None = None,
+        speaker_classifier_config: dict | MiseClassifierConfig | None = None,
+        speaker_normalization: dict | None = None,
         **kwargs,
     ):
         name = type(self).__name__
@@ -48,29 +58,30 @@ class MiseAudioClassifierConfig(PretrainedConfig):
             or max_duration_s <= 0
         ):
             raise ValueError(f"{name}.max_duration_s must be a number > 0, got {max_duration_s!r}")
-        aligner_obj = MiseAlignerConfig(**aligner)
-        classifier_obj = MiseClassifierConfig(**classifier)
-        if classifier_obj.input_dim != aligner_obj.projection_dim:
+        self.aligner_config, self.classifier_config = _checked_pair(name, aligner, classifier, "")
+        if (speaker_aligner_config is None) != (speaker_classifier_config is None):
             raise ValueError(
-                f"{name}.classifier_config.input_dim ({classifier_obj.input_dim}) must equal "
-                f"aligner_config.projection_dim ({aligner_obj.projection_dim})"
+                f"{name}: give both speaker_aligner_config and speaker_classifier_config, or neither"
             )
-        if classifier_obj.multimodal and not aligner_obj.use_text:
+        self.speaker_aligner_config = self.speaker_classifier_config = None
+        if speaker_aligner_config is not None:
+            self.speaker_aligner_config, self.speaker_classifier_config = _checked_pair(
+                name,
+                _as_dict(speaker_aligner_config, MiseAlignerConfig, f"{name}.speaker_aligner_config"),
+                _as_dict(
+                    speaker_classifier_config, MiseClassifierConfig, f"{name}.speaker_classifier_config"
+                ),
+                "speaker_",
+            )
+        if speaker_normalization is not None and not isinstance(speaker_normalization, dict):
             raise ValueError(
-                f"{name}.classifier_config.multimodal needs an aligner with a text head "
-                "(aligner_config.use_text=True) to compute z_t"
+                f"{name}.speaker_normalization must be a dict, got {type(speaker_normalization).__name__}"
             )
-        if classifier_obj.multimodal and classifier_obj.text_dim != aligner_obj.projection_dim:
-            raise ValueError(
-                f"{name}.classifier_config.text_dim ({classifier_obj.text_dim}) must equal "
-                f"aligner_config.projection_dim ({aligner_obj.projection_dim})"
-            )
-        self.aligner_config = _as_dict(aligner_obj, MiseAlignerConfig, "aligner_config")
-        self.classifier_config = _as_dict(classifier_obj, MiseClassifierConfig, "classifier_config")
+        self.speaker_normalization = speaker_normalization
         self.audio_encoder_spec = audio_encoder_spec
         self.sampling_rate = sampling_rate
         self.max_duration_s = float(max_duration_s)
-        kwargs.setdefault("id2label", classifier_obj.id2label)
+        kwargs.setdefault("id2label", MiseClassifierConfig(**self.classifier_config).id2label)
         super().__init__(**kwargs)
 
     @property
@@ -86,9 +97,38 @@ class MiseAudioClassifierConfig(PretrainedConfig):
         )
 
     @property
+    def speaker_adaptive(self) -> bool:
+        """Whether the model holds a per-speaker aligner + classifier (and so accepts enrolment clips)."""
+        return self.speaker_aligner_config is not None
+
+    @property
     def multimodal(self) -> bool:
         """Whether the classifier takes `[z_a; z_t]` (and the model a transcript)."""
         return bool(self.classifier_config.get("multimodal", False))
+
+
+def _checked_pair(name: str, aligner: dict, classifier: dict, prefix: str) -> tuple[dict, dict]:
+    """An aligner and the classifier on its `z_a` (or `[z_a; z_t]`), checked to fit together."""
+    aligner_obj, classifier_obj = MiseAlignerConfig(**aligner), MiseClassifierConfig(**classifier)
+    if classifier_obj.input_dim != aligner_obj.projection_dim:
+        raise ValueError(
+            f"{name}.{prefix}classifier_config.input_dim ({classifier_obj.input_dim}) must equal "
+            f"{prefix}aligner_config.projection_dim ({aligner_obj.projection_dim})"
+        )
+    if classifier_obj.multimodal and not aligner_obj.use_text:
+        raise ValueError(
+            f"{name}.{prefix}classifier_config.multimodal needs an aligner with a text head "
+            f"({prefix}aligner_config.use_text=True) to compute z_t"
+        )
+    if classifier_obj.multimodal and classifier_obj.text_dim != aligner_obj.projection_dim:
+        raise ValueError(
+            f"{name}.{prefix}classifier_config.text_dim ({classifier_obj.text_dim}) must equal "
+            f"{prefix}aligner_config.projection_dim ({aligner_obj.projection_dim})"
+        )
+    return (
+        _as_dict(aligner_obj, MiseAlignerConfig, f"{prefix}aligner_config"),
+        _as_dict(classifier_obj, MiseClassifierConfig, f"{prefix}classifier_config"),
+    )
 
 
 def _as_dict(value: dict | PretrainedConfig | None, config_class: type, field: str) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 
@@ -34,3 +35,17 @@ def init_mise_weights(module: nn.Module) -> None:
     """Weight initialisation used by every MISE ``PreTrainedModel._init_weights``: PyTorch's defaults."""
     if isinstance(module, (nn.Linear, nn.LayerNorm)):
         module.reset_parameters()
+
+
+def speaker_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over one speaker's clips `(n, dim)`: the per-speaker statistics that training
+    and enrolment share (std 1 for a single clip; floored at 1e-6)."""
+    if features.dim() != 2 or features.shape[0] == 0:
+        raise ValueError(f"speaker statistics need clips of shape (n >= 1, dim), got {tuple(features.shape)}")
+    std = features.std(0) if features.shape[0] > 1 else torch.ones_like(features[0])
+    return features.mean(0), std.clamp(min=1e-6)
+
+
+def speaker_normalize(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Features z-normalised with one speaker's statistics."""
+    return (features - mean) / std

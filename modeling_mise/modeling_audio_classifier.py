@@ -14,8 +14,11 @@ import torch
 from torch.nn import functional as F
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .configuration_aligner import MiseAlignerConfig
 from .configuration_audio_classifier import MiseAudioClassifierConfig
+from .configuration_classifier import MiseClassifierConfig
 from .encoders import AudioEncoder, build_audio_encoder, load_audio_encoder
+from .layers import speaker_normalize, speaker_statistics
 from .losses import soft_cross_entropy
 from .modeling_aligner import (
     TEXT_ADAPTER_PREFIX,
@@ -73,13 +76,25 @@ class MiseForAudioClassification(MisePreTrainedModel):
             parameter.requires_grad_(False)
         self.aligner = MiseAlignerModel(config.aligner)
         self.classifier = MiseClassifierModel(config.classifier)
+        self.speaker_aligner = self.speaker_classifier = None
+        if config.speaker_adaptive:  # trained on per-speaker statistics: used with enrolment clips
+            self.speaker_aligner = MiseAlignerModel(MiseAlignerConfig(**config.speaker_aligner_config))
+            self.speaker_classifier = MiseClassifierModel(
+                MiseClassifierConfig(**config.speaker_classifier_config)
+            )
         self.post_init()
 
     @classmethod
     def from_components(
-        cls, aligner: MiseAlignerModel, classifier: MiseClassifierModel, audio_encoder: AudioEncoder
+        cls,
+        aligner: MiseAlignerModel,
+        classifier: MiseClassifierModel,
+        audio_encoder: AudioEncoder,
+        speaker_pair: tuple[MiseAlignerModel, MiseClassifierModel] | None = None,
+        speaker_normalization: dict | None = None,
     ) -> MiseForAudioClassification:
-        """Assemble the end-to-end model from a trained aligner, classifier and the frozen audio encoder.
+        """Assemble the end-to-end model from a trained aligner, classifier and the frozen audio encoder, plus,
+        where training allowed per-speaker statistics, the aligner + classifier trained on them.
 
         A multimodal classifier keeps the aligner's attached text encoder (with its LoRA adapter), if any."""
         if audio_encoder.hidden_size != aligner.config.audio_dim:
@@ -92,13 +107,39 @@ class MiseForAudioClassification(MisePreTrainedModel):
             classifier_config=classifier.config,
             audio_encoder_spec=audio_encoder.spec(),
             sampling_rate=audio_encoder.sampling_rate,
+            speaker_aligner_config=None if speaker_pair is None else speaker_pair[0].config,
+            speaker_classifier_config=None if speaker_pair is None else speaker_pair[1].config,
+            speaker_normalization=speaker_normalization,
         )
         model = cls(config, audio_encoder=audio_encoder)
         model.aligner.load_state_dict(aligner.state_dict())
         model.classifier.load_state_dict(classifier.state_dict())
+        if speaker_pair is not None:
+            model.speaker_aligner.load_state_dict(speaker_pair[0].state_dict())
+            model.speaker_classifier.load_state_dict(speaker_pair[1].state_dict())
         if aligner.text_encoder is not None and model.multimodal:
             model.aligner.set_text_encoder(aligner.text_encoder)
         return model.eval()
+
+    def _check_enrolment(self) -> None:
+        if not self.config.speaker_adaptive:
+            reason = (self.config.speaker_normalization or {}).get(
+                "reason", "it was trained with global statistics only"
+            )
+            raise ValueError(f"enrolment: this model does not take enrolment clips: {reason}")
+
+    def speaker_statistics(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-speaker statistics (mean, std of the frozen features) of unlabelled enrolment clips of one
+        speaker, for `forward(..., speaker_statistics=...)`. Refused when training found per-speaker statistics
+        not label-neutral on its corpus (`config.speaker_normalization["reason"]`)."""
+        self._check_enrolment()
+        if input_values.shape[0] < 2:
+            raise ValueError(f"enrolment: needs at least 2 clips of the speaker, got {input_values.shape[0]}")
+        with torch.no_grad():
+            hidden = self.audio_encoder(input_values, attention_mask=attention_mask)
+        return speaker_statistics(hidden.to(self.speaker_aligner.audio_mean.dtype))
 
     @property
     def multimodal(self) -> bool:
@@ -160,6 +201,7 @@ class MiseForAudioClassification(MisePreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         transcripts: Sequence[str | None] | None = None,
+        speaker_statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> SequenceClassifierOutput:
         """
         Args:
@@ -168,6 +210,9 @@ class MiseForAudioClassification(MisePreTrainedModel):
             labels: emotion ids `(batch,)`; the loss is set exactly when given.
             transcripts: multimodal models only: one transcript per clip, `None` (or blank) for a clip without
                 one; `None` for the whole batch is audio only. Missing transcripts use the null text code.
+            speaker_statistics: `(mean, std)` from [`~MiseForAudioClassification.speaker_statistics`] on other
+                clips of the batch's speaker: the clips are normalised with them and classified by the aligner +
+                classifier trained on per-speaker statistics. `None`: global statistics.
         """
         if transcripts is not None and not self.multimodal:
             raise ValueError(
@@ -175,11 +220,16 @@ class MiseForAudioClassification(MisePreTrainedModel):
             )
         with torch.no_grad():
             hidden = self.audio_encoder(input_values, attention_mask=attention_mask)
-        audio_embeds = self.aligner.get_audio_features(hidden.to(self.aligner.audio_mean.dtype))
+        aligner, classifier = self.aligner, self.classifier
+        if speaker_statistics is not None:
+            self._check_enrolment()
+            aligner, classifier = self.speaker_aligner, self.speaker_classifier
+            hidden = speaker_normalize(hidden.to(aligner.audio_mean.dtype), *speaker_statistics)
+        audio_embeds = aligner.get_audio_features(hidden.to(aligner.audio_mean.dtype))
         features = audio_embeds
         if self.multimodal:
             features = multimodal_features(audio_embeds, self.text_embeds(transcripts, audio_embeds.shape[0]))
-        logits = self.classifier(features=features).logits
+        logits = classifier(features=features).logits
         loss = None
         if labels is not None:
             loss = (

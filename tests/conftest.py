@@ -13,6 +13,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("MISE_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 RAVDESS_DIR = DATA_ROOT / "ravdess"
+CORPORA = ("ravdess", "emodb")  # the development corpora beside the repository
 RATE = 16000
 
 
@@ -20,15 +21,27 @@ def _require_data() -> bool:
     return os.environ.get("MISE_REQUIRE_DATA", "0") not in ("", "0", "false", "False")
 
 
-@pytest.fixture(scope="session")
-def ravdess_dir() -> Path:
-    """Folder of the RAVDESS copy; skips locally when absent, fails when MISE_REQUIRE_DATA=1."""
-    if not (RAVDESS_DIR / "manifest.csv").is_file():
-        message = f"RAVDESS copy not found at {RAVDESS_DIR} (set MISE_DATA_DIR)"
+def corpus_dir(name: str) -> Path:
+    """Folder of a development corpus; skips locally when absent, fails when MISE_REQUIRE_DATA=1."""
+    folder = DATA_ROOT / name
+    if not (folder / "manifest.csv").is_file():
+        message = f"{name} copy not found at {folder} (set MISE_DATA_DIR)"
         if _require_data():
             pytest.fail(message)
         pytest.skip(message)
-    return RAVDESS_DIR
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ravdess_dir() -> Path:
+    """Folder of the RAVDESS copy (720 clips, 24 speakers, 8 emotions, English)."""
+    return corpus_dir("ravdess")
+
+
+@pytest.fixture(scope="session")
+def emodb_dir() -> Path:
+    """Folder of the Emo-DB copy (535 clips, 10 speakers, 7 emotions, German)."""
+    return corpus_dir("emodb")
 
 
 @pytest.fixture(scope="session")

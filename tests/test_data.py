@@ -12,9 +12,10 @@ import datasets
 import numpy as np
 import pytest
 import soundfile
+from conftest import corpus_dir
 
 from modeling_mise.audio import AudioInputError, load_audio
-from modeling_mise.data import Corpus, format_summary, load_corpus, write_rejections
+from modeling_mise.data import format_summary, load_corpus, write_rejections
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
@@ -31,34 +32,38 @@ def hf_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
 
 
-@pytest.fixture(scope="module")
-def ravdess_corpus(ravdess_dir) -> Corpus:
-    return load_corpus(ravdess_dir / "manifest.csv")
-
-
-def test_ravdess_manifest(ravdess_corpus, ravdess_rows):
-    corpus = ravdess_corpus
-    assert len(corpus) == 720
-    assert corpus.label_names == sorted({row["emotion"] for row in ravdess_rows})
+@pytest.mark.parametrize(
+    "name, clips, speakers, classes",
+    [("ravdess", 720, 24, 8), ("emodb", 535, 10, 7)],
+)
+def test_development_corpus_manifest(name, clips, speakers, classes):
+    folder = corpus_dir(name)
+    with open(folder / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    corpus = load_corpus(folder / "manifest.csv")
+    assert len(corpus) == clips
+    assert (
+        corpus.label_names == sorted({row["emotion"] for row in rows}) and len(corpus.label_names) == classes
+    )
     assert corpus.id2label == dict(enumerate(corpus.label_names))
     assert corpus.label2id == {name: i for i, name in enumerate(corpus.label_names)}
     first = corpus.items[0]
     # relative paths resolve against the manifest's folder
-    assert Path(first.path) == Path(ravdess_rows[0]["path"]) and Path(first.path).is_file()
+    assert Path(first.path) == folder / rows[0]["path"] and Path(first.path).is_file()
     assert first.fingerprint == hashlib.sha256(Path(first.path).read_bytes()).hexdigest()
     assert first.audio is None and first.session is None
-    assert first.transcript == ravdess_rows[0]["transcript"]
-    np.testing.assert_array_equal(corpus.labels(), [corpus.label2id[row["emotion"]] for row in ravdess_rows])
-    assert list(corpus.speakers()) == [row["speaker"] for row in ravdess_rows]
+    assert first.transcript == rows[0]["transcript"]
+    np.testing.assert_array_equal(corpus.labels(), [corpus.label2id[row["emotion"]] for row in rows])
+    assert list(corpus.speakers()) == [row["speaker"] for row in rows]
     assert corpus.sessions() is None
-    assert corpus.transcripts()[5] == ravdess_rows[5]["transcript"]
+    assert corpus.transcripts()[5] == rows[5]["transcript"]
 
     summary = corpus.summary()
-    assert summary["clips"] == 720 and summary["speakers"] == 24
-    assert summary["with_transcript"] == 720 and summary["without_transcript"] == 0
-    expected_hours = sum(float(row["duration_s"]) for row in ravdess_rows) / 3600
+    assert summary["clips"] == clips and summary["speakers"] == speakers
+    assert summary["with_transcript"] == clips and summary["without_transcript"] == 0
+    expected_hours = sum(float(row["duration_s"]) for row in rows) / 3600
     assert summary["hours"] == pytest.approx(expected_hours, abs=1e-3)
-    counts = {name: sum(row["emotion"] == name for row in ravdess_rows) for name in corpus.label_names}
+    counts = {name: sum(row["emotion"] == name for row in rows) for name in corpus.label_names}
     assert summary["clips_per_class"] == counts
     table = format_summary(summary)
     assert "speakers" in table and f"{corpus.label_names[0]}" in table and str(counts["neutral"]) in table

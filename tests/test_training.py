@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from training.arguments import ConfigError, config_hash, parse_arguments
 from training.loop import NonFiniteLossError
@@ -564,3 +565,159 @@ def test_protocol_split_needs_a_split_column_or_test_speakers(ravdess_rows, tmp_
         build_folds(data_args, read_corpus(data_args), seed=0)
     with pytest.raises(ConfigError, match=r"test_speakers / split_column: .*\(split_column is none\)"):
         split_arguments(manifest, tmp_path, "--split_column", "none")  # known at parse time
+
+
+# -------------------------------------------------------------------------- speaker normalisation: auto | true
+
+
+def test_label_neutrality_is_one_for_balanced_speakers_and_zero_for_one_class_each():
+    from training.speaker_normalization import label_neutrality, speakers_in_few_classes
+
+    labels = np.asarray([0, 1, 2, 0, 1, 2])
+    assert label_neutrality(labels, np.asarray(["a", "a", "a", "b", "b", "b"])) == pytest.approx(1.0)
+    assert label_neutrality(labels, np.asarray(["a", "b", "c", "a", "b", "c"])) == pytest.approx(0.0)
+    names = {0: "angry", 1: "sad", 2: "happy"}
+    few = speakers_in_few_classes(labels, np.asarray(["a", "a", "b", "c", "d", "d"]), names, threshold=0.9)
+    assert few == ["b (happy 1)", "c (angry 1)", "a (angry 1, sad 1)", "d (sad 1, happy 1)"]
+
+
+@pytest.fixture(scope="session")
+def one_emotion_per_speaker(ravdess_rows, tmp_path_factory) -> Path:
+    """Eight RAVDESS actors, each heard in one emotion only (two actors per emotion): per-speaker statistics
+    would remove the emotion here, as on a natural corpus whose speakers are mostly heard in one emotion."""
+    emotions = ("angry", "sad", "happy", "calm")
+    actors = [f"Actor_{index:02d}" for index in range(1, 9)]
+    rows = [
+        row
+        for row in ravdess_rows
+        if row["speaker"] in actors and row["emotion"] == emotions[actors.index(row["speaker"]) % 4]
+    ]
+    return write_manifest(tmp_path_factory.mktemp("one-emotion") / "manifest.csv", rows)
+
+
+def test_auto_speaker_normalization_falls_back_to_global_statistics(
+    one_emotion_per_speaker, cache_dir, tmp_path
+):
+    from transformers import AutoModelForAudioClassification
+
+    from training.speaker_normalization import SpeakerNormalizationError
+
+    args = ["--max_folds", "1", "--final_models", "false", "--report_to", "none", "--augmentation", "noise"]
+    auto = main(run_args(one_emotion_per_speaker, tmp_path / "auto", cache_dir, *args[:1], "1", *args[4:]))
+    report = auto["speaker_normalization"]
+    assert auto["enrolment"] is None  # no per-speaker fold: no as-released enrolment numbers
+    # the released model records why and refuses enrolment clips
+    model = AutoModelForAudioClassification.from_pretrained(tmp_path / "auto" / "models" / "audio-classifier")
+    assert not model.config.speaker_adaptive and not model.config.speaker_normalization["allowed"]
+    with pytest.raises(
+        ValueError, match="enrolment: this model does not take enrolment clips: per-speaker stat"
+    ):
+        model.speaker_statistics(torch.zeros(3, 16000))
+    assert report["mode"] == "auto" and report["global_folds"] == 1 and report["per_speaker_folds"] == 0
+    choice = report["folds"]["speaker-Actor_01"]
+    assert not choice["per_speaker"] and choice["label_neutrality"] < 0.1
+    assert "not label-neutral" in choice["reason"] and "Actor_02 (sad 4)" in choice["reason"]
+    assert read_json(tmp_path / "auto" / "summary.json")["speaker_normalization"] == report
+    # the fallback trains on exactly the features of `false`
+    never = main(run_args(one_emotion_per_speaker, tmp_path / "false", cache_dir, *args,
+                          "--speaker_normalization", "false"))  # fmt: skip
+    assert never["uar_pooled"] == auto["uar_pooled"] and never["folds"] == auto["folds"]
+    with pytest.raises(
+        SpeakerNormalizationError, match=r"speaker_normalization: true.*Actor_0\d \((angry|sad)"
+    ):
+        main(run_args(one_emotion_per_speaker, tmp_path / "true", cache_dir, *args,
+                      "--speaker_normalization", "true"))  # fmt: skip
+
+
+def test_auto_speaker_normalization_keeps_per_speaker_statistics_where_neutral(
+    corpus_with_bad_files, cache_dir, tmp_path
+):
+    """RAVDESS actors are each heard in every emotion: `auto` uses their own statistics, as `true` does."""
+    args = ["--max_folds", "1", "--final_models", "false", "--report_to", "none", "--augmentation", "noise"]
+    auto = main(run_args(corpus_with_bad_files[0], tmp_path / "auto", cache_dir, *args))
+    assert auto["speaker_normalization"]["per_speaker_folds"] == 1
+    assert auto["speaker_normalization"]["folds"]["speaker-Actor_01"]["label_neutrality"] > 0.99
+    always = main(run_args(corpus_with_bad_files[0], tmp_path / "true", cache_dir, *args,
+                           "--speaker_normalization", "true"))  # fmt: skip
+    assert always["folds"] == auto["folds"]
+    with pytest.raises(ConfigError, match="speaker_normalization"):
+        parse_arguments(["--dataset", "x.csv", "--output_dir", "out", "--speaker_normalization", "sometimes"])
+
+
+def test_corpus_files_add_only_where_the_clips_are(tmp_path):
+    """Hyper-parameters come from the method's config, the corpus from a corpus file given after it; flags win."""
+    from training.study import parse_study_arguments
+
+    configs = REPO / "training" / "configs"
+    method = parse_study_arguments([str(configs / "ravdess_study.yaml"), "--output_dir", "out"])
+    for corpus in ("ravdess", "emodb"):
+        corpus_file = configs / "corpora" / f"{corpus}.yaml"
+        keys = set(yaml.safe_load(corpus_file.read_text()))
+        assert keys <= {"dataset", "data_dir", "label_column", "speaker_column", "transcript_column",
+                        "audio_column", "session_column", "label_map", "drop_labels"}  # fmt: skip
+        data, model, training, _ = parse_study_arguments([str(configs / "ravdess_study.yaml"), str(corpus_file),
+                                                 "--output_dir", "out", "--lambda_y", "0.5"])  # fmt: skip
+        assert data.data_dir.endswith(corpus) and model.lambda_y == 0.5
+        assert model.audio_encoder == method[1].audio_encoder and model.lambda_cl == method[1].lambda_cl
+    bad = tmp_path / "corpus.yaml"
+    bad.write_text("data_dir: x\nspeaker_colum: who\n")
+    with pytest.raises(ConfigError, match=r"corpus.yaml: unknown key\(s\) \['speaker_colum'\]"):
+        parse_study_arguments([str(configs / "ravdess_study.yaml"), str(bad), "--output_dir", "out"])
+
+
+def test_emodb_runs_with_the_same_settings(emodb_dir, cache_dir, tmp_path):
+    """The second development corpus (German, 7 emotions, uneven classes) through the same settings and a corpus
+    file: its actors are heard in every emotion, so `auto` keeps per-speaker statistics."""
+    corpus_file = REPO / "training" / "configs" / "corpora" / "emodb.yaml"
+    with open(emodb_dir / "manifest.csv", newline="") as handle:
+        rows = [
+            row for row in csv.DictReader(handle) if row["speaker"] in ("spk03", "spk08", "spk09", "spk10")
+        ]
+    for row in rows:
+        row["path"] = str(emodb_dir / row["path"])
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    args = run_args(manifest, tmp_path / "out", cache_dir, "--final_models", "false", "--report_to", "none")
+    summary = main([str(corpus_file), *args])
+    assert summary["n_folds"] == 2 and len(summary["confusion_matrix_pooled"]) == 7
+    assert summary["speaker_normalization"]["per_speaker_folds"] == 2
+    assert 1 / 7 < summary["uar_pooled"] <= 1.0
+
+
+def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_rows):
+    """Folds with per-speaker statistics report the as-released UAR with 3, 10 and all other clips of the test
+    speaker as enrolment; the released model takes such clips and then classifies with its per-speaker pair."""
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    from modeling_mise.audio import load_audio
+    from modeling_mise.layers import speaker_normalize, speaker_statistics
+
+    summary = read_json(reference_run / "summary.json")
+    assert summary["speaker_normalization"]["per_speaker_folds"] == 2
+    enrolment = summary["enrolment"]
+    assert enrolment["n_folds"] == 2
+    assert all(0.0 <= enrolment[f"uar_pooled_{k}"] <= 1.0 for k in ("k3", "k10", "all"))
+    fold = read_json(reference_run / "folds" / "speaker-Actor_01" / "metrics.json")
+    assert {k: len(v) for k, v in fold["enrolment_predictions"].items()} == {
+        k: 30 for k in ("k3", "k10", "all")
+    }
+
+    folder = reference_run / "models" / "audio-classifier"
+    model = AutoModelForAudioClassification.from_pretrained(folder).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(folder)
+    assert model.config.speaker_adaptive and model.config.speaker_normalization["allowed"]
+    clips = [load_audio(row["path"], 16000)[0] for row in ravdess_rows if row["speaker"] == "Actor_05"][:6]
+    enrol = extractor(clips[1:], sampling_rate=16000, return_tensors="pt")
+    test = extractor(clips[:1], sampling_rate=16000, return_tensors="pt")
+    statistics = model.speaker_statistics(**enrol)
+    with torch.no_grad():
+        adapted = model(**test, speaker_statistics=statistics).logits
+        plain = model(**test).logits
+        hidden = model.audio_encoder(test["input_values"], attention_mask=test["attention_mask"])
+        expected = model.speaker_classifier(
+            features=model.speaker_aligner.get_audio_features(speaker_normalize(hidden, *statistics))
+        ).logits
+        enrol_hidden = model.audio_encoder(enrol["input_values"], attention_mask=enrol["attention_mask"])
+    assert torch.allclose(statistics[0], speaker_statistics(enrol_hidden)[0])
+    assert torch.allclose(adapted, expected, atol=1e-5) and not torch.allclose(adapted, plain)
+    with pytest.raises(ValueError, match="at least 2 clips"):
+        model.speaker_statistics(**extractor(clips[:1], sampling_rate=16000, return_tensors="pt"))

@@ -21,6 +21,7 @@ from modeling_mise.data import MIN_CLASS_CLIPS, MIN_CLASS_SPEAKERS
 
 PROTOCOLS = ("loso", "loso_session", "kfold", "split")
 AUGMENTATIONS = ("none", "noise", "mixup", "gan", "mise")
+SPEAKER_NORMALIZATION_MODES = ("auto", "true", "false")
 SPLIT_NEEDS = (
     "test_speakers / split_column: protocol 'split' needs a split column in the corpus (split_column, a "
     "column of train / validation / test per row) or test_speakers (with optional validation_speakers)"
@@ -106,12 +107,22 @@ class DataArguments:
     strict: bool = field(
         default=False, metadata={"help": "Make a rejected file fatal instead of listing it."}
     )
-    speaker_normalization: bool = field(
-        default=False,
+    speaker_normalization: str = field(
+        default="auto",
         metadata={
-            "help": "Fold evaluation on per-speaker z-normalised features (each speaker's own mean/std, labels "
-            "unused; the test speaker's unlabelled clips included). The final models always use global "
-            "statistics, since a released model sees one clip at a time."
+            "help": "auto | true | false. Fold evaluation on per-speaker z-normalised features (each speaker's own "
+            "mean/std, labels unused; the test speaker's unlabelled clips included). `auto` uses them in a fold "
+            "only when they are label-neutral on its training side (H(emotion | speaker) / H(emotion) >= "
+            "speaker_normalization_threshold) and otherwise falls back to global statistics, with a log line and "
+            "the reason in summary.json; `true` stops with an error naming the speakers heard in few classes. The "
+            "final models use global statistics, since a released model sees one clip at a time."
+        },
+    )
+    speaker_normalization_threshold: float = field(
+        default=0.9,
+        metadata={
+            "help": "Least H(emotion | speaker) / H(emotion) on a fold's training side for per-speaker statistics "
+            "(1: every speaker shows the classes in the corpus' proportions; 0: one class per speaker)."
         },
     )
     protocol: Literal["loso", "loso_session", "kfold", "split"] = field(
@@ -163,6 +174,13 @@ class DataArguments:
             raise ConfigError(f"max_folds: must be >= 1, got {self.max_folds}")
         _positive("min_seconds", self.min_seconds, allow_zero=True)
         _positive("min_class_clips", self.min_class_clips)
+        self.speaker_normalization = str(self.speaker_normalization).lower()
+        if self.speaker_normalization not in SPEAKER_NORMALIZATION_MODES:
+            raise ConfigError(
+                f"speaker_normalization: must be one of {SPEAKER_NORMALIZATION_MODES}, "
+                f"got {self.speaker_normalization!r}"
+            )
+        _probability("speaker_normalization_threshold", self.speaker_normalization_threshold)
         _positive("feature_batch_size", self.feature_batch_size)
         if self.cache_dir is None:
             default = Path(os.environ.get("MISE_CACHE", Path.home() / ".cache" / "mise")) / "features"
@@ -520,23 +538,27 @@ _NOT_HASHED = {
 }
 
 
-def parse_arguments(
-    argv: list[str] | None = None,
-) -> tuple[DataArguments, ModelArguments, MiseTrainingArguments]:
-    """Parse `[CONFIG.yaml|.json] [--key value ...]`: the file's keys become defaults, the flags override them."""
+def parse_arguments(argv: list[str] | None = None, extra_types: tuple[type, ...] = ()) -> tuple:
+    """Parse `[CONFIG.yaml|.json ...] [--key value ...]` into (data, model, training, *extra) arguments.
+
+    Each leading file gives values (a later file overrides an earlier one: hyper-parameters first, then a corpus
+    file with its paths, columns and label map); every flag overrides them all.
+    """
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_TYPES)
-    if argv and not argv[0].startswith("-"):
+    parser = HfArgumentParser((*ARGUMENT_TYPES, *extra_types))
+    known = {action.dest for action in parser._actions}
+    values: dict = {}
+    while argv and not argv[0].startswith("-"):
         config_path = Path(argv.pop(0))
-        values = _read_config_file(config_path)
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known)
+        read = _read_config_file(config_path)
+        unknown = sorted(set(read) - known)
         if unknown:
             raise ConfigError(f"{config_path}: unknown key(s) {unknown}")
-        # YAML values become the parser's defaults, so any `--key value` on the command line overrides them.
-        parser.set_defaults(**values)
+        values.update(read)
+    # file values become the parser's defaults, so any `--key value` on the command line overrides them.
+    parser.set_defaults(**values)
     try:
         return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except TypeError as error:

@@ -16,6 +16,7 @@ from modeling_mise.audio import crop
 from modeling_mise.cache import FeatureCache
 from modeling_mise.data import Corpus, Rejection, check_class_sizes, load_corpus, write_rejections
 from modeling_mise.encoders import AudioEncoder, TextEncoder
+from modeling_mise.layers import speaker_normalize, speaker_statistics
 
 from .arguments import DataArguments, ModelArguments
 
@@ -171,7 +172,5 @@ def speaker_normalized(features: CorpusFeatures, speakers: np.ndarray) -> Corpus
     audio = features.audio.clone()
     for speaker in np.unique(speakers):
         rows = torch.as_tensor(speakers == speaker)
-        block = audio[rows]
-        std = block.std(0) if block.shape[0] > 1 else torch.ones_like(block[0])
-        audio[rows] = (block - block.mean(0)) / std.clamp(min=1e-6)
+        audio[rows] = speaker_normalize(audio[rows], *speaker_statistics(audio[rows]))
     return replace(features, audio=audio)

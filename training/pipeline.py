@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ logger = get_logger(__name__)
 
 STAGE_MARKER = "stage.json"
 FINAL_FOLD = "final"
+SPEAKER_FINAL_FOLD = "final-speaker"  # the released per-speaker pair, used with enrolment clips
 
 
 def build_folds(data_args: DataArguments, corpus: Corpus, seed: int) -> list[Fold]:
@@ -107,6 +109,7 @@ class RunContext:
     resuming: bool = False
     progress: object | None = None
     transcripts: list[str | None] | None = None  # per row of `features`; the LoRA text encoder reads them
+    enrolment: object | None = None  # `Enrolment` in a per-speaker fold: the as-released evaluation
 
     @property
     def epochs_per_fold(self) -> int:
@@ -349,6 +352,10 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
         ]
     else:
         y_pred = predict(trained["classifier"], z_test)
+        if ctx.enrolment is not None:
+            extra["enrolment_predictions"] = ctx.enrolment.evaluate(
+                trained["aligner"], trained["classifier"], test
+            )
     metrics = classification_metrics(y_true, y_pred, num_labels, ctx.id2label)
     with torch.no_grad():
         aligner_logits = (
@@ -393,11 +400,27 @@ def final_fold(speakers: np.ndarray, num_validation_speakers: int, seed: int, la
 
 
 def train_final_models(
-    ctx: RunContext, fold: Fold, fold_index: int, audio_encoder: AudioEncoder, seed_index: int
+    ctx: RunContext,
+    fold: Fold,
+    fold_index: int,
+    audio_encoder: AudioEncoder,
+    seed_index: int,
+    speaker_ctx: RunContext | None = None,
+    speaker_normalization: dict | None = None,
 ) -> Path:
-    """Train on all speakers and write `OUT/models/{aligner,generator,classifier,audio-classifier}`."""
+    """Train on all speakers and write `OUT/models/{aligner,generator,classifier,audio-classifier}`.
+
+    With `speaker_ctx` (per-speaker features), a second aligner + classifier trains on them too; the end-to-end
+    model then takes enrolment clips (`speaker_normalization` records the choice either way)."""
     directory = ctx.output_dir / "models"
     trained = train_stages(ctx, fold, fold_index, ctx.output_dir / FINAL_FOLD, seed_index)
+    speaker_pair = None
+    if speaker_ctx is not None:
+        speaker_fold = dataclasses.replace(fold, name=SPEAKER_FINAL_FOLD)
+        adapted = train_stages(
+            speaker_ctx, speaker_fold, fold_index + 1, ctx.output_dir / SPEAKER_FINAL_FOLD, seed_index
+        )
+        speaker_pair = (adapted["aligner"].to("cpu"), adapted["classifier"].to("cpu"))
     accelerator = ctx.accelerator
     if accelerator.is_main_process:
         trained["aligner"].save_pretrained(directory / "aligner")
@@ -405,7 +428,9 @@ def train_final_models(
         if trained["generator"] is not None:
             trained["generator"].save_pretrained(directory / "generator")
         aligner, classifier = trained["aligner"].to("cpu"), trained["classifier"].to("cpu")
-        audio_model = MiseForAudioClassification.from_components(aligner, classifier, audio_encoder)
+        audio_model = MiseForAudioClassification.from_components(
+            aligner, classifier, audio_encoder, speaker_pair, speaker_normalization
+        )
         audio_model.config.max_duration_s = ctx.model_args.max_duration_s
         audio_model.save_pretrained(directory / "audio-classifier")
         MiseFeatureExtractor(

@@ -32,29 +32,27 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
 from modeling_mise.encoders import load_audio_encoder, load_text_encoder
 from modeling_mise.folds import Fold
 from training.arguments import (
-    ARGUMENT_TYPES,
     ConfigError,
     DataArguments,
     MiseTrainingArguments,
     ModelArguments,
-    _read_config_file,
     arguments_dict,
     config_hash,
+    parse_arguments,
 )
 from training.features import (
     extract_features,
     read_corpus,
     reject_nonfinite,
-    speaker_normalized,
     usable_clips,
 )
 from training.loop import NonFiniteLossError
 from training.pipeline import build_folds
+from training.speaker_normalization import SpeakerNormalization, normalization_report
 from training.study_report import write_report
 from training.study_unit import FoldUnit, Study
 from training.study_variants import StudyArguments, cut_class
@@ -66,20 +64,8 @@ STUDY_FILES = ("runs", "figures", "study.csv", "study.json", "study.md", "qualit
 def parse_study_arguments(
     argv: list[str] | None = None,
 ) -> tuple[DataArguments, ModelArguments, MiseTrainingArguments, StudyArguments]:
-    """`[CONFIG.yaml|.json] [--key value ...]` over the training arguments plus [`StudyArguments`]."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((*ARGUMENT_TYPES, StudyArguments))
-    if argv and not argv[0].startswith("-"):
-        config_path = Path(argv.pop(0))
-        values = _read_config_file(config_path)
-        unknown = sorted(set(values) - {action.dest for action in parser._actions})
-        if unknown:
-            raise ConfigError(f"{config_path}: unknown key(s) {unknown}")
-        parser.set_defaults(**values)
-    try:
-        return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    except TypeError as error:
-        raise ConfigError(str(error)) from error
+    """`[CONFIG.yaml|.json ...] [--key value ...]`: the training arguments plus [`StudyArguments`]."""
+    return parse_arguments(argv, (StudyArguments,))
 
 
 # ---------------------------------------------------------------------------------------------- the whole study
@@ -204,11 +190,7 @@ def _run_study(
     )
     del waveforms
     corpus, features = reject_nonfinite(corpus, features, rejections, data_args.strict)
-    if (
-        data_args.speaker_normalization
-    ):  # every variant, the classic baseline included, sees the same features
-        features = speaker_normalized(features, corpus.speakers())
-        logger.info("per-speaker normalised features (each speaker's own statistics, labels unused)")
+    normalization = SpeakerNormalization.from_arguments(data_args, features, corpus)  # all variants alike
     study = Study(
         accelerator, data_args, model_args, training_args, study_args, features.audio, features.text,
         torch.as_tensor(corpus.labels()), dict(corpus.id2label), features.audio_spec,
@@ -219,6 +201,7 @@ def _run_study(
     logger.info(
         f"{len(folds)} fold(s) x {len(study_args.seeds)} seed(s) x {len(study_args.variants)} variant(s)"
     )
+    choices = normalization.plan(folds)
 
     # 5. per (seed, fold): shared stage-1/2 models, one classifier per variant -> OUT/runs/
     units = []
@@ -231,7 +214,10 @@ def _run_study(
             if unit is None:
                 tick = time.perf_counter()
                 train_rows, counts = _training_rows(study, fold, fold_index)
-                unit = FoldUnit(study, fold, fold_index, seed, train_rows).run()
+                fold_study = dataclasses.replace(
+                    study, audio=normalization.features_for(choices[fold.name]).audio
+                )
+                unit = FoldUnit(fold_study, fold, fold_index, seed, train_rows).run()
                 unit.update(config_hash=hash_, seconds=time.perf_counter() - tick, imbalance_counts=counts)
                 maps = unit.pop("maps")
                 if accelerator.is_main_process:
@@ -265,6 +251,7 @@ def _run_study(
         "world_size": accelerator.num_processes,
         "corpus": corpus.summary(),
         "rejected": len(rejections),
+        "speaker_normalization": normalization_report(choices, data_args.speaker_normalization),
         "folds": [
             {"name": f.name, "test": f.test_speakers, "validation": f.validation_speakers} for f in folds
         ],

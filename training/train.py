@@ -15,6 +15,7 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `training` and `modeling_mise` importable
@@ -38,19 +39,31 @@ from training.features import (
     extract_features,
     read_corpus,
     reject_nonfinite,
-    speaker_normalized,
     usable_clips,
 )
 from training.loop import NonFiniteLossError
-from training.pipeline import RunContext, build_folds, final_fold, run_fold, train_final_models
+from training.pipeline import (
+    SPEAKER_FINAL_FOLD,
+    RunContext,
+    build_folds,
+    final_fold,
+    run_fold,
+    train_final_models,
+)
+from training.speaker_normalization import (
+    Enrolment,
+    SpeakerNormalization,
+    enrolment_summary,
+    normalization_report,
+)
 
 logger = get_logger("mise.train")
 
 # what a run writes; `--overwrite_output_dir` deletes exactly these
-RUN_FILES = ("folds", "final", "checkpoints", "models", "mise", "summary.json", "run_info.json", "rejected.csv")  # fmt: skip
+RUN_FILES = ("folds", "final", SPEAKER_FINAL_FOLD, "checkpoints", "models", "mise", "summary.json", "run_info.json", "rejected.csv")  # fmt: skip
 # written once the folds start: without them the folder holds no run, only what a run that stopped on bad
 # input left behind (TensorBoard's `mise/`, `rejected.csv`), which a new run replaces
-RUN_MARKERS = ("folds", "final", "checkpoints", "models", "summary.json", "run_info.json")
+RUN_MARKERS = ("folds", "final", SPEAKER_FINAL_FOLD, "checkpoints", "models", "summary.json", "run_info.json")
 FINAL_SEED_INDEX = 1_000_000
 
 
@@ -180,17 +193,20 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         _write_json(output_dir / "run_info.json", run_info)
 
+    normalization = SpeakerNormalization.from_arguments(data_args, features, corpus)
+    choices = normalization.plan(folds)
     # 6. per fold: stage 1 aligner, stage 2 InfoGAN, stage 3 classifier, test -> folds/<fold>/metrics.json
-    total_folds = len(folds) + (1 if training_args.final_models else 0)
+    final = final_fold(
+        corpus.speakers(), data_args.num_validation_speakers, training_args.seed, corpus.labels()
+    )
+    final_choice = normalization.choose(np.union1d(final.train, final.validation), "the final models")
+    speaker_adaptive = training_args.final_models and final_choice.per_speaker and not model_args.multimodal
+    total_folds = len(folds) + (1 + speaker_adaptive if training_args.final_models else 0)
     progress = tqdm(
         total=0, desc="MISE", unit="epoch", disable=not accelerator.is_local_main_process, dynamic_ncols=True
     )
-    fold_features = features
-    if data_args.speaker_normalization:
-        fold_features = speaker_normalized(features, corpus.speakers())
-        logger.info("folds use per-speaker normalised features; the final models use global statistics")
     ctx = RunContext(
-        accelerator, data_args, model_args, training_args, fold_features, labels, dict(corpus.id2label),
+        accelerator, data_args, model_args, training_args, features, labels, dict(corpus.id2label),
         output_dir, hash_, checkpoints, resume_from, resuming, progress if not progress.disable else None,
         corpus.transcripts(),
     )  # fmt: skip
@@ -199,7 +215,11 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(training_args.training_threads)
         threadpool_limits(training_args.training_threads)
     tick = time.perf_counter()
-    records = [run_fold(ctx, fold, index) for index, fold in enumerate(folds)]
+    enrolment = Enrolment(features.audio, np.asarray(corpus.speakers()), training_args.seed)
+    records = [
+        run_fold(normalization.fold_context(ctx, choices[fold.name], enrolment), fold, index)
+        for index, fold in enumerate(folds)
+    ]
     seconds["folds"] = time.perf_counter() - tick
 
     # 7. summary: pooled and mean +- std over folds
@@ -215,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
         config_hash=hash_,
         feature_cache=features.cache_stats,
         rejected=len(rejections),
+        speaker_normalization=normalization_report(choices, data_args.speaker_normalization),
+        enrolment=enrolment_summary(records, len(corpus.id2label), corpus.id2label),
     )
     logger.info(
         f"pooled UAR {summary['uar_pooled']:.4f}, mean UAR {summary['uar_mean']:.4f} +- {summary['uar_std']:.4f} "
@@ -224,11 +246,12 @@ def main(argv: list[str] | None = None) -> dict:
     # 8. final models on all speakers (a few validation speakers drive early stopping)
     if training_args.final_models:
         tick = time.perf_counter()
-        fold = final_fold(
-            corpus.speakers(), data_args.num_validation_speakers, training_args.seed, corpus.labels()
+        ctx.features = features  # without enrolment a released model sees one clip: global statistics
+        speaker_ctx = (
+            replace(ctx, features=normalization.features_for(final_choice)) if speaker_adaptive else None
         )
-        ctx.features = features  # a released model sees one clip at a time: global statistics only
-        train_final_models(ctx, fold, len(folds), audio_encoder, seed_index=FINAL_SEED_INDEX)
+        train_final_models(ctx, final, len(folds), audio_encoder, FINAL_SEED_INDEX, speaker_ctx,
+                           {"allowed": speaker_adaptive, **asdict(final_choice)})  # fmt: skip
         seconds["final_models"] = time.perf_counter() - tick
     progress.close()
     seconds["total"] = time.perf_counter() - started

@@ -1,0 +1,82 @@
+"""README result tables cannot drift from the study outputs they quote.
+
+A table preceded by `<!-- study table: PATH/study.json -->` has one row per variant (`variant: description`)
+with the columns UAR mean ± std over folds, pooled UAR, Δ pooled vs none, Wilcoxon p vs none; every number
+shown must be the study's value rounded as displayed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"<!-- study table: (\S+) -->\n((?:\|.*\|\n)+)")
+NUMBER = re.compile(r"[+\-−]?\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
+def study_tables(readme: str) -> list[tuple[str, list[list[str]]]]:
+    """(study.json path, rows of cells without the header and separator) for every marked README table."""
+    tables = []
+    for path, block in MARKER.findall(readme):
+        rows = [
+            [cell.strip().strip("*") for cell in line.strip().strip("|").split("|")]
+            for line in block.splitlines()
+        ]
+        tables.append((path, rows[2:]))
+    return tables
+
+
+def shown(cell: str) -> list[float]:
+    return [float(text.replace("−", "-")) for text in NUMBER.findall(cell)]
+
+
+def matches(display: str, value: float, scale: float = 100.0) -> bool:
+    """`display` (as written in the README) is `value * scale` rounded to the decimals it shows."""
+    digits = display.split("e")[0].split(".")
+    decimals = len(digits[1]) if len(digits) == 2 else 0
+    exponent = int(display.split("e")[1]) if "e" in display else 0
+    tolerance = 0.5 * 10.0 ** (exponent - decimals) + 1e-9
+    return abs(float(display.replace("−", "-")) - value * scale) <= tolerance
+
+
+def check_row(cells: list[str], variants: dict) -> None:
+    by_description = {variant["description"]: name for name, variant in variants.items()}
+    name = by_description.get(cells[0], cells[0].split(":")[0].strip())
+    assert name in variants, f"README row {cells[0]!r}: no variant {name!r} in the study"
+    variant = variants[name]
+    mean, std = NUMBER.findall(cells[1])
+    assert matches(mean, variant["uar_mean"]) and matches(std, variant["uar_std"]), (name, cells[1])
+    assert matches(NUMBER.findall(cells[2])[0], variant["uar_pooled"]), (name, cells[2])
+    if name == "none":
+        return
+    assert matches(NUMBER.findall(cells[3])[0].replace("−", "-"), variant["delta_uar_pooled_vs_none"]), (
+        name,
+        cells[3],
+    )
+    assert matches(NUMBER.findall(cells[4])[0], variant["wilcoxon_vs_none"]["p_value"], 1.0), (name, cells[4])
+
+
+def test_readme_has_study_tables():
+    assert study_tables((REPO / "README.md").read_text()), "no README table is tied to a study.json"
+
+
+@pytest.mark.parametrize("path, rows", study_tables((REPO / "README.md").read_text()))
+def test_readme_table_matches_its_study(path, rows):
+    variants = json.loads((REPO / path).read_text())["variants"]
+    assert rows, f"empty table for {path}"
+    for cells in rows:
+        check_row(cells, variants)
+
+
+def test_a_drifted_number_is_caught():
+    variants = {"mise": {"description": "full MISE", "uar_mean": 0.5716, "uar_std": 0.125, "uar_pooled": 0.5716,
+                         "delta_uar_pooled_vs_none": 0.0269, "wilcoxon_vs_none": {"p_value": 0.00368}}}  # fmt: skip
+    check_row(["mise: full MISE", "57.2 ± 12.5", "57.2", "+2.7", "0.0037"], variants)
+    with pytest.raises(AssertionError):
+        check_row(["mise: full MISE", "57.2 ± 12.5", "57.3", "+2.7", "0.0037"], variants)
+    with pytest.raises(AssertionError):
+        check_row(["mise: full MISE", "57.2 ± 12.5", "57.2", "+2.7", "0.005"], variants)

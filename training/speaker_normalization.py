@@ -1,0 +1,213 @@
+"""Per-speaker statistics only where they cannot remove the emotion.
+
+Z-normalising each speaker's features with that speaker's own mean and standard deviation removes who is
+speaking, which helps when every speaker is heard in every emotion. When a speaker is heard in one emotion only,
+the speaker's mean *is* that emotion, and per-speaker statistics remove the emotion instead (a natural corpus
+falls below chance). The test, on the training side of each fold (labels of the test speaker are never read):
+
+    label neutrality = H(emotion | speaker) / H(emotion)
+
+1 when every speaker shows the classes in the corpus' proportions, 0 when each speaker shows a single class.
+`speaker_normalization: auto` uses per-speaker statistics in a fold only when the neutrality reaches
+`speaker_normalization_threshold`, and otherwise falls back to global statistics, saying why; `true` stops with
+an error that names the speakers heard in few classes; `false` always uses global statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from accelerate.logging import get_logger
+
+from modeling_mise.data import Corpus
+from modeling_mise.folds import Fold
+from modeling_mise.layers import speaker_normalize, speaker_statistics
+from modeling_mise.metrics import classification_metrics
+
+from .arguments import DataArguments
+from .features import CorpusFeatures, speaker_normalized
+from .stages import encode_audio, predict
+
+logger = get_logger(__name__)
+
+
+class SpeakerNormalizationError(ValueError):
+    """`speaker_normalization: true` on a corpus whose speakers are not heard in every emotion."""
+
+
+def _entropy(counts: np.ndarray) -> float:
+    probabilities = counts[counts > 0] / counts.sum()
+    return float(-(probabilities * np.log(probabilities)).sum())
+
+
+def label_neutrality(labels: np.ndarray, speakers: np.ndarray) -> float:
+    """H(emotion | speaker) / H(emotion) over the given rows (1: speaker-independent class mix; 0: one class each)."""
+    classes, label_ids = np.unique(labels, return_inverse=True)
+    total = _entropy(np.bincount(label_ids, minlength=len(classes)).astype(float))
+    if total == 0.0:  # a single class: nothing to remove
+        return 1.0
+    conditional = 0.0
+    for speaker in np.unique(speakers):
+        own = label_ids[speakers == speaker]
+        conditional += (
+            len(own) / len(labels) * _entropy(np.bincount(own, minlength=len(classes)).astype(float))
+        )
+    return conditional / total
+
+
+def speakers_in_few_classes(
+    labels: np.ndarray, speakers: np.ndarray, id2label: dict[int, str], threshold: float, limit: int = 10
+) -> list[str]:
+    """`speaker (class count, ...)` for the speakers whose own class entropy is below `threshold` x H(emotion),
+    fewest classes first."""
+    total = _entropy(np.unique(labels, return_counts=True)[1].astype(float)) or 1.0
+    found = []
+    for speaker in np.unique(speakers):
+        names, counts = np.unique(labels[speakers == speaker], return_counts=True)
+        share = _entropy(counts.astype(float)) / total
+        if share < threshold:
+            classes = ", ".join(f"{id2label.get(int(n), n)} {c}" for n, c in zip(names, counts, strict=True))
+            found.append((share, str(speaker), f"{speaker} ({classes})"))
+    lines = [line for _, _, line in sorted(found)]
+    return lines[:limit] + ([f"... {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+@dataclass(frozen=True)
+class NormalizationChoice:
+    """What one fold uses: per-speaker or global statistics, and why."""
+
+    per_speaker: bool
+    label_neutrality: float | None  # None when not tested (`false`)
+    reason: str
+
+
+@dataclass
+class SpeakerNormalization:
+    """Chooses, per fold, between global and per-speaker statistics (`speaker_normalization` and its threshold)."""
+
+    mode: str
+    threshold: float
+    features: CorpusFeatures  # global statistics: the frozen features as they are
+    labels: np.ndarray
+    speakers: np.ndarray
+    id2label: dict[int, str]
+    _per_speaker: CorpusFeatures | None = None
+
+    @classmethod
+    def from_arguments(cls, data_args: DataArguments, features: CorpusFeatures, corpus: Corpus):
+        """The run's choice maker: `speaker_normalization` and its threshold over the corpus' usable clips."""
+        labels, speakers = np.asarray(corpus.labels()), np.asarray(corpus.speakers())
+        return cls(data_args.speaker_normalization, data_args.speaker_normalization_threshold, features, labels,
+                   speakers, dict(corpus.id2label))  # fmt: skip
+
+    def choose(self, rows: np.ndarray, where: str) -> NormalizationChoice:
+        """The choice for a training side `rows` (train + validation speakers of a fold)."""
+        if self.mode == "false":
+            return NormalizationChoice(False, None, "speaker_normalization: false")
+        neutrality = label_neutrality(self.labels[rows], self.speakers[rows])
+        if neutrality >= self.threshold:
+            reason = f"label neutrality {neutrality:.2f} >= {self.threshold:.2f}: per-speaker statistics"
+            return NormalizationChoice(True, neutrality, reason)
+        few = speakers_in_few_classes(self.labels[rows], self.speakers[rows], self.id2label, self.threshold)
+        reason = (
+            f"per-speaker statistics are not label-neutral on the training side of {where}: H(emotion | speaker)"
+            f" / H(emotion) = {neutrality:.2f} < speaker_normalization_threshold {self.threshold:.2f}; speakers "
+            f"heard in few classes: {'; '.join(few)}"
+        )
+        if self.mode == "true":
+            raise SpeakerNormalizationError(
+                f"speaker_normalization: true, but {reason}. Per-speaker statistics would remove the emotion: "
+                "use speaker_normalization: auto (falls back to global statistics) or false"
+            )
+        return NormalizationChoice(False, neutrality, reason + ": global statistics")
+
+    def plan(self, folds: list[Fold]) -> dict[str, NormalizationChoice]:
+        """Every fold's choice, made before any training (so `true` fails at once), with one log line."""
+        choices = {}
+        for fold in folds:
+            choices[fold.name] = self.choose(np.union1d(fold.train, fold.validation), f"fold {fold.name}")
+        fallbacks = [name for name, choice in choices.items() if not choice.per_speaker]
+        if self.mode == "auto" and fallbacks:
+            logger.warning(
+                f"speaker_normalization auto: {len(fallbacks)} of {len(choices)} fold(s) use global statistics. "
+                f"{choices[fallbacks[0]].reason}"
+            )
+        elif self.mode != "false":
+            logger.info(
+                f"speaker_normalization {self.mode}: per-speaker statistics in all {len(choices)} fold(s)"
+            )
+        return choices
+
+    def fold_context(self, ctx, choice: NormalizationChoice, enrolment: Enrolment):
+        """The run context of one fold: its features, and the as-released enrolment evaluation where the fold
+        uses per-speaker statistics."""
+        return replace(
+            ctx, features=self.features_for(choice), enrolment=enrolment if choice.per_speaker else None
+        )
+
+    def features_for(self, choice: NormalizationChoice) -> CorpusFeatures:
+        """The frozen features as they are (global statistics) or z-normalised per speaker."""
+        if not choice.per_speaker:
+            return self.features
+        if self._per_speaker is None:
+            self._per_speaker = speaker_normalized(self.features, self.speakers)
+        return self._per_speaker
+
+
+def normalization_report(choices: dict[str, NormalizationChoice], mode: str) -> dict:
+    """`summary.json`'s `speaker_normalization`: the mode and every fold's choice with its reason."""
+    per_speaker = sum(choice.per_speaker for choice in choices.values())
+    return {
+        "mode": mode,
+        "per_speaker_folds": per_speaker,
+        "global_folds": len(choices) - per_speaker,
+        "folds": {name: asdict(choice) for name, choice in choices.items()},
+    }
+
+
+ENROLMENT_SIZES = {"k3": 3, "k10": 10, "all": None}  # None: every other clip of the speaker
+
+
+@dataclass
+class Enrolment:
+    """The as-released evaluation of a fold that uses per-speaker statistics: each test clip is normalised with the
+    statistics of k other clips of its speaker (unlabelled enrolment), as the released model does with enrolment
+    clips, instead of with its speaker's statistics over all clips, itself included."""
+
+    audio: torch.Tensor  # (N, audio_dim) frozen features as they are
+    speakers: np.ndarray  # (N,)
+    seed: int
+
+    def normalized(self, test: np.ndarray, size: int | None) -> torch.Tensor:
+        """Each test clip normalised with `size` other clips of its speaker (itself when it has no other)."""
+        rng = np.random.default_rng([self.seed, size or 0])
+        rows = []
+        for index in test:
+            others = test[(self.speakers[test] == self.speakers[index]) & (test != index)]
+            if size is not None and len(others) > size:
+                others = rng.choice(others, size=size, replace=False)
+            enrolment = self.audio[torch.as_tensor(others if len(others) else [index])]
+            rows.append(speaker_normalize(self.audio[index], *speaker_statistics(enrolment)))
+        return torch.stack(rows)
+
+    def evaluate(self, aligner, classifier, test: np.ndarray) -> dict[str, list[int]]:
+        """Test predictions for each enrolment size (`k3`, `k10`, `all`)."""
+        return {
+            name: predict(classifier, encode_audio(aligner, self.normalized(test, size))).tolist()
+            for name, size in ENROLMENT_SIZES.items()
+        }
+
+
+def enrolment_summary(records: list[dict], num_labels: int, id2label: dict[int, str]) -> dict | None:
+    """Pooled UAR per enrolment size over the folds that used per-speaker statistics."""
+    records = [record for record in records if record.get("enrolment_predictions")]
+    if not records:
+        return None
+    y_true = np.concatenate([record["y_true"] for record in records])
+    summary = {"n_folds": len(records)}
+    for name in ENROLMENT_SIZES:
+        y_pred = np.concatenate([record["enrolment_predictions"][name] for record in records])
+        summary[f"uar_pooled_{name}"] = classification_metrics(y_true, y_pred, num_labels, id2label)["uar"]
+    return summary
