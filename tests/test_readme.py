@@ -137,8 +137,8 @@ def test_readme_command(command, space_model, ravdess_dir, ravdess_wav, tmp_path
     assert "Traceback" not in result.stderr
     if expected_message is not None:
         assert expected_message in result.stderr
+    elif command.endswith("--help"):
+        assert "usage:" in result.stdout
     elif "mise classify" in command:
         output = json.loads(result.stdout.splitlines()[0])
         assert output["label"] == output["scores"][0]["label"] and "notices" in output
-    elif command.endswith("--help"):
-        assert "usage:" in result.stdout
