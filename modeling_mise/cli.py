@@ -28,11 +28,11 @@ def resolve_model_source(model: str) -> str:
 
 def load_classifier(model: str):
     """`pipeline("audio-classification")` on a local folder or Hub id; one-line ValueError when it cannot load."""
+    source = resolve_model_source(model)  # before any Hub look-up
     from transformers import pipeline
 
     import modeling_mise  # noqa: F401  (registers the model classes)
 
-    source = resolve_model_source(model)
     try:
         return pipeline("audio-classification", model=source)
     except Exception as error:  # Hub / network / format errors from transformers: one line, no traceback
