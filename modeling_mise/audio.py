@@ -6,9 +6,12 @@ Every problem with an input is an :class:`AudioInputError` (a ``ValueError``) wh
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +127,7 @@ def prepare_waveform(
     if array.dtype == object or array.dtype.kind not in "iuf":
         raise AudioInputError(source, f"unsupported sample type {array.dtype} (expected int or float PCM)")
     if array.size == 0:
-        raise AudioInputError(source, f"empty audio (0 samples, shape {array.shape})")
+        raise AudioInputError(source, "empty clip (0 samples)")
     array = to_mono(_to_float32(array, source), source)
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
@@ -192,16 +195,69 @@ def load_audio(path: str | os.PathLike, target_sampling_rate: int | None = None)
     return waveform, int(target_sampling_rate or sampling_rate)
 
 
+def decode_bytes(data: bytes, name: str | None, sampling_rate: int | None, source: str) -> np.ndarray:
+    """The bytes of an audio file (``name`` gives its container by suffix) -> float32 mono; errors name ``source``."""
+    if len(data) == 0:
+        raise AudioInputError(source, "empty file (0 bytes)")
+    try:
+        array, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as error:  # libsndfile raises LibsndfileError / RuntimeError / TypeError
+        # other containers (mp3, m4a, ...): hand a temporary file to load_audio, which falls back to torchcodec
+        with tempfile.NamedTemporaryFile(suffix=Path(name).suffix if name else "") as handle:
+            handle.write(data)
+            handle.flush()
+            try:
+                return load_audio(handle.name, sampling_rate)[0]
+            except AudioInputError as inner:
+                raise AudioInputError(source, inner.reason) from error
+    return prepare_waveform(array, rate, sampling_rate, source)
+
+
+@dataclass(frozen=True)
+class AudioPolicy:
+    """What every entry point (Space, `mise classify`, `pipeline()`, the feature extractor, training) accepts.
+
+    Not audio, empty, unreadable or NaN/Inf input is always an error. Besides that:
+
+    Args:
+        min_seconds: shorter clips are an error ("too short").
+        silence_dbfs: clips whose peak is below this level (dBFS) are an error ("silent").
+        max_seconds: the model's window; a longer clip gets a notice and only its first `max_seconds` are
+            classified (never a silent crop).
+        hard_limit_seconds: longer clips are an error (`None`: no limit; the Space sets 120 s).
+    """
+
+    min_seconds: float = 0.25
+    silence_dbfs: float = -60.0
+    max_seconds: float = 30.0
+    hard_limit_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_seconds", "max_seconds", "hard_limit_seconds"):
+            value = getattr(self, name)
+            if value is None and name == "hard_limit_seconds":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"AudioPolicy.{name} must be a number >= 0, got {value!r}")
+        if self.max_seconds <= 0:
+            raise ValueError(f"AudioPolicy.max_seconds must be > 0, got {self.max_seconds!r}")
+        if isinstance(self.silence_dbfs, bool) or not isinstance(self.silence_dbfs, (int, float)):
+            raise ValueError(f"AudioPolicy.silence_dbfs must be a number, got {self.silence_dbfs!r}")
+
+
+DEFAULT_POLICY = AudioPolicy()
+
+
 def rejection_reason(
     waveform: np.ndarray,
     sampling_rate: int,
-    min_seconds: float = 0.25,
-    silence_dbfs: float = -60.0,
+    min_seconds: float = DEFAULT_POLICY.min_seconds,
+    silence_dbfs: float = DEFAULT_POLICY.silence_dbfs,
 ) -> str | None:
-    """Why a (prepared) clip is unusable for training, or ``None`` when it is usable.
+    """Why a (prepared) clip is unusable, or ``None`` when it is usable (:class:`AudioPolicy`'s error checks).
 
     Reasons: ``"empty"``, ``"non-finite samples"``, ``"too short (0.10 s < 0.25 s)"``,
-    ``"silent (peak -72.3 dBFS)"`` (peak below ``silence_dbfs``).
+    ``"silent (every sample is zero)"``, ``"silent (peak -72.3 dBFS)"`` (peak below ``silence_dbfs``).
     """
     waveform = np.asarray(waveform)
     if waveform.size == 0:
@@ -212,10 +268,66 @@ def rejection_reason(
     if duration < min_seconds:
         return f"too short ({duration:.2f} s < {min_seconds:.2f} s)"
     peak = float(np.max(np.abs(waveform)))
-    peak_dbfs = 20.0 * math.log10(peak) if peak > 0 else -math.inf
+    if peak == 0.0:
+        return "silent (every sample is zero)"
+    peak_dbfs = 20.0 * math.log10(peak)
     if peak_dbfs < silence_dbfs:
         return f"silent (peak {peak_dbfs:.1f} dBFS)"
     return None
+
+
+def check_waveform(
+    waveform: np.ndarray, sampling_rate: int, source: str = "<array>", policy: AudioPolicy = DEFAULT_POLICY
+) -> list[str]:
+    """Apply `policy` to a prepared mono waveform: raise for an unusable clip, return notices for a usable one.
+
+    Returns:
+        Notices, e.g. ``"40.0 s is longer than the 30 s window: only the first 30 s are classified"``.
+
+    Raises:
+        AudioInputError: ``"<source>: <reason>"`` for an empty, non-finite, too short, silent or (with
+            ``policy.hard_limit_seconds``) too long clip.
+    """
+    seconds = np.asarray(waveform).shape[0] / float(sampling_rate)
+    check_hard_limit(seconds, source, policy)
+    reason = rejection_reason(waveform, sampling_rate, policy.min_seconds, policy.silence_dbfs)
+    if reason is not None:
+        raise AudioInputError(source, f"{reason}; nothing to classify")
+    if seconds > policy.max_seconds:
+        return [long_clip_notice(seconds, policy.max_seconds)]
+    return []
+
+
+def check_hard_limit(seconds: float, source: str, policy: AudioPolicy = DEFAULT_POLICY) -> None:
+    """Raise an :class:`AudioInputError` when a clip of ``seconds`` exceeds ``policy.hard_limit_seconds``."""
+    limit = policy.hard_limit_seconds
+    if limit is not None and seconds > limit:
+        raise AudioInputError(source, f"{seconds:.1f} s is longer than the {limit:g} s limit; trim it first")
+
+
+def long_clip_notice(seconds: float, max_seconds: float) -> str:
+    """The notice for a clip longer than the model's window (the same words at every entry point)."""
+    return f"{seconds:.1f} s is longer than the {max_seconds:g} s window: only the first {max_seconds:g} s are classified"
+
+
+def load_checked(
+    path: str | os.PathLike,
+    target_sampling_rate: int | None = None,
+    policy: AudioPolicy = DEFAULT_POLICY,
+    source: str | None = None,
+) -> tuple[np.ndarray, int, list[str]]:
+    """:func:`load_audio` then :func:`check_waveform`: ``(waveform, sampling_rate, notices)``.
+
+    Errors name ``source`` (default: the path).
+    """
+    try:
+        waveform, rate = load_audio(path, target_sampling_rate)
+        notices = check_waveform(waveform, rate, source or os.fspath(path), policy)
+    except AudioInputError as error:
+        if source is None or error.source == source:
+            raise
+        raise AudioInputError(source, error.reason) from None
+    return waveform, rate, notices
 
 
 def crop(waveform: np.ndarray, sampling_rate: int, max_seconds: float) -> tuple[np.ndarray, bool]:

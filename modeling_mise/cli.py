@@ -4,27 +4,64 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
-def classify(model: str, clips: Sequence[str], top_k: int | None = None) -> list[dict]:
-    """Classify audio files with a saved `MiseForAudioClassification` folder or Hub id."""
+def resolve_model_source(model: str) -> str:
+    """A model argument -> an existing local folder (``~`` expanded) or a Hub id.
+
+    Raises:
+        ValueError: ``"<model>: no such folder"`` when the argument looks like a local path (starts with ``.``,
+            ``/`` or ``~``, or its parent folder exists) and does not exist: no Hub look-up, no retries.
+    """
+    path = Path(model).expanduser()
+    if path.exists():
+        return str(path)
+    parent = os.path.dirname(model.rstrip("/"))
+    if model.startswith((".", "/", "~")) or (parent not in ("", ".") and Path(parent).expanduser().is_dir()):
+        raise ValueError(f"{model}: no such folder")
+    return model
+
+
+def load_classifier(model: str):
+    """`pipeline("audio-classification")` on a local folder or Hub id; one-line ValueError when it cannot load."""
+    source = resolve_model_source(model)  # before any Hub look-up
     from transformers import pipeline
 
     import modeling_mise  # noqa: F401  (registers the model classes)
 
-    from .audio import load_audio
+    try:
+        return pipeline("audio-classification", model=source)
+    except Exception as error:  # Hub / network / format errors from transformers: one line, no traceback
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = "folder" if Path(source).exists() else "Hub id (is the Hub reachable, the id right?)"
+        raise ValueError(f"{model}: could not load this {where}: {reason}") from None
 
-    classifier = pipeline("audio-classification", model=model)
+
+def classify(model: str, clips: Sequence[str], top_k: int | None = None) -> list[dict]:
+    """Classify audio files with a saved `MiseForAudioClassification` folder or Hub id.
+
+    Each clip is checked with the model's input policy (`modeling_mise.audio.AudioPolicy`): an unusable clip
+    raises an `AudioInputError` naming it; a clip longer than the model's window is classified on its first
+    `max_duration_s` and its result carries a notice saying so.
+    """
+    from .audio import crop, load_checked
+    from .pipeline_audio_classification import input_policy
+
+    classifier = load_classifier(model)
     rate = classifier.feature_extractor.sampling_rate
+    policy = input_policy(classifier.feature_extractor)
     results = []
     for clip in clips:
-        waveform, _ = load_audio(clip, target_sampling_rate=rate)
+        waveform, _, notices = load_checked(clip, rate, policy)
+        waveform, _ = crop(waveform, rate, policy.max_seconds)
         scores = classifier(
             {"raw": waveform, "sampling_rate": rate}, top_k=top_k or len(classifier.model.config.id2label)
         )
-        results.append({"clip": clip, "label": scores[0]["label"], "scores": scores})
+        results.append({"clip": clip, "label": scores[0]["label"], "scores": scores, "notices": notices})
     return results
 
 
@@ -101,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mise classify: {error}", file=sys.stderr)
             return 2
         for result in results:
+            for notice in result["notices"]:
+                print(f"mise classify: {result['clip']}: {notice}", file=sys.stderr)
             print(json.dumps(result))
     elif args.command == "push":
         from .hub import HubPushError

@@ -12,7 +12,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +22,14 @@ import numpy as np
 import soundfile
 from tqdm.auto import tqdm
 
-from .audio import AudioInputError, load_audio, prepare_waveform, rejection_reason
+from .audio import (
+    DEFAULT_POLICY,
+    AudioInputError,
+    decode_bytes,
+    load_audio,
+    prepare_waveform,
+    rejection_reason,
+)
 from .folds import SPLIT_ALIASES
 
 logger = logging.getLogger(__name__)
@@ -95,7 +101,7 @@ class CorpusItem:
                 self.audio["array"], self.audio["sampling_rate"], sampling_rate, self.source
             )
         if self.audio is not None and self.audio.get("bytes") is not None:
-            return _decode_bytes(self.audio["bytes"], self.audio.get("path"), sampling_rate, self.source)
+            return decode_bytes(self.audio["bytes"], self.audio.get("path"), sampling_rate, self.source)
         if not self.path:
             raise AudioInputError(self.source, "no audio (neither a path nor embedded audio)")
         return load_audio(self.path, sampling_rate)[0]
@@ -108,26 +114,6 @@ class Rejection:
     row: int
     path: str
     reason: str
-
-
-def _decode_bytes(data: bytes, name: str | None, sampling_rate: int | None, source: str) -> np.ndarray:
-    if len(data) == 0:
-        raise AudioInputError(source, "empty file (0 bytes)")
-    try:
-        array, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-        suffix = Path(name).suffix if name else ""
-        if not suffix:
-            raise AudioInputError(source, f"not a readable audio file (soundfile: {error})") from error
-        # other containers (mp3, m4a, ...): hand a temporary file to load_audio, which falls back to torchcodec
-        with tempfile.NamedTemporaryFile(suffix=suffix) as handle:
-            handle.write(data)
-            handle.flush()
-            try:
-                return load_audio(handle.name, sampling_rate)[0]
-            except AudioInputError as inner:
-                raise AudioInputError(source, inner.reason) from error
-    return prepare_waveform(array, rate, sampling_rate, source)
 
 
 def fingerprint_array(array: np.ndarray, sampling_rate: int) -> str:
@@ -250,14 +236,16 @@ class Corpus:
     def load_waveforms(
         self,
         sampling_rate: int,
-        min_seconds: float = 0.25,
+        min_seconds: float = DEFAULT_POLICY.min_seconds,
         strict: bool = False,
         show_progress: bool = True,
+        silence_dbfs: float = DEFAULT_POLICY.silence_dbfs,
     ) -> tuple[list[np.ndarray], Corpus, list[Rejection]]:
         """Decode every clip to float32 mono at ``sampling_rate``, leaving out unusable ones.
 
-        Unreadable, empty, non-finite, silent and too-short (``< min_seconds``) clips become
-        :class:`Rejection` entries and the rest go on; with ``strict`` the first one raises.
+        Unreadable, empty, non-finite, silent (peak ``< silence_dbfs``) and too-short (``< min_seconds``) clips
+        become :class:`Rejection` entries (:func:`modeling_mise.audio.rejection_reason`, the input policy of
+        every entry point) and the rest go on; with ``strict`` the first one raises.
 
         Returns:
             ``(waveforms, usable_corpus, rejections)``; ``waveforms[i]`` belongs to ``usable_corpus.items[i]``.
@@ -271,7 +259,7 @@ class Corpus:
         for position, item in enumerate(items):
             try:
                 waveform = item.read(sampling_rate)
-                reason = rejection_reason(waveform, sampling_rate, min_seconds=min_seconds)
+                reason = rejection_reason(waveform, sampling_rate, min_seconds, silence_dbfs)
             except AudioInputError as error:
                 reason = error.reason
             if reason is None:
@@ -293,6 +281,42 @@ class Corpus:
         if not kept:
             raise ValueError(f"{self.source}: none of the {len(self.items)} clips is usable")
         return waveforms, self.subset(kept), rejections
+
+
+MIN_CLASS_CLIPS = 10
+MIN_CLASS_SPEAKERS = 2
+
+
+def check_class_sizes(
+    corpus: Corpus, min_class_clips: int = MIN_CLASS_CLIPS, min_speakers: int = MIN_CLASS_SPEAKERS
+) -> None:
+    """Stop on a class too small to train and test speaker-independently (often a typo'd label).
+
+    Raises:
+        ValueError: naming each class with fewer than ``min_class_clips`` clips or ``min_speakers`` speakers,
+            its counts and its first five rows, and how to merge or drop it.
+    """
+    problems = []
+    for name in corpus.label_names:
+        items = [item for item in corpus.items if item.label == name]
+        speakers = {item.speaker for item in items}
+        if len(items) >= min_class_clips and len(speakers) >= min_speakers:
+            continue
+        rows = ", ".join(f"{item.row} ({Path(item.source).name})" for item in items[:5])
+        more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+        problems.append(
+            f"class {name!r} has {len(items)} clip(s) from {len(speakers)} speaker(s) "
+            f"{sorted(speakers)} (rows {rows or '-'}{more})"
+        )
+    if problems:
+        raise ValueError(
+            f"{corpus.source}: "
+            + "; ".join(problems)
+            + f". Every class needs at least {min_class_clips} clips "
+            f"(min_class_clips) from {min_speakers} speakers. A typo? Merge the class into another or drop it "
+            "with --label_map (a JSON mapping of every label to its class; null drops one), or drop it with "
+            "--drop_labels."
+        )
 
 
 def format_summary(summary: dict) -> str:

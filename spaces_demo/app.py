@@ -18,7 +18,7 @@ import inspect
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gradio as gr
@@ -28,7 +28,18 @@ import torch
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 import modeling_mise  # noqa: F401  (registers the MISE classes with the transformers Auto classes)
-from modeling_mise.audio import AudioInputError, crop, load_audio, prepare_waveform, rejection_reason
+from modeling_mise.audio import (
+    AudioInputError,
+    AudioPolicy,
+    check_hard_limit,
+    check_waveform,
+    crop,
+    load_audio,
+    long_clip_notice,
+    prepare_waveform,
+)
+from modeling_mise.cli import resolve_model_source
+from modeling_mise.pipeline_audio_classification import input_policy
 
 logger = logging.getLogger("mise.space")
 
@@ -67,6 +78,15 @@ class LoadedModel:
     max_seconds: float
     hard_limit_seconds: float
 
+    @property
+    def policy(self) -> AudioPolicy:
+        """The shared input policy with the feature extractor's thresholds and this Space's two limits."""
+        return replace(
+            input_policy(self.feature_extractor),
+            max_seconds=self.max_seconds,
+            hard_limit_seconds=self.hard_limit_seconds,
+        )
+
 
 @dataclass
 class Clip:
@@ -91,9 +111,12 @@ def load_model(source: str | None = None) -> tuple[LoadedModel | None, str | Non
         "Train one (`make train` writes `runs/ravdess/models/audio-classifier`) or set `MISE_MODEL` to a "
         "Hub id or to a folder written by `save_pretrained`."
     )
-    if not Path(source).expanduser().exists() and not HUB_ID.match(source):
+    try:
+        source = resolve_model_source(source)
+    except ValueError:
         return None, f"No model found at `{source}`. {hint}"
-    source = str(Path(source).expanduser()) if Path(source).expanduser().exists() else source
+    if not Path(source).exists() and not HUB_ID.match(source):
+        return None, f"No model found at `{source}`. {hint}"
     try:
         model = AutoModelForAudioClassification.from_pretrained(source).eval()
         feature_extractor = AutoFeatureExtractor.from_pretrained(source)
@@ -104,7 +127,9 @@ def load_model(source: str | None = None) -> tuple[LoadedModel | None, str | Non
         return None, f"Could not load the model `{source}`: {reason}. {hint}"
     id2label = {int(index): name for index, name in model.config.id2label.items()}
     try:
-        max_seconds = env_number("MISE_MAX_SECONDS", getattr(model.config, "max_duration_s", None) or 30.0)
+        max_seconds = env_number(
+            "MISE_MAX_SECONDS", getattr(model.config, "max_duration_s", None) or AudioPolicy().max_seconds
+        )
         hard_limit = env_number("MISE_HARD_LIMIT_SECONDS", 120.0)
     except ValueError as error:
         return None, str(error)
@@ -159,38 +184,39 @@ def _decode(path: str, name: str) -> tuple[np.ndarray, int, int | None]:
 
 
 def read_clip(
-    path: str, sampling_rate: int, max_seconds: float, hard_limit_seconds: float, name: str | None = None
+    path: str,
+    sampling_rate: int,
+    max_seconds: float,
+    hard_limit_seconds: float,
+    name: str | None = None,
+    policy: AudioPolicy | None = None,
 ) -> Clip:
     """Decode, check, crop, downmix and resample one clip for a model taking `sampling_rate` Hz mono.
+
+    The checks are `modeling_mise.audio.AudioPolicy`'s (thresholds of `policy`, default the package's), with
+    `max_seconds` as the window and `hard_limit_seconds` as the limit.
 
     Raises:
         AudioInputError: naming the file, for a non-audio, empty, silent, too short or too long clip.
     """
     name = name or Path(path).name
+    policy = replace(policy or AudioPolicy(), max_seconds=max_seconds, hard_limit_seconds=hard_limit_seconds)
     try:
         info = soundfile.info(path)
         header_seconds = info.frames / info.samplerate if info.samplerate > 0 else 0.0
     except Exception:  # not a libsndfile format: the duration is checked after decoding
         header_seconds = 0.0
-    too_long = f"longer than the {hard_limit_seconds:g} s this demo accepts; trim it first"
-    if header_seconds > hard_limit_seconds:
-        raise AudioInputError(name, f"{header_seconds:.1f} s is {too_long}")
+    check_hard_limit(header_seconds, name, policy)  # before decoding a huge file
     data, rate, channels = _decode(path, name)
     if data.shape[0] == 0:
         raise AudioInputError(name, "empty clip (0 samples)")
     seconds = data.shape[0] / rate
-    if seconds > hard_limit_seconds:
-        raise AudioInputError(name, f"{seconds:.1f} s is {too_long}")
-    data, cropped = crop(data, rate, max_seconds)
+    check_hard_limit(seconds, name, policy)
+    data, _ = crop(data, rate, max_seconds + 1.0)  # resample no more than the window needs
     waveform = prepare_waveform(data, rate, sampling_rate, source=name)
-    reason = rejection_reason(waveform, sampling_rate)
-    if reason is not None and not np.any(waveform):
-        reason = "silent (every sample is zero)"
-    if reason is not None:
-        raise AudioInputError(name, f"{reason}; nothing to classify")
-    notices = []
-    if cropped:
-        notices.append(f"Cropped to the first {max_seconds:g} s (the clip is {seconds:.1f} s long).")
+    check_waveform(waveform, sampling_rate, name, policy)  # raises for a too short or silent clip
+    waveform, _ = crop(waveform, sampling_rate, max_seconds)
+    notices = [long_clip_notice(seconds, max_seconds)] if seconds > max_seconds else []
     if rate != sampling_rate:
         notices.append(f"Resampled from {rate} Hz to {sampling_rate} Hz, the model's rate.")
     if channels is not None and channels > 1:
@@ -251,7 +277,9 @@ def classify(audio: str | None, transcript: str | None = "") -> tuple[dict[str, 
         return _refuse("Upload or record a clip first.")
     name = Path(audio).name
     try:
-        clip = read_clip(audio, MODEL.sampling_rate, MODEL.max_seconds, MODEL.hard_limit_seconds, name)
+        clip = read_clip(
+            audio, MODEL.sampling_rate, MODEL.max_seconds, MODEL.hard_limit_seconds, name, MODEL.policy
+        )
         scores = predict(MODEL, clip.waveform, transcript)
     except AudioInputError as error:
         return _refuse(f"Could not classify `{error.source}`: {error.reason}.")
@@ -277,7 +305,8 @@ INTRO = """# MISE: speech emotion recognition
 Upload or record a clip to get the probability of each emotion. The model is the end-to-end classifier of
 [MISE](https://arxiv.org/abs/2510.10078): a frozen audio encoder, the aligned audio-text space and an emotion
 classifier trained on real plus generated features. Any sample rate or channel count is accepted (the clip is
-resampled and downmixed); long clips are cropped."""
+resampled and downmixed); a clip longer than the model's window is classified on its first seconds, and
+the page says so."""
 
 
 def build_demo() -> gr.Blocks:

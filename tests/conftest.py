@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("MISE_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 RAVDESS_DIR = DATA_ROOT / "ravdess"
 CORPORA = ("ravdess", "emodb")  # the development corpora beside the repository
+RATE = 16000
 
 
 def _require_data() -> bool:
@@ -80,3 +83,108 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     LlamaModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def _fit(model, steps: int, **inputs):
+    """`steps` full-batch Adam steps (lr 1e-2) on the model's loss; returns the model in eval mode."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps: int = 80) -> Path:
+    """A real end-to-end classifier: eGeMAPS of `per_class` clips per emotion, aligner + classifier in plain torch."""
+    import torch
+
+    from modeling_mise import (
+        MiseAlignerConfig,
+        MiseAlignerModel,
+        MiseClassifierConfig,
+        MiseClassifierModel,
+        MiseFeatureExtractor,
+        MiseForAudioClassification,
+    )
+    from modeling_mise.audio import load_audio
+    from modeling_mise.encoders import load_audio_encoder
+
+    names = sorted({row["emotion"] for row in rows})
+    chosen = []
+    for name in names:
+        of_class = [row for row in rows if row["emotion"] == name]
+        chosen += of_class[:: max(1, len(of_class) // per_class)][:per_class]
+    encoder = load_audio_encoder("opensmile/eGeMAPSv02")
+    hidden = encoder.encode([load_audio(row["path"], RATE)[0] for row in chosen], show_progress=False)
+    labels = torch.tensor([names.index(row["emotion"]) for row in chosen])
+    id2label = dict(enumerate(names))
+    torch.manual_seed(0)
+    aligner = MiseAlignerModel(
+        MiseAlignerConfig(
+            audio_dim=88, projection_dim=32, hidden_sizes=[64], use_text=False, id2label=id2label
+        )
+    )
+    aligner.set_feature_statistics(hidden.mean(0), hidden.std(0))
+    _fit(aligner, steps, audio_features=hidden, labels=labels)
+    with torch.no_grad():
+        audio_embeds = aligner.get_audio_features(hidden)
+    classifier = MiseClassifierModel(MiseClassifierConfig(input_dim=32, hidden_sizes=[32], id2label=id2label))
+    _fit(classifier, steps, features=audio_embeds, labels=labels)
+    with torch.no_grad():
+        accuracy = (classifier(features=audio_embeds).logits.argmax(-1) == labels).float().mean().item()
+    assert accuracy > 0.5, f"the fixture model did not learn (training accuracy {accuracy:.2f})"
+    model = MiseForAudioClassification.from_components(aligner, classifier, encoder)
+    model.save_pretrained(folder)
+    MiseFeatureExtractor(sampling_rate=model.config.sampling_rate).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def space_model(ravdess_rows, tmp_path_factory) -> Path:
+    """A real end-to-end classifier trained in seconds (the Space, `mise classify` and `pipeline()` tests)."""
+    return train_space_model(ravdess_rows, tmp_path_factory.mktemp("space_model") / "audio-classifier")
+
+
+@pytest.fixture(scope="session")
+def clips(ravdess_rows, tmp_path_factory) -> dict[str, Path]:
+    """Good, transformed and bad clips, each with a unique file name (`missing` does not exist)."""
+    import soundfile as sf
+
+    from modeling_mise.audio import load_audio
+
+    folder = tmp_path_factory.mktemp("space_clips")
+    rows = [row for row in ravdess_rows if row["speaker"] == ravdess_rows[0]["speaker"]]
+    good, _ = load_audio(rows[0]["path"], RATE)
+    paths = {"good": folder / "good.wav"}
+    shutil.copy(rows[0]["path"], paths["good"])
+    (folder / "notes.wav").write_text("meeting notes, not audio\n" * 20)
+    paths["notes"] = folder / "notes.wav"
+    paths["empty"] = folder / "empty.wav"
+    sf.write(paths["empty"], np.zeros(0, dtype=np.float32), RATE)
+    paths["zero_bytes"] = folder / "zero_bytes.wav"
+    paths["zero_bytes"].write_bytes(b"")
+    paths["silent"] = folder / "silent.wav"
+    sf.write(paths["silent"], np.zeros(3 * RATE, dtype=np.float32), RATE)
+    paths["short"] = folder / "short.wav"
+    sf.write(paths["short"], good[: RATE // 10], RATE)
+    real = np.concatenate([load_audio(row["path"], RATE)[0] for row in rows[:14]])
+    assert len(real) > 40 * RATE
+    paths["long"] = folder / "long_40s.wav"
+    sf.write(paths["long"], real[: 40 * RATE], RATE)
+    paths["too_long"] = folder / "too_long_130s.wav"
+    sf.write(paths["too_long"], np.tile(real, 4)[: 130 * RATE], RATE)
+    paths["ten_minutes"] = folder / "ten_minutes.wav"
+    sf.write(paths["ten_minutes"], np.tile(real, 15)[: 600 * RATE], RATE, subtype="PCM_16")
+    paths["nan"] = folder / "nan_samples.wav"
+    broken = good.copy()
+    broken[RATE : RATE + 800] = np.nan
+    sf.write(paths["nan"], broken, RATE, subtype="FLOAT")
+    paths["missing"] = folder / "missing.wav"
+    high, _ = load_audio(rows[0]["path"], 44100)
+    paths["stereo"] = folder / "stereo_44k.wav"
+    sf.write(paths["stereo"], np.stack([high, 0.5 * high], axis=1), 44100, subtype="PCM_16")
+    return paths

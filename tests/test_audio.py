@@ -14,8 +14,11 @@ import torch
 from modeling_mise import audio
 from modeling_mise.audio import (
     AudioInputError,
+    AudioPolicy,
+    check_waveform,
     crop,
     load_audio,
+    load_checked,
     prepare_waveform,
     rejection_reason,
     resample,
@@ -138,7 +141,7 @@ def test_wav_with_zero_frames(tmp_path):
     path = tmp_path / "zero_frames.wav"
     soundfile.write(path, np.zeros((0, 1), dtype=np.float32), 16000)
     assert path.stat().st_size > 0
-    _assert_rejected(path, "empty audio")
+    _assert_rejected(path, r"empty clip \(0 samples\)")
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf])
@@ -189,7 +192,7 @@ def test_torchcodec_fallback_for_containers_soundfile_cannot_read(tmp_path):
 
 def test_rejection_reason_for_silent_short_and_broken_clips(ravdess_wav):
     rate = 16000
-    assert rejection_reason(np.zeros(rate, dtype=np.float32), rate) == "silent (peak -inf dBFS)"
+    assert rejection_reason(np.zeros(rate, dtype=np.float32), rate) == "silent (every sample is zero)"
     quiet = _sine(200.0, 1.0, rate, amplitude=10 ** (-72.0 / 20))
     assert rejection_reason(quiet, rate) == "silent (peak -72.0 dBFS)"
     assert rejection_reason(quiet, rate, silence_dbfs=-80.0) is None
@@ -211,3 +214,37 @@ def test_crop_long_clip(ravdess_wav):
     assert not was_cropped and same is waveform
     with pytest.raises(ValueError, match="max_seconds"):
         crop(waveform, rate, max_seconds=0)
+
+
+def test_one_policy_errors_and_notices(ravdess_wav):
+    rate = 16000
+    real, _ = load_audio(ravdess_wav, rate)
+    assert check_waveform(real, rate, "clip.wav") == []
+    long = np.tile(real, 20)[: 40 * rate]
+    assert check_waveform(long, rate, "long.wav") == [
+        "40.0 s is longer than the 30 s window: only the first 30 s are classified"
+    ]
+    limited = AudioPolicy(hard_limit_seconds=35.0)
+    with pytest.raises(
+        AudioInputError, match=r"^long\.wav: 40\.0 s is longer than the 35 s limit; trim it first$"
+    ):
+        check_waveform(long, rate, "long.wav", limited)
+    with pytest.raises(
+        AudioInputError, match=r"^quiet\.wav: silent \(peak -72\.0 dBFS\); nothing to classify$"
+    ):
+        check_waveform(_sine(200.0, 1.0, rate, amplitude=10 ** (-72.0 / 20)), rate, "quiet.wav")
+    with pytest.raises(AudioInputError, match=r"^short\.wav: too short \(0\.20 s < 0\.25 s\)"):
+        check_waveform(_sine(200.0, 0.2, rate), rate, "short.wav")
+    assert check_waveform(_sine(200.0, 0.2, rate), rate, "short.wav", AudioPolicy(min_seconds=0.1)) == []
+    for field, value in (("min_seconds", -1.0), ("max_seconds", 0.0), ("hard_limit_seconds", "120")):
+        with pytest.raises(ValueError, match=f"AudioPolicy.{field}"):
+            AudioPolicy(**{field: value})
+
+
+def test_load_checked_names_the_given_source(tmp_path):
+    path = tmp_path / "upload-123.wav"
+    soundfile.write(path, np.zeros(16000, dtype=np.float32), 16000)
+    with pytest.raises(AudioInputError, match=r"^clip\.wav: silent \(every sample is zero\)"):
+        load_checked(path, 16000, source="clip.wav")
+    with pytest.raises(AudioInputError, match=r"upload-123\.wav: silent"):
+        load_checked(path, 16000)

@@ -20,6 +20,7 @@ from transformers import (
     AutoModelForAudioClassification,
     Wav2Vec2Config,
     Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForSequenceClassification,
     Wav2Vec2Model,
     pipeline,
 )
@@ -28,6 +29,7 @@ import modeling_mise  # noqa: F401  (registers the Auto classes)
 from modeling_mise import (
     MiseAlignerConfig,
     MiseAlignerModel,
+    MiseAudioClassificationPipeline,
     MiseClassifierConfig,
     MiseClassifierModel,
     MiseFeatureExtractor,
@@ -35,7 +37,7 @@ from modeling_mise import (
     MiseGeneratorConfig,
     MiseGeneratorModel,
 )
-from modeling_mise.audio import load_audio
+from modeling_mise.audio import AudioInputError, AudioPolicy, load_audio
 from modeling_mise.encoders import load_audio_encoder
 
 EMOTIONS = {0: "calm", 1: "angry", 2: "sad"}
@@ -285,3 +287,45 @@ def test_end_to_end_with_a_transformers_encoder(tmp_path, ravdess_wav):
     sf.write(tmp_path / "clip.wav", waveform, 16000)
     result = pipeline("audio-classification", model=str(folder))(str(tmp_path / "clip.wav"))
     assert result[0]["label"] in EMOTIONS.values()
+
+
+def test_feature_extractor_applies_the_input_policy(opensmile_classifier, ravdess_wav, caplog):
+    _, folder = opensmile_classifier
+    saved = json.loads((folder / "preprocessor_config.json").read_text())
+    assert (saved["min_duration_s"], saved["silence_dbfs"], saved["max_duration_s"]) == (0.25, -60.0, 30.0)
+    extractor = MiseFeatureExtractor(max_duration_s=2.0, min_duration_s=0.5)
+    assert extractor.policy == AudioPolicy(min_seconds=0.5, max_seconds=2.0)
+    waveform, rate = load_audio(ravdess_wav, target_sampling_rate=16000)
+    with caplog.at_level("WARNING", logger="modeling_mise"):
+        inputs = extractor(waveform, sampling_rate=rate)
+    assert inputs["input_values"].shape == (1, 2 * rate)  # classified on the window, and it says so
+    assert any(
+        "is longer than the 2 s window: only the first 2 s are classified" in r.message
+        for r in caplog.records
+    )
+    with pytest.raises(AudioInputError, match=r"<input 1>: too short \(0\.30 s < 0\.50 s\)"):
+        extractor([waveform, waveform[: int(0.3 * rate)]], sampling_rate=rate)
+    with pytest.raises(AudioInputError, match=r"<input>: silent \(peak -80\.0 dBFS\)"):
+        extractor(np.full(rate, 1e-4, dtype=np.float32), sampling_rate=rate)
+    with pytest.raises(ValueError, match="AudioPolicy.min_seconds"):
+        MiseFeatureExtractor(min_duration_s=-1)
+
+
+def test_pipeline_changes_nothing_for_other_models(tmp_path, ravdess_wav):
+    """The registered pipeline class reads input itself for MISE models only; others get the stock behaviour."""
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+        conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+        num_labels=2, id2label={0: "no", 1: "yes"},
+    )  # fmt: skip
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor().save_pretrained(tmp_path)
+    other = pipeline("audio-classification", model=str(tmp_path))
+    assert isinstance(other, MiseAudioClassificationPipeline)
+    silent = np.zeros(16000, dtype=np.float32)
+    assert len(other(silent)) == 2  # the stock pipeline classifies silence; MISE's policy is not applied
+    with pytest.raises(
+        ValueError, match="Malformed soundfile"
+    ):  # the stock error for bytes that are not audio
+        other(b"meeting notes, not audio" * 20)

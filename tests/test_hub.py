@@ -102,6 +102,7 @@ def trained_run(tmp_path_factory, ravdess_rows):
         "--max_folds", "1", "--num_validation_speakers", "1", "--aligner_epochs", "3",
         "--generator_epochs", "2", "--generator_eval_every", "1", "--classifier_epochs", "3",
         "--checkpoint_every", "0", "--report_to", "none", "--cache_dir", str(root / "cache"),
+        "--min_class_clips", "1",  # one clip per speaker and emotion
     ]
     # fmt: on
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

@@ -380,7 +380,7 @@ def test_multimodal_run_with_a_lora_tuned_llama_end_to_end(ravdess_rows, tiny_ll
             "--aligner_epochs", "2", "--generator_epochs", "2", "--generator_eval_every", "1",
             "--classifier_epochs", "2", "--early_stopping_patience", "0", "--checkpoint_every", "0",
             "--aligner_batch_size", "32", "--generator_batch_size", "32", "--classifier_batch_size", "32",
-            "--report_to", "none", "--seed", "3",
+            "--report_to", "none", "--seed", "3", "--min_class_clips", "2",
         ]
     )  # fmt: skip
     assert summary["n_folds"] == 2

@@ -11,6 +11,7 @@ import ast
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -35,7 +36,7 @@ from modeling_mise import (
     MiseFeatureExtractor,
     MiseForAudioClassification,
 )
-from modeling_mise.audio import load_audio
+from modeling_mise.audio import AudioInputError, load_audio
 from modeling_mise.encoders import load_audio_encoder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,55 +67,6 @@ def _load_file_module(name: str, path: Path):
 bench = _load_file_module("bench_space", REPO_ROOT / "bench" / "bench_space.py")
 
 
-def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps: int = 80) -> Path:
-    """A real end-to-end classifier: eGeMAPS of `per_class` clips per emotion, aligner + classifier in plain torch."""
-    names = sorted({row["emotion"] for row in rows})
-    chosen = []
-    for name in names:
-        of_class = [row for row in rows if row["emotion"] == name]
-        chosen += of_class[:: max(1, len(of_class) // per_class)][:per_class]
-    encoder = load_audio_encoder("opensmile/eGeMAPSv02")
-    hidden = encoder.encode([load_audio(row["path"], RATE)[0] for row in chosen], show_progress=False)
-    labels = torch.tensor([names.index(row["emotion"]) for row in chosen])
-    id2label = dict(enumerate(names))
-    torch.manual_seed(0)
-    aligner = MiseAlignerModel(
-        MiseAlignerConfig(
-            audio_dim=88, projection_dim=32, hidden_sizes=[64], use_text=False, id2label=id2label
-        )
-    )
-    aligner.set_feature_statistics(hidden.mean(0), hidden.std(0))
-    optimizer = torch.optim.Adam(aligner.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = aligner(audio_features=hidden, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    aligner.eval()
-    with torch.no_grad():
-        audio_embeds = aligner.get_audio_features(hidden)
-    classifier = MiseClassifierModel(MiseClassifierConfig(input_dim=32, hidden_sizes=[32], id2label=id2label))
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = classifier(features=audio_embeds, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    classifier.eval()
-    with torch.no_grad():
-        accuracy = (classifier(features=audio_embeds).logits.argmax(-1) == labels).float().mean().item()
-    assert accuracy > 0.5, f"the fixture model did not learn (training accuracy {accuracy:.2f})"
-    model = MiseForAudioClassification.from_components(aligner, classifier, encoder)
-    model.save_pretrained(folder)
-    MiseFeatureExtractor(sampling_rate=model.config.sampling_rate).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def space_model(ravdess_rows, tmp_path_factory) -> Path:
-    return train_space_model(ravdess_rows, tmp_path_factory.mktemp("space_model") / "audio-classifier")
-
-
 @pytest.fixture(scope="module")
 def id2label(space_model) -> dict[int, str]:
     config = json.loads((space_model / "config.json").read_text())
@@ -122,9 +74,15 @@ def id2label(space_model) -> dict[int, str]:
 
 
 @pytest.fixture(scope="module")
-def reference(space_model):
+def classify_pipeline(space_model):
+    """`pipeline("audio-classification")` on the fixture model."""
+    return pipeline("audio-classification", model=str(space_model))
+
+
+@pytest.fixture(scope="module")
+def reference(classify_pipeline):
     """The transformers pipeline on the same model: what the Space must predict."""
-    classify = pipeline("audio-classification", model=str(space_model))
+    classify = classify_pipeline
 
     def predict(path) -> dict[str, float]:
         waveform, rate = load_audio(path)
@@ -132,36 +90,6 @@ def reference(space_model):
         return {item["label"]: item["score"] for item in scores}
 
     return predict
-
-
-@pytest.fixture(scope="module")
-def clips(ravdess_rows, tmp_path_factory) -> dict[str, Path]:
-    """Good, transformed and bad clips, each with a unique file name."""
-    folder = tmp_path_factory.mktemp("space_clips")
-    rows = [row for row in ravdess_rows if row["speaker"] == ravdess_rows[0]["speaker"]]
-    good, _ = load_audio(rows[0]["path"], RATE)
-    paths = {"good": folder / "good.wav"}
-    shutil.copy(rows[0]["path"], paths["good"])
-    (folder / "notes.wav").write_text("meeting notes, not audio\n" * 20)
-    paths["notes"] = folder / "notes.wav"
-    paths["empty"] = folder / "empty.wav"
-    sf.write(paths["empty"], np.zeros(0, dtype=np.float32), RATE)
-    paths["zero_bytes"] = folder / "zero_bytes.wav"
-    paths["zero_bytes"].write_bytes(b"")
-    paths["silent"] = folder / "silent.wav"
-    sf.write(paths["silent"], np.zeros(3 * RATE, dtype=np.float32), RATE)
-    paths["short"] = folder / "short.wav"
-    sf.write(paths["short"], good[: RATE // 10], RATE)
-    real = np.concatenate([load_audio(row["path"], RATE)[0] for row in rows[:14]])
-    assert len(real) > 40 * RATE
-    paths["long"] = folder / "long_40s.wav"
-    sf.write(paths["long"], real[: 40 * RATE], RATE)
-    paths["too_long"] = folder / "too_long_130s.wav"
-    sf.write(paths["too_long"], np.tile(real, 4)[: 130 * RATE], RATE)
-    high, _ = load_audio(rows[0]["path"], 44100)
-    paths["stereo"] = folder / "stereo_44k.wav"
-    sf.write(paths["stereo"], np.stack([high, 0.5 * high], axis=1), 44100, subtype="PCM_16")
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +194,10 @@ def test_classify_reports_resampling_downmixing_and_cropping(app, clips, referen
     good = reference(clips["good"])
     assert max(scores, key=scores.get) == max(good, key=good.get)  # same speech, other rate and layout
     scores, info = app.classify(str(clips["long"]), "")
-    assert scores is not None and "Cropped to the first 30 s (the clip is 40.0 s long)" in info
+    assert (
+        scores is not None
+        and "40.0 s is longer than the 30 s window: only the first 30 s are classified" in info
+    )
     # the model sees exactly the first 30 s
     first_30s, _ = load_audio(clips["long"])
     cropped = clips["long"].parent / "first_30s.wav"
@@ -283,7 +214,7 @@ def test_classify_reports_resampling_downmixing_and_cropping(app, clips, referen
         ("zero_bytes", "empty file (0 bytes)"),
         ("silent", "silent (every sample is zero)"),
         ("short", "too short (0.10 s < 0.25 s)"),
-        ("too_long", "130.0 s is longer than the 120 s this demo accepts"),
+        ("too_long", "130.0 s is longer than the 120 s limit; trim it first"),
     ],
 )
 def test_classify_refuses_bad_input_with_a_readable_message(app, clips, clip, reason):
@@ -336,6 +267,26 @@ def test_page_layout_for_an_audio_only_model(app, examples_dir):
     assert app.find_examples(str(examples_dir / "missing")) == []
 
 
+def test_the_space_ships_emodb_example_clips(app, monkeypatch):
+    """Without MISE_EXAMPLES the page shows the Emo-DB clips in spaces_demo/examples/ (CC0), and they classify."""
+    monkeypatch.delenv("MISE_EXAMPLES", raising=False)
+    shipped = app.find_examples()
+    emotions = {path.stem.rsplit("_", 1)[1] for path in shipped}
+    assert (
+        len(shipped) >= 4
+        and len(emotions) == len(shipped)
+        and {p.parent for p in shipped} == {SPACE / "examples"}
+    )
+    attribution = (SPACE / "examples" / "README.md").read_text()
+    assert "CC0" in attribution and "Burkhardt" in attribution
+    assert all(path.name in attribution for path in shipped)
+    datasets = [block for block in app.build_demo().blocks.values() if isinstance(block, gr.Dataset)]
+    assert [Path(str(row[0])).name for row in datasets[0].samples] == [path.name for path in shipped]
+    for path in shipped:
+        scores, info = app.classify(str(path), "")
+        assert scores is not None and path.name in info and "16000 Hz" in info
+
+
 @pytest.fixture(scope="module")
 def multimodal_model(tmp_path_factory) -> Path:
     """A multimodal end-to-end model (random weights): `[z_a; z_t]` with the offline MiniLM as text encoder."""
@@ -381,6 +332,104 @@ def test_transcript_box_and_transcript_for_a_multimodal_model(
     assert np.allclose([with_text[n] for n in names], expected_with.numpy(), atol=1e-5)
     assert np.allclose([without_text[n] for n in names], expected_without.numpy(), atol=1e-5)
     assert not np.allclose(expected_with.numpy(), expected_without.numpy(), atol=1e-4)
+
+
+# ---------------------------------------------------------------- the README's bad-input table, every entry point
+
+ERROR_WORDS = ("refused", "exit 2", "AudioInputError")
+
+
+def bad_input_table() -> list[dict]:
+    """Rows of the README's bad-input table: case, file, message and what each entry point does with it."""
+    section = (REPO_ROOT / "README.md").read_text().split("\n## Bad input\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or len(cells) != 6 or cells[0] == "case":
+            continue
+        case, file, message, *entries = cells
+        row = {"case": case, "file": re.search(r"`([^`]+)`", file).group(1)}
+        for name, cell in zip(("space", "cli", "pipeline"), entries, strict=True):
+            override = re.match(r"refused: `([^`]+)`", cell)
+            row[name] = {
+                "error": any(word in cell for word in ERROR_WORDS),
+                "message": override.group(1) if override else re.search(r"`([^`]+)`", message).group(1),
+            }
+        rows.append(row)
+    return rows
+
+
+BAD_INPUT_TABLE = bad_input_table()
+
+
+def says(text: str, message: str) -> bool:
+    """Whether `text` holds the table's `message` (`…` stands for any text)."""
+    pattern = ".*?".join(re.escape(part) for part in message.split("…"))
+    return re.search(pattern, text, flags=re.S) is not None
+
+
+def test_the_bad_input_table_has_every_case():
+    assert len(BAD_INPUT_TABLE) >= 9
+    assert {row["file"] for row in BAD_INPUT_TABLE} >= {
+        "notes.wav", "zero_bytes.wav", "empty.wav", "silent.wav", "short.wav", "long_40s.wav", "ten_minutes.wav"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("row", BAD_INPUT_TABLE, ids=[row["case"] for row in BAD_INPUT_TABLE])
+def test_bad_input_table_row(row, app, clips, space_model, classify_pipeline, caplog):
+    """One row of the README's table through the Space function, `mise classify` (a subprocess) and `pipeline()`."""
+    path = next(path for path in clips.values() if path.name == row["file"])
+    # the Space
+    expected = row["space"]
+    if expected["error"]:
+        with pytest.warns(UserWarning):
+            scores, info = app.classify(str(path), "")
+        assert scores is None and info.startswith(f"⚠️ Could not classify `{path.name}`: "), info
+    else:
+        scores, info = app.classify(str(path), "")
+        assert scores is not None and "Prediction" in info, info
+    assert says(info, expected["message"]), info
+    # mise classify
+    expected = row["cli"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "modeling_mise.cli", "classify", str(space_model), str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == (2 if expected["error"] else 0), result.stderr[-2000:]
+    assert says(result.stderr, f"mise classify: {path}: {expected['message']}"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "Malformed" not in result.stderr
+    if not expected["error"]:
+        (line,) = result.stdout.splitlines()
+        output = json.loads(line)
+        assert output["label"] == output["scores"][0]["label"] and says(
+            output["notices"][0], expected["message"]
+        )
+    # pipeline()
+    expected = row["pipeline"]
+    if expected["error"]:
+        with pytest.raises(AudioInputError) as error:
+            classify_pipeline(str(path))
+        assert str(error.value).startswith(f"{path}: ") and says(str(error.value), expected["message"])
+    else:
+        with caplog.at_level(logging.WARNING, logger="modeling_mise"):
+            scores = classify_pipeline(str(path), top_k=None)
+        assert len(scores) == len(app.MODEL.id2label)
+        warnings = [
+            record.getMessage() for record in caplog.records if record.name.startswith("modeling_mise")
+        ]
+        assert any(says(text, f"{path}: {expected['message']}") for text in warnings), warnings
+
+
+def test_pipeline_names_bytes_and_arrays(classify_pipeline, clips):
+    with pytest.raises(AudioInputError, match=r"^<bytes>: not a readable audio file"):
+        classify_pipeline(clips["notes"].read_bytes())
+    with pytest.raises(AudioInputError, match=r"^<input>: silent \(every sample is zero\)"):
+        classify_pipeline({"raw": np.zeros(2 * RATE, dtype=np.float32), "sampling_rate": RATE})
+    with pytest.raises(AudioInputError, match=r"^<array>: too short \(0\.05 s < 0\.25 s\)"):
+        classify_pipeline(np.ones(800, dtype=np.float32) * 0.1)
+    assert (
+        classify_pipeline(clips["good"].read_bytes())[0]["label"]
+        == classify_pipeline(str(clips["good"]))[0]["label"]
+    )
 
 
 # ---------------------------------------------------------------- the running Space
@@ -513,7 +562,7 @@ def test_browser_bad_files_get_a_message_and_the_page_keeps_working(page, clips,
         ("empty", "empty clip (0 samples)"),
         ("zero_bytes", "empty file (0 bytes)"),
         ("silent", "silent"),
-        ("too_long", "longer than the 120 s this demo accepts"),
+        ("too_long", "longer than the 120 s limit"),
     ]
     for clip, reason in cases:
         info = upload_and_classify(page, clips[clip])
@@ -531,7 +580,7 @@ def test_browser_bad_files_get_a_message_and_the_page_keeps_working(page, clips,
 @pytest.mark.browser
 def test_browser_reports_cropping_resampling_and_downmixing(page, clips):
     info = upload_and_classify(page, clips["long"])
-    assert "Cropped to the first 30 s" in info and shown_label(page) is not None
+    assert "only the first 30 s are classified" in info and shown_label(page) is not None
     info = upload_and_classify(page, clips["stereo"])
     assert "Resampled from 44100 Hz to 16000 Hz" in info and "Downmixed 2 channels to mono" in info
     assert shown_label(page) is not None

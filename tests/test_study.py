@@ -34,6 +34,7 @@ TINY = [
     "--classifier_epochs", "4", "--early_stopping_patience", "0",
     "--aligner_batch_size", "32", "--generator_batch_size", "32", "--classifier_batch_size", "32",
     "--generated_ratios", "0.5", "1.0", "--map_max_points", "120", "--classic_max_iter", "200",
+    "--min_class_clips", "2",
 ]  # fmt: skip
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GENERATOR_VARIANTS = [name for name in DEFAULT_VARIANTS if VARIANTS[name].uses_generator]

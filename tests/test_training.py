@@ -36,7 +36,7 @@ TINY = [
     "--aligner_epochs", "4", "--generator_epochs", "6", "--generator_eval_every", "2",
     "--classifier_epochs", "4", "--early_stopping_patience", "0", "--checkpoint_every", "2",
     "--aligner_batch_size", "32", "--generator_batch_size", "32", "--classifier_batch_size", "32",
-    "--seed", "7",
+    "--seed", "7", "--min_class_clips", "2",
 ]  # fmt: skip
 
 
@@ -303,6 +303,75 @@ def test_fold_without_a_class_names_fold_and_class(ravdess_rows, cache_dir, tmp_
         main(run_args(manifest, tmp_path / "out", cache_dir, "--text_encoder", "none", "--report_to", "none"))
 
 
+def test_typo_label_stops_the_run_naming_class_rows_and_label_map(
+    ravdess_dir, ravdess_rows, cache_dir, tmp_path
+):
+    """The full RAVDESS manifest with `bored` in one row: an error before any audio is decoded, exit code 1."""
+    rows = [dict(row) for row in ravdess_rows]
+    rows[17]["emotion"] = "bored"
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    command = [
+        sys.executable, "training/train.py", "training/configs/ravdess.yaml", "--dataset", str(manifest),
+        "--output_dir", str(tmp_path / "out"), "--cache_dir", str(cache_dir),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: ") and "Traceback" not in result.stderr
+    assert "class 'bored' has 1 clip(s) from 1 speaker(s)" in message
+    assert f"rows 17 ({Path(rows[17]['path']).name})" in message
+    assert "min_class_clips" in message and "--label_map" in message
+    assert not (tmp_path / "out" / "run_info.json").exists() and not (tmp_path / "out" / "models").exists()
+
+
+def test_class_with_one_speaker_or_few_clips_is_refused(ravdess_rows, cache_dir, tmp_path):
+    rows = subset(ravdess_rows, SPEAKERS[:3])
+    rows = [row for row in rows if row["emotion"] != "calm" or row["speaker"] == "Actor_01"]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    with pytest.raises(ValueError, match=r"class 'calm' has 4 clip\(s\) from 1 speaker\(s\) \['Actor_01'\]"):
+        main(run_args(manifest, tmp_path / "out", cache_dir, "--report_to", "none"))
+    too_few = ["--min_class_clips", "7", "--report_to", "none"]
+    with pytest.raises(ValueError, match=r"class 'neutral' has 6 clip\(s\) from 3 speaker\(s\)") as error:
+        main(
+            run_args(
+                write_manifest(tmp_path / "m.csv", subset(ravdess_rows, SPEAKERS[:3])),
+                tmp_path / "o",
+                cache_dir,
+                *too_few,
+            )
+        )
+    assert "and 1 more" in str(error.value) and "--drop_labels" in str(error.value)
+
+
+def test_rerun_after_a_failure_before_the_first_fold(ravdess_rows, cache_dir, tmp_path):
+    """A run stopped by a bad manifest leaves TensorBoard's folder; the fixed rerun into the same folder runs."""
+    rows = subset(ravdess_rows)
+    rows = [dict(row, emotion="bored") if index == 5 else row for index, row in enumerate(rows)]
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="class 'bored'"):
+        main(
+            run_args(
+                write_manifest(tmp_path / "typo.csv", rows), out, cache_dir, "--report_to", "tensorboard"
+            )
+        )
+    assert (out / "mise").is_dir() and not (out / "run_info.json").exists()
+    fixed = write_manifest(tmp_path / "fixed.csv", subset(ravdess_rows))
+    quick = [
+        "--max_folds",
+        "1",
+        "--final_models",
+        "false",
+        "--report_to",
+        "tensorboard",
+        "--text_encoder",
+        "none",
+    ]
+    summary = main(run_args(fixed, out, cache_dir, *quick))
+    assert summary["n_folds"] == 1 and (out / "run_info.json").is_file()
+    with pytest.raises(ConfigError, match="already holds a run"):  # a run that reached its folds is kept
+        main(run_args(fixed, out, cache_dir, *quick))
+
+
 def test_output_dir_of_a_previous_run_is_not_overwritten_silently(
     reference_run, corpus_with_bad_files, cache_dir
 ):
@@ -445,7 +514,8 @@ PARTS = {"Actor_01": "train", "Actor_02": "train", "Actor_03": "dev", "Actor_04"
 
 def split_arguments(manifest: Path, tmp_path: Path, *extra: str):
     """Data arguments of protocol split over `manifest` (no model is trained)."""
-    args = ["--dataset", str(manifest), "--output_dir", str(tmp_path / "out"), "--protocol", "split", *extra]
+    args = ["--dataset", str(manifest), "--output_dir", str(tmp_path / "out"), "--protocol", "split"]
+    args += ["--min_class_clips", "2", *extra]
     return parse_arguments(args)[0]
 
 

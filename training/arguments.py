@@ -16,6 +16,9 @@ from typing import Literal
 import yaml
 from transformers import HfArgumentParser
 
+from modeling_mise.audio import DEFAULT_POLICY
+from modeling_mise.data import MIN_CLASS_CLIPS, MIN_CLASS_SPEAKERS
+
 PROTOCOLS = ("loso", "loso_session", "kfold", "split")
 AUGMENTATIONS = ("none", "noise", "mixup", "gan", "mise")
 SPEAKER_NORMALIZATION_MODES = ("auto", "true", "false")
@@ -87,7 +90,20 @@ class DataArguments:
         },
     )
     drop_labels: list[str] = field(default_factory=list, metadata={"help": "Labels (after mapping) to drop."})
-    min_seconds: float = field(default=0.25, metadata={"help": "Clips shorter than this are rejected."})
+    min_seconds: float = field(
+        default=DEFAULT_POLICY.min_seconds, metadata={"help": "Clips shorter than this are rejected."}
+    )
+    silence_dbfs: float = field(
+        default=DEFAULT_POLICY.silence_dbfs,
+        metadata={"help": "Clips whose peak is below this level (dBFS) are rejected as silent."},
+    )
+    min_class_clips: int = field(
+        default=MIN_CLASS_CLIPS,
+        metadata={
+            "help": f"A class with fewer clips (or fewer than {MIN_CLASS_SPEAKERS} speakers) stops the run, "
+            "naming the class and its rows: merge or drop it with --label_map."
+        },
+    )
     strict: bool = field(
         default=False, metadata={"help": "Make a rejected file fatal instead of listing it."}
     )
@@ -157,6 +173,7 @@ class DataArguments:
         if self.max_folds is not None and self.max_folds < 1:
             raise ConfigError(f"max_folds: must be >= 1, got {self.max_folds}")
         _positive("min_seconds", self.min_seconds, allow_zero=True)
+        _positive("min_class_clips", self.min_class_clips)
         self.speaker_normalization = str(self.speaker_normalization).lower()
         if self.speaker_normalization not in SPEAKER_NORMALIZATION_MODES:
             raise ConfigError(
@@ -505,6 +522,7 @@ ARGUMENT_TYPES = (DataArguments, ModelArguments, MiseTrainingArguments)
 # resumed run may change them.
 _NOT_HASHED = {
     "output_dir",
+    "min_class_clips",  # a check: the runs it lets through are the same
     "overwrite_output_dir",
     "resume_from_checkpoint",
     "cache_dir",

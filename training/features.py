@@ -14,7 +14,7 @@ from accelerate.logging import get_logger
 
 from modeling_mise.audio import AudioInputError, crop
 from modeling_mise.cache import FeatureCache
-from modeling_mise.data import Corpus, Rejection, load_corpus, write_rejections
+from modeling_mise.data import Corpus, Rejection, check_class_sizes, load_corpus, write_rejections
 from modeling_mise.encoders import AudioEncoder, TextEncoder
 from modeling_mise.layers import speaker_normalize, speaker_statistics
 
@@ -40,12 +40,13 @@ def read_corpus(data_args: DataArguments) -> Corpus:
 
     A relative `dataset` path that exists under a local `data_dir` is read from there (e.g. `manifest.csv`
     with `--data_dir ../shared/data/ravdess`); otherwise `data_dir` goes to `datasets.load_dataset`. The split
-    column is read (and checked) for protocol split only: other protocols ignore it.
+    column is read (and checked) for protocol split only: other protocols ignore it. A class with fewer than
+    `min_class_clips` clips or 2 speakers stops here, before any audio is decoded.
     """
     source, data_dir = data_args.dataset, data_args.data_dir
     if data_dir and not Path(source).is_absolute() and (Path(data_dir) / source).exists():
         source, data_dir = str(Path(data_dir) / source), None
-    return load_corpus(
+    corpus = load_corpus(
         source,
         audio_column=data_args.audio_column,
         label_column=data_args.label_column,
@@ -58,6 +59,8 @@ def read_corpus(data_args: DataArguments) -> Corpus:
         drop_labels=data_args.drop_labels,
         data_dir=data_dir,
     )
+    check_class_sizes(corpus, data_args.min_class_clips)
+    return corpus
 
 
 def audio_spec(audio_encoder: AudioEncoder, model_args: ModelArguments) -> dict:
@@ -89,7 +92,8 @@ def usable_clips(
 
     A clip in `cached` (fingerprints with cached features, see `cached_fingerprints`) passed these checks when its
     features were computed: it is not decoded (its waveform is None) unless its length, read from the file header,
-    is unknown or under `min_seconds`.
+    is unknown or under `min_seconds`. The thresholds are the input policy's (`min_seconds`, `silence_dbfs`); a
+    class left with too few clips after the rejections stops the run (`min_class_clips`).
     """
     cached = cached or set()
     known = [
@@ -104,6 +108,7 @@ def usable_clips(
         "min_seconds": data_args.min_seconds,
         "strict": data_args.strict,
         "show_progress": accelerator.is_local_main_process,
+        "silence_dbfs": data_args.silence_dbfs,
     }
     decoded, rejections, kept = [], [], []
     if rest:
@@ -127,6 +132,7 @@ def usable_clips(
         logger.warning(f"rejected row {rejection.row}: {rejection.path}: {rejection.reason}")
     if rejections:
         logger.warning(f"{len(rejections)} clip(s) rejected, listed in {output_dir / 'rejected.csv'}")
+        check_class_sizes(usable, data_args.min_class_clips)
     return waveforms, usable, rejections
 
 

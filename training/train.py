@@ -62,13 +62,16 @@ logger = get_logger("mise.train")
 
 # what a run writes; `--overwrite_output_dir` deletes exactly these
 RUN_FILES = ("folds", "final", SPEAKER_FINAL_FOLD, "checkpoints", "models", "mise", "summary.json", "run_info.json", "rejected.csv")  # fmt: skip
+# written once the folds start: without them the folder holds no run, only what a run that stopped on bad
+# input left behind (TensorBoard's `mise/`, `rejected.csv`), which a new run replaces
+RUN_MARKERS = ("folds", "final", SPEAKER_FINAL_FOLD, "checkpoints", "models", "summary.json", "run_info.json")
 FINAL_SEED_INDEX = 1_000_000
 
 
 def _prepare_output_dir(output_dir: Path, args, hash_: str, accelerator: Accelerator) -> bool:
     """Refuse to mix runs: a previous run is continued (resume), replaced (overwrite) or an error."""
     previous = output_dir / "run_info.json"
-    has_run = any((output_dir / name).exists() for name in RUN_FILES)
+    has_run = any((output_dir / name).exists() for name in RUN_MARKERS)
     if args.resume_from_checkpoint is not None:
         if previous.is_file():
             old_hash = json.loads(previous.read_text()).get("config_hash")
@@ -83,7 +86,7 @@ def _prepare_output_dir(output_dir: Path, args, hash_: str, accelerator: Acceler
             f"output_dir: {output_dir} already holds a run; pass --resume_from_checkpoint latest to continue "
             "it or --overwrite_output_dir to start again"
         )
-    if has_run and accelerator.is_main_process:
+    if accelerator.is_main_process:
         for name in RUN_FILES:
             path = output_dir / name
             if path.is_dir():
