@@ -12,11 +12,12 @@ import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, InitProcessGroupKwargs
 from accelerate.logging import get_logger
 
 from modeling_mise import (
@@ -51,6 +52,8 @@ from .stages import (
 logger = get_logger(__name__)
 
 STAGE_MARKER = "stage.json"
+# processes meet only between folds, so one may wait for another's whole fold or the final models: a long timeout
+PROCESS_GROUP_KWARGS = InitProcessGroupKwargs(timeout=timedelta(hours=12))
 FINAL_FOLD = "final"
 SPEAKER_FINAL_FOLD = "final-speaker"  # the released per-speaker pair, used with enrolment clips
 

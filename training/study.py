@@ -53,7 +53,7 @@ from training.features import (
     usable_clips,
 )
 from training.loop import NonFiniteLossError
-from training.pipeline import build_folds
+from training.pipeline import PROCESS_GROUP_KWARGS, build_folds
 from training.speaker_normalization import SpeakerNormalization, normalization_report
 from training.study_report import write_report
 from training.study_unit import FoldUnit, Study
@@ -220,7 +220,8 @@ def _run_study(
 
     # 2. accelerator, logging, output folder
     accelerator = Accelerator(
-        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True)
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
+        kwargs_handlers=[PROCESS_GROUP_KWARGS],
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("mise").setLevel(logging.INFO)

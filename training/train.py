@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make `training` and `modeling_
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from threadpoolctl import threadpool_limits
@@ -44,6 +44,7 @@ from training.features import (
 )
 from training.loop import NonFiniteLossError
 from training.pipeline import (
+    PROCESS_GROUP_KWARGS,
     SPEAKER_FINAL_FOLD,
     RunContext,
     build_folds,
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         mixed_precision=training_args.mixed_precision,
         gradient_accumulation_steps=training_args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        kwargs_handlers=[PROCESS_GROUP_KWARGS],
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint otherwise
