@@ -18,6 +18,8 @@ def classify(args: argparse.Namespace) -> int:
         write_results,
     )
 
+    if args.output and not args.output.lower().endswith((".csv", ".jsonl")):
+        raise ValueError(f"--output {args.output}: the file name must end in .csv or .jsonl")
     paths = collect_audio_paths(args.paths)
     if not paths:
         raise ValueError("no audio files found in " + ", ".join(args.paths))
@@ -54,6 +56,7 @@ def evaluate(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         window_seconds=args.window_seconds,
         hop_seconds=args.hop_seconds,
+        normalize=args.normalize,
     )
     print(json.dumps({key: report[key] for key in ("uar", "wa", "macro_f1", "classes", "clips")}, indent=2))
     return 0
@@ -132,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--speaker_column", default="speaker", help="speaker column of the corpus")
     evaluate_parser.add_argument("--audio_column", default=None, help="audio column (default: guessed)")
     evaluate_parser.add_argument("--data_dir", default=None, help="`data_dir` of a Hub or local dataset")
+    evaluate_parser.add_argument(
+        "--normalize",
+        choices=("model", "corpus"),
+        default="model",
+        help="standardise the frozen features with the training statistics stored in the model (model, as "
+        "released) or with the evaluated corpus' own (corpus: unsupervised adaptation to its recording "
+        "conditions)",
+    )
     add_classify_arguments(evaluate_parser)
     push_parser = commands.add_parser(
         "push",

@@ -83,6 +83,29 @@ def score_shared(
     return metrics
 
 
+def adapt_statistics(classifier: AudioFileClassifier, corpus, waveforms: Sequence[np.ndarray]) -> None:
+    """Re-standardise a MISE model's frozen features with the corpus' own mean and std (no labels used): the
+    usual cross-corpus adaptation, since recording conditions shift every feature. Features come from the
+    feature cache (``MISE_CACHE``) when training already computed them."""
+    from .audio import crop
+    from .cache import FeatureCache
+
+    model = classifier.model
+    if not (hasattr(model, "aligner") and hasattr(model, "audio_encoder")):
+        raise ValueError("normalize='corpus': needs a MISE audio classifier (frozen encoder + aligner)")
+    longest = float(classifier.feature_extractor.max_duration_s)
+    rate = classifier.sampling_rate
+    cache_root = Path(os.environ.get("MISE_CACHE", Path.home() / ".cache" / "mise")) / "features"
+    cache = FeatureCache(cache_root, {**model.audio_encoder.spec(), "max_duration_s": longest})
+
+    def encode(indices: list[int]):
+        clips = [crop(waveforms[i], rate, longest)[0] for i in indices]
+        return model.audio_encoder.encode(clips, show_progress=False)
+
+    features = cache.get_or_compute(corpus.fingerprints(), encode, desc="audio").float()
+    model.aligner.set_feature_statistics(features.mean(0), features.std(0))
+
+
 def evaluate_on_corpus(
     model: str | os.PathLike,
     corpus: str | os.PathLike,
@@ -93,19 +116,24 @@ def evaluate_on_corpus(
     num_workers: int | None = None,
     window_seconds: float | None = None,
     hop_seconds: float | None = None,
+    normalize: str = "model",
     show_progress: bool = True,
     **corpus_kwargs,
 ) -> dict:
     """Classify every usable clip of ``corpus`` with ``model`` and write the shared-class metrics.
 
     ``corpus_kwargs`` go to :func:`modeling_mise.data.load_corpus` (``label_column``, ``speaker_column``,
-    ``audio_column``, ``data_dir``, ...). Returns the ``metrics.json`` dict.
+    ``audio_column``, ``data_dir``, ...). ``normalize``: ``"model"`` standardises the frozen features with the
+    statistics the model was trained with (as released); ``"corpus"`` with the evaluated corpus' own
+    (:func:`adapt_statistics`). Returns the ``metrics.json`` dict.
 
     Raises:
         ValueError: when the model and the corpus share no class (naming both label sets).
     """
     from .plots import plot_confusion_matrix
 
+    if normalize not in ("model", "corpus"):
+        raise ValueError(f"normalize: 'model' or 'corpus', got {normalize!r}")
     classifier = AudioFileClassifier(model, None, window_seconds, hop_seconds, batch_size)
     data = load_corpus(
         corpus_source(corpus), label_map=parse_label_map(label_map), drop_labels=drop_labels, **corpus_kwargs
@@ -117,6 +145,8 @@ def evaluate_on_corpus(
             "map the corpus' labels with --label_map"
         )
     waveforms, usable, rejections = data.load_waveforms(classifier.sampling_rate, show_progress=show_progress)
+    if normalize == "corpus":
+        adapt_statistics(classifier, usable, waveforms)
     clips = [(item.source, waveform) for item, waveform in zip(usable.items, waveforms, strict=True)]
     workers = default_num_workers() if num_workers is None else num_workers
     results = classifier.classify_in_batches("classify_waveforms", clips, workers, show_progress)
@@ -135,6 +165,7 @@ def evaluate_on_corpus(
         "clips_left_out": len(true_labels) - len(rows),
         "rejected": [{"path": r.path, "row": r.row, "reason": r.reason} for r in rejections],
         "dropped_labels": dict(data.dropped),
+        "normalize": normalize,
         **metrics,
     }
     output = Path(output_dir)

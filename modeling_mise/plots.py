@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 __all__ = [
     "QUALITY_METRICS",
     "plot_confusion_matrix",
+    "plot_cross_corpus",
+    "plot_emotion_timeline",
     "plot_feature_map",
     "plot_quality_curves",
     "plot_study_bars",
@@ -246,3 +248,63 @@ def plot_study_bars(
     if title:
         figure.suptitle(title, fontsize=10)
     return _save(figure, path)
+
+
+def plot_cross_corpus(
+    matrices: Mapping[str, Any], corpora: Sequence[str], path: str | Path, chance: float | None = None
+) -> Path:
+    """Cross-corpus UAR heat maps, one panel per method: rows = training corpus, columns = test corpus
+    (NaN cells, e.g. the diagonal, are left blank)."""
+    if not matrices:
+        raise ValueError("matrices: nothing to plot")
+    names = list(corpora)
+    figure = Figure(figsize=(0.6 + 2.6 * len(matrices), 1.4 + 0.55 * len(names)), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(matrices)))
+    image = None
+    for axis, (title, matrix) in zip(axes, matrices.items(), strict=True):
+        values = np.asarray(matrix, dtype=np.float64) * 100
+        if values.shape != (len(names), len(names)):
+            raise ValueError(
+                f"matrices[{title!r}]: expected shape {(len(names), len(names))}, got {values.shape}"
+            )
+        image = axis.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100)
+        for (row, column), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                axis.text(column, row, f"{value:.1f}", ha="center", va="center", fontsize=8, color="white")
+        axis.set_xticks(range(len(names)), names, fontsize=8)
+        axis.set_yticks(range(len(names)), names, fontsize=8)
+        axis.set_xlabel("test corpus", fontsize=8)
+        axis.set_title(title, fontsize=8)
+    axes[0].set_ylabel("training corpus", fontsize=8)
+    bar = figure.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02)
+    bar.set_label("UAR [%]" + (f" (chance {100 * chance:.1f})" if chance else ""), fontsize=8)
+    return _save(figure, path)
+
+
+def plot_emotion_timeline(
+    segments: Sequence[Mapping[str, Any]], path: str | Path | None = None, title: str = ""
+):
+    """Emotion over time of a long recording: each window's probability per class as a step line at the
+    window's centre, the top class as a coloured band. `segments` are `{start_s, end_s, scores}` dicts (as
+    `mise classify` writes them). Returns the figure, also saved when `path` is given."""
+    if not segments:
+        raise ValueError("segments: nothing to plot")
+    names = list(segments[0]["scores"])
+    colours = dict(zip(names, _colours(len(names)), strict=True))
+    centres = np.array([(s["start_s"] + s["end_s"]) / 2 for s in segments])
+    scores = np.array([[s["scores"][name] for name in names] for s in segments])
+    figure = Figure(figsize=(8.0, 3.2), layout="constrained")
+    axis = figure.subplots()
+    for index, name in enumerate(names):
+        axis.plot(centres, scores[:, index], marker="o", ms=3, lw=1.2, color=colours[name], label=name)
+    for segment, top in zip(segments, scores.argmax(axis=1), strict=True):
+        axis.axvspan(segment["start_s"], segment["end_s"], ymin=0, ymax=0.04, color=colours[names[top]], lw=0)
+    axis.set_xlabel("time [s]")
+    axis.set_ylabel("probability")
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, ncols=min(len(names), 4), loc="upper right")
+    axis.set_title(title, fontsize=9)
+    if path is not None:
+        _save(figure, path)
+    return figure

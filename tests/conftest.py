@@ -11,6 +11,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("MISE_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 RAVDESS_DIR = DATA_ROOT / "ravdess"
+EMODB_DIR = DATA_ROOT / "emodb"
 
 
 def _require_data() -> bool:
@@ -26,6 +27,17 @@ def ravdess_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return RAVDESS_DIR
+
+
+@pytest.fixture(scope="session")
+def emodb_dir() -> Path:
+    """Folder of the Emo-DB copy; skips locally when absent, fails when MISE_REQUIRE_DATA=1."""
+    if not (EMODB_DIR / "manifest.csv").is_file():
+        message = f"Emo-DB copy not found at {EMODB_DIR} (set MISE_DATA_DIR)"
+        if _require_data():
+            pytest.fail(message)
+        pytest.skip(message)
+    return EMODB_DIR
 
 
 @pytest.fixture(scope="session")
