@@ -42,21 +42,10 @@ def evaluate(args: argparse.Namespace) -> int:
     """The `evaluate` subcommand: metrics of a released model on a labelled corpus, over the shared classes."""
     from .evaluation import evaluate_on_corpus
 
+    options = ("label_map", "drop_labels", "label_column", "speaker_column", "audio_column", "data_dir")
+    options += ("batch_size", "num_workers", "window_seconds", "hop_seconds", "normalize")
     report = evaluate_on_corpus(
-        args.model,
-        args.corpus,
-        args.output_dir,
-        label_map=args.label_map,
-        drop_labels=args.drop_labels,
-        label_column=args.label_column,
-        speaker_column=args.speaker_column,
-        audio_column=args.audio_column,
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        window_seconds=args.window_seconds,
-        hop_seconds=args.hop_seconds,
-        normalize=args.normalize,
+        args.model, args.corpus, args.output_dir, **{name: getattr(args, name) for name in options}
     )
     print(json.dumps({key: report[key] for key in ("uar", "wa", "macro_f1", "classes", "clips")}, indent=2))
     return 0
@@ -87,29 +76,8 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mise", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    classify_parser = commands.add_parser(
-        "classify", help="classify audio clips with a trained audio classifier"
-    )
-    classify_parser.add_argument(
-        "model", help="folder written by training (OUT/models/audio-classifier) or a Hub id"
-    )
-    classify_parser.add_argument(
-        "paths",
-        nargs="+",
-        help="audio files (WAV, FLAC, or anything FFmpeg reads), folders (searched recursively for audio "
-        "files) and manifest CSVs (a path/audio/file column, relative to the CSV)",
-    )
-    classify_parser.add_argument(
-        "--output",
-        default=None,
-        help="results.csv (one row per file: path, label, score per class, duration, notices, error) or "
-        "results.jsonl (the same, with the windows of long clips); default: JSON lines on stdout",
-    )
-    classify_parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_classify_arguments(classify_parser)
+def add_evaluate_parser(commands) -> None:
+    """The `evaluate` subcommand's arguments."""
     evaluate_parser = commands.add_parser(
         "evaluate",
         help="evaluate a trained audio classifier on a labelled corpus (cross-corpus): metrics.json + figure",
@@ -144,6 +112,32 @@ def build_parser() -> argparse.ArgumentParser:
         "conditions)",
     )
     add_classify_arguments(evaluate_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mise", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    classify_parser = commands.add_parser(
+        "classify", help="classify audio clips with a trained audio classifier"
+    )
+    classify_parser.add_argument(
+        "model", help="folder written by training (OUT/models/audio-classifier) or a Hub id"
+    )
+    classify_parser.add_argument(
+        "paths",
+        nargs="+",
+        help="audio files (WAV, FLAC, or anything FFmpeg reads), folders (searched recursively for audio "
+        "files) and manifest CSVs (a path/audio/file column, relative to the CSV)",
+    )
+    classify_parser.add_argument(
+        "--output",
+        default=None,
+        help="results.csv (one row per file: path, label, score per class, duration, notices, error) or "
+        "results.jsonl (the same, with the windows of long clips); default: JSON lines on stdout",
+    )
+    classify_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_classify_arguments(classify_parser)
+    add_evaluate_parser(commands)
     push_parser = commands.add_parser(
         "push",
         help="publish a training run: build OUT/hub/{encoder,generator,classifier} with model cards and upload",
