@@ -150,8 +150,11 @@ def evaluate_on_corpus(
     clips = [(item.source, waveform) for item, waveform in zip(usable.items, waveforms, strict=True)]
     workers = default_num_workers() if num_workers is None else num_workers
     results = classifier.classify_in_batches("classify_waveforms", clips, workers, show_progress)
-    probabilities = np.asarray([[r.scores[name] for name in classifier.label_names] for r in results])
-    true_labels = [item.label for item in usable.items]
+    failed = [{"path": r.path, "row": None, "reason": r.error} for r in results if r.error]
+    kept = [i for i, r in enumerate(results) if not r.error]  # e.g. a long clip whose windows are all silent
+    clips = [clips[i] for i in kept]
+    probabilities = np.asarray([[results[i].scores[n] for n in classifier.label_names] for i in kept])
+    true_labels = [usable.items[i].label for i in kept]
     metrics = score_shared(probabilities, true_labels, classifier.label_names, classes)
     rows, y_pred = metrics.pop("rows"), metrics.pop("y_pred")
     per_class = Counter(true_labels)
@@ -163,7 +166,7 @@ def evaluate_on_corpus(
         "corpus_only_classes": {name: per_class.get(name, 0) for name in classes["corpus_only"]},
         "clips": len(rows),
         "clips_left_out": len(true_labels) - len(rows),
-        "rejected": [{"path": r.path, "row": r.row, "reason": r.reason} for r in rejections],
+        "rejected": [{"path": r.path, "row": r.row, "reason": r.reason} for r in rejections] + failed,
         "dropped_labels": dict(data.dropped),
         "normalize": normalize,
         **metrics,

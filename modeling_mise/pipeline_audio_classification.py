@@ -25,8 +25,13 @@ class MiseAudioClassificationPipeline(AudioClassificationPipeline):
     Without `window_seconds` a clip longer than the feature extractor's `max_duration_s` is cropped.
     """
 
-    def _sanitize_parameters(self, top_k=None, function_to_apply=None, window_seconds=None, hop_seconds=None):
-        preprocess, forward, postprocess = super()._sanitize_parameters(top_k, function_to_apply)
+    def _sanitize_parameters(
+        self, top_k=None, function_to_apply=None, window_seconds=None, hop_seconds=None, **kwargs
+    ):
+        preprocess, forward, postprocess = super()._sanitize_parameters(top_k, function_to_apply, **kwargs)
+        longest = getattr(self.feature_extractor, "max_duration_s", None)
+        if window_seconds is not None and longest is not None and window_seconds > longest:
+            raise ValueError(f"window_seconds ({window_seconds:g}) exceeds the {longest:g} s the model takes")
         if window_seconds is not None:
             preprocess = {**preprocess, "window_seconds": window_seconds, "hop_seconds": hop_seconds}
         elif hop_seconds is not None:
