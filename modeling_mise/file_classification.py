@@ -24,7 +24,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .audio import AudioInputError, load_audio, rejection_reason, resample
-from .data import AUDIO_COLUMN_CANDIDATES, AUDIO_EXTENSIONS
 from .segments import Segment, check_window, cut_windows, duration_weighted_mean
 
 logger = logging.getLogger(__name__)
@@ -74,6 +73,8 @@ class FileResult:
 
 def _manifest_paths(manifest: Path) -> list[str]:
     """Audio paths of a manifest CSV/TSV (column path, audio, file, ...), relative ones against its folder."""
+    from .data import AUDIO_COLUMN_CANDIDATES  # not at import: the Space needs no corpus readers
+
     delimiter = "\t" if manifest.suffix.lower() == ".tsv" else ","
     with open(manifest, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
@@ -95,6 +96,8 @@ def collect_audio_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
     Raises:
         ValueError: for a path that does not exist or a manifest without an audio column (usage errors).
     """
+    from .data import AUDIO_EXTENSIONS
+
     paths = []
     for entry in inputs:
         path = Path(os.fspath(entry)).expanduser()

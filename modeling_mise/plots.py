@@ -20,7 +20,6 @@ __all__ = [
     "QUALITY_METRICS",
     "plot_confusion_matrix",
     "plot_cross_corpus",
-    "plot_emotion_timeline",
     "plot_feature_map",
     "plot_quality_curves",
     "plot_study_bars",
@@ -279,32 +278,3 @@ def plot_cross_corpus(
     bar = figure.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02)
     bar.set_label("UAR [%]" + (f" (chance {100 * chance:.1f})" if chance else ""), fontsize=8)
     return _save(figure, path)
-
-
-def plot_emotion_timeline(
-    segments: Sequence[Mapping[str, Any]], path: str | Path | None = None, title: str = ""
-):
-    """Emotion over time of a long recording: each window's probability per class as a step line at the
-    window's centre, the top class as a coloured band. `segments` are `{start_s, end_s, scores}` dicts (as
-    `mise classify` writes them). Returns the figure, also saved when `path` is given."""
-    if not segments:
-        raise ValueError("segments: nothing to plot")
-    names = list(segments[0]["scores"])
-    colours = dict(zip(names, _colours(len(names)), strict=True))
-    centres = np.array([(s["start_s"] + s["end_s"]) / 2 for s in segments])
-    scores = np.array([[s["scores"][name] for name in names] for s in segments])
-    figure = Figure(figsize=(8.0, 3.2), layout="constrained")
-    axis = figure.subplots()
-    for index, name in enumerate(names):
-        axis.plot(centres, scores[:, index], marker="o", ms=3, lw=1.2, color=colours[name], label=name)
-    for segment, top in zip(segments, scores.argmax(axis=1), strict=True):
-        axis.axvspan(segment["start_s"], segment["end_s"], ymin=0, ymax=0.04, color=colours[names[top]], lw=0)
-    axis.set_xlabel("time [s]")
-    axis.set_ylabel("probability")
-    axis.set_ylim(0, 1)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, ncols=min(len(names), 4), loc="upper right")
-    axis.set_title(title, fontsize=9)
-    if path is not None:
-        _save(figure, path)
-    return figure

@@ -10,7 +10,10 @@ clip (and above ``floor_dbfs``): pauses, silence and background hum are skipped,
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,3 +132,37 @@ def duration_weighted_mean(scores: np.ndarray, segments: list[Segment]) -> np.nd
         )
     weights = np.asarray([segment.active_seconds for segment in segments], dtype=np.float64)
     return (weights[:, None] * scores).sum(axis=0) / weights.sum()
+
+
+def plot_emotion_timeline(
+    segments: Sequence[Mapping[str, Any]], path: str | Path | None = None, title: str = ""
+):
+    """Emotion over time of a long recording (needs `matplotlib`): each class' probability per window, drawn at
+    the window's centre, and the top class as a coloured band. `segments` are `{start_s, end_s, scores}`
+    dicts, as `mise classify` writes them. Returns the figure, also saved when `path` is given."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    if not segments:
+        raise ValueError("segments: nothing to plot")
+    names = list(segments[0]["scores"])
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    colours = {name: cmap(index % cmap.N) for index, name in enumerate(names)}
+    centres = np.array([(s["start_s"] + s["end_s"]) / 2 for s in segments])
+    scores = np.array([[s["scores"][name] for name in names] for s in segments])
+    figure = Figure(figsize=(8.0, 3.2), layout="constrained")
+    axis = figure.subplots()
+    for index, name in enumerate(names):
+        axis.plot(centres, scores[:, index], marker="o", ms=3, lw=1.2, color=colours[name], label=name)
+    for segment, top in zip(segments, scores.argmax(axis=1), strict=True):
+        axis.axvspan(segment["start_s"], segment["end_s"], ymin=0, ymax=0.04, color=colours[names[top]], lw=0)
+    axis.set_xlabel("time [s]")
+    axis.set_ylabel("probability")
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, ncols=min(len(names), 4), loc="upper right")
+    axis.set_title(title, fontsize=9)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+    return figure

@@ -32,7 +32,7 @@ from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 import modeling_mise  # noqa: F401  (registers the MISE classes with the transformers Auto classes)
 from modeling_mise.audio import AudioInputError, crop, load_audio, prepare_waveform, rejection_reason
 from modeling_mise.file_classification import AudioFileClassifier
-from modeling_mise.plots import plot_emotion_timeline
+from modeling_mise.segments import plot_emotion_timeline
 
 logger = logging.getLogger("mise.space")
 
