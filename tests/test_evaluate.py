@@ -84,3 +84,30 @@ def test_evaluate_across_corpora(model_dir, emodb_manifest, tmp_path, monkeypatc
     assert mise_main([*argv[:-4], "--output_dir", str(tmp_path / "as_released"), "--num_workers", "0"]) == 0
     assert json.loads((tmp_path / "as_released" / "metrics.json").read_text())["normalize"] == "model"
     assert mise_main([*argv[:3], "--drop_labels", "angry", "sad", "neutral"]) == 2
+
+
+def test_cross_corpus_baseline_table_and_figure(tmp_path):
+    """The cross-corpus script's classic baseline, table and heat map on two feature sets that differ by a
+    recording shift: only test-corpus statistics remove it."""
+    from modeling_mise.plots import plot_cross_corpus
+    from training.cross_corpus import METHODS, classic_cross, markdown_table
+
+    rng = np.random.default_rng(0)
+    classes = ["angry", "sad"]
+
+    def corpus(shift: float, scale: float) -> tuple[np.ndarray, list[str]]:
+        features = rng.normal(size=(80, 5))
+        features[:40, 0] += 3.0  # angry clips are louder
+        return features * scale + shift, ["angry"] * 40 + ["sad"] * 40
+
+    first, second = corpus(0.0, 1.0), corpus(10.0, 3.0)
+    assert classic_cross(first, second, classes, "corpus")["uar"] > 0.9
+    assert classic_cross(first, second, classes, "model")["uar"] == pytest.approx(0.5)
+    cell = {"uar": 0.5, "wa": 0.25, "macro_f1": 0.125}
+    results = {method: {"a": {"b": cell}, "b": {"a": cell}} for method in METHODS}
+    table = markdown_table(results, ["a", "b"])
+    assert "| a → b | 50.0 / 25.0 / 12.5 |" in table and len(table.splitlines()) == 4
+    matrices = {label: np.array([[np.nan, 0.3], [0.4, np.nan]]) for label in METHODS.values()}
+    assert (
+        plot_cross_corpus(matrices, ["a", "b"], tmp_path / "matrix.png", chance=1 / 6).stat().st_size > 1000
+    )
