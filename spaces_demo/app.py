@@ -281,7 +281,9 @@ def timeline(audio: str | None):
             return hidden
         windows = AudioFileClassifier(MODEL.model, MODEL.feature_extractor, window, hop)
         result = windows.classify_waveforms([(clip.name, clip.waveform)])[0]
-    except Exception:  # classify() already told the user what is wrong with the clip
+    except (AudioInputError, ValueError):  # classify() already tells the user what is wrong with the clip
+        return hidden
+    except Exception:  # keep serving; the server log has the traceback
         logger.exception("timeline of %s failed", audio)
         return hidden
     if not result.segments:
