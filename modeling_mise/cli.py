@@ -1,4 +1,4 @@
-"""The `mise` command: classify clips with a trained end-to-end model (and, with the Hub extras, push runs)."""
+"""The `mise` command: classify files, folders and long recordings, evaluate a model on another corpus, push runs."""
 
 from __future__ import annotations
 
