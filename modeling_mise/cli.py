@@ -1,4 +1,4 @@
-"""The `mise` command: classify clips with a trained end-to-end model (and, with the Hub extras, push runs)."""
+"""The `mise` command: classify files, folders and long recordings, evaluate a model on another corpus, push runs."""
 
 from __future__ import annotations
 
@@ -26,43 +26,131 @@ def resolve_model_source(model: str) -> str:
     return model
 
 
-def load_classifier(model: str):
-    """`pipeline("audio-classification")` on a local folder or Hub id; one-line ValueError when it cannot load."""
-    source = resolve_model_source(model)  # before any Hub look-up
-    from transformers import pipeline
+def load_file_classifier(args: argparse.Namespace):
+    """The `AudioFileClassifier` of `classify` / `evaluate`: a mistyped local folder fails before any Hub look-up,
+    and a model that cannot be loaded (offline, unreachable, not a MISE model) is one line, not a traceback."""
+    source = resolve_model_source(args.model)  # before any Hub look-up
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-    import modeling_mise  # noqa: F401  (registers the model classes)
+    import modeling_mise  # noqa: F401  (registers the MISE classes)
+
+    from .file_classification import AudioFileClassifier
 
     try:
-        return pipeline("audio-classification", model=source)
+        model = AutoModelForAudioClassification.from_pretrained(source)
+        extractor = AutoFeatureExtractor.from_pretrained(source)
     except Exception as error:  # Hub / network / format errors from transformers: one line, no traceback
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = "folder" if Path(source).exists() else "Hub id (is the Hub reachable, the id right?)"
-        raise ValueError(f"{model}: could not load this {where}: {reason}") from None
+        raise ValueError(f"{args.model}: could not load this {where}: {reason}") from None
+    return AudioFileClassifier(model, extractor, args.window_seconds, args.hop_seconds, args.batch_size)
 
 
-def classify(model: str, clips: Sequence[str], top_k: int | None = None) -> list[dict]:
-    """Classify audio files with a saved `MiseForAudioClassification` folder or Hub id.
+def classify(args: argparse.Namespace) -> int:
+    """The `classify` subcommand: one result per file (stdout JSON lines or `--output`); 0 when every file was
+    classified, 1 when some failed."""
+    from .file_classification import collect_audio_paths, default_num_workers, write_results
 
-    Each clip is checked with the model's input policy (`modeling_mise.audio.AudioPolicy`): an unusable clip
-    raises an `AudioInputError` naming it; a clip longer than the model's window is classified on its first
-    `max_duration_s` and its result carries a notice saying so.
-    """
-    from .audio import crop, load_checked
-    from .pipeline_audio_classification import input_policy
+    if args.output and not args.output.lower().endswith((".csv", ".jsonl")):
+        raise ValueError(f"--output {args.output}: the file name must end in .csv or .jsonl")
+    paths = collect_audio_paths(args.paths)
+    if not paths:
+        raise ValueError("no audio files found in " + ", ".join(args.paths))
+    classifier = load_file_classifier(args)
+    workers = default_num_workers() if args.num_workers is None else args.num_workers
+    results = classifier.classify_files(paths, num_workers=workers, show_progress=not args.quiet)
+    if args.output:
+        written = write_results(results, args.output, classifier.label_names)
+        print(f"mise classify: {len(results)} file(s) -> {written}", file=sys.stderr)
+    else:
+        for result in results:
+            print(json.dumps(result.to_dict()))
+    for result in results:
+        for notice in result.notices:
+            print(f"mise classify: {result.path}: {notice}", file=sys.stderr)
+    failed = [result for result in results if result.error]
+    for result in failed:
+        print(f"mise classify: {result.error}", file=sys.stderr)
+    return 1 if failed else 0
 
-    classifier = load_classifier(model)
-    rate = classifier.feature_extractor.sampling_rate
-    policy = input_policy(classifier.feature_extractor)
-    results = []
-    for clip in clips:
-        waveform, _, notices = load_checked(clip, rate, policy)
-        waveform, _ = crop(waveform, rate, policy.max_seconds)
-        scores = classifier(
-            {"raw": waveform, "sampling_rate": rate}, top_k=top_k or len(classifier.model.config.id2label)
-        )
-        results.append({"clip": clip, "label": scores[0]["label"], "scores": scores, "notices": notices})
-    return results
+
+def evaluate(args: argparse.Namespace) -> int:
+    """The `evaluate` subcommand: metrics of a released model on a labelled corpus, over the shared classes."""
+    from .evaluation import evaluate_on_corpus
+
+    options = ("label_map", "drop_labels", "label_column", "speaker_column", "audio_column", "data_dir")
+    options += ("batch_size", "num_workers", "window_seconds", "hop_seconds", "normalize")
+    report = evaluate_on_corpus(
+        resolve_model_source(args.model),
+        args.corpus,
+        args.output_dir,
+        **{name: getattr(args, name) for name in options},
+    )
+    print(json.dumps({key: report[key] for key in ("uar", "wa", "macro_f1", "classes", "clips")}, indent=2))
+    return 0
+
+
+def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `classify` and `evaluate`: windows of long clips, batching, workers."""
+    parser.add_argument(
+        "--window_seconds",
+        type=float,
+        default=None,
+        help="clips longer than this are cut into windows classified one by one; the file's scores are the "
+        "duration-weighted mean (default: the longest clip the model takes, its max_duration_s)",
+    )
+    parser.add_argument(
+        "--hop_seconds",
+        type=float,
+        default=None,
+        help="step between windows (default: the window, no overlap)",
+    )
+    parser.add_argument("--batch_size", type=int, default=16, help="clips or windows per forward pass")
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="processes decoding and classifying batches of files (default: the CPU cores, at most 8; "
+        "0 or 1: this process only)",
+    )
+
+
+def add_evaluate_parser(commands) -> None:
+    """The `evaluate` subcommand's arguments."""
+    evaluate_parser = commands.add_parser(
+        "evaluate",
+        help="evaluate a trained audio classifier on a labelled corpus (cross-corpus): metrics.json + figure",
+        description="Classify every clip of CORPUS and score the predictions on the classes the model and the "
+        "corpus share (matched by name after --label_map); classes only one side has are reported. Writes "
+        "OUTPUT_DIR/metrics.json (UAR, WA, macro-F1, confusion matrix) and OUTPUT_DIR/confusion_matrix.png.",
+    )
+    evaluate_parser.add_argument(
+        "model", help="folder written by training (OUT/models/audio-classifier) or a Hub id"
+    )
+    evaluate_parser.add_argument(
+        "corpus",
+        help="a manifest CSV, an audiofolder, a dataset folder or a Hub dataset id (as training reads it)",
+    )
+    evaluate_parser.add_argument("--output_dir", default="evaluation", help="where metrics.json goes")
+    evaluate_parser.add_argument(
+        "--label_map",
+        default=None,
+        help="the corpus' labels onto the model's: a preset (iemocap4), a JSON object or a JSON file",
+    )
+    evaluate_parser.add_argument("--drop_labels", nargs="*", default=[], help="corpus labels to leave out")
+    evaluate_parser.add_argument("--label_column", default="emotion", help="emotion column of the corpus")
+    evaluate_parser.add_argument("--speaker_column", default="speaker", help="speaker column of the corpus")
+    evaluate_parser.add_argument("--audio_column", default=None, help="audio column (default: guessed)")
+    evaluate_parser.add_argument("--data_dir", default=None, help="`data_dir` of a Hub or local dataset")
+    evaluate_parser.add_argument(
+        "--normalize",
+        choices=("model", "corpus"),
+        default="model",
+        help="standardise the frozen features with the training statistics stored in the model (model, as "
+        "released) or with the evaluated corpus' own (corpus: unsupervised adaptation to its recording "
+        "conditions)",
+    )
+    add_classify_arguments(evaluate_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,10 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     classify_parser.add_argument(
         "model", help="folder written by training (OUT/models/audio-classifier) or a Hub id"
     )
-    classify_parser.add_argument("clips", nargs="+", help="audio files (WAV, FLAC, or anything FFmpeg reads)")
     classify_parser.add_argument(
-        "--top_k", type=int, default=None, help="scores to show per clip (default: all)"
+        "paths",
+        nargs="+",
+        help="audio files (WAV, FLAC, or anything FFmpeg reads), folders (searched recursively for audio "
+        "files) and manifest CSVs (a path/audio/file column, relative to the CSV)",
     )
+    classify_parser.add_argument(
+        "--output",
+        default=None,
+        help="results.csv (one row per file: path, label, score per class, duration, notices, error) or "
+        "results.jsonl (the same, with the windows of long clips); default: JSON lines on stdout",
+    )
+    classify_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_classify_arguments(classify_parser)
+    add_evaluate_parser(commands)
     push_parser = commands.add_parser(
         "push",
         help="publish a training run: build OUT/hub/{encoder,generator,classifier} with model cards and upload",
@@ -131,16 +230,13 @@ def push(args: argparse.Namespace) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mise` console script."""
     args = build_parser().parse_args(argv)
-    if args.command == "classify":
+    if args.command in ("classify", "evaluate"):
+        command = classify if args.command == "classify" else evaluate
         try:
-            results = classify(args.model, args.clips, args.top_k)
+            return command(args)
         except (ValueError, OSError) as error:
-            print(f"mise classify: {error}", file=sys.stderr)
+            print(f"mise {args.command}: {error}", file=sys.stderr)
             return 2
-        for result in results:
-            for notice in result["notices"]:
-                print(f"mise classify: {result['clip']}: {notice}", file=sys.stderr)
-            print(json.dumps(result))
     elif args.command == "push":
         from .hub import HubPushError
 

@@ -1,17 +1,23 @@
-"""`pipeline("audio-classification")` for MISE models: the package's input policy, errors that name the file."""
+"""`pipeline("audio-classification")` for MISE models: the package's input policy, errors that name the file,
+and long recordings classified window by window (`window_seconds=`, `hop_seconds=`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import sys
 import urllib.request
 
 import numpy as np
+import torch
 from transformers import AudioClassificationPipeline
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .audio import (
     DEFAULT_POLICY,
+    AudioInputError,
     AudioPolicy,
     check_waveform,
     crop,
@@ -19,6 +25,7 @@ from .audio import (
     load_audio,
     prepare_waveform,
 )
+from .segments import cut_windows, duration_weighted_mean
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +79,57 @@ class MiseAudioClassificationPipeline(AudioClassificationPipeline):
       `ValueError`) whose message names the file and the reason (`modeling_mise.audio.AudioPolicy`);
     - `{"raw"|"array": ..., "sampling_rate": sr}` at another rate is resampled without torchaudio;
     - a clip longer than the model's window logs a warning naming the file before only its first
-      `max_duration_s` are classified.
+      `max_duration_s` are classified, unless `window_seconds` is given: `classifier(audio,
+      window_seconds=3.0, hop_seconds=1.5)` cuts the clip into windows (silent ones skipped by an energy gate,
+      see `modeling_mise.segments`), classifies every window and returns the duration-weighted mean of the
+      windows' probabilities, in the usual `[{"label", "score"}, ...]` form.
 
     Registered for the `audio-classification` task when `modeling_mise` is imported; other models get the stock
     behaviour.
     """
 
-    def preprocess(self, inputs):
+    def _sanitize_parameters(
+        self, top_k=None, function_to_apply=None, window_seconds=None, hop_seconds=None, **kwargs
+    ):
+        preprocess, forward, postprocess = super()._sanitize_parameters(top_k, function_to_apply, **kwargs)
+        longest = getattr(self.feature_extractor, "max_duration_s", None)
+        if window_seconds is not None and longest is not None and window_seconds > longest:
+            raise ValueError(f"window_seconds ({window_seconds:g}) exceeds the {longest:g} s the model takes")
+        if window_seconds is not None:
+            preprocess = {**preprocess, "window_seconds": window_seconds, "hop_seconds": hop_seconds}
+        elif hop_seconds is not None:
+            raise ValueError("hop_seconds: give window_seconds too")
+        return preprocess, forward, postprocess
+
+    def preprocess(self, inputs, window_seconds=None, hop_seconds=None):
         if getattr(self.model.config, "model_type", None) != MISE_MODEL_TYPE:
+            if window_seconds is not None:
+                raise ValueError("window_seconds: MISE audio classifiers only")
             return super().preprocess(inputs)
         rate = int(self.feature_extractor.sampling_rate)
         waveform, source = decode_input(inputs, rate)
         if waveform is None:
             return super().preprocess(inputs)
         policy = input_policy(self.feature_extractor)
-        for notice in check_waveform(waveform, rate, source, policy):
-            logger.warning(f"{source}: {notice}")
-        return super().preprocess(crop(waveform, rate, policy.max_seconds)[0])
+        if window_seconds is None:
+            for notice in check_waveform(waveform, rate, source, policy):
+                logger.warning(f"{source}: {notice}")
+            return super().preprocess(crop(waveform, rate, policy.max_seconds)[0])
+        check_waveform(waveform, rate, source, dataclasses.replace(policy, max_seconds=math.inf))
+        segments, _ = cut_windows(waveform, rate, window_seconds, hop_seconds)
+        if not segments:
+            raise AudioInputError(source, "every window is silent; nothing to classify")
+        windows = [waveform[segment.start : segment.end] for segment in segments]
+        processed = self.feature_extractor(windows, sampling_rate=rate, return_tensors="pt")
+        processed["segments"] = segments
+        return processed
+
+    def _forward(self, model_inputs):
+        segments = model_inputs.pop("segments", None)
+        outputs = self.model(**model_inputs)
+        if segments is None:
+            return outputs
+        probabilities = outputs.logits.float().softmax(dim=-1).cpu().numpy()
+        pooled = torch.as_tensor(duration_weighted_mean(probabilities, segments), dtype=torch.float32)
+        # log-probabilities: the stock postprocess' softmax gives back the pooled probabilities
+        return SequenceClassifierOutput(logits=pooled.clamp_min(1e-12).log()[None])

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 __all__ = [
     "QUALITY_METRICS",
     "plot_confusion_matrix",
+    "plot_cross_corpus",
     "plot_feature_map",
     "plot_quality_curves",
     "plot_study_bars",
@@ -245,4 +246,35 @@ def plot_study_bars(
     axis.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=3, frameon=False)
     if title:
         figure.suptitle(title, fontsize=10)
+    return _save(figure, path)
+
+
+def plot_cross_corpus(
+    matrices: Mapping[str, Any], corpora: Sequence[str], path: str | Path, chance: float | None = None
+) -> Path:
+    """Cross-corpus UAR heat maps, one panel per method: rows = training corpus, columns = test corpus
+    (NaN cells, e.g. the diagonal, are left blank)."""
+    if not matrices:
+        raise ValueError("matrices: nothing to plot")
+    names = list(corpora)
+    figure = Figure(figsize=(0.6 + 2.6 * len(matrices), 1.4 + 0.55 * len(names)), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(matrices)))
+    image = None
+    for axis, (title, matrix) in zip(axes, matrices.items(), strict=True):
+        values = np.asarray(matrix, dtype=np.float64) * 100
+        if values.shape != (len(names), len(names)):
+            raise ValueError(
+                f"matrices[{title!r}]: expected shape {(len(names), len(names))}, got {values.shape}"
+            )
+        image = axis.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100)
+        for (row, column), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                axis.text(column, row, f"{value:.1f}", ha="center", va="center", fontsize=8, color="white")
+        axis.set_xticks(range(len(names)), names, fontsize=8)
+        axis.set_yticks(range(len(names)), names, fontsize=8)
+        axis.set_xlabel("test corpus", fontsize=8)
+        axis.set_title(title, fontsize=8)
+    axes[0].set_ylabel("training corpus", fontsize=8)
+    bar = figure.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02)
+    bar.set_label("UAR [%]" + (f" (chance {100 * chance:.1f})" if chance else ""), fontsize=8)
     return _save(figure, path)

@@ -9,6 +9,8 @@ once, at import. Settings, all optional, from the environment:
 - `MISE_MAX_SECONDS`: longer clips are cropped to their first `MISE_MAX_SECONDS` (default: the model's).
 - `MISE_HARD_LIMIT_SECONDS`: longer clips are refused (default 120).
 - `MISE_CONCURRENCY`: classifications run at once; further requests wait in the queue (default 2).
+- `MISE_WINDOW_SECONDS`, `MISE_HOP_SECONDS`: a clip longer than the window also gets a timeline of emotion over
+  time, one point per window (defaults 4 s and 2 s; silent windows are skipped).
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from modeling_mise.audio import (
     prepare_waveform,
 )
 from modeling_mise.cli import resolve_model_source
+from modeling_mise.file_classification import AudioFileClassifier
 from modeling_mise.pipeline_audio_classification import input_policy
+from modeling_mise.segments import plot_emotion_timeline
 
 logger = logging.getLogger("mise.space")
 
@@ -290,6 +294,35 @@ def classify(audio: str | None, transcript: str | None = "") -> tuple[dict[str, 
     return scores, describe(clip, scores, used_transcript)
 
 
+def timeline(audio: str | None):
+    """Emotion over time of an upload longer than the window (`MISE_WINDOW_SECONDS`): a plot of each window's
+    probabilities, titled with the duration-weighted mean; hidden for a short, unusable or missing clip."""
+    hidden = gr.update(value=None, visible=False)
+    if MODEL is None or not audio:
+        return hidden
+    try:
+        window = min(env_number("MISE_WINDOW_SECONDS", 4.0), MODEL.max_seconds)
+        hop = min(env_number("MISE_HOP_SECONDS", window / 2), window)
+        limit = MODEL.hard_limit_seconds
+        clip = read_clip(audio, MODEL.sampling_rate, limit, limit, Path(audio).name)
+        if clip.seconds <= window:
+            return hidden
+        windows = AudioFileClassifier(MODEL.model, MODEL.feature_extractor, window, hop)
+        result = windows.classify_waveforms([(clip.name, clip.waveform)])[0]
+    except (AudioInputError, ValueError):  # classify() already tells the user what is wrong with the clip
+        return hidden
+    except Exception:  # keep serving; the server log has the traceback
+        logger.exception("timeline of %s failed", audio)
+        return hidden
+    if not result.segments:
+        return hidden
+    title = (
+        f"{clip.name}: {result.label} ({result.scores[result.label]:.0%}, duration-weighted mean of "
+        f"{len(result.segments)} windows of {window:g} s)"
+    )
+    return gr.update(value=plot_emotion_timeline(result.segments, title=title), visible=True)
+
+
 def find_examples(folder: str | None = None, limit: int = 6) -> list[Path]:
     """Audio files in `folder` (default: `MISE_EXAMPLES`, else `examples/` next to this file)."""
     folder = folder or os.environ.get("MISE_EXAMPLES") or "examples"
@@ -306,7 +339,7 @@ Upload or record a clip to get the probability of each emotion. The model is the
 [MISE](https://arxiv.org/abs/2510.10078): a frozen audio encoder, the aligned audio-text space and an emotion
 classifier trained on real plus generated features. Any sample rate or channel count is accepted (the clip is
 resampled and downmixed); a clip longer than the model's window is classified on its first seconds, and
-the page says so."""
+the page says so; a long upload also gets a timeline of emotion over time."""
 
 
 def build_demo() -> gr.Blocks:
@@ -334,6 +367,7 @@ def build_demo() -> gr.Blocks:
                     num_top_classes=len(MODEL.id2label) if MODEL else None, label="Emotion", elem_id="emotion"
                 )
                 info = gr.Markdown(elem_id="clip-info")
+        plot = gr.Plot(label="Emotion over time", visible=False, elem_id="timeline")
         if MODEL is not None:
             shown = MODEL.source if HUB_ID.match(MODEL.source) else Path(MODEL.source).name
             limits = (
@@ -341,7 +375,8 @@ def build_demo() -> gr.Blocks:
                 f"{MODEL.max_seconds:g} s are cropped, over {MODEL.hard_limit_seconds:g} s refused."
             )
             gr.Markdown(limits, elem_id="model-info")
-        button.click(classify, inputs=[audio, transcript], outputs=[label, info], api_name="classify")
+        event = button.click(classify, inputs=[audio, transcript], outputs=[label, info], api_name="classify")
+        event.then(timeline, inputs=[audio], outputs=[plot], api_name="timeline")
         examples = find_examples()
         if examples:
             inputs = [audio, transcript] if multimodal else [audio]

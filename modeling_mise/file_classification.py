@@ -1,0 +1,346 @@
+"""Classify many audio files with one audio-classification model: files, folders and manifest CSVs in, one
+result row per file out (path, top label, score per class, duration, notices, or the file's error).
+
+Clips are decoded and classified in batches; a clip longer than the window is cut into windows
+(:mod:`modeling_mise.segments`), each window is classified, and the file-level scores are the duration-weighted
+mean of the windows'. With ``num_workers > 1`` batches of files are decoded and classified in worker
+processes (openSMILE functionals are computed one clip at a time, on the CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+from tqdm.auto import tqdm
+
+from .audio import DEFAULT_POLICY, AudioInputError, AudioPolicy, check_waveform, load_audio, resample
+from .pipeline_audio_classification import input_policy
+from .segments import Segment, check_window, cut_windows, duration_weighted_mean
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_SUFFIXES = (".csv", ".tsv")
+
+
+@dataclass
+class FileResult:
+    """What became of one file: its scores (and per-window scores), or the reason it could not be classified."""
+
+    path: str
+    label: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    duration_s: float | None = None
+    notices: list[str] = field(default_factory=list)
+    error: str | None = None
+    segments: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict, segments included (``start_s``, ``end_s``, ``label``, ``scores``)."""
+        return {
+            "path": self.path,
+            "label": self.label,
+            "scores": self.scores,
+            "duration_s": self.duration_s,
+            "notices": self.notices,
+            "error": self.error,
+            "segments": self.segments,
+        }
+
+    def to_row(self, label_names: Sequence[str]) -> dict:
+        """Flat CSV row: ``path, label, score_<class>..., duration_s, segments, notices, error``."""
+        row = {"path": self.path, "label": self.label or ""}
+        for name in label_names:
+            row[f"score_{name}"] = "" if name not in self.scores else f"{self.scores[name]:.6f}"
+        row["duration_s"] = "" if self.duration_s is None else f"{self.duration_s:.3f}"
+        row["segments"] = len(self.segments)
+        row["notices"] = "; ".join(self.notices)
+        row["error"] = self.error or ""
+        return row
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _manifest_paths(manifest: Path) -> list[str]:
+    """Audio paths of a manifest CSV/TSV (column path, audio, file, ...), relative ones against its folder."""
+    from .data import AUDIO_COLUMN_CANDIDATES  # not at import: the Space needs no corpus readers
+
+    delimiter = "\t" if manifest.suffix.lower() == ".tsv" else ","
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        columns = reader.fieldnames or []
+        column = next((name for name in AUDIO_COLUMN_CANDIDATES if name in columns), None)
+        if column is None:
+            raise ValueError(
+                f"{manifest}: no audio column (tried {list(AUDIO_COLUMN_CANDIDATES)}); columns: {columns}"
+            )
+        cells = [(row.get(column) or "").strip() for row in reader]
+    return [str(manifest.parent / cell) if not Path(cell).is_absolute() else cell for cell in cells if cell]
+
+
+def collect_audio_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Expand files, folders (recursively: audio extensions only, sorted) and manifest CSVs into file paths.
+
+    A file that is neither audio-named nor a manifest is kept: it gets a result row saying why it failed.
+
+    Raises:
+        ValueError: for a path that does not exist or a manifest without an audio column (usage errors).
+    """
+    from .data import AUDIO_EXTENSIONS
+
+    paths = []
+    for entry in inputs:
+        path = Path(os.fspath(entry)).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            if not found:
+                logger.warning("%s: no audio files (%s) in this folder", path, ", ".join(AUDIO_EXTENSIONS))
+            paths += [str(p) for p in found]
+        elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
+            paths += _manifest_paths(path)
+        elif path.exists():
+            paths.append(str(path))
+        else:
+            raise ValueError(f"{path}: no such file or folder")
+    return paths
+
+
+def read_file(
+    path: str, sampling_rate: int, policy: AudioPolicy = DEFAULT_POLICY
+) -> tuple[np.ndarray, float, list[str]]:
+    """Decode one file to float32 mono at ``sampling_rate``: ``(waveform, seconds, notices)``.
+
+    The input policy's checks apply, except its window: a clip longer than the model's window is cut into
+    windows, not cropped.
+
+    Raises:
+        AudioInputError: naming the file, for an unreadable, empty, NaN, silent or too short clip.
+    """
+    try:
+        channels = soundfile.info(path).channels
+    except Exception:  # not a libsndfile format: load_audio decodes it with FFmpeg, the count is unknown
+        channels = None
+    waveform, rate = load_audio(path)
+    seconds = waveform.shape[0] / rate
+    notices = []
+    if rate != sampling_rate:
+        waveform = resample(waveform, rate, sampling_rate)
+        notices.append(f"resampled from {rate} Hz to {sampling_rate} Hz")
+    if channels is not None and channels > 1:
+        notices.append(f"downmixed {channels} channels to mono")
+    check_waveform(waveform, sampling_rate, path, dataclasses.replace(policy, max_seconds=math.inf))
+    return waveform, seconds, notices
+
+
+# ----------------------------------------------------------------------------------------------------
+# Classification
+
+
+class AudioFileClassifier:
+    """An audio-classification model and its feature extractor, classifying clips, windows and files.
+
+    Args:
+        model: a model folder or Hub id (loaded with the Auto classes), or a loaded model.
+        feature_extractor: the model's feature extractor; loaded from ``model`` when it is a path or id.
+        window_seconds: windows of long clips; default: the feature extractor's ``max_duration_s`` (the
+            longest clip the model takes), else 30 s.
+        hop_seconds: step between windows (default: the window, no overlap).
+        batch_size: clips or windows per forward pass.
+    """
+
+    def __init__(
+        self,
+        model,
+        feature_extractor=None,
+        window_seconds: float | None = None,
+        hop_seconds: float | None = None,
+        batch_size: int = 16,
+    ):
+        if isinstance(model, (str, os.PathLike)):
+            from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+            import modeling_mise  # noqa: F401  (registers the MISE classes)
+
+            source = os.fspath(model)
+            model = AutoModelForAudioClassification.from_pretrained(source)
+            feature_extractor = feature_extractor or AutoFeatureExtractor.from_pretrained(source)
+        if feature_extractor is None:
+            raise ValueError("feature_extractor: needed with a loaded model")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval()
+        self.feature_extractor = feature_extractor
+        self.sampling_rate = int(feature_extractor.sampling_rate)
+        self.policy = input_policy(feature_extractor)
+        self.id2label = {int(index): name for index, name in model.config.id2label.items()}
+        self.label_names = [self.id2label[index] for index in sorted(self.id2label)]
+        longest = getattr(feature_extractor, "max_duration_s", None) or 30.0
+        window = longest if window_seconds is None else window_seconds
+        if window > longest:
+            raise ValueError(f"window_seconds ({window:g}) exceeds the {longest:g} s the model takes")
+        self.window_seconds, self.hop_seconds = check_window(window, hop_seconds)
+        self.batch_size = int(batch_size)
+
+    @torch.inference_mode()
+    def probabilities(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities ``(N, C)`` of mono waveforms at the model's rate, ``batch_size`` at a time."""
+        rows = []
+        for start in range(0, len(waveforms), self.batch_size):
+            batch = list(waveforms[start : start + self.batch_size])
+            inputs = self.feature_extractor(batch, sampling_rate=self.sampling_rate, return_tensors="pt")
+            inputs = inputs.to(self.model.device)
+            rows.append(self.model(**inputs).logits.float().softmax(dim=-1).cpu().numpy())
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.label_names)), dtype=np.float32)
+
+    def windows(self, waveform: np.ndarray) -> tuple[list[Segment], int]:
+        """The windows of one clip worth classifying and the number of silent ones skipped."""
+        return cut_windows(waveform, self.sampling_rate, self.window_seconds, self.hop_seconds)
+
+    def _scores(self, probabilities: np.ndarray) -> dict[str, float]:
+        return {name: float(p) for name, p in zip(self.label_names, probabilities, strict=True)}
+
+    def _segment_rows(self, segments: list[Segment], probabilities: np.ndarray) -> list[dict]:
+        return [
+            {
+                "start_s": round(segment.start_s, 3),
+                "end_s": round(segment.end_s, 3),
+                "label": self.label_names[int(np.argmax(p))],
+                "scores": self._scores(p),
+            }
+            for segment, p in zip(segments, probabilities, strict=True)
+        ]
+
+    def _finish(self, pending: list[tuple[FileResult, np.ndarray]]) -> None:
+        """Cut, classify (all windows of all clips in shared batches) and pool the scores of each result."""
+        plans = []
+        for result, waveform in pending:
+            segments, skipped = self.windows(waveform)
+            windowed = len(segments) + skipped > 1
+            if windowed:
+                result.notices.append(
+                    f"cut into {len(segments) + skipped} windows of {self.window_seconds:g} s "
+                    f"(hop {self.hop_seconds:g} s); {skipped} silent window(s) skipped"
+                )
+            if not segments:
+                result.error = f"{result.path}: every window is silent; nothing to classify"
+            plans.append((result, waveform, segments, windowed))
+        clips = [waveform[s.start : s.end] for _, waveform, segments, _ in plans for s in segments]
+        probabilities = self.probabilities(clips)
+        offset = 0
+        for result, _, segments, windowed in plans:
+            if not segments:
+                continue
+            scores = probabilities[offset : offset + len(segments)]
+            offset += len(segments)
+            mean = duration_weighted_mean(scores, segments)
+            result.scores = self._scores(mean)
+            result.label = self.label_names[int(np.argmax(mean))]
+            if windowed:
+                result.segments = self._segment_rows(segments, scores)
+
+    def classify_batch(self, paths: Sequence[str]) -> list[FileResult]:
+        """Decode and classify a batch of files; a file that fails gets its error, the others go on."""
+        results, pending = [], []
+        for path in paths:
+            result = FileResult(path=path)
+            results.append(result)
+            try:
+                waveform, result.duration_s, result.notices = read_file(path, self.sampling_rate, self.policy)
+            except AudioInputError as error:
+                result.error = str(error)
+                continue
+            pending.append((result, waveform))
+        if pending:
+            self._finish(pending)
+        return results
+
+    def classify_waveforms(self, clips: Sequence[tuple[str, np.ndarray]]) -> list[FileResult]:
+        """Classify decoded ``(name, waveform)`` clips (mono, at the model's rate) in one batch."""
+        pending = [
+            (FileResult(path=name, duration_s=waveform.shape[0] / self.sampling_rate), waveform)
+            for name, waveform in clips
+        ]
+        self._finish(pending)
+        return [result for result, _ in pending]
+
+    def classify_files(
+        self, paths: Sequence[str], num_workers: int = 0, show_progress: bool = True
+    ) -> list[FileResult]:
+        """Classify every file, ``batch_size`` files per batch (in ``num_workers`` processes when > 1)."""
+        return self.classify_in_batches("classify_batch", list(paths), num_workers, show_progress)
+
+    def classify_in_batches(
+        self, method: str, items: list, num_workers: int, show_progress: bool
+    ) -> list[FileResult]:
+        batches = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        results = []
+        with tqdm(total=len(items), desc="Classifying", unit="file", disable=not show_progress) as bar:
+            for batch_results in _run_batches(self, method, batches, num_workers):
+                results += batch_results
+                bar.update(len(batch_results))
+        return results
+
+
+_WORKER: AudioFileClassifier | None = None  # the forked workers' classifier
+
+
+def _classify_in_worker(task: tuple[str, list]) -> list[FileResult]:
+    torch.set_num_threads(1)
+    method, batch = task
+    return getattr(_WORKER, method)(batch)
+
+
+def _run_batches(classifier: AudioFileClassifier, method: str, batches: list[list], num_workers: int):
+    """Yield ``classifier.<method>(batch)`` for each batch in order, from forked worker processes when
+    ``num_workers > 1`` (and the platform forks)."""
+    global _WORKER
+    if num_workers <= 1 or len(batches) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for batch in batches:
+            yield getattr(classifier, method)(batch)
+        return
+    _WORKER = classifier
+    try:
+        with multiprocessing.get_context("fork").Pool(min(num_workers, len(batches))) as pool:
+            yield from pool.imap(_classify_in_worker, [(method, batch) for batch in batches])
+    finally:
+        _WORKER = None
+
+
+def default_num_workers() -> int:
+    """Worker processes for CPU feature extraction: the usable cores, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def write_results(results: Sequence[FileResult], path: str | os.PathLike, label_names: Sequence[str]) -> Path:
+    """Write one row per file: ``.csv`` (flat, a ``score_<class>`` column per class) or ``.jsonl`` (segments
+    included). ValueError for another extension."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise ValueError(f"--output {path}: the file name must end in .csv or .jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        if suffix == ".jsonl":
+            for result in results:
+                handle.write(json.dumps(result.to_dict()) + "\n")
+            return path
+        rows = [result.to_row(label_names) for result in results]
+        fieldnames = list(FileResult(path="").to_row(label_names))
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

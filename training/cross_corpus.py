@@ -1,0 +1,188 @@
+"""Cross-corpus matrix: train on each corpus, test on every other one, on the classes they share.
+
+    python training/cross_corpus.py --corpus ravdess=../shared/data/ravdess emodb=../shared/data/emodb \
+        --output_dir runs/cross_corpus
+
+For each corpus, `training/train.py` (with `--config`, its other classes dropped) writes the released
+audio classifier `OUT/train/<corpus>/models/audio-classifier` (an existing one is reused); for each ordered
+pair, `mise evaluate` scores it on the other corpus twice, with the model's own feature statistics (as
+released) and with the test corpus' (unsupervised adaptation). Beside it, the classic baseline (openSMILE
+functionals + standardised logistic regression) fits on the training corpus. Writes `OUT/cross_corpus.json`,
+`OUT/cross_corpus.md`, `OUT/eval/<train>_to_<test>_<normalize>/` and `OUT/figures/cross_corpus_uar.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `training` and `modeling_mise` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from modeling_mise.cache import FeatureCache
+from modeling_mise.data import load_corpus
+from modeling_mise.encoders import load_audio_encoder
+from modeling_mise.evaluation import corpus_source, evaluate_on_corpus
+from modeling_mise.metrics import classification_metrics
+from modeling_mise.plots import plot_cross_corpus
+from training.study_variants import classic_baseline
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad"]
+METHODS = {
+    "mise_model": "MISE, training statistics (as released)",
+    "mise_corpus": "MISE, test-corpus statistics",
+    "classic_model": "classic, training statistics",
+    "classic_corpus": "classic, test-corpus statistics",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--corpus", nargs="+", required=True, help="NAME=FOLDER (a folder with manifest.csv)")
+    parser.add_argument("--classes", nargs="+", default=SHARED_CLASSES, help="classes kept in every corpus")
+    parser.add_argument("--config", default=str(REPO_ROOT / "training" / "configs" / "ravdess.yaml"))
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--max_folds", type=int, default=1, help="folds run before the final models (>= 1)")
+    parser.add_argument("--audio_encoder", default="opensmile/eGeMAPSv02", help="the classic baseline's")
+    args = parser.parse_args(argv)
+    corpora = dict(entry.split("=", 1) for entry in args.corpus)
+    if len(corpora) < 2 or any(not name or not folder for name, folder in corpora.items()):
+        parser.error("--corpus: give at least two NAME=FOLDER entries")
+    args.corpora = corpora
+    return args
+
+
+def other_labels(folder: str, classes: list[str]) -> list[str]:
+    """The corpus' labels outside `classes` (dropped for training and testing)."""
+    names = load_corpus(corpus_source(folder)).label_names
+    missing = sorted(set(classes) - set(names))
+    if missing:
+        raise SystemExit(f"{folder}: has no clips of {missing}; choose --classes it has")
+    return [name for name in names if name not in classes]
+
+
+def train_corpus(name: str, folder: str, drop: list[str], args: argparse.Namespace) -> Path:
+    """The released audio classifier trained on one corpus (reused when it exists)."""
+    run = Path(args.output_dir) / "train" / name
+    model = run / "models" / "audio-classifier"
+    if (model / "config.json").is_file():
+        return model
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "training" / "train.py"),
+        args.config,
+        "--output_dir",
+        str(run),
+    ]
+    command += ["--data_dir", str(Path(folder).resolve()), "--max_folds", str(args.max_folds)]
+    command += ["--report_to", "none", "--overwrite_output_dir", "true"]
+    if drop:
+        command += ["--drop_labels", *drop]
+    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    return model
+
+
+def classic_features(folder: str, drop: list[str], encoder) -> tuple[np.ndarray, list[str]]:
+    """Frozen functionals of a corpus' usable clips (through the feature cache training fills) and labels."""
+    corpus = load_corpus(corpus_source(folder), drop_labels=drop)
+    waveforms, usable, _ = corpus.load_waveforms(encoder.sampling_rate, show_progress=False)
+    cache_root = Path(os.environ.get("MISE_CACHE", Path.home() / ".cache" / "mise")) / "features"
+    cache = FeatureCache(cache_root, {**encoder.spec(), "max_duration_s": 30.0})
+    features = cache.get_or_compute(
+        usable.fingerprints(), lambda rows: encoder.encode([waveforms[i] for i in rows], show_progress=False)
+    )
+    return features.numpy(), [item.label for item in usable.items]
+
+
+def classic_cross(train: tuple, test: tuple, classes: list[str], normalize: str) -> dict:
+    """The classic baseline fit on `train`, scored on `test`; `corpus` z-scores each corpus on its own."""
+    (x_train, y_train), (x_test, y_test) = train, test
+    if normalize == "corpus":
+        x_train = (x_train - x_train.mean(0)) / np.maximum(x_train.std(0), 1e-6)
+        x_test = (x_test - x_test.mean(0)) / np.maximum(x_test.std(0), 1e-6)
+    labels = np.asarray([classes.index(label) for label in list(y_train) + list(y_test)])
+    rows = np.arange(len(labels))
+    predicted = classic_baseline(
+        np.concatenate([x_train, x_test]), labels, rows[: len(x_train)], rows[len(x_train) :]
+    )
+    metrics = classification_metrics(
+        labels[len(x_train) :], predicted, len(classes), dict(enumerate(classes))
+    )
+    return {"uar": metrics["uar"], "wa": metrics["wa"], "macro_f1": metrics["f1_macro"]}
+
+
+def run_pairs(args: argparse.Namespace, models: dict, drops: dict) -> dict:
+    """Every method on every ordered (train, test) pair: {method: {train: {test: metrics}}}."""
+    encoder = load_audio_encoder(args.audio_encoder)
+    features = {name: classic_features(folder, drops[name], encoder) for name, folder in args.corpora.items()}
+    results = {method: {name: {} for name in args.corpora} for method in METHODS}
+    for train, model in models.items():
+        for test, folder in args.corpora.items():
+            if test == train:
+                continue
+            for normalize in ("model", "corpus"):
+                report = evaluate_on_corpus(
+                    model,
+                    folder,
+                    Path(args.output_dir) / "eval" / f"{train}_to_{test}_{normalize}",
+                    drop_labels=drops[test],
+                    normalize=normalize,
+                    show_progress=False,
+                )
+                results[f"mise_{normalize}"][train][test] = {k: report[k] for k in ("uar", "wa", "macro_f1")}
+                classic = classic_cross(features[train], features[test], args.classes, normalize)
+                results[f"classic_{normalize}"][train][test] = classic
+    return results
+
+
+def markdown_table(results: dict, corpora: list[str]) -> str:
+    """One row per (train -> test) pair, UAR / WA / macro-F1 [%] per method."""
+    lines = ["| train → test | " + " | ".join(METHODS.values()) + " |", "|---" * (len(METHODS) + 1) + "|"]
+    for train in corpora:
+        for test in corpora:
+            if test == train:
+                continue
+            cells = []
+            for method in METHODS:
+                m = results[method][train][test]
+                cells.append(f"{100 * m['uar']:.1f} / {100 * m['wa']:.1f} / {100 * m['macro_f1']:.1f}")
+            lines.append(f"| {train} → {test} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    output = Path(args.output_dir)
+    drops = {name: other_labels(folder, args.classes) for name, folder in args.corpora.items()}
+    models = {name: train_corpus(name, folder, drops[name], args) for name, folder in args.corpora.items()}
+    results = run_pairs(args, models, drops)
+    corpora = list(args.corpora)
+    report = {"classes": args.classes, "corpora": args.corpora, "methods": METHODS, "results": results}
+    (output / "cross_corpus.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown_table(results, corpora)
+    (output / "cross_corpus.md").write_text(
+        f"UAR / WA / macro-F1 [%] on the shared classes ({', '.join(args.classes)}); chance UAR "
+        f"{100 / len(args.classes):.1f}.\n\n" + table
+    )
+    matrices = {
+        label: np.array([[results[m][a][b]["uar"] if a != b else np.nan for b in corpora] for a in corpora])
+        for m, label in METHODS.items()
+    }
+    plot_cross_corpus(
+        matrices, corpora, output / "figures" / "cross_corpus_uar.png", chance=1 / len(args.classes)
+    )
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
