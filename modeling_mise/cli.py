@@ -57,6 +57,8 @@ def classify(args: argparse.Namespace) -> int:
     if not paths:
         raise ValueError("no audio files found in " + ", ".join(args.paths))
     classifier = load_file_classifier(args)
+    if args.enrolment:
+        classifier.enrol(collect_audio_paths(args.enrolment))
     workers = default_num_workers() if args.num_workers is None else args.num_workers
     results = classifier.classify_files(paths, num_workers=workers, show_progress=not args.quiet)
     if args.output:
@@ -173,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="results.csv (one row per file: path, label, score per class, duration, notices, error) or "
         "results.jsonl (the same, with the windows of long clips); default: JSON lines on stdout",
+    )
+    classify_parser.add_argument(
+        "--enrolment",
+        nargs="+",
+        default=None,
+        help="other clips (files, folders, manifests) of the same speaker as PATHS, unlabelled: the model "
+        "normalises with that speaker's statistics (models trained where per-speaker statistics were "
+        "label-neutral; others refuse, saying why); each result says which statistics it used",
     )
     classify_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_classify_arguments(classify_parser)

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .audio import DEFAULT_POLICY, AudioInputError, AudioPolicy, check_waveform, load_audio, resample
-from .pipeline_audio_classification import input_policy
+from .pipeline_audio_classification import enrolment_statistics, input_policy, normalization_label
 from .segments import Segment, check_window, cut_windows, duration_weighted_mean
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class FileResult:
     notices: list[str] = field(default_factory=list)
     error: str | None = None
     segments: list[dict] = field(default_factory=list)
+    normalization: str = "global"  # or "speaker (N enrolment clips)"
 
     def to_dict(self) -> dict:
         """JSON-ready dict, segments included (``start_s``, ``end_s``, ``label``, ``scores``)."""
@@ -56,6 +57,7 @@ class FileResult:
             "notices": self.notices,
             "error": self.error,
             "segments": self.segments,
+            "normalization": self.normalization,
         }
 
     def to_row(self, label_names: Sequence[str]) -> dict:
@@ -66,6 +68,7 @@ class FileResult:
         row["duration_s"] = "" if self.duration_s is None else f"{self.duration_s:.3f}"
         row["segments"] = len(self.segments)
         row["notices"] = "; ".join(self.notices)
+        row["normalization"] = self.normalization
         row["error"] = self.error or ""
         return row
 
@@ -193,6 +196,12 @@ class AudioFileClassifier:
             raise ValueError(f"window_seconds ({window:g}) exceeds the {longest:g} s the model takes")
         self.window_seconds, self.hop_seconds = check_window(window, hop_seconds)
         self.batch_size = int(batch_size)
+        self.speaker_statistics, self.normalization = None, "global"
+
+    def enrol(self, clips: Sequence) -> None:
+        """Classify from now on with the per-speaker statistics of `clips`, other clips of the same speaker."""
+        self.speaker_statistics = enrolment_statistics(self.model, self.feature_extractor, clips)
+        self.normalization = normalization_label(len(clips))
 
     @torch.inference_mode()
     def probabilities(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
@@ -202,7 +211,8 @@ class AudioFileClassifier:
             batch = list(waveforms[start : start + self.batch_size])
             inputs = self.feature_extractor(batch, sampling_rate=self.sampling_rate, return_tensors="pt")
             inputs = inputs.to(self.model.device)
-            rows.append(self.model(**inputs).logits.float().softmax(dim=-1).cpu().numpy())
+            extra = {} if self.speaker_statistics is None else {"speaker_statistics": self.speaker_statistics}
+            rows.append(self.model(**inputs, **extra).logits.float().softmax(dim=-1).cpu().numpy())
         return np.concatenate(rows) if rows else np.zeros((0, len(self.label_names)), dtype=np.float32)
 
     def windows(self, waveform: np.ndarray) -> tuple[list[Segment], int]:
@@ -227,6 +237,7 @@ class AudioFileClassifier:
         """Cut, classify (all windows of all clips in shared batches) and pool the scores of each result."""
         plans = []
         for result, waveform in pending:
+            result.normalization = self.normalization
             segments, skipped = self.windows(waveform)
             windowed = len(segments) + skipped > 1
             if windowed:

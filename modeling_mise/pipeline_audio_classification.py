@@ -84,14 +84,28 @@ class MiseAudioClassificationPipeline(AudioClassificationPipeline):
       see `modeling_mise.segments`), classifies every window and returns the duration-weighted mean of the
       windows' probabilities, in the usual `[{"label", "score"}, ...]` form.
 
+    `classifier(audio, enrolment=[other clips of the same speaker])` normalises with that speaker's statistics
+    (a model trained where per-speaker statistics were label-neutral; others refuse with the reason); every
+    MISE result says which statistics it used: `"normalization": "global"` or `"speaker (N enrolment clips)"`.
+
     Registered for the `audio-classification` task when `modeling_mise` is imported; other models get the stock
     behaviour.
     """
 
     def _sanitize_parameters(
-        self, top_k=None, function_to_apply=None, window_seconds=None, hop_seconds=None, **kwargs
+        self,
+        top_k=None,
+        function_to_apply=None,
+        window_seconds=None,
+        hop_seconds=None,
+        enrolment=None,
+        **kwargs,
     ):
         preprocess, forward, postprocess = super()._sanitize_parameters(top_k, function_to_apply, **kwargs)
+        if enrolment is not None:  # other clips of the same speaker: per-speaker statistics, once per call
+            statistics = enrolment_statistics(self.model, self.feature_extractor, enrolment)
+            forward = {**forward, "speaker_statistics": statistics}
+            postprocess = {**postprocess, "normalization": normalization_label(len(enrolment))}
         longest = getattr(self.feature_extractor, "max_duration_s", None)
         if window_seconds is not None and longest is not None and window_seconds > longest:
             raise ValueError(f"window_seconds ({window_seconds:g}) exceeds the {longest:g} s the model takes")
@@ -124,12 +138,48 @@ class MiseAudioClassificationPipeline(AudioClassificationPipeline):
         processed["segments"] = segments
         return processed
 
-    def _forward(self, model_inputs):
+    def _forward(self, model_inputs, speaker_statistics=None):
         segments = model_inputs.pop("segments", None)
-        outputs = self.model(**model_inputs)
+        extra = {} if speaker_statistics is None else {"speaker_statistics": speaker_statistics}
+        outputs = self.model(**model_inputs, **extra)
         if segments is None:
             return outputs
         probabilities = outputs.logits.float().softmax(dim=-1).cpu().numpy()
         pooled = torch.as_tensor(duration_weighted_mean(probabilities, segments), dtype=torch.float32)
         # log-probabilities: the stock postprocess' softmax gives back the pooled probabilities
         return SequenceClassifierOutput(logits=pooled.clamp_min(1e-12).log()[None])
+
+    def postprocess(self, model_outputs, top_k=5, function_to_apply=None, normalization=None):
+        scores = super().postprocess(model_outputs, top_k, function_to_apply)
+        if getattr(self.model.config, "model_type", None) != MISE_MODEL_TYPE:
+            return scores
+        return [{**score, "normalization": normalization or "global"} for score in scores]
+
+
+def normalization_label(enrolment_clips: int) -> str:
+    """What a MISE result says about its statistics: `global`, or `speaker (N enrolment clips)`."""
+    return f"speaker ({enrolment_clips} enrolment clips)"
+
+
+def enrolment_statistics(model, feature_extractor, clips) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-speaker statistics from unlabelled clips of one speaker (paths, arrays or `{raw, sampling_rate}`
+    dicts), each checked with the input policy: `model.speaker_statistics` of their frozen features.
+
+    Raises:
+        ValueError: the model was not trained to take enrolment clips (with the reason training recorded), or
+            fewer than 2 clips; `AudioInputError` naming an unusable clip.
+    """
+    if getattr(model.config, "model_type", None) != MISE_MODEL_TYPE:
+        raise ValueError("enrolment: MISE audio classifiers only")
+    if isinstance(clips, (str, os.PathLike, dict, np.ndarray)):
+        raise ValueError("enrolment: give a list of clips of the speaker")
+    rate, policy = int(feature_extractor.sampling_rate), input_policy(feature_extractor)
+    waveforms = []
+    for clip in clips:
+        waveform, source = decode_input(clip, rate)
+        if waveform is None:
+            raise ValueError("enrolment: a dict clip needs `raw` (or `array`) and `sampling_rate`")
+        check_waveform(waveform, rate, source, policy)
+        waveforms.append(crop(waveform, rate, policy.max_seconds)[0])
+    inputs = feature_extractor(waveforms, sampling_rate=rate, return_tensors="pt").to(model.device)
+    return model.speaker_statistics(**inputs)

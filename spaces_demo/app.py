@@ -42,7 +42,11 @@ from modeling_mise.audio import (
 )
 from modeling_mise.cli import resolve_model_source
 from modeling_mise.file_classification import AudioFileClassifier
-from modeling_mise.pipeline_audio_classification import input_policy
+from modeling_mise.pipeline_audio_classification import (
+    enrolment_statistics,
+    input_policy,
+    normalization_label,
+)
 from modeling_mise.segments import plot_emotion_timeline
 
 logger = logging.getLogger("mise.space")
@@ -229,10 +233,18 @@ def read_clip(
 
 
 @torch.inference_mode()
-def predict(loaded: LoadedModel, waveform: np.ndarray, transcript: str | None = None) -> dict[str, float]:
-    """Probability of each emotion for a mono waveform at the model's rate."""
+def predict(
+    loaded: LoadedModel,
+    waveform: np.ndarray,
+    transcript: str | None = None,
+    enrolment: list[str] | None = None,
+) -> dict[str, float]:
+    """Probability of each emotion for a mono waveform at the model's rate; with `enrolment` (other clips of the
+    same speaker) the model normalises with that speaker's statistics."""
     inputs = loaded.feature_extractor(waveform, sampling_rate=loaded.sampling_rate, return_tensors="pt")
     extra = {}
+    if enrolment:
+        extra["speaker_statistics"] = enrolment_statistics(loaded.model, loaded.feature_extractor, enrolment)
     if loaded.multimodal and transcript and transcript.strip():
         extra["transcripts"] = [transcript.strip()]
     logits = loaded.model(**inputs, **extra).logits[0]
@@ -240,7 +252,9 @@ def predict(loaded: LoadedModel, waveform: np.ndarray, transcript: str | None = 
     return {loaded.id2label[index]: p for index, p in enumerate(probabilities)}
 
 
-def describe(clip: Clip, scores: dict[str, float], used_transcript: bool) -> str:
+def describe(
+    clip: Clip, scores: dict[str, float], used_transcript: bool, normalization: str = "global"
+) -> str:
     """Markdown summary of a classified clip: prediction, duration, rate, channels and notices."""
     label = max(scores, key=scores.get)
     channels = "?" if clip.channels is None else str(clip.channels)
@@ -255,6 +269,8 @@ def describe(clip: Clip, scores: dict[str, float], used_transcript: bool) -> str
     lines += [f"- {notice}" for notice in clip.notices]
     if used_transcript:
         lines.append("- The transcript was used.")
+    if normalization != "global":
+        lines.append(f"- Normalised with this speaker's statistics: {normalization}.")
     return "\n".join(lines)
 
 
@@ -268,8 +284,10 @@ if LOAD_ERROR:
     logger.warning(LOAD_ERROR)
 
 
-def classify(audio: str | None, transcript: str | None = "") -> tuple[dict[str, float] | None, str]:
-    """Classify one clip, given as a file path.
+def classify(
+    audio: str | None, transcript: str | None = "", enrolment: list[str] | None = None
+) -> tuple[dict[str, float] | None, str]:
+    """Classify one clip, given as a file path; `enrolment`: optional other clips of the same speaker.
 
     Returns:
         The probability of each emotion (for `gr.Label`) and a Markdown description of the clip; for an
@@ -284,14 +302,18 @@ def classify(audio: str | None, transcript: str | None = "") -> tuple[dict[str, 
         clip = read_clip(
             audio, MODEL.sampling_rate, MODEL.max_seconds, MODEL.hard_limit_seconds, name, MODEL.policy
         )
-        scores = predict(MODEL, clip.waveform, transcript)
+        enrolment = [str(path) for path in enrolment or []]
+        scores = predict(MODEL, clip.waveform, transcript, enrolment)
     except AudioInputError as error:
         return _refuse(f"Could not classify `{error.source}`: {error.reason}.")
+    except ValueError as error:  # enrolment refused: too few clips, or a model trained without it
+        return _refuse(f"Could not classify `{name}`: {error}.")
     except Exception as error:  # keep serving; the server log has the traceback
         logger.exception("classification of %s failed", name)
         return _refuse(f"Could not classify `{name}`: {type(error).__name__}: {error}")
     used_transcript = bool(MODEL.multimodal and transcript and transcript.strip())
-    return scores, describe(clip, scores, used_transcript)
+    normalization = normalization_label(len(enrolment)) if enrolment else "global"
+    return scores, describe(clip, scores, used_transcript, normalization)
 
 
 def timeline(audio: str | None):
@@ -359,6 +381,15 @@ def build_demo() -> gr.Blocks:
                 )
                 if not multimodal:
                     gr.Markdown("This model is audio-only: it uses no transcript.", elem_id="transcript-note")
+                speaker_adaptive = MODEL is not None and MODEL.model.config.speaker_adaptive
+                enrolment = gr.File(
+                    file_count="multiple",
+                    file_types=["audio"],
+                    type="filepath",
+                    label="Other clips of the same speaker (optional, unlabelled: the model normalises with them)",
+                    visible=speaker_adaptive,
+                    elem_id="enrolment",
+                )
                 button = gr.Button(
                     "Classify", variant="primary", interactive=MODEL is not None, elem_id="classify"
                 )
@@ -375,7 +406,9 @@ def build_demo() -> gr.Blocks:
                 f"{MODEL.max_seconds:g} s are cropped, over {MODEL.hard_limit_seconds:g} s refused."
             )
             gr.Markdown(limits, elem_id="model-info")
-        event = button.click(classify, inputs=[audio, transcript], outputs=[label, info], api_name="classify")
+        event = button.click(
+            classify, inputs=[audio, transcript, enrolment], outputs=[label, info], api_name="classify"
+        )
         event.then(timeline, inputs=[audio], outputs=[plot], api_name="timeline")
         examples = find_examples()
         if examples:

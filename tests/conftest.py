@@ -188,3 +188,15 @@ def clips(ravdess_rows, tmp_path_factory) -> dict[str, Path]:
     paths["stereo"] = folder / "stereo_44k.wav"
     sf.write(paths["stereo"], np.stack([high, 0.5 * high], axis=1), 44100, subtype="PCM_16")
     return paths
+
+
+def load_file_module(name: str, path: Path):
+    """Import a script that is not in a package (the Space's app.py, a bench) as module `name`."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import load_file_module
 from transformers import pipeline
 
 import modeling_mise  # noqa: F401  (registers the Auto classes)
@@ -56,15 +56,7 @@ CHROMIUM_ARGS = [
 RATE = 16000
 
 
-def _load_file_module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_file_module("bench_space", REPO_ROOT / "bench" / "bench_space.py")
+bench = load_file_module("bench_space", REPO_ROOT / "bench" / "bench_space.py")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +101,7 @@ def app(space_model, examples_dir):
         patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         patch.delenv("MISE_MAX_SECONDS", raising=False)
         patch.delenv("MISE_HARD_LIMIT_SECONDS", raising=False)
-        module = _load_file_module("mise_space_app", REPO_ROOT / "spaces_demo" / "app.py")
+        module = load_file_module("mise_space_app", REPO_ROOT / "spaces_demo" / "app.py")
     assert module.LOAD_ERROR is None, module.LOAD_ERROR
     return module
 

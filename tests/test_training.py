@@ -723,3 +723,44 @@ def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_r
     assert torch.allclose(adapted, expected, atol=1e-5) and not torch.allclose(adapted, plain)
     with pytest.raises(ValueError, match="at least 2 clips"):
         model.speaker_statistics(**extractor(clips[:1], sampling_rate=16000, return_tensors="pt"))
+
+
+def test_enrolment_through_pipeline_cli_and_space(reference_run, ravdess_rows, tmp_path, monkeypatch):
+    """Other clips of the speaker as enrolment in `pipeline()`, `mise classify --enrolment` and the Space: each
+    says which statistics it used and gives the model's speaker-adaptive scores."""
+    from conftest import load_file_module
+    from transformers import pipeline
+
+    from modeling_mise.cli import main as mise_main
+
+    folder = reference_run / "models" / "audio-classifier"
+    paths = [row["path"] for row in ravdess_rows if row["speaker"] == "Actor_06"][:6]
+    classify = pipeline("audio-classification", model=str(folder))
+    plain = classify(paths[0], top_k=None)
+    adapted = classify(paths[0], top_k=None, enrolment=paths[1:])
+    assert {s["normalization"] for s in plain} == {"global"}
+    assert {s["normalization"] for s in adapted} == {"speaker (5 enrolment clips)"}
+    assert {s["label"]: round(s["score"], 4) for s in plain} != {
+        s["label"]: round(s["score"], 4) for s in adapted
+    }
+    with pytest.raises(ValueError, match="at least 2 clips"):
+        classify(paths[0], enrolment=paths[1:2])
+
+    output = tmp_path / "rows.jsonl"
+    argv = ["classify", str(folder), paths[0], "--quiet", "--num_workers", "0", "--output", str(output)]
+    assert mise_main([*argv, "--enrolment", *paths[1:]]) == 0
+    (row,) = [json.loads(line) for line in output.read_text().splitlines()]
+    assert row["normalization"] == "speaker (5 enrolment clips)"
+    assert row["scores"] == pytest.approx({s["label"]: s["score"] for s in adapted}, abs=1e-4)
+
+    monkeypatch.setenv("MISE_MODEL", str(folder))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    app = load_file_module("mise_space_enrolment", REPO / "spaces_demo" / "app.py")
+    scores, info = app.classify(paths[0], "", paths[1:])
+    assert "Normalised with this speaker's statistics: speaker (5 enrolment clips)" in info
+    assert scores == pytest.approx({s["label"]: s["score"] for s in adapted}, abs=1e-4)
+    scores, info = app.classify(paths[0], "")
+    assert (
+        scores == pytest.approx({s["label"]: s["score"] for s in plain}, abs=1e-4)
+        and "Normalised" not in info
+    )
