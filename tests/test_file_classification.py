@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_space import app, examples_dir, space_model, train_space_model  # noqa: F401  (the Space fixtures)
+from conftest import train_space_model
+from test_space import app, examples_dir  # noqa: F401  (the Space fixtures)
 from transformers import pipeline
 
 import modeling_mise  # noqa: F401  (registers the Auto classes)
