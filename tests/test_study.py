@@ -338,3 +338,23 @@ def test_published_ravdess_table_matches_its_study_json():
             assert float(row[4].strip(" *")) == pytest.approx(
                 variant["wilcoxon_vs_none"]["p_value"], rel=0.05
             )
+
+
+def test_out_of_fold_variants_train_one_aligner_per_speaker_group(manifest, cache_dir, tmp_path, monkeypatch):
+    """Per unit: the in-fold aligner, one per training-speaker group, one generator shared by nothing else."""
+    counter = StageCounter(monkeypatch)
+    output_dir = tmp_path / "oof"
+    extra = ["--seeds", "0", "--variants", "none", "none_oof", "mise_oof", "--out_of_fold_groups", "2"]
+    extra += ["--figures", "false"]
+    report = main(study_args(manifest, output_dir, cache_dir, *extra))
+    units = 2  # folds x seeds; each fold's training side has 2 speakers, one per group
+    assert counter.counts["train_aligner"] == (1 + 2) * units
+    assert counter.counts["train_generator"] == 1 * units
+    assert counter.counts["train_classifier"] == (1 + 1 + 2) * units  # mise_oof tries 2 ratios
+    rows = read_rows(output_dir / "study.csv")
+    assert {row["variant"] for row in rows} == {"none", "none_oof", "mise_oof"}
+    assert set(report["variants"]) == {"none", "none_oof", "mise_oof"}
+    for row in rows:
+        assert 0.0 <= float(row["uar"]) <= 1.0
+    with pytest.raises(ConfigError, match="out_of_fold_groups"):
+        main(study_args(manifest, tmp_path / "bad", cache_dir, *extra[:-2], "--out_of_fold_groups", "1"))
