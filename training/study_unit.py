@@ -275,6 +275,8 @@ class FoldUnit:
             stage_args = targs if ratio is None else dataclasses.replace(targs, generated_ratio=ratio)
             if variant.class_balanced is not None:
                 stage_args = dataclasses.replace(stage_args, class_balanced_generation=variant.class_balanced)
+            if variant.noise_std is not None:
+                stage_args = dataclasses.replace(stage_args, noise_std=variant.noise_std)
             classifier, summary = train_classifier(
                 self.runtime(), classifier_config(study.model_args, space.z_train.shape[1], study.id2label),
                 stage_args, space.z_train, labels[space.train], space.z_val, labels[val],

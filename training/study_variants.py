@@ -26,6 +26,7 @@ class Variant:
     class_balanced: bool | None = None  # None: `class_balanced_generation` of the training arguments
     full_data: bool = False  # class-imbalance study: trained on the training side before the class was cut
     out_of_fold: bool = False  # stages 2 and 3 on out-of-fold z_a of the training rows (training.out_of_fold)
+    noise_std: float | None = None  # None: `noise_std` of the training arguments; 0: extra rows are copies
 
     @property
     def uses_generator(self) -> bool:
@@ -67,6 +68,12 @@ VARIANTS: dict[str, Variant] = {
             text_code=False,
         ),
         Variant("mise_no_alignment_no_mi", "ablation: no alignment, no MI", "gan", alignment=False, mi=False),
+        Variant(
+            "copies",
+            "control: extra rows are copies of real rows (noise with std 0), as many steps as noise / MISE",
+            "noise",
+            noise_std=0.0,
+        ),
         # out-of-fold z_a for stages 2 and 3 (training/out_of_fold.py), each with its in-fold counterpart above
         Variant("none_oof", "no augmentation, out-of-fold training features", "none", out_of_fold=True),
         Variant(
