@@ -1,5 +1,6 @@
 """Out-of-fold aligned features (training/out_of_fold.py): speaker groups, the Procrustes rotation, and that each
-training row is encoded by an aligner that never saw its speaker, in the space of the all-speaker aligner."""
+training row is encoded by an aligner that never saw its speaker, in the space of the all-speaker aligner; the
+study's out-of-fold variants and its `copies` control on a 4-speaker RAVDESS subset."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from test_study import StageCounter, cache_dir, manifest, read_rows, study_args  # noqa: F401 (fixtures)
 
 from modeling_mise import MiseAlignerConfig
-from training.arguments import MiseTrainingArguments
+from training.arguments import ConfigError, MiseTrainingArguments
 from training.loop import StageRuntime
 from training.out_of_fold import orthogonal_map, out_of_fold_features, speaker_groups
-from training.stages import encode_audio, train_aligner
+from training.stages import Augmenter, encode_audio, train_aligner
+from training.study import main
+from training.study_variants import VARIANTS
 
 SPEAKERS = np.repeat(np.array(["s1", "s2", "s3", "s4", "s5"]), 12)
 
@@ -85,3 +89,47 @@ def test_the_same_aligner_everywhere_gives_the_reference_back(toy):
     reference = encode_audio(aligner, audio)
     features = out_of_fold_features(reference, audio, SPEAKERS, lambda rows, index: aligner, 2, seed=0)
     assert torch.allclose(features, reference, atol=1e-4)
+
+
+def test_out_of_fold_variants_train_one_aligner_per_speaker_group(manifest, cache_dir, tmp_path, monkeypatch):  # noqa: F811
+    """Per unit: the in-fold aligner, one per training-speaker group, one generator shared by nothing else."""
+    counter = StageCounter(monkeypatch)
+    output_dir = tmp_path / "oof"
+    extra = [
+        "--seeds",
+        "0",
+        "--variants",
+        "none",
+        "copies",
+        "none_oof",
+        "mise_oof",
+        "--out_of_fold_groups",
+        "2",
+    ]
+    extra += ["--figures", "false"]
+    report = main(study_args(manifest, output_dir, cache_dir, *extra))
+    units = 2  # folds x seeds; each fold's training side has 2 speakers, one per group
+    assert counter.counts["train_aligner"] == (1 + 2) * units
+    assert counter.counts["train_generator"] == 1 * units
+    assert counter.counts["train_classifier"] == (1 + 2 + 1 + 2) * units  # copies, mise_oof: 2 ratios each
+    rows = read_rows(output_dir / "study.csv")
+    assert {row["variant"] for row in rows} == {"none", "copies", "none_oof", "mise_oof"}
+    assert set(report["variants"]) == {"none", "copies", "none_oof", "mise_oof"}
+    for row in rows:
+        assert 0.0 <= float(row["uar"]) <= 1.0
+    with pytest.raises(ConfigError, match="out_of_fold_groups"):
+        main(study_args(manifest, tmp_path / "bad", cache_dir, *extra[:-2], "--out_of_fold_groups", "1"))
+
+
+def test_copies_control_adds_exact_copies_of_real_rows():
+    """The `copies` variant's extra rows (noise with std 0): real rows of the same class, class-balanced."""
+    features, labels = torch.randn(30, 5), torch.tensor([0] * 20 + [1] * 10)
+    args = MiseTrainingArguments(
+        output_dir="unused", generated_ratio=1.0, noise_std=VARIANTS["copies"].noise_std
+    )
+    rows, row_labels = Augmenter("noise", features, labels, 2, args, seed=0).rows(epoch=3)
+    extra, extra_labels = rows[30:], row_labels[30:]
+    assert len(extra) == len(extra_labels) == 30 and torch.bincount(row_labels).tolist() == [30, 30]
+    for row, label in zip(extra, extra_labels, strict=True):
+        matches = (features == row).all(dim=1)
+        assert matches.any() and (labels[matches] == label).all()

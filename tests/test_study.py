@@ -16,12 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import training.study_unit as study_unit
 from modeling_mise.folds import make_folds
-from training.arguments import ConfigError, MiseTrainingArguments
-from training.stages import Augmenter
+from training.arguments import ConfigError
 from training.study import main, parse_study_arguments
 from training.study_variants import DEFAULT_VARIANTS, VARIANTS, cut_class
 
@@ -340,47 +338,3 @@ def test_published_ravdess_table_matches_its_study_json():
             assert float(row[4].strip(" *")) == pytest.approx(
                 variant["wilcoxon_vs_none"]["p_value"], rel=0.05
             )
-
-
-def test_out_of_fold_variants_train_one_aligner_per_speaker_group(manifest, cache_dir, tmp_path, monkeypatch):
-    """Per unit: the in-fold aligner, one per training-speaker group, one generator shared by nothing else."""
-    counter = StageCounter(monkeypatch)
-    output_dir = tmp_path / "oof"
-    extra = [
-        "--seeds",
-        "0",
-        "--variants",
-        "none",
-        "copies",
-        "none_oof",
-        "mise_oof",
-        "--out_of_fold_groups",
-        "2",
-    ]
-    extra += ["--figures", "false"]
-    report = main(study_args(manifest, output_dir, cache_dir, *extra))
-    units = 2  # folds x seeds; each fold's training side has 2 speakers, one per group
-    assert counter.counts["train_aligner"] == (1 + 2) * units
-    assert counter.counts["train_generator"] == 1 * units
-    assert counter.counts["train_classifier"] == (1 + 2 + 1 + 2) * units  # copies, mise_oof: 2 ratios each
-    rows = read_rows(output_dir / "study.csv")
-    assert {row["variant"] for row in rows} == {"none", "copies", "none_oof", "mise_oof"}
-    assert set(report["variants"]) == {"none", "copies", "none_oof", "mise_oof"}
-    for row in rows:
-        assert 0.0 <= float(row["uar"]) <= 1.0
-    with pytest.raises(ConfigError, match="out_of_fold_groups"):
-        main(study_args(manifest, tmp_path / "bad", cache_dir, *extra[:-2], "--out_of_fold_groups", "1"))
-
-
-def test_copies_control_adds_exact_copies_of_real_rows():
-    """The `copies` variant's extra rows (noise with std 0): real rows of the same class, class-balanced."""
-    features, labels = torch.randn(30, 5), torch.tensor([0] * 20 + [1] * 10)
-    args = MiseTrainingArguments(
-        output_dir="unused", generated_ratio=1.0, noise_std=VARIANTS["copies"].noise_std
-    )
-    rows, row_labels = Augmenter("noise", features, labels, 2, args, seed=0).rows(epoch=3)
-    extra, extra_labels = rows[30:], row_labels[30:]
-    assert len(extra) == len(extra_labels) == 30 and torch.bincount(row_labels).tolist() == [30, 30]
-    for row, label in zip(extra, extra_labels, strict=True):
-        matches = (features == row).all(dim=1)
-        assert matches.any() and (labels[matches] == label).all()
