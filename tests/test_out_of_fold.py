@@ -106,7 +106,6 @@ def test_out_of_fold_variants_train_one_aligner_per_speaker_group(manifest, cach
         "--out_of_fold_groups",
         "2",
     ]
-    extra += ["--figures", "false"]
     report = main(study_args(manifest, output_dir, cache_dir, *extra))
     units = 2  # folds x seeds; each fold's training side has 2 speakers, one per group
     assert counter.counts["train_aligner"] == (1 + 2) * units
@@ -117,6 +116,8 @@ def test_out_of_fold_variants_train_one_aligner_per_speaker_group(manifest, cach
     assert set(report["variants"]) == {"none", "copies", "none_oof", "mise_oof"}
     for row in rows:
         assert 0.0 <= float(row["uar"]) <= 1.0
+    for name in ("copies", "mise_oof"):
+        assert (output_dir / "figures" / f"confusion_{name}.png").stat().st_size > 5000
     with pytest.raises(ConfigError, match="out_of_fold_groups"):
         main(study_args(manifest, tmp_path / "bad", cache_dir, *extra[:-2], "--out_of_fold_groups", "1"))
 
