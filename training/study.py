@@ -253,6 +253,7 @@ def _run_study(
     study = Study(
         accelerator, data_args, model_args, training_args, study_args, features.audio, features.text,
         torch.as_tensor(corpus.labels()), dict(corpus.id2label), features.audio_spec,
+        speakers=np.asarray(corpus.speakers()),
     )  # fmt: skip
 
     # 4. folds, shared by every variant and seed

@@ -21,6 +21,7 @@ from modeling_mise.quality import MIProbe, generation_quality
 
 from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
 from .loop import StageRuntime
+from .out_of_fold import out_of_fold_features
 from .pipeline import stage_seed
 from .stages import (
     aligner_config,
@@ -63,6 +64,7 @@ class Study:
     id2label: dict[int, str]
     audio_spec: dict
     classic_cache: dict[str, np.ndarray] = field(default_factory=dict)  # fold -> test predictions
+    speakers: np.ndarray | None = None  # (N,) speaker of every row: out-of-fold variants group by it
 
     @property
     def num_labels(self) -> int:
@@ -109,24 +111,47 @@ class FoldUnit:
     # ------------------------------------------------------------------------------------------ stage 1
     def space(self, variant: Variant) -> Space:
         """The aligned (or unaligned) space of `variant`, trained once per unit."""
+        if variant.aligner_key not in self.spaces and variant.out_of_fold:
+            self.spaces[variant.aligner_key] = self._out_of_fold_space(variant)
         if variant.aligner_key not in self.spaces:
             study, val = self.study, self.fold.validation
             train = self.fold.train if variant.full_data else self.train_rows
-            model_args = dataclasses.replace(study.model_args, no_alignment=not variant.alignment)
-            text_dim = None if study.text is None else study.text.shape[1]
-            config = aligner_config(
-                model_args, study.audio.shape[1], text_dim, study.id2label, study.audio_spec
-            )
-            aligner, _ = train_aligner(
-                self.runtime(), config, study.training_args, study.audio[train], study.labels[train],
-                study.audio[val], study.labels[val], text_train=None if study.text is None else study.text[train],
-                seed=stage_seed(self.seed, self.fold_index, 1),
-            )  # fmt: skip
+            aligner = self._train_aligner(variant, train, stage_seed(self.seed, self.fold_index, 1))
             encode = lambda rows: encode_audio(aligner, study.audio[rows])  # noqa: E731
             self.spaces[variant.aligner_key] = Space(
                 aligner, train, encode(train), encode(val), encode(self.fold.test)
             )
         return self.spaces[variant.aligner_key]
+
+    def _train_aligner(self, variant: Variant, train: np.ndarray, seed: int):
+        """Stage 1 of `variant` on the rows `train`, early-stopped on the fold's validation speakers."""
+        study, val = self.study, self.fold.validation
+        model_args = dataclasses.replace(study.model_args, no_alignment=not variant.alignment)
+        text_dim = None if study.text is None else study.text.shape[1]
+        config = aligner_config(model_args, study.audio.shape[1], text_dim, study.id2label, study.audio_spec)
+        aligner, _ = train_aligner(
+            self.runtime(), config, study.training_args, study.audio[train], study.labels[train],
+            study.audio[val], study.labels[val], text_train=None if study.text is None else study.text[train],
+            seed=seed,
+        )  # fmt: skip
+        return aligner
+
+    def _out_of_fold_space(self, variant: Variant) -> Space:
+        """The in-fold space of `variant` with out-of-fold `z_a` for its training rows (training.out_of_fold)."""
+        base = self.space(dataclasses.replace(variant, out_of_fold=False))
+        if self.study.speakers is None:
+            raise ValueError("out-of-fold features need the speaker of every row (Study.speakers)")
+        groups = self.study.study_args.out_of_fold_groups
+
+        def fit(rows: np.ndarray, index: int):
+            seed = stage_seed(self.seed, self.fold_index, 10 + index)
+            return self._train_aligner(variant, base.train[rows], seed)
+
+        z_train = out_of_fold_features(
+            base.z_train, self.study.audio[base.train], self.study.speakers[base.train], fit, groups,
+            seed=stage_seed(self.seed, self.fold_index, 10),
+        )  # fmt: skip
+        return dataclasses.replace(base, z_train=z_train)
 
     def text_codes(self, space: Space, rows: np.ndarray, variant: Variant) -> torch.Tensor | None:
         """Text codes of a generator: `z_t` of an aligned space, the standardised raw `t` without alignment."""
@@ -250,6 +275,8 @@ class FoldUnit:
             stage_args = targs if ratio is None else dataclasses.replace(targs, generated_ratio=ratio)
             if variant.class_balanced is not None:
                 stage_args = dataclasses.replace(stage_args, class_balanced_generation=variant.class_balanced)
+            if variant.noise_std is not None:
+                stage_args = dataclasses.replace(stage_args, noise_std=variant.noise_std)
             classifier, summary = train_classifier(
                 self.runtime(), classifier_config(study.model_args, space.z_train.shape[1], study.id2label),
                 stage_args, space.z_train, labels[space.train], space.z_val, labels[val],

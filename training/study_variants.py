@@ -25,6 +25,8 @@ class Variant:
     mi: bool = True
     class_balanced: bool | None = None  # None: `class_balanced_generation` of the training arguments
     full_data: bool = False  # class-imbalance study: trained on the training side before the class was cut
+    out_of_fold: bool = False  # stages 2 and 3 on out-of-fold z_a of the training rows (training.out_of_fold)
+    noise_std: float | None = None  # None: `noise_std` of the training arguments; 0: extra rows are copies
 
     @property
     def uses_generator(self) -> bool:
@@ -36,16 +38,16 @@ class Variant:
         return self.augmentation in ("noise", "gan", "mise")
 
     @property
-    def aligner_key(self) -> tuple[bool, bool]:
-        """Variants with the same key share one stage-1 aligner per fold and seed."""
-        return self.alignment, self.full_data
+    def aligner_key(self) -> tuple[bool, ...]:
+        """Variants with the same key share one stage-1 space per fold and seed."""
+        return (self.alignment, self.full_data) + ((True,) if self.out_of_fold else ())
 
     @property
-    def generator_key(self) -> tuple[bool, bool, bool, bool] | None:
+    def generator_key(self) -> tuple[bool, ...] | None:
         """Variants with the same key share one stage-2 generator per fold and seed."""
         if not self.uses_generator:
             return None
-        return self.alignment, self.text_code, self.mi and self.augmentation == "mise", self.full_data
+        return self.aligner_key + (self.text_code, self.mi and self.augmentation == "mise")
 
 
 VARIANTS: dict[str, Variant] = {
@@ -66,6 +68,20 @@ VARIANTS: dict[str, Variant] = {
             text_code=False,
         ),
         Variant("mise_no_alignment_no_mi", "ablation: no alignment, no MI", "gan", alignment=False, mi=False),
+        Variant(
+            "copies",
+            "control: extra rows are copies of real rows (noise with std 0), as many steps as noise / MISE",
+            "noise",
+            noise_std=0.0,
+        ),
+        # out-of-fold z_a for stages 2 and 3 (training/out_of_fold.py), each with its in-fold counterpart above
+        Variant("none_oof", "no augmentation, out-of-fold training features", "none", out_of_fold=True),
+        Variant(
+            "noise_oof", "Gaussian feature noise, out-of-fold training features", "noise", out_of_fold=True
+        ),
+        Variant(
+            "mise_oof", "full MISE, generator on out-of-fold training features", "mise", out_of_fold=True
+        ),
         # class-imbalance study only
         Variant(
             "none_full_data", "no augmentation, before the class was cut (reference)", "none", full_data=True
@@ -121,6 +137,13 @@ class StudyArguments:
             "k-NN precision/recall (the MI bounds are recorded for every checkpoint of every fold)."
         },
     )
+    out_of_fold_groups: int = field(
+        default=4,
+        metadata={
+            "help": "Out-of-fold variants: speaker groups of a fold's training side, one extra aligner each "
+            "(training/out_of_fold.py)."
+        },
+    )
     classic_c: float = field(default=1.0, metadata={"help": "Inverse L2 strength of the classic baseline."})
     classic_max_iter: int = field(
         default=2000, metadata={"help": "Solver iterations of the classic baseline."}
@@ -160,6 +183,8 @@ class StudyArguments:
             raise ConfigError(f"generated_ratios: must be >= 0, got {self.generated_ratios}")
         if self.quality_folds < 0:
             raise ConfigError(f"quality_folds: must be >= 0, got {self.quality_folds}")
+        if self.out_of_fold_groups < 2:
+            raise ConfigError(f"out_of_fold_groups: must be >= 2, got {self.out_of_fold_groups}")
         if not self.classic_c > 0 or self.classic_max_iter < 1:
             raise ConfigError(
                 f"classic_c / classic_max_iter: must be > 0, got {self.classic_c}, {self.classic_max_iter}"
