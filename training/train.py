@@ -62,10 +62,10 @@ from training.speaker_normalization import (
 logger = get_logger("mise.train")
 
 # what a run writes; `--overwrite_output_dir` deletes exactly these
-RUN_FILES = ("folds", "final", SPEAKER_FINAL_FOLD, "checkpoints", "models", "mise", "summary.json", "run_info.json", "rejected.csv")  # fmt: skip
 # written once the folds start: without them the folder holds no run, only what a run that stopped on bad
 # input left behind (TensorBoard's `mise/`, `rejected.csv`), which a new run replaces
 RUN_MARKERS = ("folds", "final", SPEAKER_FINAL_FOLD, "checkpoints", "models", "summary.json", "run_info.json")
+RUN_FILES = (*RUN_MARKERS, "mise", "rejected.csv")
 FINAL_SEED_INDEX = 1_000_000
 
 
@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
     # 8. final models on all speakers (a few validation speakers drive early stopping)
     if training_args.final_models:
         tick = time.perf_counter()
-        ctx.features = features  # without enrolment a released model sees one clip: global statistics
+        # `ctx` keeps the global statistics (a released model without enrolment sees one clip); the folds ran on
+        # copies with their own features
         speaker_ctx = (
             replace(ctx, features=normalization.features_for(final_choice)) if speaker_adaptive else None
         )
