@@ -47,7 +47,7 @@ def time_pipeline(model: str, clips: list[str]) -> tuple[float, list[str]]:
 
 def time_mise_classify(model: str, clips: list[str], workers: int | None) -> tuple[float, list[str], int]:
     """Wall time of `mise classify` on every file (one results CSV), its top labels and its exit code."""
-    from modeling_mise.cli import main
+    from mise.cli import main
 
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "results.csv"

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 
 def mlp(
@@ -49,3 +50,13 @@ def speaker_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def speaker_normalize(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Features z-normalised with one speaker's statistics."""
     return (features - mean) / std
+
+
+class MisePreTrainedModel(PreTrainedModel):
+    """Shared base: weight initialisation and the attention backends MISE does not use."""
+
+    base_model_prefix = "mise"
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        init_mise_weights(module)

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from torch.nn import functional as F
-from transformers import BatchEncoding, PreTrainedModel
+from transformers import BatchEncoding
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, cached_file
 
 from .configuration_aligner import MiseAlignerConfig
@@ -24,7 +24,7 @@ from .encoders import (
     load_text_encoder,
     text_adapter_state_dict,
 )
-from .layers import init_mise_weights, mlp
+from .layers import MisePreTrainedModel, mlp
 from .losses import soft_cross_entropy, symmetric_info_nce
 
 TEXT_ADAPTER_PREFIX = "text_adapter."
@@ -83,16 +83,6 @@ class MiseAlignerOutput(ModelOutput):
     ce_loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
     temperature: torch.FloatTensor | None = None
-
-
-class MisePreTrainedModel(PreTrainedModel):
-    """Shared base: weight initialisation and the attention backends MISE does not use."""
-
-    base_model_prefix = "mise"
-    supports_gradient_checkpointing = False
-
-    def _init_weights(self, module: nn.Module) -> None:
-        init_mise_weights(module)
 
 
 class MiseAlignerModel(MisePreTrainedModel):

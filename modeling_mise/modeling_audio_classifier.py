@@ -18,12 +18,11 @@ from .configuration_aligner import MiseAlignerConfig
 from .configuration_audio_classifier import MiseAudioClassifierConfig
 from .configuration_classifier import MiseClassifierConfig
 from .encoders import AudioEncoder, build_audio_encoder, load_audio_encoder
-from .layers import speaker_normalize, speaker_statistics
+from .layers import MisePreTrainedModel, speaker_normalize, speaker_statistics
 from .losses import soft_cross_entropy
 from .modeling_aligner import (
     TEXT_ADAPTER_PREFIX,
     MiseAlignerModel,
-    MisePreTrainedModel,
     read_checkpoint_tensors,
 )
 from .modeling_classifier import MiseClassifierModel

@@ -7,9 +7,8 @@ from torch.nn import functional as F
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .configuration_classifier import MiseClassifierConfig
-from .layers import mlp
+from .layers import MisePreTrainedModel, mlp
 from .losses import soft_cross_entropy
-from .modeling_aligner import MisePreTrainedModel
 
 
 class MiseClassifierModel(MisePreTrainedModel):

@@ -10,9 +10,8 @@ from torch.nn import functional as F
 from transformers.utils import ModelOutput
 
 from .configuration_generator import MiseGeneratorConfig
-from .layers import mlp
+from .layers import MisePreTrainedModel, mlp
 from .losses import generator_adversarial_loss, info_nce
-from .modeling_aligner import MisePreTrainedModel
 
 
 @dataclass

@@ -30,6 +30,8 @@ import torch
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 import modeling_mise  # noqa: F401  (registers the MISE classes with the transformers Auto classes)
+from mise.cli import resolve_model_source
+from mise.file_classification import AudioFileClassifier
 from modeling_mise.audio import (
     AudioInputError,
     AudioPolicy,
@@ -40,8 +42,6 @@ from modeling_mise.audio import (
     long_clip_notice,
     prepare_waveform,
 )
-from modeling_mise.cli import resolve_model_source
-from modeling_mise.file_classification import AudioFileClassifier
 from modeling_mise.pipeline_audio_classification import (
     enrolment_statistics,
     input_policy,

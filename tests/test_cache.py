@@ -15,8 +15,8 @@ import pytest
 import soundfile
 import torch
 
-from modeling_mise.cache import FeatureCache, spec_hash
-from modeling_mise.data import load_corpus
+from mise.cache import FeatureCache, spec_hash
+from mise.data import load_corpus
 from modeling_mise.encoders import load_audio_encoder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ SHARDED_SCRIPT = """
 import json, sys
 import torch
 from accelerate import Accelerator
-from modeling_mise.cache import FeatureCache
+from mise.cache import FeatureCache
 
 accelerator = Accelerator(cpu=True)
 assert accelerator.num_processes == 2, accelerator.num_processes

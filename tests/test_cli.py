@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from modeling_mise.cli import resolve_model_source
+from mise.cli import resolve_model_source
 
 
 def run_mise(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "modeling_mise.cli", *args]
+    command = [sys.executable, "-m", "mise.cli", *args]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 

@@ -14,8 +14,8 @@ import pytest
 import soundfile
 from conftest import corpus_dir
 
+from mise.data import format_summary, load_corpus, write_rejections
 from modeling_mise.audio import AudioInputError, load_audio
-from modeling_mise.data import format_summary, load_corpus, write_rejections
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from test_file_classification import model_dir  # noqa: F401  (the RAVDESS-trained fixture model)
 
-from modeling_mise.cli import main as mise_main
-from modeling_mise.evaluation import match_classes, parse_label_map
-from modeling_mise.metrics import classification_metrics
+from mise.cli import main as mise_main
+from mise.evaluation import match_classes, parse_label_map
+from mise.metrics import classification_metrics
 
 PER_CLASS = 6
 LABEL_MAP = {
@@ -89,7 +89,7 @@ def test_evaluate_across_corpora(model_dir, emodb_manifest, tmp_path, monkeypatc
 def test_cross_corpus_baseline_table_and_figure(tmp_path):
     """The cross-corpus script's classic baseline, table and heat map on two feature sets that differ by a
     recording shift: only test-corpus statistics remove it."""
-    from modeling_mise.plots import plot_cross_corpus
+    from mise.plots import plot_cross_corpus
     from training.cross_corpus import METHODS, classic_cross, markdown_table
 
     rng = np.random.default_rng(0)

@@ -21,9 +21,9 @@ from test_space import app, examples_dir  # noqa: F401  (the Space fixtures)
 from transformers import pipeline
 
 import modeling_mise  # noqa: F401  (registers the Auto classes)
+from mise.cli import main as mise_main
+from mise.file_classification import AudioFileClassifier, collect_audio_paths
 from modeling_mise.audio import load_audio
-from modeling_mise.cli import main as mise_main
-from modeling_mise.file_classification import AudioFileClassifier, collect_audio_paths
 from modeling_mise.segments import Segment, cut_windows, duration_weighted_mean
 
 RATE = 16000

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from modeling_mise.folds import make_folds
+from mise.folds import make_folds
 
 
 @pytest.fixture(scope="module")

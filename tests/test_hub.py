@@ -27,11 +27,9 @@ from huggingface_hub import ModelCard, constants
 from transformers import pipeline
 
 import modeling_mise  # noqa: F401  (registers the Auto classes and the pipeline)
-from modeling_mise import MiseAlignerModel, MiseForAudioClassification, MiseGeneratorModel
-from modeling_mise.audio import load_audio
-from modeling_mise.cli import main as mise_main
-from modeling_mise.encoders import load_audio_encoder
-from modeling_mise.hub import (
+from mise.cli import main as mise_main
+from mise.hub.cards import card_context, render_card, template_dir
+from mise.hub.push import (
     HubPushError,
     RunFolderError,
     build_hub_folders,
@@ -42,7 +40,9 @@ from modeling_mise.hub import (
     run_without_package,
     validate_hub_folder,
 )
-from modeling_mise.hub_cards import card_context, render_card, template_dir
+from modeling_mise import MiseAlignerModel, MiseForAudioClassification, MiseGeneratorModel
+from modeling_mise.audio import load_audio
+from modeling_mise.encoders import load_audio_encoder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ORG, PREFIX = "mise-test", "mise-ravdess"
@@ -393,7 +393,7 @@ def test_train_push_to_hub_flags_are_checked(flags, field):
 def study_dir(tmp_path_factory) -> Path:
     """A study folder as `training/study.py` leaves it: `write_report` on units of 3 variants x 4 LOSO folds
     x 2 seeds, each with seeded test predictions (the better the variant, the more of them are right)."""
-    from modeling_mise.metrics import classification_metrics
+    from mise.metrics import classification_metrics
     from training.study_report import write_report
     from training.study_variants import StudyArguments
 

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score  # noqa: E402
 
-from modeling_mise.metrics import classification_metrics, paired_wilcoxon, summarize_folds  # noqa: E402
+from mise.metrics import classification_metrics, paired_wilcoxon, summarize_folds  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ID2LABEL = {0: "angry", 1: "happy", 2: "sad"}
@@ -76,7 +76,7 @@ def refuse(*args, **kwargs):
 socket.socket.connect = refuse
 socket.create_connection = refuse
 import evaluate
-from modeling_mise.metrics import classification_metrics, uar_metric
+from mise.metrics import classification_metrics, uar_metric
 metrics = classification_metrics({Y_TRUE}, {Y_PRED}, num_labels=3)
 module = uar_metric()
 print(json.dumps({{"uar": metrics["uar"], "is_module": isinstance(module, evaluate.EvaluationModule),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import linalg
 
-from modeling_mise.quality import (
+from mise.quality import (
     MIProbe,
     frechet_distance,
     gaussian_frechet_distance,

@@ -138,7 +138,7 @@ def test_requirements_cover_what_the_space_imports():
     # the package modules the app really loads, in a fresh process (not whatever this test session imported)
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]); import app; "
-        "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('modeling_mise')))"
+        "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.split('.')[0] in ('modeling_mise', 'mise')))"
     )
     env = dict(os.environ, MISE_MODEL=str(SPACE / "no-such-model"), GRADIO_ANALYTICS_ENABLED="False")
     loaded = subprocess.run(
@@ -158,7 +158,7 @@ def test_requirements_cover_what_the_space_imports():
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - {"modeling_mise", "__future__"} - optional
+    third_party = imported - set(sys.stdlib_module_names) - {"modeling_mise", "mise", "__future__"} - optional
     distributions = importlib.metadata.packages_distributions()
     needed = {distributions[name][0].lower().replace("_", "-") for name in third_party} - provided
     assert needed <= _distribution_names(SPACE / "requirements.txt"), needed
@@ -386,7 +386,7 @@ def test_bad_input_table_row(row, app, clips, space_model, classify_pipeline, ca
     # mise classify
     expected = row["cli"]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "modeling_mise.cli", "classify", str(space_model), str(path)]
+    command = [sys.executable, "-m", "mise.cli", "classify", str(space_model), str(path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == expected["code"], result.stderr[-2000:]
     assert says(result.stderr, f"mise classify: {path}: {expected['message']}"), result.stderr[-2000:]

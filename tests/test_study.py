@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import training.study_unit as study_unit
-from modeling_mise.folds import make_folds
+from mise.folds import make_folds
 from training.arguments import ConfigError
 from training.study import main, parse_study_arguments
 from training.study_variants import DEFAULT_VARIANTS, VARIANTS, cut_class

@@ -731,7 +731,7 @@ def test_enrolment_through_pipeline_cli_and_space(reference_run, ravdess_rows, t
     from conftest import load_file_module
     from transformers import pipeline
 
-    from modeling_mise.cli import main as mise_main
+    from mise.cli import main as mise_main
 
     folder = reference_run / "models" / "audio-classifier"
     paths = [row["path"] for row in ravdess_rows if row["speaker"] == "Actor_06"][:6]

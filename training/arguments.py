@@ -16,8 +16,8 @@ from typing import Literal
 import yaml
 from transformers import HfArgumentParser
 
+from mise.data import MIN_CLASS_CLIPS, MIN_CLASS_SPEAKERS
 from modeling_mise.audio import DEFAULT_POLICY
-from modeling_mise.data import MIN_CLASS_CLIPS, MIN_CLASS_SPEAKERS
 
 PROTOCOLS = ("loso", "loso_session", "kfold", "split")
 AUGMENTATIONS = ("none", "noise", "mixup", "gan", "mise")

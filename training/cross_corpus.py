@@ -25,12 +25,12 @@ if __package__ in (None, ""):  # run as a script: make `training` and `modeling_
 
 import numpy as np
 
-from modeling_mise.cache import FeatureCache
-from modeling_mise.data import load_corpus
+from mise.cache import FeatureCache
+from mise.data import load_corpus
+from mise.evaluation import corpus_source, evaluate_on_corpus
+from mise.metrics import classification_metrics
+from mise.plots import plot_cross_corpus
 from modeling_mise.encoders import load_audio_encoder
-from modeling_mise.evaluation import corpus_source, evaluate_on_corpus
-from modeling_mise.metrics import classification_metrics
-from modeling_mise.plots import plot_cross_corpus
 from training.study_variants import classic_baseline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
+from mise.cache import FeatureCache
+from mise.data import Corpus, Rejection, check_class_sizes, load_corpus, write_rejections
 from modeling_mise.audio import AudioInputError, crop
-from modeling_mise.cache import FeatureCache
-from modeling_mise.data import Corpus, Rejection, check_class_sizes, load_corpus, write_rejections
 from modeling_mise.encoders import AudioEncoder, TextEncoder
 from modeling_mise.layers import speaker_normalize, speaker_statistics
 

@@ -25,11 +25,11 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.nn import functional as F
 
+from mise.quality import MIProbe
 from modeling_mise import MiseAlignerConfig, MiseAlignerModel, MiseGeneratorConfig, MiseGeneratorModel
 from modeling_mise.layers import mlp
 from modeling_mise.losses import generator_adversarial_loss, info_nce
 from modeling_mise.modeling_audio_classifier import multimodal_features
-from modeling_mise.quality import MIProbe
 
 from .arguments import MiseTrainingArguments
 from .loop import StageRuntime

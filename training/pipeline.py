@@ -20,16 +20,16 @@ import torch
 from accelerate import Accelerator, InitProcessGroupKwargs
 from accelerate.logging import get_logger
 
+from mise.data import Corpus
+from mise.folds import Fold, make_folds
+from mise.metrics import classification_metrics
 from modeling_mise import (
     MiseAlignerModel,
     MiseFeatureExtractor,
     MiseForAudioClassification,
     MiseGeneratorModel,
 )
-from modeling_mise.data import Corpus
 from modeling_mise.encoders import AudioEncoder
-from modeling_mise.folds import Fold, make_folds
-from modeling_mise.metrics import classification_metrics
 from modeling_mise.modeling_audio_classifier import multimodal_features
 
 from .arguments import SPLIT_NEEDS, ConfigError, DataArguments, MiseTrainingArguments, ModelArguments

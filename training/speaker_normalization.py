@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from accelerate.logging import get_logger
 
-from modeling_mise.data import Corpus
-from modeling_mise.folds import Fold
+from mise.data import Corpus
+from mise.folds import Fold
+from mise.metrics import classification_metrics
 from modeling_mise.layers import speaker_normalize, speaker_statistics
-from modeling_mise.metrics import classification_metrics
 
 from .arguments import DataArguments
 from .features import CorpusFeatures, speaker_normalized

@@ -18,6 +18,7 @@ from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from torch.nn import functional as F
 
+from mise.quality import MIProbe, frechet_distance, knn_precision_recall
 from modeling_mise import (
     MiseAlignerConfig,
     MiseAlignerModel,
@@ -27,7 +28,6 @@ from modeling_mise import (
     MiseGeneratorModel,
 )
 from modeling_mise.losses import discriminator_loss, info_nce, mixup, soft_cross_entropy
-from modeling_mise.quality import MIProbe, frechet_distance, knn_precision_recall
 
 from .arguments import MiseTrainingArguments, ModelArguments
 from .loop import LoopState, StageRuntime, run_epochs
@@ -357,7 +357,7 @@ def generation_report(
     seed: int = 0,
 ) -> dict:
     """MI bounds (the real-data `probe`), Fréchet distance and k-NN precision/recall of one generated row per
-    real row (same label and text code). Per-class figures: `modeling_mise.quality.generation_quality`."""
+    real row (same label and text code). Per-class figures: `mise.quality.generation_quality`."""
     device = model.null_text_code.device
     output = model.generate(
         labels=labels.to(device),

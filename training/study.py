@@ -34,8 +34,8 @@ from accelerate.logging import get_logger
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from mise.folds import Fold
 from modeling_mise.encoders import load_audio_encoder, load_text_encoder
-from modeling_mise.folds import Fold
 from training.arguments import (
     ConfigError,
     DataArguments,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modeling_mise.metrics import paired_wilcoxon, summarize_folds
+from mise.metrics import paired_wilcoxon, summarize_folds
 
 from .study_variants import REFERENCE, VARIANTS, StudyArguments
 
@@ -211,7 +211,7 @@ def _markdown(report: dict, id2label: dict) -> str:
 def _figures(
     output_dir: Path, report: dict, units: list[dict], id2label: dict, study_args: StudyArguments
 ) -> list[str]:
-    from modeling_mise.plots import (
+    from mise.plots import (
         plot_confusion_matrix,
         plot_feature_map,
         plot_quality_curves,

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from modeling_mise.folds import Fold
-from modeling_mise.metrics import classification_metrics
-from modeling_mise.quality import MIProbe, generation_quality
+from mise.folds import Fold
+from mise.metrics import classification_metrics
+from mise.quality import MIProbe, generation_quality
 
 from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
 from .loop import StageRuntime

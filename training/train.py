@@ -30,9 +30,9 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
+from mise.hub.push import HubPushError, push_run
+from mise.metrics import summarize_folds
 from modeling_mise.encoders import load_audio_encoder, load_text_encoder
-from modeling_mise.hub import HubPushError, push_run
-from modeling_mise.metrics import summarize_folds
 from training.arguments import ConfigError, arguments_dict, config_hash, parse_arguments
 from training.checkpoint import CheckpointManager
 from training.features import (
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     del waveforms, text_encoder  # a LoRA-tuned stage 1 loads its own copy per fold
     corpus, features = reject_nonfinite(corpus, features, rejections, data_args.strict)
     if accelerator.is_main_process:
-        from modeling_mise.data import write_rejections
+        from mise.data import write_rejections
 
         write_rejections(rejections, output_dir / "rejected.csv")
     seconds["features"] = features.seconds

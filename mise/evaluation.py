@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import LABEL_MAPS, load_corpus
-from .file_classification import AudioFileClassifier, default_num_workers
-from .metrics import classification_metrics
+from mise.data import LABEL_MAPS, load_corpus
+from mise.file_classification import AudioFileClassifier, default_num_workers
+from mise.metrics import classification_metrics
 
 
 def parse_label_map(value: str | Mapping | None) -> str | dict | None:
@@ -87,8 +87,8 @@ def adapt_statistics(classifier: AudioFileClassifier, corpus, waveforms: Sequenc
     """Re-standardise a MISE model's frozen features with the corpus' own mean and std (no labels used): the
     usual cross-corpus adaptation, since recording conditions shift every feature. Features come from the
     feature cache (``MISE_CACHE``) when training already computed them."""
-    from .audio import crop
-    from .cache import FeatureCache
+    from mise.cache import FeatureCache
+    from modeling_mise.audio import crop
 
     model = classifier.model
     if not (hasattr(model, "aligner") and hasattr(model, "audio_encoder")):
@@ -122,7 +122,7 @@ def evaluate_on_corpus(
 ) -> dict:
     """Classify every usable clip of ``corpus`` with ``model`` and write the shared-class metrics.
 
-    ``corpus_kwargs`` go to :func:`modeling_mise.data.load_corpus` (``label_column``, ``speaker_column``,
+    ``corpus_kwargs`` go to :func:`mise.data.load_corpus` (``label_column``, ``speaker_column``,
     ``audio_column``, ``data_dir``, ...). ``normalize``: ``"model"`` standardises the frozen features with the
     statistics the model was trained with (as released); ``"corpus"`` with the evaluated corpus' own
     (:func:`adapt_statistics`). Returns the ``metrics.json`` dict.
@@ -130,7 +130,7 @@ def evaluate_on_corpus(
     Raises:
         ValueError: when the model and the corpus share no class (naming both label sets).
     """
-    from .plots import plot_confusion_matrix
+    from mise.plots import plot_confusion_matrix
 
     if normalize not in ("model", "corpus"):
         raise ValueError(f"normalize: 'model' or 'corpus', got {normalize!r}")

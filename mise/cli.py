@@ -33,8 +33,7 @@ def load_file_classifier(args: argparse.Namespace):
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
     import modeling_mise  # noqa: F401  (registers the MISE classes)
-
-    from .file_classification import AudioFileClassifier
+    from mise.file_classification import AudioFileClassifier
 
     try:
         model = AutoModelForAudioClassification.from_pretrained(source)
@@ -49,7 +48,7 @@ def load_file_classifier(args: argparse.Namespace):
 def classify(args: argparse.Namespace) -> int:
     """The `classify` subcommand: one result per file (stdout JSON lines or `--output`); 0 when every file was
     classified, 1 when some failed."""
-    from .file_classification import collect_audio_paths, default_num_workers, write_results
+    from mise.file_classification import collect_audio_paths, default_num_workers, write_results
 
     if args.output and not args.output.lower().endswith((".csv", ".jsonl")):
         raise ValueError(f"--output {args.output}: the file name must end in .csv or .jsonl")
@@ -78,7 +77,7 @@ def classify(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """The `evaluate` subcommand: metrics of a released model on a labelled corpus, over the shared classes."""
-    from .evaluation import evaluate_on_corpus
+    from mise.evaluation import evaluate_on_corpus
 
     options = ("label_map", "drop_labels", "label_column", "speaker_column", "audio_column", "data_dir")
     options += ("batch_size", "num_workers", "window_seconds", "hop_seconds", "normalize")
@@ -219,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def push(args: argparse.Namespace) -> dict:
     """The `push` subcommand: build and validate the Hub folders, then upload them unless `--dry_run`."""
-    from .hub import build_hub_folders, push_run
+    from mise.hub.push import build_hub_folders, push_run
 
     if args.dry_run:
         folders = build_hub_folders(
@@ -248,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mise {args.command}: {error}", file=sys.stderr)
             return 2
     elif args.command == "push":
-        from .hub import HubPushError
+        from mise.hub.push import HubPushError
 
         try:
             pushed = push(args)

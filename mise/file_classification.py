@@ -25,9 +25,20 @@ import soundfile
 import torch
 from tqdm.auto import tqdm
 
-from .audio import DEFAULT_POLICY, AudioInputError, AudioPolicy, check_waveform, load_audio, resample
-from .pipeline_audio_classification import enrolment_statistics, input_policy, normalization_label
-from .segments import Segment, check_window, cut_windows, duration_weighted_mean
+from modeling_mise.audio import (
+    DEFAULT_POLICY,
+    AudioInputError,
+    AudioPolicy,
+    check_waveform,
+    load_audio,
+    resample,
+)
+from modeling_mise.pipeline_audio_classification import (
+    enrolment_statistics,
+    input_policy,
+    normalization_label,
+)
+from modeling_mise.segments import Segment, check_window, cut_windows, duration_weighted_mean
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +90,7 @@ class FileResult:
 
 def _manifest_paths(manifest: Path) -> list[str]:
     """Audio paths of a manifest CSV/TSV (column path, audio, file, ...), relative ones against its folder."""
-    from .data import AUDIO_COLUMN_CANDIDATES  # not at import: the Space needs no corpus readers
+    from mise.data import AUDIO_COLUMN_CANDIDATES  # not at import: the Space needs no corpus readers
 
     delimiter = "\t" if manifest.suffix.lower() == ".tsv" else ","
     with open(manifest, newline="", encoding="utf-8") as handle:
@@ -102,7 +113,7 @@ def collect_audio_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
     Raises:
         ValueError: for a path that does not exist or a manifest without an audio column (usage errors).
     """
-    from .data import AUDIO_EXTENSIONS
+    from mise.data import AUDIO_EXTENSIONS
 
     paths = []
     for entry in inputs:

@@ -20,7 +20,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from .hub_cards import (
+from .cards import (
     HUB_KINDS,
     PIPELINE_TAGS,
     RunFolderError,
@@ -62,7 +62,7 @@ class HubPushError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ folders
 def _load_source(kind: str, source: Path):
     """The trained model (and the classifier's feature extractor) from `OUT/models/<folder>`, safetensors only."""
-    from . import (
+    from modeling_mise import (
         MiseAlignerModel,
         MiseFeatureExtractor,
         MiseForAudioClassification,

@@ -22,7 +22,8 @@ import numpy as np
 import soundfile
 from tqdm.auto import tqdm
 
-from .audio import (
+from mise.folds import SPLIT_ALIASES
+from modeling_mise.audio import (
     DEFAULT_POLICY,
     AudioInputError,
     decode_bytes,
@@ -30,7 +31,6 @@ from .audio import (
     prepare_waveform,
     rejection_reason,
 )
-from .folds import SPLIT_ALIASES
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class Corpus:
         return [item.transcript for item in self.items]
 
     def fingerprints(self) -> list[str]:
-        """Content fingerprints, the keys of :class:`modeling_mise.cache.FeatureCache`."""
+        """Content fingerprints, the keys of :class:`mise.cache.FeatureCache`."""
         return [item.fingerprint for item in self.items]
 
     def subset(self, indices: Iterable[int]) -> Corpus:

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
 
-from .evaluate_metrics import metric_path
+from mise.evaluate_metrics import metric_path
 
 __all__ = ["classification_metrics", "paired_wilcoxon", "summarize_folds", "uar_metric"]
 
 
 @functools.lru_cache(maxsize=1)
 def uar_metric():
-    """The UAR ``evaluate`` module shipped in ``modeling_mise/evaluate_metrics/uar`` (loaded offline, once)."""
+    """The UAR ``evaluate`` module shipped in ``mise/evaluate_metrics/uar`` (loaded offline, once)."""
     import evaluate
 
     return evaluate.load(metric_path("uar"), keep_in_memory=True)

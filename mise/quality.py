@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .losses import emotion_mi_lower_bound, text_mi_lower_bound
+from modeling_mise.losses import emotion_mi_lower_bound, text_mi_lower_bound
 
 __all__ = [
     "MIProbe",

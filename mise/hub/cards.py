@@ -190,10 +190,10 @@ def _looks_like_hub_id(name: str | None) -> bool:
 
 def template_dir() -> Path:
     """The card templates: `model_cards/` beside the package in a source checkout, else the installed copy."""
-    checkout = Path(__file__).resolve().parents[1] / "model_cards"
+    checkout = Path(__file__).resolve().parents[2] / "model_cards"
     if (checkout / "classifier.md").is_file():
         return checkout
-    installed = resources.files("modeling_mise").joinpath("model_cards")
+    installed = resources.files("mise.hub").joinpath("model_cards")
     if installed.joinpath("classifier.md").is_file():
         return Path(str(installed))
     raise FileNotFoundError(f"model card templates not found in {checkout} nor in the installed package")
@@ -572,7 +572,7 @@ def card_context(kind: str, run: RunRecord, configs: dict[str, dict], repos: dic
     for key in ("uar", "wa", "f1_macro"):
         results[f"{key}_mean_std"] = _mean_std(summary.get(f"{key}_mean"), summary.get(f"{key}_std"))
     results["aligner_uar_mean"] = _percent(summary.get("aligner_uar_mean"))
-    from . import __version__
+    from modeling_mise import __version__
 
     classifier = configs.get("classifier", {})
     return {
