@@ -22,8 +22,8 @@ import torch
 import yaml
 
 from training.arguments import ConfigError, config_hash, parse_arguments
-from training.loop import NonFiniteLossError
-from training.stages import generation_labels
+from training.classifier import generation_labels
+from training.engine import NonFiniteLossError
 from training.train import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -413,8 +413,8 @@ def test_generator_stage_resumes_mid_stage_exactly(tmp_path):
     from modeling_mise import MiseGeneratorConfig
     from training.arguments import MiseTrainingArguments
     from training.checkpoint import CheckpointManager
-    from training.loop import StageRuntime
-    from training.stages import train_generator
+    from training.engine import StageRuntime
+    from training.infogan import train_generator
 
     accelerator = Accelerator(
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True)
