@@ -1,9 +1,9 @@
 """Stage 1 of MISE, the aligner (SPEC §1): audio and text features into one space, plain or with a LoRA-tuned text
 encoder, and the codes the later stages read from it: `z_a` (`encode_audio`) and `z_t` (`text_codes`).
 
-- `train_aligner`: CE + lambda_cl * symmetric InfoNCE on frozen audio and text features.
-- `train_aligner_lora`: the aligner holds the text encoder (base frozen, peft LoRA adapter trainable) and trains
-  on transcript tokens instead of cached text features; the fold's text codes then come from the tuned encoder.
+- `train_aligner`: CE + lambda_cl * symmetric InfoNCE on frozen audio and text features or, with a LoRA
+  config, with the text encoder inside the aligner (base frozen, peft LoRA adapter trainable) on transcript
+  tokens instead of cached text features; the fold's text codes then come from the tuned encoder.
 - `text_codes`: `z_t` of clips for every stage and the study (NaN rows for clips without a transcript), and
   `drop_text_codes`, the text-code dropout of stages 2 and 3.
 """
@@ -82,36 +82,57 @@ def train_aligner(
     labels_val: Tensor,
     text_train: Tensor | None = None,
     seed: int = 0,
+    transcripts_train: Sequence[str | None] | None = None,
 ) -> tuple[MiseAlignerModel, dict]:
     """Stage 1: CE + lambda_cl * symmetric InfoNCE; standardisation fitted on the training rows only.
 
-    Early stopping on the validation speakers (`early_stopping_metric`: UAR or cross-entropy); returns the best
-    aligner (eval mode) and a summary.
+    With `config.text_lora` the aligner holds the text encoder (base frozen, LoRA adapter trainable) and trains on
+    the tokens of `transcripts_train` instead of the frozen text features (`_lora_setup`). Early stopping on the
+    validation speakers (`early_stopping_metric`: UAR or cross-entropy); returns the best aligner (eval mode,
+    with a LoRA-tuned text encoder attached) and a summary.
     """
     set_seed(seed)
     model = MiseAlignerModel(config)
+    if config.text_lora is not None:
+        if transcripts_train is None or text_train is None:
+            raise ValueError(
+                "train_aligner: a LoRA-tuned text encoder trains on the transcripts and text features"
+            )
+        optimizer, batches, parameters, batch_loss = _lora_setup(
+            model, args, audio_train, labels_train, transcripts_train, text_train
+        )
+    else:
+        optimizer, batches, parameters, batch_loss = _plain_setup(
+            model, args, audio_train, labels_train, text_train
+        )
+    model, state = fit_supervised(
+        runtime, "aligner", model, optimizer, batches, parameters, args, args.aligner_epochs,
+        batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val,
+    )  # fmt: skip
+    return model, stage_summary(state)
+
+
+def _plain_setup(
+    model: MiseAlignerModel, args: MiseTrainingArguments, audio: Tensor, labels: Tensor, text: Tensor | None
+) -> tuple:
+    """Optimiser, batches, trained parameters and batch loss of stage 1 on frozen audio and text features."""
     text_mean = text_std = None
-    use_text = config.use_text and text_train is not None
+    use_text = model.config.use_text and text is not None
     if use_text:
-        present = _present_rows(text_train)
+        present = _present_rows(text)
         text_mean, text_std = present.mean(0), present.std(0)
-    model.set_feature_statistics(audio_train.mean(0), audio_train.std(0), text_mean, text_std)
+    model.set_feature_statistics(audio.mean(0), audio.std(0), text_mean, text_std)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.aligner_learning_rate, weight_decay=args.aligner_weight_decay
     )
-    tensors = (audio_train, labels_train) + ((text_train,) if use_text else ())
-    batches = Batches(tensors, args.aligner_batch_size)
+    batches = Batches((audio, labels) + ((text,) if use_text else ()), args.aligner_batch_size)
 
     def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
         return model(
             audio_features=batch[0], labels=batch[1], text_features=batch[2] if use_text else None
         ).loss
 
-    model, state = fit_supervised(
-        runtime, "aligner", model, optimizer, batches, list(model.parameters()), args, args.aligner_epochs,
-        batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val,
-    )  # fmt: skip
-    return model, stage_summary(state)
+    return optimizer, batches, list(model.parameters()), batch_loss
 
 
 # ---------------------------------------------------------------------------------------------- LoRA
@@ -142,30 +163,23 @@ def _trim_padding(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Te
     return input_ids[:, span], attention_mask[:, span]
 
 
-def train_aligner_lora(
-    runtime: StageRuntime,
-    config: MiseAlignerConfig,
+def _lora_setup(
+    model: MiseAlignerModel,
     args: MiseTrainingArguments,
-    audio_train: Tensor,
-    labels_train: Tensor,
-    audio_val: Tensor,
-    labels_val: Tensor,
-    transcripts_train: Sequence[str | None],
-    text_train: Tensor,
-    seed: int = 0,
-) -> tuple[MiseAlignerModel, dict]:
-    """Stage 1 with a LoRA-tuned text encoder: CE + lambda_cl * InfoNCE on transcript tokens.
+    audio: Tensor,
+    labels: Tensor,
+    transcripts: Sequence[str | None],
+    text: Tensor,
+) -> tuple:
+    """Optimiser, batches, trained parameters and batch loss of stage 1 with a LoRA-tuned text encoder.
 
     The base text encoder is loaded from `config.text_encoder` and frozen; the heads train with
     `aligner_learning_rate`, the adapter with `text_lora_learning_rate`. Text standardisation uses the frozen
-    features `text_train` (the adapter starts at zero, so they are the encoder's initial output). Early stopping
-    on the validation speakers like `train_aligner`; returns the best aligner (eval mode, text encoder attached).
+    features `text` (the adapter starts at zero, so they are the encoder's initial output).
     """
-    set_seed(seed)
-    model = MiseAlignerModel(config)
     model.set_text_encoder()
-    present = _present_rows(text_train)
-    model.set_feature_statistics(audio_train.mean(0), audio_train.std(0), present.mean(0), present.std(0))
+    present = _present_rows(text)
+    model.set_feature_statistics(audio.mean(0), audio.std(0), present.mean(0), present.std(0))
     lora = [p for name, p in model.named_parameters() if p.requires_grad and name.startswith("text_encoder.")]
     heads = [
         p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("text_encoder.")
@@ -176,19 +190,15 @@ def train_aligner_lora(
             {"params": lora, "lr": args.text_lora_learning_rate, "weight_decay": 0.0},
         ]
     )
-    input_ids, attention_mask = tokenize_transcripts(model, transcripts_train)
-    batches = Batches((audio_train, labels_train, input_ids, attention_mask), args.aligner_batch_size)
+    input_ids, attention_mask = tokenize_transcripts(model, transcripts)
+    batches = Batches((audio, labels, input_ids, attention_mask), args.aligner_batch_size)
 
     def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
         audio, labels, ids, mask = batch
         ids, mask = _trim_padding(ids, mask)
         return model(audio_features=audio, labels=labels, input_ids=ids, attention_mask=mask).loss
 
-    model, state = fit_supervised(
-        runtime, "aligner", model, optimizer, batches, heads + lora, args, args.aligner_epochs,
-        batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val,
-    )  # fmt: skip
-    return model, stage_summary(state)
+    return optimizer, batches, heads + lora, batch_loss
 
 
 # ---------------------------------------------------------------------------------------------- codes

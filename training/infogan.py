@@ -4,7 +4,7 @@
   (+ soft CE on mixed-up real rows) + lambda_t * InfoNCE(Q_t(h), z_t)`, and `L_G = BCE(D(h_hat), 1)
   + lambda_y * CE(Q_y(h_hat), y) + lambda_t * InfoNCE(z_t, Q_t(h_hat))`, the InfoGAN lower bounds on
   `I(y; h_hat)` and `I(t; h_hat)`. A fraction `text_code_dropout` of rows is generated from the null text code.
-- Multimodal mode (`TextSide`, `MultimodalInfoGANStep`): the text-side generator `t_hat = G_t(eps, y, z_a)`
+- Multimodal mode (`TextSide`, `InfoGANStep` with `D_t`): the text-side generator `t_hat = G_t(eps, y, z_a)`
   trains in the same step module against its own pair discriminator `D_t([z_a; z_t])` with two Q heads on the
   text code alone, `Q_t^y` (emotion logits) and `Q_t^a` (a vector in the `z_a` space). Its loss mirrors G's with
   the roles of audio and text swapped: `L_Gt = adversarial + lambda_y * CE(Q_t^y(t_hat), y) + lambda_t *
@@ -108,51 +108,6 @@ def generator_loss(
     return loss
 
 
-class InfoGANStep(nn.Module):
-    """Both players' losses through one `forward` (one module holds every player, so one checkpoint entry).
-
-    `player="discriminator"`: real/fake BCE + lambda_y * CE(Q_y(real), y) (+ soft CE on mixed-up real rows)
-    + lambda_t * InfoNCE(Q_t(real), z_t); the generated rows are detached. `player="generator"`:
-    `generator_loss` (adversarial + lambda_y * L_Iy + lambda_t * L_It).
-    """
-
-    def __init__(self, model: MiseGeneratorModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        player: str,
-        real: Tensor,
-        labels: Tensor,
-        text_codes: Tensor | None = None,
-        mixed: Tensor | None = None,
-        mixed_labels: Tensor | None = None,
-    ) -> Tensor:
-        model, config = self.model, self.model.config
-        noise = model.sample_noise(labels.shape[0])
-        if player == "generator":
-            return generator_loss(model, labels, text_codes, noise)
-        with torch.no_grad():  # D also sees rows generated from the null code, as G produces them
-            fake = model.generate_features(
-                noise, labels, drop_text_codes(text_codes, config.text_code_dropout)
-            )
-        rows = [real, fake] + ([mixed] if mixed is not None else [])
-        heads = model.discriminate(torch.cat(rows))
-        n = real.shape[0]
-        loss = discriminator_loss(heads.adversarial_logits[:n], heads.adversarial_logits[n : 2 * n])
-        if config.lambda_y > 0:
-            emotion = F.cross_entropy(heads.emotion_logits[:n], labels)
-            if mixed is not None:
-                emotion = (emotion + soft_cross_entropy(heads.emotion_logits[2 * n :], mixed_labels)) / 2
-            loss = loss + config.lambda_y * emotion
-        if config.lambda_t > 0 and config.use_text_code:
-            text_mi = _text_mi_term(heads.text_code[:n], text_codes, text_codes, config.tau)
-            if text_mi is not None:
-                loss = loss + config.lambda_t * text_mi
-        return loss
-
-
 # ---------------------------------------------------------------------------------------------- multimodal
 class TextDiscriminator(nn.Module):
     """`D_t`: a trunk on the pair `[z_a; z_t]` with a real/fake head, and two heads on `z_t` alone: `Q_t^y`
@@ -181,16 +136,22 @@ class TextDiscriminator(nn.Module):
         )
 
 
-class MultimodalInfoGANStep(InfoGANStep):
-    """`InfoGANStep` plus the text side's two players, in one module.
+class InfoGANStep(nn.Module):
+    """Every player's loss through one `forward` (one module holds every player, so one checkpoint entry).
 
-    `player="text_discriminator"`: BCE of `D_t` on real pairs `(z_a, z_t)` (clips with a transcript) and
-    generated pairs `(z_a, t_hat)` + lambda_y * CE(Q_t^y(z_t), y) + lambda_t * InfoNCE(z_a, Q_t^a(z_t)) on the
-    real pairs. `player="text_generator"`: the `L_Gt` above.
+    `player="discriminator"`: real/fake BCE + lambda_y * CE(Q_y(real), y) (+ soft CE on mixed-up real rows)
+    + lambda_t * InfoNCE(Q_t(real), z_t); the generated rows are detached. `player="generator"`:
+    `generator_loss` (adversarial + lambda_y * L_Iy + lambda_t * L_It). With a `text_discriminator` (multimodal
+    mode) two more: `player="text_discriminator"`: BCE of `D_t` on real pairs `(z_a, z_t)` (clips with a
+    transcript) and generated pairs `(z_a, t_hat)` + lambda_y * CE(Q_t^y(z_t), y) + lambda_t * InfoNCE(z_a,
+    Q_t^a(z_t)) on the real pairs; `player="text_generator"`: `L_Gt`.
     """
 
-    def __init__(self, model: MiseGeneratorModel, text_discriminator: TextDiscriminator) -> None:
-        super().__init__(model)
+    def __init__(
+        self, model: MiseGeneratorModel, text_discriminator: TextDiscriminator | None = None
+    ) -> None:
+        super().__init__()
+        self.model = model
         self.text_discriminator = text_discriminator
 
     def forward(
@@ -202,12 +163,47 @@ class MultimodalInfoGANStep(InfoGANStep):
         mixed: Tensor | None = None,
         mixed_labels: Tensor | None = None,
     ) -> Tensor:
-        if player not in ("text_discriminator", "text_generator"):
-            return super().forward(player, real, labels, text_codes, mixed, mixed_labels)
         noise = self.model.sample_noise(labels.shape[0])
+        if player == "generator":
+            return generator_loss(self.model, labels, text_codes, noise)
+        if player == "discriminator":
+            return self._discriminator_loss(noise, real, labels, text_codes, mixed, mixed_labels)
+        if player not in ("text_generator", "text_discriminator"):
+            raise ValueError(f"unknown player {player!r}")
+        if self.text_discriminator is None:
+            raise ValueError(f"player {player!r} needs a text discriminator (multimodal mode)")
         if player == "text_generator":
             return self._text_generator_loss(noise, real, labels)
         return self._text_discriminator_loss(noise, real, labels, text_codes)
+
+    def _discriminator_loss(
+        self,
+        noise: Tensor,
+        real: Tensor,
+        labels: Tensor,
+        text_codes: Tensor | None,
+        mixed: Tensor | None,
+        mixed_labels: Tensor | None,
+    ) -> Tensor:
+        model, config = self.model, self.model.config
+        with torch.no_grad():  # D also sees rows generated from the null code, as G produces them
+            fake = model.generate_features(
+                noise, labels, drop_text_codes(text_codes, config.text_code_dropout)
+            )
+        rows = [real, fake] + ([mixed] if mixed is not None else [])
+        heads = model.discriminate(torch.cat(rows))
+        n = real.shape[0]
+        loss = discriminator_loss(heads.adversarial_logits[:n], heads.adversarial_logits[n : 2 * n])
+        if config.lambda_y > 0:
+            emotion = F.cross_entropy(heads.emotion_logits[:n], labels)
+            if mixed is not None:
+                emotion = (emotion + soft_cross_entropy(heads.emotion_logits[2 * n :], mixed_labels)) / 2
+            loss = loss + config.lambda_y * emotion
+        if config.lambda_t > 0 and config.use_text_code:
+            text_mi = _text_mi_term(heads.text_code[:n], text_codes, text_codes, config.tau)
+            if text_mi is not None:
+                loss = loss + config.lambda_t * text_mi
+        return loss
 
     def _text_generator_loss(self, noise: Tensor, real: Tensor, labels: Tensor) -> Tensor:
         config = self.model.config
@@ -284,9 +280,9 @@ class TextSide:
             text_codes_train[present], labels_train[present], features_train[present], seed=seed
         )
 
-    def step_module(self, model: MiseGeneratorModel) -> MultimodalInfoGANStep:
+    def step_module(self, model: MiseGeneratorModel) -> InfoGANStep:
         """The module of all four players."""
-        return MultimodalInfoGANStep(model, self.discriminator)
+        return InfoGANStep(model, self.discriminator)
 
     def train_step(
         self,

@@ -32,7 +32,7 @@ from modeling_mise import (
 from modeling_mise.encoders import AudioEncoder
 from modeling_mise.modeling_audio_classifier import multimodal_features
 
-from .aligner import aligner_config, encode_audio, text_codes, train_aligner, train_aligner_lora
+from .aligner import aligner_config, encode_audio, text_codes, train_aligner
 from .arguments import SPLIT_NEEDS, ConfigError, DataArguments, MiseTrainingArguments, ModelArguments
 from .checkpoint import CheckpointManager, ResumePoint
 from .classifier import MultimodalAugmenter, classifier_config, predict, train_classifier
@@ -231,16 +231,12 @@ def _stage_aligner(ctx: RunContext, fold: Fold, fold_index: int, directory: Path
     config = aligner_config(
         ctx.model_args, features.audio.shape[1], text_dim, ctx.id2label, features.audio_spec
     )
-    runtime = ctx.runtime(fold.name, fold_index, 0)
-    audio = (features.audio[train], labels[train], features.audio[val], labels[val])
-    if config.text_lora is not None:  # the text encoder trains too: tokens, not cached features
-        transcripts = [ctx.transcripts[i] for i in train]
-        aligner, summary = train_aligner_lora(
-            runtime, config, ctx.training_args, *audio, transcripts, features.text[train], seed=seed
-        )
-    else:
-        text_train = None if features.text is None else features.text[train]
-        aligner, summary = train_aligner(runtime, config, ctx.training_args, *audio, text_train, seed=seed)
+    lora = config.text_lora is not None  # the text encoder trains too: tokens, not cached features
+    aligner, summary = train_aligner(
+        ctx.runtime(fold.name, fold_index, 0), config, ctx.training_args, features.audio[train], labels[train],
+        features.audio[val], labels[val], text_train=None if features.text is None else features.text[train],
+        seed=seed, transcripts_train=[ctx.transcripts[i] for i in train] if lora else None,
+    )  # fmt: skip
     _finish_stage(aligner, directory / "aligner", summary, ctx)
     return aligner, summary
 
