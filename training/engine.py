@@ -252,7 +252,7 @@ def predict_in_chunks(
     return torch.cat([forward(chunk) for chunk in features.split(batch_size)])
 
 
-def optimizer_step(
+def training_step(
     runtime: StageRuntime,
     loss_of_batch: Callable[[], Tensor],
     optimizer: torch.optim.Optimizer,
@@ -328,7 +328,7 @@ def fit_supervised(
             runtime.begin_batch(index, len(epoch_batches))
             batch = tuple(tensor.to(device) for tensor in batch)
             where = (stage, epoch, state.step)
-            total += optimizer_step(runtime, partial(batch_loss, model, batch), optimizer, parameters, where)
+            total += training_step(runtime, partial(batch_loss, model, batch), optimizer, parameters, where)
             state.step += 1
         return {"loss": float(epoch_mean(total, len(epoch_batches)))}
 

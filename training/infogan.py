@@ -35,9 +35,9 @@ from .engine import (
     StageRuntime,
     epoch_mean,
     mixup,
-    optimizer_step,
     run_epochs,
     stage_summary,
+    training_step,
 )
 
 Tensor = torch.Tensor
@@ -299,11 +299,11 @@ class TextSide:
         then). `batch` is the stage's `(z_a, y, ..., z_t)`; returns the two losses."""
         real, labels, codes = batch[0], batch[1], batch[-1]
         d_parameters = list(self.discriminator.parameters())
-        loss_d = optimizer_step(
+        loss_d = training_step(
             runtime, lambda: step_module("text_discriminator", real, labels, codes), optimizer_t, d_parameters,
             ("generator (D_t step)", epoch, step),
         )  # fmt: skip
-        loss_g = optimizer_step(  # D_t is fixed while G_t learns to fool it
+        loss_g = training_step(  # D_t is fixed while G_t learns to fool it
             runtime, lambda: step_module("text_generator", real, labels, codes), optimizer_g, g_parameters,
             ("generator (G_t step)", epoch, step), frozen=d_parameters,
         )  # fmt: skip
@@ -424,11 +424,11 @@ class InfoGANTraining:
         if args.generator_mixup_alpha > 0:
             mixed, mixed_labels = mixup(real, labels, model.config.num_labels, args.generator_mixup_alpha)
         d_parameters, g_parameters = model.discriminator_parameters(), model.generator_parameters()
-        loss_d = optimizer_step(
+        loss_d = training_step(
             runtime, lambda: self.step_module("discriminator", real, labels, codes, mixed, mixed_labels),
             self.optimizer_d, d_parameters, ("generator (D step)", epoch, step),
         )  # fmt: skip
-        loss_g = optimizer_step(  # D is fixed while G learns to fool it
+        loss_g = training_step(  # D is fixed while G learns to fool it
             runtime, lambda: self.step_module("generator", real, labels, codes), self.optimizer_g, g_parameters,
             ("generator (G step)", epoch, step), frozen=d_parameters,
         )  # fmt: skip
