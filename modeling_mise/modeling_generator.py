@@ -11,7 +11,6 @@ from transformers.utils import ModelOutput
 
 from .configuration_generator import MiseGeneratorConfig
 from .layers import MisePreTrainedModel, mlp
-from .losses import generator_adversarial_loss, info_nce
 
 
 @dataclass
@@ -49,25 +48,18 @@ class MiseGenerationOutput(ModelOutput):
 @dataclass
 class MiseGeneratorOutput(ModelOutput):
     """
-    Output of [`MiseGeneratorModel.forward`]: the generator's side of one InfoGAN step.
+    Output of [`MiseGeneratorModel.forward`]: generated features and the discriminator heads on them, what the
+    generator's side of an InfoGAN step scores (the losses are the training step's).
 
     Args:
-        loss: `adversarial_loss + lambda_y * emotion_mi_loss + lambda_t * text_mi_loss` (when `return_loss`).
         features: generated features, shape `(batch, feature_dim)`.
         adversarial_logits / emotion_logits / text_code_pred: discriminator heads on the generated features.
-        adversarial_loss: non-saturating generator loss.
-        emotion_mi_loss: `CE(Q_y(h_hat), y)`; `H(y) - emotion_mi_loss` lower-bounds `I(y; h_hat)`.
-        text_mi_loss: `InfoNCE(z_t, Q_t(h_hat))`; `log B - text_mi_loss` lower-bounds `I(t; h_hat)`.
     """
 
-    loss: torch.FloatTensor | None = None
     features: torch.FloatTensor | None = None
     adversarial_logits: torch.FloatTensor | None = None
     emotion_logits: torch.FloatTensor | None = None
     text_code_pred: torch.FloatTensor | None = None
-    adversarial_loss: torch.FloatTensor | None = None
-    emotion_mi_loss: torch.FloatTensor | None = None
-    text_mi_loss: torch.FloatTensor | None = None
 
 
 class MiseGeneratorModel(MisePreTrainedModel):
@@ -75,7 +67,7 @@ class MiseGeneratorModel(MisePreTrainedModel):
     Stage 2 of MISE: an InfoGAN in the aligned feature space. `generator` maps `(eps, onehot(y), z_t)` to
     `h_hat`; the `discriminator` trunk feeds a real/fake head, `q_head_y` (emotion) and `q_head_t` (text code).
     Without a transcript the learned `null_text_code` replaces `z_t`. The adversarial and MI terms are combined
-    in the training step (separate optimisers for G and D); `forward` returns the generator's loss.
+    in the training step (separate optimisers for G and D); `forward` returns generated features and their heads.
     """
 
     config_class = MiseGeneratorConfig
@@ -231,45 +223,23 @@ class MiseGeneratorModel(MisePreTrainedModel):
         labels: torch.Tensor,
         text_codes: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
-        return_loss: bool | None = None,
     ) -> MiseGeneratorOutput:
         """
-        The generator's side of an InfoGAN step: generate `h_hat` for `labels` (and text codes), score it with
-        the discriminator heads and, with `return_loss`, compute
-        `L_G = adversarial + lambda_y * CE(Q_y(h_hat), y) + lambda_t * InfoNCE(z_t, Q_t(h_hat))`.
+        The generator's side of an InfoGAN step: generate `h_hat = G(eps, onehot(y), z_t)` for `labels` (and text
+        codes) and score it with the discriminator heads (differentiable).
 
         Args:
             labels: emotion ids `(batch,)` of the code `c`.
-            text_codes: `z_t` `(batch, text_code_dim)`; NaN rows / `None` use the null code. In training mode a
-                fraction `text_code_dropout` of rows is replaced by the null code.
+            text_codes: `z_t` `(batch, text_code_dim)`; NaN rows / `None` use the null code.
             noise: `eps` `(batch, noise_dim)`; sampled when omitted.
-            return_loss: compute the generator loss.
         """
-        n = labels.shape[0]
         if noise is None:
-            noise = self.sample_noise(n)
-        if text_codes is not None and self.training and self.config.text_code_dropout > 0:
-            drop = torch.rand(n, 1, device=text_codes.device) < self.config.text_code_dropout
-            text_codes = torch.where(drop, torch.full_like(text_codes, float("nan")), text_codes)
+            noise = self.sample_noise(labels.shape[0])
         features = self.generate_features(noise, labels, text_codes)
         heads = self.discriminate(features)
-        loss = adversarial_loss = emotion_mi_loss = text_mi_loss = None
-        if return_loss:
-            adversarial_loss = generator_adversarial_loss(heads.adversarial_logits)
-            emotion_mi_loss = F.cross_entropy(heads.emotion_logits, labels.long())
-            loss = adversarial_loss + self.config.lambda_y * emotion_mi_loss
-            if self.config.use_text_code and text_codes is not None:
-                present = ~torch.isnan(text_codes).any(dim=-1)
-                if int(present.sum()) >= 2:
-                    text_mi_loss = info_nce(text_codes[present], heads.text_code[present], self.config.tau)
-                    loss = loss + self.config.lambda_t * text_mi_loss
         return MiseGeneratorOutput(
-            loss=loss,
             features=features,
             adversarial_logits=heads.adversarial_logits,
             emotion_logits=heads.emotion_logits,
             text_code_pred=heads.text_code,
-            adversarial_loss=adversarial_loss,
-            emotion_mi_loss=emotion_mi_loss,
-            text_mi_loss=text_mi_loss,
         )

@@ -50,7 +50,8 @@ KINDS = ("encoder", "generator", "classifier")
 STUDY_VARIANTS = ("classic", "none", "mise")
 CODE_FILES = {
     "encoder": {"configuration_aligner.py", "modeling_aligner.py", "layers.py", "losses.py"},
-    "generator": {"configuration_generator.py", "modeling_generator.py", "layers.py", "losses.py"},
+    # no losses.py: the InfoGAN losses are training code
+    "generator": {"configuration_generator.py", "modeling_generator.py", "layers.py"},
     "classifier": {
         "configuration_audio_classifier.py",
         "modeling_audio_classifier.py",

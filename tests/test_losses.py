@@ -11,16 +11,15 @@ import torch
 from scipy import stats
 
 from modeling_mise.losses import (
-    discriminator_loss,
     emotion_mi_lower_bound,
-    generator_adversarial_loss,
     info_nce,
-    mixup,
-    sample_beta,
     soft_cross_entropy,
     symmetric_info_nce,
     text_mi_lower_bound,
 )
+from training.aligner import drop_text_codes
+from training.engine import mixup, sample_beta
+from training.infogan import discriminator_loss, generator_adversarial_loss, generator_loss
 
 
 def softplus(x: float) -> float:
@@ -102,6 +101,54 @@ def test_discriminator_and_generator_losses_by_hand():
     # non-saturating: d/dx softplus(-x) / 2 = -sigmoid(-x) / 2, large even where D is confident
     expected_grad = torch.tensor([-1 / (1 + math.exp(-1.0)) / 2, -0.25])
     assert torch.allclose(fake_param.grad, expected_grad, atol=1e-6)
+
+
+def _tiny_generator(**kwargs):
+    from modeling_mise import MiseGeneratorConfig, MiseGeneratorModel
+
+    config = MiseGeneratorConfig(
+        feature_dim=8, text_code_dim=8, noise_dim=4, hidden_sizes=[16], discriminator_hidden_sizes=[16, 16],
+        id2label={0: "a", 1: "b", 2: "c"}, **kwargs,
+    )  # fmt: skip
+    return MiseGeneratorModel(config)
+
+
+def test_generator_loss_is_adversarial_plus_weighted_mi_terms():
+    torch.manual_seed(0)
+    model = _tiny_generator(lambda_y=2.0, lambda_t=0.5, text_code_dropout=0.0).eval()  # no dropout
+    labels = torch.tensor([0, 1, 2, 1])
+    codes = torch.randn(4, 8)
+    codes[2] = float("nan")  # no transcript: left out of the text term
+    noise = model.sample_noise(4, generator=torch.Generator().manual_seed(1))
+    out = model(labels=labels, text_codes=codes, noise=noise)
+    present = torch.tensor([True, True, False, True])
+    expected = (
+        generator_adversarial_loss(out.adversarial_logits)
+        + 2.0 * torch.nn.functional.cross_entropy(out.emotion_logits, labels)
+        + 0.5 * info_nce(codes[present], out.text_code_pred[present], model.config.tau)
+    )
+    loss = generator_loss(model, labels, codes, noise)
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.generator_parameters() if p.grad is not None)
+    # fewer than two rows with a text code: no text term
+    few = torch.full_like(codes, float("nan"))
+    few[0] = codes[0]
+    heads = model(labels=labels, text_codes=few, noise=noise)
+    expected_few = generator_adversarial_loss(
+        heads.adversarial_logits
+    ) + 2.0 * torch.nn.functional.cross_entropy(heads.emotion_logits, labels)
+    assert torch.allclose(generator_loss(model, labels, few, noise), expected_few)
+
+
+def test_text_code_dropout_replaces_a_fraction_of_rows_by_the_null_code():
+    codes = torch.randn(4000, 3)
+    dropped = drop_text_codes(codes, 0.25, torch.Generator().manual_seed(0))
+    null = torch.isnan(dropped).all(dim=1)
+    assert torch.isnan(dropped).any(dim=1).equal(null)  # whole rows
+    assert 0.22 < float(null.float().mean()) < 0.28
+    assert torch.equal(dropped[~null], codes[~null])
+    assert drop_text_codes(codes, 0.0) is codes and drop_text_codes(None, 0.5) is None
 
 
 def test_emotion_mi_perfect_q_balanced_four_classes_is_log4():

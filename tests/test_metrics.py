@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score  # noqa: E402
 
-from mise.metrics import classification_metrics, paired_wilcoxon, summarize_folds  # noqa: E402
+from mise.metrics import classification_metrics, paired_wilcoxon, summarize_folds, uar  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ID2LABEL = {0: "angry", 1: "happy", 2: "sad"}
@@ -47,6 +47,24 @@ def test_uar_equals_balanced_accuracy_on_random_predictions():
             warnings.simplefilter("ignore")
             expected = balanced_accuracy_score(y_true, y_pred)
         assert classification_metrics(y_true, y_pred, num_labels=5)["uar"] == pytest.approx(expected)
+
+
+def test_fast_uar_is_bit_identical_to_balanced_accuracy_and_the_module():
+    """The per-epoch UAR of training (`uar`) is the same float as scikit-learn's balanced accuracy and as the
+    `evaluate` module's, classes absent from the references or the predictions included."""
+    rng = np.random.default_rng(1)
+    for trial in range(300):
+        num_labels = int(rng.integers(1, 9))
+        y_true = rng.integers(0, num_labels, size=int(rng.integers(1, 90)))
+        y_pred = np.where(
+            rng.random(y_true.size) < 0.6, y_true, rng.integers(0, num_labels, size=y_true.size)
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = float(balanced_accuracy_score(y_true, y_pred))
+        assert uar(y_true, y_pred) == expected
+        if trial % 30 == 0:
+            assert classification_metrics(y_true, y_pred, num_labels)["uar"] == expected
 
 
 def test_class_missing_from_references_is_left_out_of_uar():

@@ -139,20 +139,18 @@ def test_generator_null_code_replaces_missing_text():
     )
 
 
-def test_generator_forward_loss_terms_and_gradients():
+def test_generator_forward_heads_and_gradients():
     torch.manual_seed(0)
     model = tiny_generator(lambda_y=2.0, lambda_t=0.5)
     labels = torch.tensor([0, 1, 2, 1])
     codes = torch.randn(4, 8)
-    model.eval()  # no text-code dropout: every term present
-    out = model(labels=labels, text_codes=codes, return_loss=True)
-    expected = out.adversarial_loss + 2.0 * out.emotion_mi_loss + 0.5 * out.text_mi_loss
-    assert torch.allclose(out.loss, expected)
+    noise = model.sample_noise(4, generator=torch.Generator().manual_seed(0))
+    out = model(labels=labels, text_codes=codes, noise=noise)
+    assert torch.equal(out.features, model.generate_features(noise, labels, codes))
     assert out.features.shape == (4, 8) and out.adversarial_logits.shape == (4,)
     assert out.emotion_logits.shape == (4, 3) and out.text_code_pred.shape == (4, 8)
-    out.loss.backward()
+    (out.adversarial_logits.sum() + out.emotion_logits.sum() + out.text_code_pred.sum()).backward()
     assert_finite_grads(model)
-    assert model(labels=labels).loss is None
     disc = model.discriminate(torch.randn(3, 8))
     assert disc.adversarial_logits.shape == (3,) and disc.emotion_logits.shape == (3, 3)
     g_params = {id(p) for p in model.generator_parameters()}

@@ -32,7 +32,8 @@ from modeling_mise.audio import load_audio
 from modeling_mise.encoders import load_audio_encoder
 from modeling_mise.modeling_audio_classifier import multimodal_features
 from training.arguments import MiseTrainingArguments
-from training.multimodal import MultimodalAugmenter, TextSide
+from training.classifier import MultimodalAugmenter
+from training.infogan import TextSide
 
 EMOTIONS = {0: "neutral", 1: "happy", 2: "sad"}
 
@@ -320,7 +321,7 @@ def test_four_combinations_and_null_code_dropout():
 def test_text_side_steps_train_only_their_own_players():
     from accelerate import Accelerator
 
-    from training.loop import StageRuntime
+    from training.engine import StageRuntime
 
     generator = tiny_generator().train()
     z_a, z_t = unit_rows(12), unit_rows(12, seed=1)
@@ -421,8 +422,8 @@ def test_multimodal_linear_classifier_starts_from_the_aligner_head():
     """`classifier_init_from_aligner`: the z_a weights come from the aligner's emotion head, the z_t ones are 0."""
     from accelerate import Accelerator
 
-    from training.loop import StageRuntime
-    from training.stages import train_classifier
+    from training.classifier import train_classifier
+    from training.engine import StageRuntime
 
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 3)

@@ -11,10 +11,11 @@ from accelerate import Accelerator
 from test_study import StageCounter, cache_dir, manifest, read_rows, study_args  # noqa: F401 (fixtures)
 
 from modeling_mise import MiseAlignerConfig
+from training.aligner import encode_audio, train_aligner
 from training.arguments import ConfigError, MiseTrainingArguments
-from training.loop import StageRuntime
+from training.classifier import Augmenter
+from training.engine import StageRuntime
 from training.out_of_fold import orthogonal_map, out_of_fold_features, speaker_groups
-from training.stages import Augmenter, encode_audio, train_aligner
 from training.study import main
 from training.study_variants import VARIANTS
 

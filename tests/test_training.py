@@ -22,8 +22,8 @@ import torch
 import yaml
 
 from training.arguments import ConfigError, config_hash, parse_arguments
-from training.loop import NonFiniteLossError
-from training.stages import generation_labels
+from training.classifier import generation_labels
+from training.engine import NonFiniteLossError
 from training.train import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -387,6 +387,30 @@ def test_generation_labels_fill_minority_classes():
     assert proportional.tolist() == [5, 2, 3]
 
 
+def test_text_codes_of_an_aligned_and_an_unaligned_space():
+    """`text_codes`: the aligner's `z_t` (NaN rows stay NaN) or, without alignment, the raw text standardised
+    with the statistics of the reference (training) rows only."""
+    from modeling_mise import MiseAlignerConfig, MiseAlignerModel
+    from training.aligner import text_codes
+
+    torch.manual_seed(0)
+    text = torch.randn(10, 6) * 3 + 1
+    text[4] = float("nan")
+    config = dict(audio_dim=5, text_dim=6, projection_dim=4, hidden_sizes=[8], id2label={0: "a", 1: "b"})
+    aligned = MiseAlignerModel(MiseAlignerConfig(**config))
+    aligned.set_feature_statistics(torch.zeros(5), torch.ones(5), torch.zeros(6), torch.ones(6))
+    codes = text_codes(aligned, text)
+    assert codes.shape == (10, 4) and torch.isnan(codes[4]).all() and not torch.isnan(codes[:4]).any()
+    assert torch.allclose(codes[0], aligned.get_text_features(text[:1])[0])
+    unaligned = MiseAlignerModel(MiseAlignerConfig(**config, use_text=False))
+    reference = text[:6]
+    raw = text_codes(unaligned, text, reference=reference)
+    present = reference[~torch.isnan(reference).any(dim=1)]
+    assert torch.allclose(raw[7], (text[7] - present.mean(0)) / present.std(0))
+    with pytest.raises(ValueError, match="reference"):
+        text_codes(unaligned, text)
+
+
 class SimulatedCrash(RuntimeError):
     """Raised by `CrashingProgress`: the process dies in the middle of a stage."""
 
@@ -413,8 +437,8 @@ def test_generator_stage_resumes_mid_stage_exactly(tmp_path):
     from modeling_mise import MiseGeneratorConfig
     from training.arguments import MiseTrainingArguments
     from training.checkpoint import CheckpointManager
-    from training.loop import StageRuntime
-    from training.stages import train_generator
+    from training.engine import StageRuntime
+    from training.infogan import train_generator
 
     accelerator = Accelerator(
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True)

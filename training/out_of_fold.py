@@ -17,7 +17,7 @@ import torch
 
 from modeling_mise import MiseAlignerModel
 
-from .stages import encode_audio
+from .aligner import encode_audio
 
 Tensor = torch.Tensor
 

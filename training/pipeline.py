@@ -32,22 +32,13 @@ from modeling_mise import (
 from modeling_mise.encoders import AudioEncoder
 from modeling_mise.modeling_audio_classifier import multimodal_features
 
+from .aligner import aligner_config, encode_audio, text_codes, train_aligner
 from .arguments import SPLIT_NEEDS, ConfigError, DataArguments, MiseTrainingArguments, ModelArguments
 from .checkpoint import CheckpointManager, ResumePoint
+from .classifier import MultimodalAugmenter, classifier_config, predict, train_classifier
+from .engine import StageRuntime
 from .features import CorpusFeatures
-from .loop import StageRuntime
-from .multimodal import MultimodalAugmenter, TextSide, train_aligner_lora, transcript_codes
-from .stages import (
-    aligner_config,
-    classifier_config,
-    encode_audio,
-    encode_text,
-    generator_config,
-    predict,
-    train_aligner,
-    train_classifier,
-    train_generator,
-)
+from .infogan import TextSide, generator_config, train_generator
 
 logger = get_logger(__name__)
 
@@ -193,22 +184,114 @@ def _finish_stage(model, directory: Path, summary: dict, ctx: RunContext) -> Non
 
 
 def _text_codes(
-    ctx: RunContext, aligner: MiseAlignerModel, rows: np.ndarray, for_generator: bool = True
+    ctx: RunContext, aligner: MiseAlignerModel, fold: Fold, rows: np.ndarray, for_generator: bool = True
 ) -> torch.Tensor | None:
-    """Text codes of the generator: z_t of the aligner, or the standardised raw t without alignment.
-
-    With a LoRA-tuned text encoder z_t comes from the fold's tuned encoder on the transcripts. The multimodal
-    classifier asks with `for_generator=False`: z_t even under the `no_text_code` ablation.
-    """
+    """`z_t` of the fold's `rows` (`training.aligner.text_codes`; without alignment the raw text standardised on
+    the fold's training rows). The multimodal classifier asks with `for_generator=False`: z_t even under the
+    `no_text_code` ablation."""
     text = ctx.features.text
     if text is None or (for_generator and ctx.model_args.no_text_code):
         return None
-    if aligner.config.text_lora is not None:
-        return transcript_codes(aligner, [ctx.transcripts[i] for i in rows])
-    if aligner.config.use_text:
-        return encode_text(aligner, text[rows])
-    present = text[~torch.isnan(text).any(dim=1)]
-    return (text[rows] - present.mean(0)) / present.std(0).clamp(min=1e-6)
+    transcripts = None if ctx.transcripts is None else [ctx.transcripts[i] for i in rows]
+    return text_codes(aligner, text[rows], transcripts, reference=text[fold.train])
+
+
+@dataclass
+class FoldSpace:
+    """A fold's training and validation rows in its aligner's space: `z_a`, the generator's text codes and (in
+    multimodal mode) the `z_t` of the classifier and the text-side generator."""
+
+    z_train: torch.Tensor
+    z_val: torch.Tensor
+    codes_train: torch.Tensor | None
+    codes_val: torch.Tensor | None
+    text_train: torch.Tensor | None = None
+    text_val: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, ctx: RunContext, aligner: MiseAlignerModel, fold: Fold) -> FoldSpace:
+        train, val, audio = fold.train, fold.validation, ctx.features.audio
+        space = cls(
+            encode_audio(aligner, audio[train]), encode_audio(aligner, audio[val]),
+            _text_codes(ctx, aligner, fold, train), _text_codes(ctx, aligner, fold, val),
+        )  # fmt: skip
+        if ctx.model_args.multimodal:
+            space.text_train = _text_codes(ctx, aligner, fold, train, for_generator=False)
+            space.text_val = _text_codes(ctx, aligner, fold, val, for_generator=False)
+        return space
+
+
+def _stage_aligner(ctx: RunContext, fold: Fold, fold_index: int, directory: Path, seed: int) -> tuple:
+    """Stage 1 of the fold (or the aligner an earlier attempt finished): (aligner, summary)."""
+    done = _completed_stage(directory / "aligner", ctx)
+    if done is not None:
+        return MiseAlignerModel.from_pretrained(directory / "aligner").eval(), done["summary"]
+    features, labels, train, val = ctx.features, ctx.labels, fold.train, fold.validation
+    text_dim = None if features.text is None else features.text.shape[1]
+    config = aligner_config(
+        ctx.model_args, features.audio.shape[1], text_dim, ctx.id2label, features.audio_spec
+    )
+    lora = config.text_lora is not None  # the text encoder trains too: tokens, not cached features
+    aligner, summary = train_aligner(
+        ctx.runtime(fold.name, fold_index, 0), config, ctx.training_args, features.audio[train], labels[train],
+        features.audio[val], labels[val], text_train=None if features.text is None else features.text[train],
+        seed=seed, transcripts_train=[ctx.transcripts[i] for i in train] if lora else None,
+    )  # fmt: skip
+    _finish_stage(aligner, directory / "aligner", summary, ctx)
+    return aligner, summary
+
+
+def _stage_generator(
+    ctx: RunContext, fold: Fold, fold_index: int, directory: Path, space: FoldSpace, seed: int
+) -> tuple:
+    """Stage 2 of the fold (or the generator an earlier attempt finished): (generator, summary)."""
+    done = _completed_stage(directory / "generator", ctx)
+    if done is not None:
+        generator, summary = (
+            MiseGeneratorModel.from_pretrained(directory / "generator").eval(),
+            done["summary"],
+        )
+    else:
+        labels, targs = ctx.labels, ctx.training_args
+        code_dim = None if space.codes_train is None else space.codes_train.shape[1]
+        config = generator_config(ctx.model_args, space.z_train.shape[1], code_dim, ctx.id2label)
+        text_side = None
+        if ctx.model_args.multimodal:
+            text_side = TextSide(config, targs, space.z_train, labels[fold.train], space.text_train, seed)
+        generator, summary = train_generator(
+            ctx.runtime(fold.name, fold_index, targs.aligner_epochs), config, targs,
+            space.z_train, labels[fold.train], space.z_val, labels[fold.validation],
+            text_codes_train=space.codes_train, text_codes_val=space.codes_val, seed=seed, text_side=text_side,
+        )  # fmt: skip
+        _finish_stage(generator, directory / "generator", summary, ctx)
+    return generator.to(ctx.accelerator.device), summary
+
+
+def _stage_classifier(
+    ctx: RunContext, fold: Fold, fold_index: int, directory: Path, space: FoldSpace, models: tuple, seed: int
+) -> tuple:
+    """Stage 3 of the fold on real and generated features: (classifier, summary). `models`: (aligner,
+    generator or None)."""
+    margs, targs, labels = ctx.model_args, ctx.training_args, ctx.labels
+    aligner, generator = models
+    features_train, features_val, augmenter, text_dim = space.z_train, space.z_val, None, None
+    if margs.multimodal:  # [z_a; z_t] over the four real/generated combinations
+        augmenter = MultimodalAugmenter(
+            margs.augmentation, space.z_train, space.text_train, labels[fold.train], targs,
+            margs.multimodal_text_dropout, generator, seed=seed,
+        )  # fmt: skip
+        features_train = multimodal_features(space.z_train, space.text_train)
+        features_val = multimodal_features(space.z_val, space.text_val)
+        text_dim = space.text_train.shape[1]
+    classifier, summary = train_classifier(
+        ctx.runtime(fold.name, fold_index, ctx.epochs_per_fold - targs.classifier_epochs),
+        classifier_config(margs, space.z_train.shape[1], ctx.id2label, text_dim), targs,
+        features_train, labels[fold.train], features_val, labels[fold.validation],
+        augmentation=margs.augmentation, generator=generator, text_codes_train=space.codes_train, seed=seed,
+        augmenter=augmenter, head_init=aligner.emotion_head if margs.classifier_init_from_aligner else None,
+    )  # fmt: skip
+    _finish_stage(classifier, directory / "classifier", summary, ctx)
+    return classifier, summary
 
 
 def train_stages(
@@ -218,121 +301,23 @@ def train_stages(
 
     Stage k of the fold is seeded with `stage_seed(seed, seed_index, k)` (`seed_index` defaults to the fold's).
     """
-    margs, targs = ctx.model_args, ctx.training_args
-    features, labels = ctx.features, ctx.labels
-    train, val = fold.train, fold.validation
-    text_dim = None if features.text is None else features.text.shape[1]
-    seed, seed_index = targs.seed, fold_index if seed_index is None else seed_index
-    if margs.multimodal and features.text is None:
+    seed, seed_index = ctx.training_args.seed, fold_index if seed_index is None else seed_index
+    if ctx.model_args.multimodal and ctx.features.text is None:
         raise ValueError(
             "multimodal: no usable clip has a transcript (check transcript_column and the text encoder)"
         )
-
-    # stage 1: aligner
-    done = _completed_stage(directory / "aligner", ctx)
-    if done is not None:
-        aligner = MiseAlignerModel.from_pretrained(directory / "aligner").eval()
-        aligner_summary = done["summary"]
-    else:
-        config = aligner_config(margs, features.audio.shape[1], text_dim, ctx.id2label, features.audio_spec)
-        if config.text_lora is not None:  # the text encoder trains too: tokens, not cached features
-            aligner, aligner_summary = train_aligner_lora(
-                ctx.runtime(fold.name, fold_index, 0),
-                config,
-                targs,
-                features.audio[train],
-                labels[train],
-                features.audio[val],
-                labels[val],
-                [ctx.transcripts[i] for i in train],
-                features.text[train],
-                seed=stage_seed(seed, seed_index, 1),
-            )
-        else:
-            aligner, aligner_summary = train_aligner(
-                ctx.runtime(fold.name, fold_index, 0),
-                config,
-                targs,
-                features.audio[train],
-                labels[train],
-                features.audio[val],
-                labels[val],
-                text_train=None if features.text is None else features.text[train],
-                seed=stage_seed(seed, seed_index, 1),
-            )
-        _finish_stage(aligner, directory / "aligner", aligner_summary, ctx)
-    z_train, z_val = encode_audio(aligner, features.audio[train]), encode_audio(aligner, features.audio[val])
-    codes_train, codes_val = _text_codes(ctx, aligner, train), _text_codes(ctx, aligner, val)
-    text_train = text_val = None  # multimodal: z_t of the classifier and of the text-side generator
-    if margs.multimodal:
-        text_train, text_val = _text_codes(ctx, aligner, train, False), _text_codes(ctx, aligner, val, False)
-
-    # stage 2: generator (augmentation gan / mise)
-    generator, generator_summary = None, None
-    if margs.uses_generator:
-        done = _completed_stage(directory / "generator", ctx)
-        if done is not None:
-            generator = MiseGeneratorModel.from_pretrained(directory / "generator").eval()
-            generator_summary = done["summary"]
-        else:
-            code_dim = None if codes_train is None else codes_train.shape[1]
-            config = generator_config(margs, z_train.shape[1], code_dim, ctx.id2label)
-            text_side = None
-            if margs.multimodal:
-                text_side = TextSide(
-                    config, targs, z_train, labels[train], text_train, stage_seed(seed, seed_index, 2)
-                )
-            generator, generator_summary = train_generator(
-                ctx.runtime(fold.name, fold_index, targs.aligner_epochs),
-                config,
-                targs,
-                z_train,
-                labels[train],
-                z_val,
-                labels[val],
-                text_codes_train=codes_train,
-                text_codes_val=codes_val,
-                seed=stage_seed(seed, seed_index, 2),
-                text_side=text_side,
-            )
-            _finish_stage(generator, directory / "generator", generator_summary, ctx)
-        generator.to(ctx.accelerator.device)
-
-    # stage 3: classifier on real + generated features
-    offset = ctx.epochs_per_fold - targs.classifier_epochs
-    features_train, features_val, augmenter, text_dim = z_train, z_val, None, None
-    if margs.multimodal:  # [z_a; z_t] over the four real/generated combinations
-        augmenter = MultimodalAugmenter(
-            margs.augmentation,
-            z_train,
-            text_train,
-            labels[train],
-            targs,
-            margs.multimodal_text_dropout,
-            generator,
-            seed=stage_seed(seed, seed_index, 3),
-        )
-        features_train, features_val = (
-            multimodal_features(z_train, text_train),
-            multimodal_features(z_val, text_val),
-        )
-        text_dim = text_train.shape[1]
-    classifier, classifier_summary = train_classifier(
-        ctx.runtime(fold.name, fold_index, offset),
-        classifier_config(margs, z_train.shape[1], ctx.id2label, text_dim),
-        targs,
-        features_train,
-        labels[train],
-        features_val,
-        labels[val],
-        augmentation=margs.augmentation,
-        generator=generator,
-        text_codes_train=codes_train,
-        seed=stage_seed(seed, seed_index, 3),
-        augmenter=augmenter,
-        head_init=aligner.emotion_head if margs.classifier_init_from_aligner else None,
+    aligner, aligner_summary = _stage_aligner(
+        ctx, fold, fold_index, directory, stage_seed(seed, seed_index, 1)
     )
-    _finish_stage(classifier, directory / "classifier", classifier_summary, ctx)
+    space = FoldSpace.of(ctx, aligner, fold)
+    generator, generator_summary = None, None
+    if ctx.model_args.uses_generator:  # augmentation gan / mise
+        generator, generator_summary = _stage_generator(
+            ctx, fold, fold_index, directory, space, stage_seed(seed, seed_index, 2)
+        )
+    classifier, classifier_summary = _stage_classifier(
+        ctx, fold, fold_index, directory, space, (aligner, generator), stage_seed(seed, seed_index, 3)
+    )
     return {
         "aligner": aligner,
         "generator": generator,
@@ -363,7 +348,7 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
     y_true = ctx.labels[test].numpy()
     extra = {}
     if ctx.model_args.multimodal:  # test clips with their transcripts; also scored as if they had none
-        text_test = _text_codes(ctx, trained["aligner"], test, for_generator=False)
+        text_test = _text_codes(ctx, trained["aligner"], fold, test, for_generator=False)
         y_pred = predict(trained["classifier"], multimodal_features(z_test, text_test))
         y_null = predict(trained["classifier"], multimodal_features(z_test, text_dim=text_test.shape[1]))
         extra["uar_without_transcript"] = classification_metrics(y_true, y_null, num_labels, ctx.id2label)[

@@ -26,9 +26,10 @@ from mise.folds import Fold
 from mise.metrics import classification_metrics
 from modeling_mise.layers import speaker_normalize, speaker_statistics
 
+from .aligner import encode_audio
 from .arguments import DataArguments
+from .classifier import predict
 from .features import CorpusFeatures, speaker_normalized
-from .stages import encode_audio, predict
 
 logger = get_logger(__name__)
 

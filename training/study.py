@@ -3,7 +3,7 @@
     accelerate launch training/study.py training/configs/ravdess_study.yaml --output_dir OUT [--key value ...]
 
 Per seed and fold, stage 1 (the aligner) is trained once per alignment setting and stage 2 (the InfoGAN) once
-per generator setting; each variant then trains its stage-3 classifier (training/stages.py). Frozen features
+per generator setting; each variant then trains its stage-3 classifier (training/classifier.py). Frozen features
 come from the shared cache. Writes `OUT/study.csv` (variant x seed x fold), `OUT/study.json`, `OUT/study.md`,
 `OUT/quality.json` (every generator checkpoint) and `OUT/figures/*.png`; `OUT/runs/` keeps each finished
 (seed, fold) so `--resume_from_checkpoint latest` continues a killed study. With several processes
@@ -45,6 +45,7 @@ from training.arguments import (
     config_hash,
     parse_arguments,
 )
+from training.engine import NonFiniteLossError
 from training.features import (
     cached_fingerprints,
     extract_features,
@@ -52,7 +53,6 @@ from training.features import (
     reject_nonfinite,
     usable_clips,
 )
-from training.loop import NonFiniteLossError
 from training.pipeline import PROCESS_GROUP_KWARGS, build_folds
 from training.speaker_normalization import SpeakerNormalization, normalization_report
 from training.study_report import write_report

@@ -19,21 +19,13 @@ from mise.folds import Fold
 from mise.metrics import classification_metrics
 from mise.quality import MIProbe, generation_quality
 
+from .aligner import aligner_config, encode_audio, text_codes, train_aligner
 from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
-from .loop import StageRuntime
+from .classifier import classifier_config, predict, train_classifier
+from .engine import StageRuntime
+from .infogan import generator_config, train_generator
 from .out_of_fold import out_of_fold_features
 from .pipeline import stage_seed
-from .stages import (
-    aligner_config,
-    classifier_config,
-    encode_audio,
-    encode_text,
-    generator_config,
-    predict,
-    train_aligner,
-    train_classifier,
-    train_generator,
-)
 from .study_variants import StudyArguments, Variant, classic_baseline
 
 QUALITY_SCALARS = ("frechet_distance", "precision", "recall")
@@ -158,11 +150,7 @@ class FoldUnit:
         text = self.study.text
         if text is None or not variant.text_code:
             return None
-        if space.aligner.config.use_text:
-            return encode_text(space.aligner, text[rows])
-        reference = text[space.train]
-        reference = reference[~torch.isnan(reference).any(dim=1)]
-        return (text[rows] - reference.mean(0)) / reference.std(0).clamp(min=1e-6)
+        return text_codes(space.aligner, text[rows], reference=text[space.train])
 
     # ------------------------------------------------------------------------------------------ stage 2
     def generator(self, variant: Variant, space: Space) -> tuple:

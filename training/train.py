@@ -35,6 +35,7 @@ from mise.metrics import summarize_folds
 from modeling_mise.encoders import load_audio_encoder, load_text_encoder
 from training.arguments import ConfigError, arguments_dict, config_hash, parse_arguments
 from training.checkpoint import CheckpointManager
+from training.engine import NonFiniteLossError
 from training.features import (
     cached_fingerprints,
     extract_features,
@@ -42,7 +43,6 @@ from training.features import (
     reject_nonfinite,
     usable_clips,
 )
-from training.loop import NonFiniteLossError
 from training.pipeline import (
     PROCESS_GROUP_KWARGS,
     SPEAKER_FINAL_FOLD,

@@ -54,19 +54,24 @@ class UnweightedAverageRecall(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, num_labels=None):
-        predictions = np.asarray(predictions, dtype=np.int64)
-        references = np.asarray(references, dtype=np.int64)
-        if references.size == 0:
-            raise ValueError("references: empty, UAR is undefined")
-        if min(predictions.min(), references.min()) < 0:
-            raise ValueError("predictions/references: class ids must be >= 0")
-        seen = int(max(predictions.max(), references.max())) + 1
-        if num_labels is None:
-            num_labels = seen
-        elif seen > num_labels:
-            raise ValueError(f"predictions/references: class id {seen - 1} >= num_labels={num_labels}")
-        support = np.bincount(references, minlength=num_labels)
-        hits = np.bincount(references[predictions == references], minlength=num_labels)
-        per_class = [float(h / s) if s > 0 else None for h, s in zip(hits, support, strict=True)]
-        present = [r for r in per_class if r is not None]
-        return {"uar": float(np.mean(present)), "per_class_recall": per_class}
+        return unweighted_average_recall(predictions, references, num_labels)
+
+
+def unweighted_average_recall(predictions, references, num_labels=None) -> dict:
+    """UAR and per-class recall of class ids (the module's computation, callable without ``evaluate``)."""
+    predictions = np.asarray(predictions, dtype=np.int64)
+    references = np.asarray(references, dtype=np.int64)
+    if references.size == 0:
+        raise ValueError("references: empty, UAR is undefined")
+    if min(predictions.min(), references.min()) < 0:
+        raise ValueError("predictions/references: class ids must be >= 0")
+    seen = int(max(predictions.max(), references.max())) + 1
+    if num_labels is None:
+        num_labels = seen
+    elif seen > num_labels:
+        raise ValueError(f"predictions/references: class id {seen - 1} >= num_labels={num_labels}")
+    support = np.bincount(references, minlength=num_labels)
+    hits = np.bincount(references[predictions == references], minlength=num_labels)
+    per_class = [float(h / s) if s > 0 else None for h, s in zip(hits, support, strict=True)]
+    present = [r for r in per_class if r is not None]
+    return {"uar": float(np.mean(present)), "per_class_recall": per_class}

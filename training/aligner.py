@@ -1,0 +1,259 @@
+"""Stage 1 of MISE, the aligner (SPEC §1): audio and text features into one space, plain or with a LoRA-tuned text
+encoder, and the codes the later stages read from it: `z_a` (`encode_audio`) and `z_t` (`text_codes`).
+
+- `train_aligner`: CE + lambda_cl * symmetric InfoNCE on frozen audio and text features or, with a LoRA
+  config, with the text encoder inside the aligner (base frozen, peft LoRA adapter trainable) on transcript
+  tokens instead of cached text features; the fold's text codes then come from the tuned encoder.
+- `text_codes`: `z_t` of clips for every stage and the study (NaN rows for clips without a transcript), and
+  `drop_text_codes`, the text-code dropout of stages 2 and 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from accelerate.utils import set_seed
+from torch import nn
+
+from modeling_mise import MiseAlignerConfig, MiseAlignerModel
+
+from .arguments import MiseTrainingArguments, ModelArguments
+from .engine import Batches, StageRuntime, fit_supervised, predict_in_chunks, stage_summary
+
+Tensor = torch.Tensor
+
+
+def aligner_config(
+    model_args: ModelArguments,
+    audio_dim: int,
+    text_dim: int | None,
+    id2label: dict[int, str],
+    audio_encoder_spec: dict | None = None,
+) -> MiseAlignerConfig:
+    """Stage-1 config; without text features or with `no_alignment` the text head is left out.
+
+    The text encoder's pooling / dtype / LoRA settings are recorded, so a saved aligner can rebuild its text side.
+    """
+    use_text = text_dim is not None and not model_args.no_alignment
+    text_lora = None
+    if model_args.text_lora_r and use_text:
+        text_lora = {
+            "r": model_args.text_lora_r,
+            "alpha": model_args.text_lora_alpha,
+            "dropout": model_args.text_lora_dropout,
+            "target_modules": list(model_args.text_lora_target_modules),
+        }
+    return MiseAlignerConfig(
+        audio_dim=audio_dim,
+        text_dim=text_dim or 384,
+        projection_dim=model_args.projection_dim,
+        hidden_sizes=list(model_args.aligner_hidden_sizes),
+        dropout=model_args.aligner_dropout,
+        input_dropout=model_args.aligner_input_dropout,
+        lambda_cl=model_args.effective_lambda_cl if use_text else 0.0,
+        tau_init=model_args.tau,
+        learn_temperature=model_args.learn_temperature,
+        use_text=use_text,
+        audio_encoder=model_args.audio_encoder,
+        audio_encoder_spec=audio_encoder_spec,
+        text_encoder=model_args.text_encoder or "none",
+        pooling=model_args.audio_pooling,
+        text_pooling=model_args.text_pooling,
+        text_dtype=model_args.text_dtype,
+        text_lora=text_lora,
+        id2label=dict(id2label),
+        label2id={name: index for index, name in id2label.items()},
+    )
+
+
+def _present_rows(text: Tensor) -> Tensor:
+    """The rows of clips with a transcript (no NaN)."""
+    return text[~torch.isnan(text).any(dim=1)]
+
+
+def train_aligner(
+    runtime: StageRuntime,
+    config: MiseAlignerConfig,
+    args: MiseTrainingArguments,
+    audio_train: Tensor,
+    labels_train: Tensor,
+    audio_val: Tensor,
+    labels_val: Tensor,
+    text_train: Tensor | None = None,
+    seed: int = 0,
+    transcripts_train: Sequence[str | None] | None = None,
+) -> tuple[MiseAlignerModel, dict]:
+    """Stage 1: CE + lambda_cl * symmetric InfoNCE; standardisation fitted on the training rows only.
+
+    With `config.text_lora` the aligner holds the text encoder (base frozen, LoRA adapter trainable) and trains on
+    the tokens of `transcripts_train` instead of the frozen text features (`_lora_setup`). Early stopping on the
+    validation speakers (`early_stopping_metric`: UAR or cross-entropy); returns the best aligner (eval mode,
+    with a LoRA-tuned text encoder attached) and a summary.
+    """
+    set_seed(seed)
+    model = MiseAlignerModel(config)
+    if config.text_lora is not None:
+        if transcripts_train is None or text_train is None:
+            raise ValueError(
+                "train_aligner: a LoRA-tuned text encoder trains on the transcripts and text features"
+            )
+        optimizer, batches, parameters, batch_loss = _lora_setup(
+            model, args, audio_train, labels_train, transcripts_train, text_train
+        )
+    else:
+        optimizer, batches, parameters, batch_loss = _plain_setup(
+            model, args, audio_train, labels_train, text_train
+        )
+    model, state = fit_supervised(
+        runtime, "aligner", model, optimizer, batches, parameters, args, args.aligner_epochs,
+        batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val,
+    )  # fmt: skip
+    return model, stage_summary(state)
+
+
+def _plain_setup(
+    model: MiseAlignerModel, args: MiseTrainingArguments, audio: Tensor, labels: Tensor, text: Tensor | None
+) -> tuple:
+    """Optimiser, batches, trained parameters and batch loss of stage 1 on frozen audio and text features."""
+    text_mean = text_std = None
+    use_text = model.config.use_text and text is not None
+    if use_text:
+        present = _present_rows(text)
+        text_mean, text_std = present.mean(0), present.std(0)
+    model.set_feature_statistics(audio.mean(0), audio.std(0), text_mean, text_std)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.aligner_learning_rate, weight_decay=args.aligner_weight_decay
+    )
+    batches = Batches((audio, labels) + ((text,) if use_text else ()), args.aligner_batch_size)
+
+    def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
+        return model(
+            audio_features=batch[0], labels=batch[1], text_features=batch[2] if use_text else None
+        ).loss
+
+    return optimizer, batches, list(model.parameters()), batch_loss
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+def tokenize_transcripts(
+    aligner: MiseAlignerModel, transcripts: Sequence[str | None]
+) -> tuple[Tensor, Tensor]:
+    """Token ids and mask (N, L) of every clip; a clip without transcript has an all-zero mask row."""
+    present = [i for i, text in enumerate(transcripts) if text]
+    encoder = aligner.text_encoder
+    pad_id = encoder.tokenizer.pad_token_id
+    if not present:
+        return torch.full((len(transcripts), 1), pad_id), torch.zeros(len(transcripts), 1, dtype=torch.long)
+    batch = aligner.tokenize([transcripts[i] for i in present])
+    length = batch["input_ids"].shape[1]
+    input_ids = torch.full((len(transcripts), length), pad_id, dtype=batch["input_ids"].dtype)
+    attention_mask = torch.zeros(len(transcripts), length, dtype=batch["attention_mask"].dtype)
+    input_ids[present], attention_mask[present] = batch["input_ids"], batch["attention_mask"]
+    return input_ids, attention_mask
+
+
+def _trim_padding(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop the columns no row of this batch uses (left or right padding; positions follow the mask)."""
+    used = attention_mask.bool().any(dim=0)
+    if bool(used.all()) or not bool(used.any()):
+        return input_ids, attention_mask
+    columns = torch.nonzero(used).flatten()
+    span = slice(int(columns.min()), int(columns.max()) + 1)
+    return input_ids[:, span], attention_mask[:, span]
+
+
+def _lora_setup(
+    model: MiseAlignerModel,
+    args: MiseTrainingArguments,
+    audio: Tensor,
+    labels: Tensor,
+    transcripts: Sequence[str | None],
+    text: Tensor,
+) -> tuple:
+    """Optimiser, batches, trained parameters and batch loss of stage 1 with a LoRA-tuned text encoder.
+
+    The base text encoder is loaded from `config.text_encoder` and frozen; the heads train with
+    `aligner_learning_rate`, the adapter with `text_lora_learning_rate`. Text standardisation uses the frozen
+    features `text` (the adapter starts at zero, so they are the encoder's initial output).
+    """
+    model.set_text_encoder()
+    present = _present_rows(text)
+    model.set_feature_statistics(audio.mean(0), audio.std(0), present.mean(0), present.std(0))
+    lora = [p for name, p in model.named_parameters() if p.requires_grad and name.startswith("text_encoder.")]
+    heads = [
+        p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("text_encoder.")
+    ]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": heads, "lr": args.aligner_learning_rate, "weight_decay": args.aligner_weight_decay},
+            {"params": lora, "lr": args.text_lora_learning_rate, "weight_decay": 0.0},
+        ]
+    )
+    input_ids, attention_mask = tokenize_transcripts(model, transcripts)
+    batches = Batches((audio, labels, input_ids, attention_mask), args.aligner_batch_size)
+
+    def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
+        audio, labels, ids, mask = batch
+        ids, mask = _trim_padding(ids, mask)
+        return model(audio_features=audio, labels=labels, input_ids=ids, attention_mask=mask).loss
+
+    return optimizer, batches, heads + lora, batch_loss
+
+
+# ---------------------------------------------------------------------------------------------- codes
+@torch.no_grad()
+def encode_audio(aligner: MiseAlignerModel, audio: Tensor) -> Tensor:
+    """`z_a` of frozen audio features, on CPU."""
+    aligner.eval()
+    device = aligner.audio_mean.device
+    return predict_in_chunks(lambda x: aligner.get_audio_features(x.to(device)).float().cpu(), audio)
+
+
+@torch.no_grad()
+def text_codes(
+    aligner: MiseAlignerModel,
+    text: Tensor,
+    transcripts: Sequence[str | None] | None = None,
+    reference: Tensor | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """`z_t` (N, d) of clips on CPU, NaN rows for clips without a transcript; the one source of text codes.
+
+    - An aligner with a LoRA-tuned text encoder (`config.text_lora`): the `transcripts` through that encoder,
+      `batch_size` at a time.
+    - An aligned space (`config.use_text`): the frozen text features `text` through the aligner's text head.
+    - Without alignment: `text` standardised with the mean and std of the `reference` rows that have a
+      transcript (the training rows).
+    """
+    aligner.eval()
+    if aligner.config.text_lora is not None:
+        if transcripts is None:
+            raise ValueError("text_codes: an aligner with a LoRA-tuned text encoder needs the transcripts")
+        codes = torch.full((len(transcripts), aligner.config.projection_dim), float("nan"))
+        present = [i for i, transcript in enumerate(transcripts) if transcript]
+        for start in range(0, len(present), batch_size):
+            rows = present[start : start + batch_size]
+            codes[rows] = aligner.get_text_features(texts=[transcripts[i] for i in rows]).float().cpu()
+        return codes
+    if aligner.config.use_text:
+        device = aligner.audio_mean.device
+        encode = lambda x: aligner.get_text_features(torch.nan_to_num(x).to(device)).float().cpu()  # noqa: E731
+        codes = predict_in_chunks(encode, text)
+        codes[torch.isnan(text).any(dim=1)] = float("nan")
+        return codes
+    if reference is None:
+        raise ValueError("text_codes: without alignment the raw text features need the reference rows")
+    present = _present_rows(reference)
+    return (text - present.mean(0)) / present.std(0).clamp(min=1e-6)
+
+
+def drop_text_codes(
+    codes: Tensor | None, rate: float, generator: torch.Generator | None = None
+) -> Tensor | None:
+    """`codes` with a random fraction `rate` of rows made NaN, the null text code of a clip without transcript
+    (the text-code dropout of the generator's steps and of the multimodal classifier's rows)."""
+    if codes is None or rate <= 0:
+        return codes
+    drop = torch.rand(codes.shape[0], 1, generator=generator, device=codes.device) < rate
+    return torch.where(drop, torch.full_like(codes, float("nan")), codes)
