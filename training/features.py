@@ -60,7 +60,7 @@ def prepare_features(
         corpus, audio_cache, audio_encoder.sampling_rate, data_args, accelerator
     )
     report_rejections(rejections, output_dir, accelerator)
-    if rejections:
+    if rejections:  # a class left with too few clips stops the run
         check_class_sizes(usable, data_args.min_class_clips)
     seconds = {"read_audio": time.perf_counter() - tick}
     text_encoder = None
@@ -149,8 +149,7 @@ def usable_clips(
     The cache is asked first: a clip it judged under the same input policy (`input_policy`) is neither decoded
     nor judged again, its waveform is None and a rejected one keeps its cached reason. Only the other clips are
     decoded and judged; their rejections are cached, the usable ones' verdicts go in with their features
-    (`extract_features`). A rejection is fatal with `strict`; a class left with too few clips stops the run
-    (`min_class_clips`).
+    (`extract_features`). A rejection is fatal with `strict`, no usable clip at all is an error.
     """
     policy = input_policy(sampling_rate, data_args)
     verdicts = audio_cache.verdicts(corpus.fingerprints(), policy)
@@ -163,8 +162,8 @@ def usable_clips(
         raise AudioInputError(f"{item.source} (row {item.row})", reasons[cached_rejections[0]])
     misses = [i for i in range(len(corpus)) if i not in reasons]
     judged = corpus.subset(misses).judge(
-        sampling_rate, data_args.min_seconds, data_args.strict, accelerator.is_local_main_process,
-        data_args.silence_dbfs,
+        sampling_rate, min_seconds=data_args.min_seconds, strict=data_args.strict,
+        show_progress=accelerator.is_local_main_process, silence_dbfs=data_args.silence_dbfs,
     )  # fmt: skip
     waveforms: dict[int, np.ndarray] = {}
     for index, (waveform, reason) in zip(misses, judged, strict=True):
@@ -179,7 +178,7 @@ def usable_clips(
     if not kept:
         raise ValueError(f"{corpus.source}: none of the {len(corpus)} clips is usable")
     logger.info(
-        f"{len(misses)} of {len(corpus)} clip(s) decoded, {len(reasons) - len(misses)} judged by the cache"
+        f"{len(misses)} of {len(corpus)} clip(s) decoded, {len(corpus) - len(misses)} judged by the cache"
     )
     return [waveforms.get(i) for i in kept], corpus.subset(kept), rejections, len(misses)
 
