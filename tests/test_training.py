@@ -237,6 +237,32 @@ def test_feature_stage_asks_the_cache_before_decoding(ravdess_rows, corpus_with_
     assert stage("--silence_dbfs", "-120").decoded == 0
 
 
+def test_output_dir_is_resumed_replaced_or_refused(tmp_path):
+    """One preparation for every entry point: a previous run is continued, overwritten or an error."""
+    from accelerate import PartialState
+
+    from training.arguments import MiseTrainingArguments
+    from training.checkpoint import prepare_output_dir
+
+    out, state = tmp_path / "out", PartialState()
+    markers, files = ("summary.json", "run_info.json"), ("summary.json", "run_info.json", "mise")
+
+    def prepare(hash_: str = "abc", **overrides) -> bool:
+        args = MiseTrainingArguments(output_dir=str(out), **overrides)
+        return prepare_output_dir(out, args, state, markers, files, hash_)
+
+    assert prepare() is False and out.is_dir()
+    (out / "mise").mkdir()  # what a run stopped before its folds leaves: replaced
+    assert prepare() is False and not (out / "mise").exists()
+    (out / "run_info.json").write_text(json.dumps({"config_hash": "abc"}))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        prepare()
+    assert prepare(resume_from_checkpoint="latest") is True
+    with pytest.raises(ConfigError, match="another configuration"):
+        prepare("xyz", resume_from_checkpoint="latest")
+    assert prepare(overwrite_output_dir=True) is False and not (out / "run_info.json").exists()
+
+
 def test_changed_file_recomputes_only_that_file(reference_run, ravdess_rows, cache_dir, tmp_path):
     """The reference run filled the cache for these clips; one changed file is the only miss."""
     rows = subset(ravdess_rows, SPEAKERS[:3])
