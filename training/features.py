@@ -163,7 +163,7 @@ def usable_clips(
     misses = [i for i in range(len(corpus)) if i not in reasons]
     judged = corpus.subset(misses).judge(
         sampling_rate, min_seconds=data_args.min_seconds, strict=data_args.strict,
-        show_progress=accelerator.is_local_main_process, silence_dbfs=data_args.silence_dbfs,
+        show_progress=accelerator.is_local_main_process and bool(misses), silence_dbfs=data_args.silence_dbfs,
     )  # fmt: skip
     waveforms: dict[int, np.ndarray] = {}
     for index, (waveform, reason) in zip(misses, judged, strict=True):
