@@ -47,33 +47,24 @@ PARTS = ("features", "train", "study", "scale")
 
 # ---------------------------------------------------------------------------------------------- features
 def feature_stage(config: Path, data_dir: str, cache_dir: str, extra: list[str]) -> dict:
-    """The feature stage of `main()` (same functions, same arguments): corpus scan, cache look-up, decoding of
-    the misses, extraction; returns its wall time (encoders loaded in it) and the cache statistics."""
+    """The feature stage of `training/train.py` (`prepare_features`, same arguments): corpus scan, cache look-up,
+    decoding of the misses, extraction; returns its wall time (encoders loaded in it) and the cache statistics."""
     from accelerate import Accelerator
 
-    from modeling_mise.encoders import load_audio_encoder, load_text_encoder
     from training.arguments import parse_arguments
-    from training.features import cached_fingerprints, extract_features, read_corpus, usable_clips
+    from training.features import prepare_features
 
     arguments = [str(config), "--output_dir", tempfile.mkdtemp(), "--cache_dir", cache_dir, *extra]
     data_args, model_args, training_args = parse_arguments([*arguments, "--data_dir", data_dir])
     accelerator = Accelerator()
     start = time.perf_counter()
-    corpus = read_corpus(data_args)
-    encoder = load_audio_encoder(model_args.audio_encoder, model_args.audio_pooling, model_args.audio_layer)
-    cached = cached_fingerprints(corpus, encoder, data_args, model_args)
-    waveforms, corpus, _ = usable_clips(
-        corpus, encoder.sampling_rate, data_args, Path(tempfile.mkdtemp()), accelerator, cached
-    )
-    text_encoder = load_text_encoder(model_args.text_encoder) if model_args.text_encoder else None
-    features = extract_features(corpus, waveforms, encoder, text_encoder, data_args, model_args, accelerator)
-    seconds = time.perf_counter() - start
+    prepared = prepare_features(data_args, model_args, Path(training_args.output_dir), accelerator)
     return {
-        "seconds": seconds,
-        "decoded": sum(waveform is not None for waveform in waveforms),
-        "cache": features.cache_stats,
-        "corpus": corpus,
-        "features": features,
+        "seconds": time.perf_counter() - start,
+        "decoded": prepared.decoded,
+        "cache": prepared.features.cache_stats,
+        "corpus": prepared.corpus,
+        "features": prepared.features,
         "data_args": data_args,
         "seed": training_args.seed,
     }
@@ -84,8 +75,8 @@ def classic_baseline_uar(corpus, features, data_args, seed: int) -> dict:
     on globally standardised features and on per-speaker normalised ones (what `speaker_normalization` feeds
     the folds)."""
     import numpy as np
-    from sklearn.metrics import balanced_accuracy_score
 
+    from mise.metrics import classification_metrics
     from training.features import speaker_normalized
     from training.pipeline import build_folds
     from training.study_variants import classic_baseline
@@ -102,9 +93,8 @@ def classic_baseline_uar(corpus, features, data_args, seed: int) -> dict:
             train = np.concatenate([fold.train, fold.validation])
             true.append(labels[fold.test])
             pred.append(classic_baseline(x, labels, train, fold.test))
-        result[f"uar_pooled_{name}_normalization"] = float(
-            balanced_accuracy_score(np.concatenate(true), np.concatenate(pred))
-        )
+        metrics = classification_metrics(np.concatenate(true), np.concatenate(pred), len(corpus.id2label))
+        result[f"uar_pooled_{name}_normalization"] = metrics["uar"]
     return result
 
 

@@ -4,6 +4,11 @@ Layout: ``<cache_dir>/<spec_hash>/<fingerprint>.safetensors`` (one small file pe
 ``"features"``) plus ``<cache_dir>/<spec_hash>/spec.json`` for humans. Entries are written to a
 temporary file and moved into place with :func:`os.replace`, so a crash never leaves a partial entry;
 an unreadable entry is recomputed. Nothing is ever unpickled.
+
+An entry may also keep the item's verdict under an input policy (the header's ``policy``, the canonical JSON of
+the policy, and ``rejection``, the reason an unusable item was rejected): a usable item's entry holds its
+features, a rejected item's entry an empty tensor. :meth:`FeatureCache.verdicts` reads them from the headers,
+so a warm run knows which items are usable, and why the others are not, without decoding any of them.
 """
 
 from __future__ import annotations
@@ -14,19 +19,22 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 logger = logging.getLogger(__name__)
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _TENSOR_KEY = "features"
+_POLICY_KEY = "policy"
+_REJECTION_KEY = "rejection"
+_READ_ERRORS = (OSError, SafetensorError, KeyError, ValueError, RuntimeError)
 
 
 def canonical_spec_json(encoder_spec: dict) -> str:
@@ -84,34 +92,72 @@ class FeatureCache:
         )
         return self.directory / f"{name}.safetensors"
 
-    def contains(self, fingerprint: str) -> bool:
-        """Whether an entry for ``fingerprint`` exists (not read: :meth:`load` may still find it unreadable)."""
-        return self.entry_path(fingerprint).is_file()
-
     def load(self, fingerprint: str) -> torch.Tensor | None:
-        """The cached feature vector, or ``None`` when absent or unreadable (a warning names the file)."""
+        """The cached feature vector, or ``None`` when absent, unreadable (a warning names the file) or the entry
+        of a rejected item."""
+        entry = self._read(fingerprint)
+        return None if entry is None else entry[0]
+
+    def _read(self, fingerprint: str) -> tuple[torch.Tensor, dict[str, str]] | None:
+        """An entry's ``(D,)`` features and header metadata; ``None`` when absent, unreadable or a rejection."""
         path = self.entry_path(fingerprint)
         if not path.is_file():
             return None
         try:
-            tensors = load_file(str(path))
-            features = tensors[_TENSOR_KEY]
-        except (OSError, SafetensorError, KeyError, ValueError, RuntimeError) as error:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                features = handle.get_tensor(_TENSOR_KEY)
+        except _READ_ERRORS as error:
             logger.warning("feature cache: %s is unreadable (%s); recomputing it", path, error)
+            return None
+        if _REJECTION_KEY in metadata:
             return None
         if features.ndim != 1:
             logger.warning(
                 "feature cache: %s holds shape %s, expected (D,); recomputing it", path, features.shape
             )
             return None
-        return features
+        return features, metadata
 
-    def store(self, fingerprint: str, features: torch.Tensor) -> None:
-        """Write one item's ``(D,)`` features atomically."""
+    def store(self, fingerprint: str, features: torch.Tensor, policy: dict | None = None) -> None:
+        """Write one item's ``(D,)`` features atomically; with ``policy``, the item was judged usable under it."""
+        self._write(fingerprint, features.detach().cpu().contiguous().clone(), policy, None)
+
+    def store_rejection(self, fingerprint: str, reason: str, policy: dict) -> None:
+        """Record that the item was rejected under ``policy``, and why (an entry without features)."""
+        self._write(fingerprint, torch.empty(0), policy, reason)
+
+    def _write(
+        self, fingerprint: str, tensor: torch.Tensor, policy: dict | None, rejection: str | None
+    ) -> None:
         path = self.entry_path(fingerprint)
-        tensor = features.detach().cpu().contiguous().clone()
         metadata = {"fingerprint": fingerprint, "spec_hash": self.spec_hash}
+        if policy is not None:
+            metadata[_POLICY_KEY] = canonical_spec_json(policy)
+        if rejection is not None:
+            metadata[_REJECTION_KEY] = rejection
         _atomic_write(path, lambda temporary: save_file({_TENSOR_KEY: tensor}, temporary, metadata=metadata))
+
+    def verdicts(self, fingerprints: Sequence[str], policy: dict) -> dict[str, str | None]:
+        """The items judged under ``policy``: fingerprint -> rejection reason (``None`` for a usable item).
+
+        Only the entries' headers are read; an item without an entry, judged under another policy or with an
+        unreadable entry is left out (it has to be decoded and judged).
+        """
+        expected = canonical_spec_json(policy)
+        found: dict[str, str | None] = {}
+        for fingerprint in dict.fromkeys(fingerprints):
+            path = self.entry_path(fingerprint) if fingerprint else None
+            if path is None or not path.is_file():
+                continue
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    metadata = handle.metadata() or {}
+            except _READ_ERRORS:
+                continue
+            if metadata.get(_POLICY_KEY) == expected:
+                found[fingerprint] = metadata.get(_REJECTION_KEY)
+        return found
 
     def get_or_compute(
         self,
@@ -119,6 +165,7 @@ class FeatureCache:
         compute: Callable[[list[int]], Any],
         accelerator: Any = None,
         desc: str = "",
+        policy: dict | None = None,
     ) -> torch.Tensor:
         """Features ``(N, D)`` for items given by their content fingerprints, computing only the misses.
 
@@ -130,6 +177,8 @@ class FeatureCache:
                 computes ``misses[process_index::num_processes]``, writes its entries, waits for the
                 others, and then every process reads all entries.
             desc: a name for the log line.
+            policy: the input policy the items were judged usable under: written with computed entries, and
+                added to a found entry that lacks it (see :meth:`verdicts`).
 
         Returns:
             Features in the order of ``fingerprints``; ``self.last_stats`` holds ``{"hits", "misses"}``.
@@ -139,14 +188,10 @@ class FeatureCache:
             if not isinstance(fingerprint, str) or not fingerprint:
                 raise ValueError(f"fingerprints[{index}] must be a non-empty string, got {fingerprint!r}")
         results: list[torch.Tensor | None] = [None] * len(fingerprints)
-        loaded: dict[str, torch.Tensor] = {}
         first_index: dict[str, int] = {}
         for index, fingerprint in enumerate(fingerprints):
             first_index.setdefault(fingerprint, index)
-        for fingerprint in first_index:
-            features = self.load(fingerprint)
-            if features is not None:
-                loaded[fingerprint] = features
+        loaded = self._load_found(first_index, policy)
         missing = [index for fingerprint, index in first_index.items() if fingerprint not in loaded]
         hits = sum(fingerprint in loaded for fingerprint in fingerprints)
         self.last_stats = {"hits": hits, "misses": len(fingerprints) - hits}
@@ -158,7 +203,7 @@ class FeatureCache:
             mine = missing[accelerator.process_index :: accelerator.num_processes]
         else:
             mine = missing
-        computed = self._compute_and_store(mine, fingerprints, compute)
+        computed = self._compute_and_store(mine, fingerprints, compute, policy)
         loaded.update(computed)
         if distributed:
             accelerator.wait_for_everyone()
@@ -175,7 +220,7 @@ class FeatureCache:
                 logger.warning(
                     "feature cache: %d entries from other processes are missing; computing them", len(late)
                 )
-                loaded.update(self._compute_and_store(late, fingerprints, compute))
+                loaded.update(self._compute_and_store(late, fingerprints, compute, policy))
 
         for index, fingerprint in enumerate(fingerprints):
             results[index] = loaded[fingerprint]
@@ -194,8 +239,25 @@ class FeatureCache:
             raise ValueError(f"feature cache {self.directory}: entries have different shapes {sorted(dims)}")
         return torch.stack(results)
 
+    def _load_found(self, fingerprints: Iterable[str], policy: dict | None) -> dict[str, torch.Tensor]:
+        """The readable entries among ``fingerprints``; one judged again under ``policy`` gets its verdict."""
+        stamp = None if policy is None else canonical_spec_json(policy)
+        loaded = {}
+        for fingerprint in fingerprints:
+            entry = self._read(fingerprint)
+            if entry is None:
+                continue
+            loaded[fingerprint] = entry[0]
+            if stamp is not None and entry[1].get(_POLICY_KEY) != stamp:
+                self.store(fingerprint, entry[0], policy)
+        return loaded
+
     def _compute_and_store(
-        self, indices: list[int], fingerprints: list[str], compute: Callable[[list[int]], Any]
+        self,
+        indices: list[int],
+        fingerprints: list[str],
+        compute: Callable[[list[int]], Any],
+        policy: dict | None = None,
     ) -> dict[str, torch.Tensor]:
         if not indices:
             return {}
@@ -208,6 +270,6 @@ class FeatureCache:
             )
         stored = {}
         for row, index in enumerate(indices):
-            self.store(fingerprints[index], features[row])
+            self.store(fingerprints[index], features[row], policy)
             stored[fingerprints[index]] = features[row].detach().cpu().clone()
         return stored

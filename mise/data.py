@@ -22,7 +22,7 @@ import numpy as np
 import soundfile
 from tqdm.auto import tqdm
 
-from mise.folds import SPLIT_ALIASES
+from mise.folds import SPLIT_ALIASES, canonical_split
 from modeling_mise.audio import (
     DEFAULT_POLICY,
     AudioInputError,
@@ -234,18 +234,14 @@ class Corpus:
         return format_summary(self.summary())
 
     def load_waveforms(
-        self,
-        sampling_rate: int,
-        min_seconds: float = DEFAULT_POLICY.min_seconds,
-        strict: bool = False,
-        show_progress: bool = True,
-        silence_dbfs: float = DEFAULT_POLICY.silence_dbfs,
+        self, sampling_rate: int, **options: Any
     ) -> tuple[list[np.ndarray], Corpus, list[Rejection]]:
         """Decode every clip to float32 mono at ``sampling_rate``, leaving out unusable ones.
 
         Unreadable, empty, non-finite, silent (peak ``< silence_dbfs``) and too-short (``< min_seconds``) clips
         become :class:`Rejection` entries (:func:`modeling_mise.audio.rejection_reason`, the input policy of
-        every entry point) and the rest go on; with ``strict`` the first one raises.
+        every entry point) and the rest go on; with ``strict`` the first one raises. ``options`` are
+        :meth:`judge`'s (``min_seconds``, ``strict``, ``show_progress``, ``silence_dbfs``).
 
         Returns:
             ``(waveforms, usable_corpus, rejections)``; ``waveforms[i]`` belongs to ``usable_corpus.items[i]``.
@@ -254,33 +250,57 @@ class Corpus:
             AudioInputError: with ``strict``, for the first unusable clip (naming file and row).
             ValueError: when no clip is usable.
         """
-        waveforms, kept, rejections = [], [], []
-        items = tqdm(self.items, desc="reading audio", disable=not show_progress, unit="clip")
-        for position, item in enumerate(items):
+        judged = self.judge(sampling_rate, **options)
+        kept = [position for position, (_, reason) in enumerate(judged) if reason is None]
+        rejections = [
+            self.rejection(position, reason)
+            for position, (_, reason) in enumerate(judged)
+            if reason is not None
+        ]
+        if not kept:
+            raise ValueError(f"{self.source}: none of the {len(self.items)} clips is usable")
+        return [judged[position][0] for position in kept], self.subset(kept), rejections
+
+    def judge(
+        self,
+        sampling_rate: int,
+        min_seconds: float = DEFAULT_POLICY.min_seconds,
+        strict: bool = False,
+        show_progress: bool = True,
+        silence_dbfs: float = DEFAULT_POLICY.silence_dbfs,
+    ) -> list[tuple[np.ndarray | None, str | None]]:
+        """Decode and judge every clip: ``(waveform, None)`` for a usable one, ``(None, reason)`` for the others.
+
+        The reasons are :func:`modeling_mise.audio.rejection_reason`'s (or why the file could not be read); with
+        ``strict`` the first unusable clip raises :class:`AudioInputError` naming its file and row.
+        """
+        judged: list[tuple[np.ndarray | None, str | None]] = []
+        for item in tqdm(self.items, desc="reading audio", disable=not show_progress, unit="clip"):
             try:
                 waveform = item.read(sampling_rate)
                 reason = rejection_reason(waveform, sampling_rate, min_seconds, silence_dbfs)
             except AudioInputError as error:
                 reason = error.reason
-            if reason is None:
-                waveforms.append(waveform)
-                kept.append(position)
-                continue
-            if strict:
+            if reason is not None and strict:
                 raise AudioInputError(f"{item.source} (row {item.row})", reason)
-            rejections.append(Rejection(row=item.row, path=item.source, reason=reason))
-        if rejections:
+            judged.append((waveform, None) if reason is None else (None, reason))
+        rejected = [position for position, (_, reason) in enumerate(judged) if reason is not None]
+        if rejected:
+            first = self.items[rejected[0]]
             logger.warning(
                 "%s: %d of %d clips rejected (first: %s: %s)",
                 self.source,
-                len(rejections),
+                len(rejected),
                 len(self.items),
-                rejections[0].path,
-                rejections[0].reason,
+                first.source,
+                judged[rejected[0]][1],
             )
-        if not kept:
-            raise ValueError(f"{self.source}: none of the {len(self.items)} clips is usable")
-        return waveforms, self.subset(kept), rejections
+        return judged
+
+    def rejection(self, position: int, reason: str) -> Rejection:
+        """The :class:`Rejection` of clip ``position`` for ``reason``."""
+        item = self.items[position]
+        return Rejection(row=item.row, path=item.source, reason=reason)
 
 
 MIN_CLASS_CLIPS = 10
@@ -736,12 +756,13 @@ def _split_value(table: _Table, column: str | None, row: int, raw: str | None) -
             f"{table.where(row)}: empty split in column {column!r}; with a split column every row needs "
             "train, validation or test (set split_column to None to ignore the column)"
         )
-    if raw.casefold() not in SPLIT_ALIASES:
+    name = canonical_split(raw)
+    if name is None:
         raise ValueError(
             f"{table.where(row)}: split {raw!r} in column {column!r} is not train, validation or test "
             f"(accepted: {', '.join(SPLIT_ALIASES)}; set split_column to None to ignore the column)"
         )
-    return SPLIT_ALIASES[raw.casefold()]
+    return name
 
 
 def _fingerprint_items(items: list[CorpusItem]) -> None:

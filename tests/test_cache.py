@@ -139,6 +139,36 @@ def test_duplicates_bad_output_and_bad_arguments(tmp_path):
         FeatureCache(tmp_path / "cache", {"name": object()})
 
 
+def test_verdicts_are_kept_with_the_features(tmp_path):
+    """Each entry keeps the input policy its item was judged under and, for a rejected item, the reason."""
+    cache = FeatureCache(tmp_path / "cache", {"name": "toy", "dim": 2})
+    policy = {"sampling_rate": 16000, "min_seconds": 0.25, "silence_dbfs": -60.0}
+
+    def compute(indices):
+        return torch.tensor([[float(i), 1.0] for i in indices])
+
+    features = cache.get_or_compute(["a", "b"], compute, policy=policy)
+    cache.store_rejection("c", "too short (0.10 s < 0.25 s)", policy)
+    cache.store("d", torch.tensor([4.0, 1.0]))  # features from a run that kept no verdict
+    verdicts = cache.verdicts(["a", "b", "c", "d", "e", "a"], policy)
+    assert verdicts == {"a": None, "b": None, "c": "too short (0.10 s < 0.25 s)"}
+    assert cache.verdicts(["a", "c"], {**policy, "min_seconds": 0.5}) == {}  # another policy judges again
+    assert cache.load("c") is None  # a rejection holds no features
+
+    def unexpected(indices):
+        raise AssertionError(f"recomputed {indices}")
+
+    # an entry found without the verdict gets it, its features untouched; found entries are not recomputed
+    again = cache.get_or_compute(["a", "b", "d"], unexpected, policy=policy)
+    assert torch.equal(again[:2], features) and torch.equal(again[2], torch.tensor([4.0, 1.0]))
+    assert cache.verdicts(["d"], policy) == {"d": None}
+    # a rejected item judged usable under another policy is computed and stored with that policy's verdict
+    lenient = {**policy, "min_seconds": 0.0}
+    cache.get_or_compute(["c"], compute, policy=lenient)
+    assert cache.last_stats == {"hits": 0, "misses": 1}
+    assert cache.verdicts(["c"], lenient) == {"c": None} and cache.verdicts(["c"], policy) == {}
+
+
 SHARDED_SCRIPT = """
 import json, sys
 import torch

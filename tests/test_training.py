@@ -195,11 +195,72 @@ def test_rerun_hits_the_cache_and_reproduces(reference_run, corpus_with_bad_file
     summary = main(
         run_args(corpus_with_bad_files[0], tmp_path / "again", cache_dir, "--report_to", "none", "--final_models", "false")
     )  # fmt: skip
-    again = read_json(tmp_path / "again" / "run_info.json")["feature_cache"]
+    info = read_json(tmp_path / "again" / "run_info.json")
+    again = info["feature_cache"]
     assert again["audio"] == {"hits": 120, "misses": 0} and again["text"] == {"hits": 120, "misses": 0}
+    # the cache kept every clip's verdict: nothing decoded, the bad files rejected for the same reasons
+    assert info["decoded_clips"] == 0 and info["rejected"] == 2
+    assert (tmp_path / "again" / "rejected.csv").read_text() == (reference_run / "rejected.csv").read_text()
     reference = read_json(reference_run / "summary.json")
     for key in ("uar_pooled", "wa_pooled", "f1_macro_pooled", "uar_mean"):
         assert summary[key] == reference[key], key
+
+
+def test_feature_stage_asks_the_cache_before_decoding(ravdess_rows, corpus_with_bad_files, tmp_path):
+    """A warm feature stage decodes no clip and keeps the rejection reasons; another input policy judges again."""
+    from accelerate import PartialState
+
+    from training.features import prepare_features
+
+    first = {(row["speaker"], row["emotion"]): row for row in reversed(subset(ravdess_rows, SPEAKERS[:2]))}
+    rows = list(first.values())  # one clip per speaker and emotion
+    bad = [
+        {"path": path, "speaker": "Actor_01", "emotion": rows[0]["emotion"]}
+        for path in corpus_with_bad_files[1]
+    ]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows + bad)
+    arguments = ["--dataset", str(manifest), "--output_dir", str(tmp_path), "--cache_dir", str(tmp_path / "cache"),
+                 "--text_encoder", "none", "--min_class_clips", "1"]  # fmt: skip
+
+    def stage(*extra: str):
+        data_args, model_args, _ = parse_arguments([*arguments, *extra])
+        return prepare_features(data_args, model_args, tmp_path, PartialState())
+
+    cold, warm = stage(), stage()
+    assert cold.decoded == len(rows) + 2 and warm.decoded == 0
+    assert len(cold.rejections) == 2 and warm.rejections == cold.rejections
+    assert warm.features.cache_stats["audio"] == {"hits": len(rows), "misses": 0}
+    assert torch.equal(warm.features.audio, cold.features.audio)
+    other = stage("--silence_dbfs", "-120")  # another input policy: every clip is decoded and judged again
+    assert other.decoded == len(rows) + 2 and other.rejections == cold.rejections
+    assert other.features.cache_stats["audio"] == {"hits": len(rows), "misses": 0}
+    assert stage("--silence_dbfs", "-120").decoded == 0
+
+
+def test_output_dir_is_resumed_replaced_or_refused(tmp_path):
+    """One preparation for every entry point: a previous run is continued, overwritten or an error."""
+    from accelerate import PartialState
+
+    from training.arguments import MiseTrainingArguments
+    from training.checkpoint import prepare_output_dir
+
+    out, state = tmp_path / "out", PartialState()
+    markers, files = ("summary.json", "run_info.json"), ("summary.json", "run_info.json", "mise")
+
+    def prepare(hash_: str = "abc", **overrides) -> bool:
+        args = MiseTrainingArguments(output_dir=str(out), **overrides)
+        return prepare_output_dir(out, args, state, markers, files, hash_)
+
+    assert prepare() is False and out.is_dir()
+    (out / "mise").mkdir()  # what a run stopped before its folds leaves: replaced
+    assert prepare() is False and not (out / "mise").exists()
+    (out / "run_info.json").write_text(json.dumps({"config_hash": "abc"}))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        prepare()
+    assert prepare(resume_from_checkpoint="latest") is True
+    with pytest.raises(ConfigError, match="another configuration"):
+        prepare("xyz", resume_from_checkpoint="latest")
+    assert prepare(overwrite_output_dir=True) is False and not (out / "run_info.json").exists()
 
 
 def test_changed_file_recomputes_only_that_file(reference_run, ravdess_rows, cache_dir, tmp_path):
@@ -239,7 +300,10 @@ def test_killed_run_resumes_to_the_same_result(reference_run, corpus_with_bad_fi
     killed_at = None
     while process.poll() is None and time.monotonic() < deadline:
         for progress in checkpoints.glob("*/checkpoint_*/progress.json"):  # one folder per fold
-            record = json.loads(progress.read_text())
+            try:
+                record = json.loads(progress.read_text())
+            except FileNotFoundError:  # removed meanwhile (checkpoints_total_limit)
+                continue
             if record["fold_index"] == 1 and record["stage"] == "generator":
                 killed_at = record
                 process.send_signal(signal.SIGKILL)

@@ -17,9 +17,10 @@ import yaml
 from transformers import HfArgumentParser
 
 from mise.data import MIN_CLASS_CLIPS, MIN_CLASS_SPEAKERS
+from mise.folds import PROTOCOLS
 from modeling_mise.audio import DEFAULT_POLICY
+from modeling_mise.configuration_aligner import TEXT_DTYPES, TEXT_POOLINGS
 
-PROTOCOLS = ("loso", "loso_session", "kfold", "split")
 AUGMENTATIONS = ("none", "noise", "mixup", "gan", "mise")
 SPEAKER_NORMALIZATION_MODES = ("auto", "true", "false")
 SPLIT_NEEDS = (
@@ -30,6 +31,14 @@ SPLIT_NEEDS = (
 
 class ConfigError(ValueError):
     """A malformed training configuration; the message names the field."""
+
+
+NONE_VALUES = ("", "none", "None")  # how a config or flag says "no value" for an optional string
+
+
+def none_if_unset(value):
+    """``None`` for an optional string given as empty or `none`, the value otherwise."""
+    return None if value in NONE_VALUES else value
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
@@ -125,7 +134,7 @@ class DataArguments:
             "(1: every speaker shows the classes in the corpus' proportions; 0: one class per speaker)."
         },
     )
-    protocol: Literal["loso", "loso_session", "kfold", "split"] = field(
+    protocol: Literal[PROTOCOLS] = field(
         default="loso",
         metadata={
             "help": "Folds: leave-one-speaker-out, leave-one-session-out, k speaker-grouped, or a given split."
@@ -154,12 +163,9 @@ class DataArguments:
     def __post_init__(self) -> None:
         if not self.dataset:
             raise ConfigError("dataset: required (a manifest CSV, an audiofolder directory or a dataset id)")
-        if self.transcript_column in ("", "none", "None"):
-            self.transcript_column = None
-        if self.session_column in ("", "none", "None"):
-            self.session_column = None
-        if self.split_column in ("", "none", "None"):
-            self.split_column = None
+        self.transcript_column = none_if_unset(self.transcript_column)
+        self.session_column = none_if_unset(self.session_column)
+        self.split_column = none_if_unset(self.split_column)
         self.label_map = _parse_label_map(self.label_map)
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"protocol: must be one of {PROTOCOLS}, got {self.protocol!r}")
@@ -194,7 +200,7 @@ def _parse_label_map(value: str | dict | None) -> str | dict | None:
     if not isinstance(value, str):
         raise ConfigError(f"label_map: expected a name, a mapping or a file, got {type(value).__name__}")
     text = value.strip()
-    if text in ("", "none", "None"):
+    if text in NONE_VALUES:
         return None
     if text.startswith("{"):
         try:
@@ -233,9 +239,12 @@ class ModelArguments:
             "help": "Text encoder id/path (offline MiniLM by default); `none` for the audio-only path."
         },
     )
-    text_pooling: str | None = field(default=None, metadata={"help": "mean | last | cls (None: by model)."})
+    text_pooling: str | None = field(
+        default=None, metadata={"help": f"{' | '.join(TEXT_POOLINGS)} (None: by model)."}
+    )
     text_dtype: str | None = field(
-        default=None, metadata={"help": "Weights of the text encoder: float32 (default), bfloat16, float16."}
+        default=None,
+        metadata={"help": f"Weights of the text encoder: {', '.join(TEXT_DTYPES)} (default float32)."},
     )
     text_lora_r: int = field(
         default=0,
@@ -301,7 +310,7 @@ class ModelArguments:
             "head, the paper's 'last layer' on z_a."
         },
     )
-    augmentation: Literal["none", "noise", "mixup", "gan", "mise"] = field(
+    augmentation: Literal[AUGMENTATIONS] = field(
         default="mise",
         metadata={
             "help": "Stage-3 training data: real only, + feature noise, mix-up, + cGAN (no MI), + MISE."
@@ -316,12 +325,13 @@ class ModelArguments:
     no_mi: bool = field(default=False, metadata={"help": "Ablation: no MI terms (lambda_y = lambda_t = 0)."})
 
     def __post_init__(self) -> None:
-        if self.text_encoder in ("", "none", "None"):
-            self.text_encoder = None
-        if self.text_dtype in ("", "none", "None"):
-            self.text_dtype = None
-        if self.text_dtype not in (None, "float32", "bfloat16", "float16"):
-            raise ConfigError(f"text_dtype: must be float32, bfloat16 or float16, got {self.text_dtype!r}")
+        self.text_encoder = none_if_unset(self.text_encoder)
+        self.text_dtype = none_if_unset(self.text_dtype)
+        self.text_pooling = none_if_unset(self.text_pooling)
+        if self.text_pooling not in (None, *TEXT_POOLINGS):
+            raise ConfigError(f"text_pooling: must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}")
+        if self.text_dtype not in (None, *TEXT_DTYPES):
+            raise ConfigError(f"text_dtype: must be one of {TEXT_DTYPES}, got {self.text_dtype!r}")
         if self.text_lora_r < 0:
             raise ConfigError(f"text_lora_r: must be >= 0 (0 = no LoRA), got {self.text_lora_r}")
         if self.text_lora_r and not self.text_lora_target_modules:
@@ -484,8 +494,7 @@ class MiseTrainingArguments:
     def __post_init__(self) -> None:
         if not self.output_dir:
             raise ConfigError("output_dir: required (give --output_dir OUT or `output_dir:` in the config)")
-        if self.resume_from_checkpoint in ("", "none", "None"):
-            self.resume_from_checkpoint = None
+        self.resume_from_checkpoint = none_if_unset(self.resume_from_checkpoint)
         for name in ("aligner_batch_size", "generator_batch_size", "classifier_batch_size"):
             _positive(name, getattr(self, name))
         for name in ("aligner_learning_rate", "generator_learning_rate", "discriminator_learning_rate"):

@@ -15,6 +15,7 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .arguments import ConfigError, MiseTrainingArguments
 
 PROGRESS_FILE = "progress.json"
 STATE_FILE = "state.safetensors"
@@ -31,6 +34,53 @@ _NAME = re.compile(r"^checkpoint_(\d+)$")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from; the message names the folder and the reason."""
+
+
+def prepare_output_dir(
+    output_dir: Path,
+    training_args: MiseTrainingArguments,
+    accelerator,
+    markers: Sequence[str],
+    files: Sequence[str],
+    config_hash: str | None = None,
+    what: str = "run",
+) -> bool:
+    """Refuse to mix runs in `output_dir`: a previous one is continued (resume), replaced (overwrite) or an error.
+
+    `markers` are the names whose presence means the folder holds a `what`; `files` (markers included) are what
+    an overwrite deletes. With `config_hash`, a resumed run must have the hash of `run_info.json`. Creates the
+    folder; returns whether the run resumes.
+
+    Raises:
+        ConfigError: naming `resume_from_checkpoint` (another configuration) or `output_dir` (a previous run and
+            neither resume nor overwrite).
+    """
+    previous = output_dir / "run_info.json"
+    if training_args.resume_from_checkpoint is not None:
+        if config_hash is not None and previous.is_file():
+            old_hash = json.loads(previous.read_text()).get("config_hash")
+            if old_hash != config_hash:
+                raise ConfigError(
+                    f"resume_from_checkpoint: {output_dir} holds a {what} with another configuration "
+                    f"(hash {old_hash} != {config_hash}); resume with the same settings or use a new output_dir"
+                )
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return True
+    if any((output_dir / name).exists() for name in markers) and not training_args.overwrite_output_dir:
+        raise ConfigError(
+            f"output_dir: {output_dir} already holds a {what}; pass --resume_from_checkpoint latest to continue "
+            "it or --overwrite_output_dir to start again"
+        )
+    if accelerator.is_main_process:
+        for name in files:
+            path = output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    accelerator.wait_for_everyone()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return False
 
 
 @dataclass

@@ -8,14 +8,14 @@ audio classifier `OUT/train/<corpus>/models/audio-classifier` (an existing one i
 pair, `mise evaluate` scores it on the other corpus twice, with the model's own feature statistics (as
 released) and with the test corpus' (unsupervised adaptation). Beside it, the classic baseline (openSMILE
 functionals + standardised logistic regression) fits on the training corpus. Writes `OUT/cross_corpus.json`,
-`OUT/cross_corpus.md`, `OUT/eval/<train>_to_<test>_<normalize>/` and `OUT/figures/cross_corpus_uar.png`.
+`OUT/cross_corpus.md`, `OUT/eval/<train>_to_<test>_<normalize>/`, `OUT/features/<corpus>/rejected.csv` and
+`OUT/figures/cross_corpus_uar.png`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +25,12 @@ if __package__ in (None, ""):  # run as a script: make `training` and `modeling_
 
 import numpy as np
 
-from mise.cache import FeatureCache
 from mise.data import load_corpus
 from mise.evaluation import corpus_source, evaluate_on_corpus
 from mise.metrics import classification_metrics
 from mise.plots import plot_cross_corpus
-from modeling_mise.encoders import load_audio_encoder
+from training.arguments import DataArguments, ModelArguments
+from training.features import prepare_features
 from training.study_variants import classic_baseline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -91,16 +91,19 @@ def train_corpus(name: str, folder: str, drop: list[str], args: argparse.Namespa
     return model
 
 
-def classic_features(folder: str, drop: list[str], encoder) -> tuple[np.ndarray, list[str]]:
-    """Frozen functionals of a corpus' usable clips (through the feature cache training fills) and labels."""
-    corpus = load_corpus(corpus_source(folder), drop_labels=drop)
-    waveforms, usable, _ = corpus.load_waveforms(encoder.sampling_rate, show_progress=False)
-    cache_root = Path(os.environ.get("MISE_CACHE", Path.home() / ".cache" / "mise")) / "features"
-    cache = FeatureCache(cache_root, {**encoder.spec(), "max_duration_s": 30.0})
-    features = cache.get_or_compute(
-        usable.fingerprints(), lambda rows: encoder.encode([waveforms[i] for i in rows], show_progress=False)
-    )
-    return features.numpy(), [item.label for item in usable.items]
+def classic_features(
+    folder: str, drop: list[str], args: argparse.Namespace, name: str
+) -> tuple[np.ndarray, list[str]]:
+    """Frozen functionals of a corpus' usable clips (the feature stage training runs, through its cache) and their
+    labels; the rejected clips are listed in `OUT/features/<name>/rejected.csv`."""
+    from accelerate import PartialState
+
+    data_args = DataArguments(dataset=corpus_source(folder), drop_labels=drop, transcript_column=None)
+    model_args = ModelArguments(audio_encoder=args.audio_encoder, text_encoder=None)
+    output_dir = Path(args.output_dir) / "features" / name
+    output_dir.mkdir(parents=True, exist_ok=True)
+    prepared = prepare_features(data_args, model_args, output_dir, PartialState())
+    return prepared.features.audio.numpy(), [item.label for item in prepared.corpus.items]
 
 
 def classic_cross(train: tuple, test: tuple, classes: list[str], normalize: str) -> dict:
@@ -122,8 +125,9 @@ def classic_cross(train: tuple, test: tuple, classes: list[str], normalize: str)
 
 def run_pairs(args: argparse.Namespace, models: dict, drops: dict) -> dict:
     """Every method on every ordered (train, test) pair: {method: {train: {test: metrics}}}."""
-    encoder = load_audio_encoder(args.audio_encoder)
-    features = {name: classic_features(folder, drops[name], encoder) for name, folder in args.corpora.items()}
+    features = {
+        name: classic_features(folder, drops[name], args, name) for name, folder in args.corpora.items()
+    }
     results = {method: {name: {} for name in args.corpora} for method in METHODS}
     for train, model in models.items():
         for test, folder in args.corpora.items():

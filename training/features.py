@@ -1,4 +1,9 @@
-"""Corpus -> usable clips (bad files rejected with a reason) -> frozen-encoder features through the cache."""
+"""The feature stage of every entry point (`prepare_features`): corpus -> encoders -> usable clips (bad files
+rejected with a reason) -> frozen-encoder features through the cache -> non-finite rejection.
+
+The cache is asked before any audio is decoded: a clip it judged under the same input policy keeps its verdict
+(usable, or rejected and why) with its features, so a warm run neither decodes nor judges a clip again.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,66 @@ from accelerate.logging import get_logger
 from mise.cache import FeatureCache
 from mise.data import Corpus, Rejection, check_class_sizes, load_corpus, write_rejections
 from modeling_mise.audio import AudioInputError, crop
-from modeling_mise.encoders import AudioEncoder, TextEncoder
+from modeling_mise.encoders import AudioEncoder, TextEncoder, load_audio_encoder, load_text_encoder
 from modeling_mise.layers import speaker_normalize, speaker_statistics
 
 from .arguments import DataArguments, ModelArguments
 
 logger = get_logger(__name__)
+
+
+@dataclass
+class PreparedCorpus:
+    """What the feature stage hands to training: the usable clips, their features and what was rejected."""
+
+    corpus: Corpus  # the usable clips; row i of the features belongs to `corpus.items[i]`
+    features: CorpusFeatures
+    rejections: list[Rejection]
+    audio_encoder: AudioEncoder
+    decoded: int  # clips decoded: those the cache had not judged under the same input policy
+    seconds: dict[str, float]  # read_audio (corpus scan, encoder, decoding) and features
+
+
+def prepare_features(
+    data_args: DataArguments, model_args: ModelArguments, output_dir: Path, accelerator: Accelerator
+) -> PreparedCorpus:
+    """Corpus -> encoders -> usable clips -> features -> non-finite rejection, the feature stage of every entry
+    point; the rejected clips are listed in `OUT/rejected.csv`.
+
+    The audio encoder follows `audio_encoder` / `audio_pooling` / `audio_layer`, the text encoder (loaded only
+    when the usable clips have transcripts) `text_encoder` / `text_pooling` / `text_dtype`.
+    """
+    tick = time.perf_counter()
+    corpus = read_corpus(data_args)
+    logger.info("corpus summary\n" + corpus.format_summary())
+    audio_encoder = load_audio_encoder(
+        model_args.audio_encoder, model_args.audio_pooling, model_args.audio_layer
+    )
+    audio_cache = FeatureCache(data_args.cache_dir, audio_spec(audio_encoder, model_args))
+    waveforms, usable, rejections, decoded = usable_clips(
+        corpus, audio_cache, audio_encoder.sampling_rate, data_args, accelerator
+    )
+    report_rejections(rejections, output_dir, accelerator)
+    if rejections:  # a class left with too few clips stops the run
+        check_class_sizes(usable, data_args.min_class_clips)
+    seconds = {"read_audio": time.perf_counter() - tick}
+    text_encoder = None
+    if (
+        model_args.text_encoder is not None
+        and data_args.transcript_column is not None
+        and any(usable.transcripts())
+    ):
+        text_encoder = load_text_encoder(
+            model_args.text_encoder, model_args.text_pooling, dtype=model_args.text_dtype
+        )
+    features = extract_features(
+        usable, waveforms, audio_encoder, text_encoder, data_args, model_args, accelerator
+    )
+    usable, features = reject_nonfinite(usable, features, rejections, data_args.strict)
+    if accelerator.is_main_process:
+        write_rejections(rejections, output_dir / "rejected.csv")
+    seconds["features"] = features.seconds
+    return PreparedCorpus(usable, features, rejections, audio_encoder, decoded, seconds)
 
 
 @dataclass
@@ -68,72 +127,70 @@ def audio_spec(audio_encoder: AudioEncoder, model_args: ModelArguments) -> dict:
     return {**audio_encoder.spec(), "max_duration_s": model_args.max_duration_s}
 
 
-def cached_fingerprints(
-    corpus: Corpus, audio_encoder: AudioEncoder, data_args: DataArguments, model_args: ModelArguments
-) -> set[str]:
-    """Fingerprints of the clips whose audio features are already cached (one file lookup each, nothing decoded)."""
-    cache = FeatureCache(data_args.cache_dir, audio_spec(audio_encoder, model_args))
+def input_policy(sampling_rate: int, data_args: DataArguments) -> dict:
+    """What decides whether a clip is usable: the rate it is decoded at and the input policy's thresholds."""
     return {
-        fingerprint
-        for fingerprint in set(corpus.fingerprints())
-        if fingerprint and cache.contains(fingerprint)
+        "sampling_rate": sampling_rate,
+        "min_seconds": data_args.min_seconds,
+        "silence_dbfs": data_args.silence_dbfs,
     }
 
 
 def usable_clips(
     corpus: Corpus,
+    audio_cache: FeatureCache,
     sampling_rate: int,
     data_args: DataArguments,
-    output_dir: Path,
     accelerator: Accelerator,
-    cached: set[str] | None = None,
-) -> tuple[list[np.ndarray | None], Corpus, list[Rejection]]:
-    """Decode the clips; unreadable/empty/silent/NaN/too-short ones go to `OUT/rejected.csv` (fatal if strict).
+) -> tuple[list[np.ndarray | None], Corpus, list[Rejection], int]:
+    """The usable clips' waveforms, the usable clips, the rejected ones (unreadable/empty/silent/NaN/too short)
+    and how many clips were decoded.
 
-    A clip in `cached` (fingerprints with cached features, see `cached_fingerprints`) passed these checks when its
-    features were computed: it is not decoded (its waveform is None) unless its length, read from the file header,
-    is unknown or under `min_seconds`. The thresholds are the input policy's (`min_seconds`, `silence_dbfs`); a
-    class left with too few clips after the rejections stops the run (`min_class_clips`).
+    The cache is asked first: a clip it judged under the same input policy (`input_policy`) is neither decoded
+    nor judged again, its waveform is None and a rejected one keeps its cached reason. Only the other clips are
+    decoded and judged; their rejections are cached, the usable ones' verdicts go in with their features
+    (`extract_features`). A rejection is fatal with `strict`, no usable clip at all is an error.
     """
-    cached = cached or set()
-    known = [
-        i
-        for i, item in enumerate(corpus.items)
-        if item.fingerprint in cached
-        and item.duration_s is not None
-        and item.duration_s >= data_args.min_seconds
-    ]
-    rest = sorted(set(range(len(corpus))) - set(known))
-    options = {
-        "min_seconds": data_args.min_seconds,
-        "strict": data_args.strict,
-        "show_progress": accelerator.is_local_main_process,
-        "silence_dbfs": data_args.silence_dbfs,
+    policy = input_policy(sampling_rate, data_args)
+    verdicts = audio_cache.verdicts(corpus.fingerprints(), policy)
+    reasons = {
+        i: verdicts[item.fingerprint] for i, item in enumerate(corpus.items) if item.fingerprint in verdicts
     }
-    decoded, rejections, kept = [], [], []
-    if rest:
-        try:
-            decoded, _, rejections = corpus.subset(rest).load_waveforms(sampling_rate, **options)
-        except AudioInputError:
-            raise
-        except ValueError:  # none of the uncached clips is usable: decode all, for the full list of reasons
-            if not known:
-                raise
-            known, rest = [], list(range(len(corpus)))
-            decoded, _, rejections = corpus.load_waveforms(sampling_rate, **options)
-        rejected = {rejection.row for rejection in rejections}
-        kept = [i for i in rest if corpus.items[i].row not in rejected]
-    waveforms_of = dict(zip(kept, decoded, strict=True))
-    order = sorted(known + kept)
-    waveforms, usable = [waveforms_of.get(i) for i in order], corpus.subset(order)
+    cached_rejections = [i for i, reason in reasons.items() if reason is not None]
+    if data_args.strict and cached_rejections:
+        item = corpus.items[cached_rejections[0]]
+        raise AudioInputError(f"{item.source} (row {item.row})", reasons[cached_rejections[0]])
+    misses = [i for i in range(len(corpus)) if i not in reasons]
+    judged = corpus.subset(misses).judge(
+        sampling_rate, min_seconds=data_args.min_seconds, strict=data_args.strict,
+        show_progress=accelerator.is_local_main_process and bool(misses), silence_dbfs=data_args.silence_dbfs,
+    )  # fmt: skip
+    waveforms: dict[int, np.ndarray] = {}
+    for index, (waveform, reason) in zip(misses, judged, strict=True):
+        reasons[index] = reason
+        fingerprint = corpus.items[index].fingerprint
+        if reason is None:
+            waveforms[index] = waveform
+        elif fingerprint and accelerator.is_main_process:
+            audio_cache.store_rejection(fingerprint, reason, policy)
+    kept = [i for i in range(len(corpus)) if reasons[i] is None]
+    rejections = [corpus.rejection(i, reasons[i]) for i in range(len(corpus)) if reasons[i] is not None]
+    if not kept:
+        raise ValueError(f"{corpus.source}: none of the {len(corpus)} clips is usable")
+    logger.info(
+        f"{len(misses)} of {len(corpus)} clip(s) decoded, {len(corpus) - len(misses)} judged by the cache"
+    )
+    return [waveforms.get(i) for i in kept], corpus.subset(kept), rejections, len(misses)
+
+
+def report_rejections(rejections: list[Rejection], output_dir: Path, accelerator: Accelerator) -> None:
+    """Log each rejected clip and list them all in `OUT/rejected.csv` (written by the main process)."""
     if accelerator.is_main_process:
         write_rejections(rejections, output_dir / "rejected.csv")
     for rejection in rejections:
         logger.warning(f"rejected row {rejection.row}: {rejection.path}: {rejection.reason}")
     if rejections:
         logger.warning(f"{len(rejections)} clip(s) rejected, listed in {output_dir / 'rejected.csv'}")
-        check_class_sizes(usable, data_args.min_class_clips)
-    return waveforms, usable, rejections
 
 
 def text_fingerprint(text: str) -> str:
@@ -168,7 +225,8 @@ def extract_features(
         clips = [crop(waveform(i), rate, max_seconds)[0] for i in indices]
         return audio_encoder.encode(clips, batch_size=data_args.feature_batch_size, show_progress=show)
 
-    audio = audio_cache.get_or_compute(corpus.fingerprints(), encode_audio, accelerator, desc="audio")
+    policy = input_policy(rate, data_args)
+    audio = audio_cache.get_or_compute(corpus.fingerprints(), encode_audio, accelerator, "audio", policy)
     stats = {"audio": dict(audio_cache.last_stats)}
 
     text, text_spec = None, None

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +34,6 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from mise.folds import Fold
-from modeling_mise.encoders import load_audio_encoder, load_text_encoder
 from training.arguments import (
     ConfigError,
     DataArguments,
@@ -45,14 +43,9 @@ from training.arguments import (
     config_hash,
     parse_arguments,
 )
+from training.checkpoint import prepare_output_dir
 from training.engine import NonFiniteLossError
-from training.features import (
-    cached_fingerprints,
-    extract_features,
-    read_corpus,
-    reject_nonfinite,
-    usable_clips,
-)
+from training.features import PreparedCorpus, prepare_features
 from training.pipeline import PROCESS_GROUP_KWARGS, build_folds
 from training.speaker_normalization import SpeakerNormalization, normalization_report
 from training.study_report import write_report
@@ -71,29 +64,6 @@ def parse_study_arguments(
 
 
 # ---------------------------------------------------------------------------------------------- the whole study
-def _prepare_output_dir(
-    output_dir: Path, training_args: MiseTrainingArguments, accelerator: Accelerator
-) -> bool:
-    """Continue (resume), replace (overwrite) or refuse a previous study in `output_dir`."""
-    has_run = any((output_dir / name).exists() for name in STUDY_FILES)
-    if training_args.resume_from_checkpoint is not None:
-        return True
-    if has_run and not training_args.overwrite_output_dir:
-        raise ConfigError(
-            f"output_dir: {output_dir} already holds a study; pass --resume_from_checkpoint latest to continue "
-            "it or --overwrite_output_dir to start again"
-        )
-    if has_run and accelerator.is_main_process:
-        for name in STUDY_FILES:
-            path = output_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    accelerator.wait_for_everyone()
-    return False
-
-
 def study_hash(data_args, model_args, training_args, study_args: StudyArguments) -> str:
     """Hash of what changes a (seed, fold) unit's results; the choice of variants and seeds is left out."""
     study_values = {
@@ -225,30 +195,13 @@ def _run_study(
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("mise").setLevel(logging.INFO)
-    resuming = _prepare_output_dir(output_dir, training_args, accelerator)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    resuming = prepare_output_dir(
+        output_dir, training_args, accelerator, STUDY_FILES, STUDY_FILES, what="study"
+    )
 
     # 3. corpus and frozen features (cached: a second study on the same corpus computes nothing)
-    corpus = read_corpus(data_args)
-    audio_encoder = load_audio_encoder(
-        model_args.audio_encoder, model_args.audio_pooling, model_args.audio_layer
-    )
-    cached = cached_fingerprints(corpus, audio_encoder, data_args, model_args)  # decode only the misses
-    waveforms, corpus, rejections = usable_clips(
-        corpus, audio_encoder.sampling_rate, data_args, output_dir, accelerator, cached
-    )
-    text_encoder = None
-    if (
-        model_args.text_encoder is not None
-        and data_args.transcript_column is not None
-        and any(corpus.transcripts())
-    ):
-        text_encoder = load_text_encoder(model_args.text_encoder, model_args.text_pooling)
-    features = extract_features(
-        corpus, waveforms, audio_encoder, text_encoder, data_args, model_args, accelerator
-    )
-    del waveforms
-    corpus, features = reject_nonfinite(corpus, features, rejections, data_args.strict)
+    prepared = prepare_features(data_args, model_args, output_dir, accelerator)
+    corpus, features = prepared.corpus, prepared.features
     normalization = SpeakerNormalization.from_arguments(data_args, features, corpus)  # all variants alike
     study = Study(
         accelerator, data_args, model_args, training_args, study_args, features.audio, features.text,
@@ -270,32 +223,43 @@ def _run_study(
     )  # fmt: skip
 
     # 6. tables, tests, quality and figures
-    info = {
-        "command": shlex.join(["training/study.py", *raw_argv]),
-        "config_hash": hash_,
-        "seconds": time.perf_counter() - started,
-        "unit_seconds": sum(
-            unit.get("seconds", 0.0) for unit in units
-        ),  # training time, earlier attempts included
-        "world_size": accelerator.num_processes,
-        "corpus": corpus.summary(),
-        "rejected": len(rejections),
-        "speaker_normalization": normalization_report(choices, data_args.speaker_normalization),
-        "folds": [
-            {"name": f.name, "test": f.test_speakers, "validation": f.validation_speakers} for f in folds
-        ],
-        "config": {  # the feature cache is a local path of no consequence to the results
-            key: value
-            for key, value in arguments_dict(data_args, model_args, training_args, study_args).items()
-            if key != "cache_dir"
-        },
-    }
+    report_normalization = normalization_report(choices, data_args.speaker_normalization)
+    info = _study_info(raw_argv, started, hash_, study, prepared, units, folds, report_normalization)
     report = {}
     if accelerator.is_main_process:
         report = write_report(output_dir, units, study_args, study.id2label, info)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return report
+
+
+def _study_info(
+    raw_argv: list[str],
+    started: float,
+    hash_: str,
+    study: Study,
+    prepared: PreparedCorpus,
+    units: list[dict],
+    folds: list[Fold],
+    speaker_normalization: dict,
+) -> dict:
+    """How the study was launched, on what corpus, with which settings and how long it took."""
+    arguments = arguments_dict(study.data_args, study.model_args, study.training_args, study.study_args)
+    return {
+        "command": shlex.join(["training/study.py", *raw_argv]),
+        "config_hash": hash_,
+        "seconds": time.perf_counter() - started,
+        "unit_seconds": sum(unit.get("seconds", 0.0) for unit in units),  # earlier attempts included
+        "world_size": study.accelerator.num_processes,
+        "corpus": prepared.corpus.summary(),
+        "rejected": len(prepared.rejections),
+        "speaker_normalization": speaker_normalization,
+        "folds": [
+            {"name": f.name, "test": f.test_speakers, "validation": f.validation_speakers} for f in folds
+        ],
+        # the feature cache is a local path of no consequence to the results
+        "config": {key: value for key, value in arguments.items() if key != "cache_dir"},
+    }
 
 
 def _cli() -> None:

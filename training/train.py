@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import shutil
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script: make `training` and `modeling_mise` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,19 +30,13 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
+from mise.folds import Fold
 from mise.hub.push import HubPushError, push_run
 from mise.metrics import summarize_folds
-from modeling_mise.encoders import load_audio_encoder, load_text_encoder
-from training.arguments import ConfigError, arguments_dict, config_hash, parse_arguments
-from training.checkpoint import CheckpointManager
+from training.arguments import arguments_dict, config_hash, parse_arguments
+from training.checkpoint import CheckpointManager, prepare_output_dir
 from training.engine import NonFiniteLossError
-from training.features import (
-    cached_fingerprints,
-    extract_features,
-    read_corpus,
-    reject_nonfinite,
-    usable_clips,
-)
+from training.features import PreparedCorpus, prepare_features
 from training.pipeline import (
     PROCESS_GROUP_KWARGS,
     SPEAKER_FINAL_FOLD,
@@ -59,6 +53,9 @@ from training.speaker_normalization import (
     normalization_report,
 )
 
+if TYPE_CHECKING:
+    from training.arguments import DataArguments, MiseTrainingArguments, ModelArguments
+
 logger = get_logger("mise.train")
 
 # what a run writes; `--overwrite_output_dir` deletes exactly these
@@ -69,33 +66,18 @@ RUN_FILES = (*RUN_MARKERS, "mise", "rejected.csv")
 FINAL_SEED_INDEX = 1_000_000
 
 
-def _prepare_output_dir(output_dir: Path, args, hash_: str, accelerator: Accelerator) -> bool:
-    """Refuse to mix runs: a previous run is continued (resume), replaced (overwrite) or an error."""
-    previous = output_dir / "run_info.json"
-    has_run = any((output_dir / name).exists() for name in RUN_MARKERS)
-    if args.resume_from_checkpoint is not None:
-        if previous.is_file():
-            old_hash = json.loads(previous.read_text()).get("config_hash")
-            if old_hash != hash_:
-                raise ConfigError(
-                    f"resume_from_checkpoint: {output_dir} holds a run with another configuration "
-                    f"(hash {old_hash} != {hash_}); resume with the same settings or use a new output_dir"
-                )
-        return True
-    if has_run and not args.overwrite_output_dir:
-        raise ConfigError(
-            f"output_dir: {output_dir} already holds a run; pass --resume_from_checkpoint latest to continue "
-            "it or --overwrite_output_dir to start again"
-        )
-    if accelerator.is_main_process:
-        for name in RUN_FILES:
-            path = output_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    accelerator.wait_for_everyone()
-    return False
+@dataclass
+class Run:
+    """One training run: its arguments, accelerator, output folder and prepared features."""
+
+    data_args: DataArguments
+    model_args: ModelArguments
+    training_args: MiseTrainingArguments
+    accelerator: Accelerator
+    output_dir: Path
+    config_hash: str
+    resuming: bool
+    prepared: PreparedCorpus
 
 
 def _tracker_config(values: dict) -> dict:
@@ -109,17 +91,8 @@ def _write_json(path: Path, value: dict) -> None:
     tmp.replace(path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the whole protocol; returns the summary (also written to `OUT/summary.json`)."""
-    started = time.perf_counter()
-    seconds: dict[str, float] = {}
-
-    # 1. arguments: YAML/JSON config + `--key value` overrides, validated per field
-    data_args, model_args, training_args = parse_arguments(argv)
-    output_dir = Path(training_args.output_dir)
-    hash_ = config_hash(data_args, model_args, training_args)
-
-    # 2. accelerator (tracker, mixed precision, gradient accumulation), seeds, output folder
+def _accelerator(training_args: MiseTrainingArguments, output_dir: Path) -> Accelerator:
+    """The accelerator (tracker, mixed precision, gradient accumulation) and the run's logging."""
     accelerator = Accelerator(
         log_with=None if training_args.report_to == "none" else training_args.report_to,
         project_dir=str(output_dir),
@@ -131,89 +104,118 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint otherwise
     hf_logging.disable_progress_bar()  # save/load bars of every fold's models: one progress bar is enough
+    return accelerator
+
+
+def _start(argv: list[str] | None) -> Run:
+    """Arguments (YAML/JSON config + `--key value` overrides), accelerator, output folder, seeds, tracker and the
+    feature stage (usable clips, rejected files -> OUT/rejected.csv, frozen features through the cache)."""
+    data_args, model_args, training_args = parse_arguments(argv)
+    output_dir = Path(training_args.output_dir)
+    hash_ = config_hash(data_args, model_args, training_args)
+    accelerator = _accelerator(training_args, output_dir)
     logger.info(f"{accelerator.num_processes} process(es), device {accelerator.device}, config hash {hash_}")
-    resuming = _prepare_output_dir(output_dir, training_args, hash_, accelerator)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    resuming = prepare_output_dir(output_dir, training_args, accelerator, RUN_MARKERS, RUN_FILES, hash_)
     set_seed(training_args.seed)
-    all_args = arguments_dict(data_args, model_args, training_args)
     if training_args.report_to != "none":
+        all_args = arguments_dict(data_args, model_args, training_args)
         accelerator.init_trackers("mise", config=_tracker_config(all_args))
+    prepared = prepare_features(data_args, model_args, output_dir, accelerator)
+    return Run(data_args, model_args, training_args, accelerator, output_dir, hash_, resuming, prepared)
 
-    # 3. corpus: summary, usable clips, rejected files -> OUT/rejected.csv
-    tick = time.perf_counter()
-    corpus = read_corpus(data_args)
-    logger.info("corpus summary\n" + corpus.format_summary())
-    audio_encoder = load_audio_encoder(
-        model_args.audio_encoder, model_args.audio_pooling, model_args.audio_layer
-    )
-    cached = cached_fingerprints(corpus, audio_encoder, data_args, model_args)  # decode only the misses
-    waveforms, corpus, rejections = usable_clips(
-        corpus, audio_encoder.sampling_rate, data_args, output_dir, accelerator, cached
-    )
-    seconds["read_audio"] = time.perf_counter() - tick
 
-    # 4. frozen features through the cache (misses sharded across processes)
-    has_text = any(corpus.transcripts())
-    text_encoder = None
-    if model_args.text_encoder is not None and has_text and data_args.transcript_column is not None:
-        text_encoder = load_text_encoder(
-            model_args.text_encoder, model_args.text_pooling, dtype=model_args.text_dtype
-        )
-    features = extract_features(
-        corpus, waveforms, audio_encoder, text_encoder, data_args, model_args, accelerator
-    )
-    del waveforms, text_encoder  # a LoRA-tuned stage 1 loads its own copy per fold
-    corpus, features = reject_nonfinite(corpus, features, rejections, data_args.strict)
-    if accelerator.is_main_process:
-        from mise.data import write_rejections
-
-        write_rejections(rejections, output_dir / "rejected.csv")
-    seconds["features"] = features.seconds
-    labels = torch.as_tensor(corpus.labels())
-
-    # 5. speaker-independent folds
-    folds = build_folds(data_args, corpus, training_args.seed)
-    logger.info(f"{len(folds)} fold(s) ({data_args.protocol}): {', '.join(f.name for f in folds)}")
-
-    checkpoints = CheckpointManager(output_dir / "checkpoints", hash_, training_args.checkpoints_total_limit)
-    resume_from = None
-    if resuming:
-        resume_from = checkpoints.resolve(training_args.resume_from_checkpoint)
-        where = resume_from.path if resume_from is not None else "each fold's latest checkpoint"
-        logger.info(f"resuming from {where}")
-    run_info = {
-        "config_hash": hash_,
+def _run_info(run: Run, folds: list[Fold]) -> dict:
+    """`OUT/run_info.json`: how the run was launched, on what corpus, with which settings."""
+    accelerator, prepared = run.accelerator, run.prepared
+    return {
+        "config_hash": run.config_hash,
         "command": "accelerate launch training/train.py " + shlex.join(sys.argv[1:]),
         "world_size": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
-        "corpus": corpus.summary(),
-        "rejected": len(rejections),
-        "feature_cache": features.cache_stats,
+        "corpus": prepared.corpus.summary(),
+        "rejected": len(prepared.rejections),
+        "decoded_clips": prepared.decoded,  # those the feature cache had not judged yet
+        "feature_cache": prepared.features.cache_stats,
         "folds": [fold.name for fold in folds],
-        "config": all_args,
+        "config": arguments_dict(run.data_args, run.model_args, run.training_args),
     }
-    if accelerator.is_main_process:
-        _write_json(output_dir / "run_info.json", run_info)
 
-    normalization = SpeakerNormalization.from_arguments(data_args, features, corpus)
-    choices = normalization.plan(folds)
-    # 6. per fold: stage 1 aligner, stage 2 InfoGAN, stage 3 classifier, test -> folds/<fold>/metrics.json
-    final = final_fold(
-        corpus.speakers(), data_args.num_validation_speakers, training_args.seed, corpus.labels()
+
+def _context(run: Run, total_folds: int) -> RunContext:
+    """What every fold shares (features, labels, checkpoints, the resume point, the progress bar)."""
+    training_args, corpus, accelerator = run.training_args, run.prepared.corpus, run.accelerator
+    checkpoints = CheckpointManager(
+        run.output_dir / "checkpoints", run.config_hash, training_args.checkpoints_total_limit
     )
-    final_choice = normalization.choose(np.union1d(final.train, final.validation), "the final models")
-    speaker_adaptive = training_args.final_models and final_choice.per_speaker and not model_args.multimodal
-    total_folds = len(folds) + (1 + speaker_adaptive if training_args.final_models else 0)
+    resume_from = None
+    if run.resuming:
+        resume_from = checkpoints.resolve(training_args.resume_from_checkpoint)
+        where = resume_from.path if resume_from is not None else "each fold's latest checkpoint"
+        logger.info(f"resuming from {where}")
     progress = tqdm(
         total=0, desc="MISE", unit="epoch", disable=not accelerator.is_local_main_process, dynamic_ncols=True
     )
     ctx = RunContext(
-        accelerator, data_args, model_args, training_args, features, labels, dict(corpus.id2label),
-        output_dir, hash_, checkpoints, resume_from, resuming, progress if not progress.disable else None,
-        corpus.transcripts(),
+        accelerator, run.data_args, run.model_args, training_args, run.prepared.features,
+        torch.as_tensor(corpus.labels()), dict(corpus.id2label), run.output_dir, run.config_hash, checkpoints,
+        resume_from, run.resuming, progress if not progress.disable else None, corpus.transcripts(),
     )  # fmt: skip
     progress.total = total_folds * ctx.epochs_per_fold
+    return ctx
+
+
+def _summary(run: Run, records: list[dict], choices: dict) -> dict:
+    """Pooled and mean +- std metrics over the folds, with what the run used and rejected."""
+    corpus, features = run.prepared.corpus, run.prepared.features
+    pooled_true = np.concatenate([record["y_true"] for record in records])
+    pooled_pred = np.concatenate([record["y_pred"] for record in records])
+    summary = summarize_folds(records, pooled_true, pooled_pred, len(corpus.id2label), corpus.id2label)
+    summary.update(
+        folds={record["fold"]: record["uar"] for record in records},
+        aligner_uar_mean=float(np.mean([record["aligner_uar"] for record in records])),
+        protocol=run.data_args.protocol,
+        augmentation=run.model_args.augmentation,
+        world_size=run.accelerator.num_processes,
+        config_hash=run.config_hash,
+        feature_cache=features.cache_stats,
+        rejected=len(run.prepared.rejections),
+        speaker_normalization=normalization_report(choices, run.data_args.speaker_normalization),
+        enrolment=enrolment_summary(records, len(corpus.id2label), corpus.id2label),
+    )
+    logger.info(
+        f"pooled UAR {summary['uar_pooled']:.4f}, mean UAR {summary['uar_mean']:.4f} +- {summary['uar_std']:.4f} "
+        f"over {summary['n_folds']} fold(s)"
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the whole protocol; returns the summary (also written to `OUT/summary.json`)."""
+    started = time.perf_counter()
+    # 1.-3. arguments, accelerator, output folder, seeds; corpus -> usable clips -> frozen features
+    run = _start(argv)
+    training_args, corpus, features = run.training_args, run.prepared.corpus, run.prepared.features
+    seconds = dict(run.prepared.seconds)
+
+    # 4. speaker-independent folds
+    folds = build_folds(run.data_args, corpus, training_args.seed)
+    logger.info(f"{len(folds)} fold(s) ({run.data_args.protocol}): {', '.join(f.name for f in folds)}")
+    run_info = _run_info(run, folds)
+    if run.accelerator.is_main_process:
+        _write_json(run.output_dir / "run_info.json", run_info)
+
+    # 5. per fold: stage 1 aligner, stage 2 InfoGAN, stage 3 classifier, test -> folds/<fold>/metrics.json
+    normalization = SpeakerNormalization.from_arguments(run.data_args, features, corpus)
+    choices = normalization.plan(folds)
+    final = final_fold(
+        corpus.speakers(), run.data_args.num_validation_speakers, training_args.seed, corpus.labels()
+    )
+    final_choice = normalization.choose(np.union1d(final.train, final.validation), "the final models")
+    speaker_adaptive = (
+        training_args.final_models and final_choice.per_speaker and not run.model_args.multimodal
+    )
+    ctx = _context(run, len(folds) + (1 + speaker_adaptive if training_args.final_models else 0))
     if training_args.training_threads:
         torch.set_num_threads(training_args.training_threads)
         threadpool_limits(training_args.training_threads)
@@ -227,28 +229,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     seconds["folds"] = time.perf_counter() - tick
 
-    # 7. summary: pooled and mean +- std over folds
-    pooled_true = np.concatenate([record["y_true"] for record in records])
-    pooled_pred = np.concatenate([record["y_pred"] for record in records])
-    summary = summarize_folds(records, pooled_true, pooled_pred, len(corpus.id2label), corpus.id2label)
-    summary.update(
-        folds={record["fold"]: record["uar"] for record in records},
-        aligner_uar_mean=float(np.mean([record["aligner_uar"] for record in records])),
-        protocol=data_args.protocol,
-        augmentation=model_args.augmentation,
-        world_size=accelerator.num_processes,
-        config_hash=hash_,
-        feature_cache=features.cache_stats,
-        rejected=len(rejections),
-        speaker_normalization=normalization_report(choices, data_args.speaker_normalization),
-        enrolment=enrolment_summary(records, len(corpus.id2label), corpus.id2label),
-    )
-    logger.info(
-        f"pooled UAR {summary['uar_pooled']:.4f}, mean UAR {summary['uar_mean']:.4f} +- {summary['uar_std']:.4f} "
-        f"over {summary['n_folds']} fold(s)"
-    )
+    # 6. summary: pooled and mean +- std over folds
+    summary = _summary(run, records, choices)
 
-    # 8. final models on all speakers (a few validation speakers drive early stopping)
+    # 7. final models on all speakers (a few validation speakers drive early stopping)
     if training_args.final_models:
         tick = time.perf_counter()
         # `ctx` keeps the global statistics (a released model without enrolment sees one clip); the folds ran on
@@ -256,22 +240,23 @@ def main(argv: list[str] | None = None) -> dict:
         speaker_ctx = (
             replace(ctx, features=normalization.features_for(final_choice)) if speaker_adaptive else None
         )
-        train_final_models(ctx, final, len(folds), audio_encoder, FINAL_SEED_INDEX, speaker_ctx,
+        train_final_models(ctx, final, len(folds), run.prepared.audio_encoder, FINAL_SEED_INDEX, speaker_ctx,
                            {"allowed": speaker_adaptive, **asdict(final_choice)})  # fmt: skip
         seconds["final_models"] = time.perf_counter() - tick
-    progress.close()
+    if ctx.progress is not None:
+        ctx.progress.close()
     seconds["total"] = time.perf_counter() - started
     summary["seconds"] = seconds
-    if accelerator.is_main_process:
-        _write_json(output_dir / "summary.json", summary)
-        _write_json(output_dir / "run_info.json", {**run_info, "seconds": seconds})
+    if run.accelerator.is_main_process:
+        _write_json(run.output_dir / "summary.json", summary)
+        _write_json(run.output_dir / "run_info.json", {**run_info, "seconds": seconds})
 
-    # 9. hub: build OUT/hub/* (cards, code, validation) and upload; a failure keeps OUT and `mise push` retries
-    if training_args.push_to_hub and accelerator.is_main_process:
+    # 8. hub: build OUT/hub/* (cards, code, validation) and upload; a failure keeps OUT and `mise push` retries
+    if training_args.push_to_hub and run.accelerator.is_main_process:
         org, _, prefix = training_args.hub_model_id.partition("/")
-        summary["hub"] = push_run(output_dir, org=org, prefix=prefix or None)
-        _write_json(output_dir / "summary.json", summary)
-    accelerator.end_training()
+        summary["hub"] = push_run(run.output_dir, org=org, prefix=prefix or None)
+        _write_json(run.output_dir / "summary.json", summary)
+    run.accelerator.end_training()
     return summary
 
 
