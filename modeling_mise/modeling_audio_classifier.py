@@ -14,9 +14,7 @@ import torch
 from torch.nn import functional as F
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .configuration_aligner import MiseAlignerConfig
-from .configuration_audio_classifier import MiseAudioClassifierConfig
-from .configuration_classifier import MiseClassifierConfig
+from .configuration_audio_classifier import PIPELINE_TASK, MiseAudioClassifierConfig
 from .encoders import AudioEncoder, build_audio_encoder, load_audio_encoder
 from .layers import MisePreTrainedModel, speaker_normalize, speaker_statistics
 from .losses import soft_cross_entropy
@@ -68,19 +66,17 @@ class MiseForAudioClassification(MisePreTrainedModel):
                 audio_encoder = build_audio_encoder(config.audio_encoder_spec)
             else:
                 audio_encoder = load_audio_encoder(
-                    config.aligner.audio_encoder, pooling=config.aligner.pooling
+                    config.aligner_config.audio_encoder, pooling=config.aligner_config.pooling
                 )
         self.audio_encoder = audio_encoder
         for parameter in self.audio_encoder.parameters():
             parameter.requires_grad_(False)
-        self.aligner = MiseAlignerModel(config.aligner)
-        self.classifier = MiseClassifierModel(config.classifier)
+        self.aligner = MiseAlignerModel(config.aligner_config)
+        self.classifier = MiseClassifierModel(config.classifier_config)
         self.speaker_aligner = self.speaker_classifier = None
         if config.speaker_adaptive:  # trained on per-speaker statistics: used with enrolment clips
-            self.speaker_aligner = MiseAlignerModel(MiseAlignerConfig(**config.speaker_aligner_config))
-            self.speaker_classifier = MiseClassifierModel(
-                MiseClassifierConfig(**config.speaker_classifier_config)
-            )
+            self.speaker_aligner = MiseAlignerModel(config.speaker_aligner_config)
+            self.speaker_classifier = MiseClassifierModel(config.speaker_classifier_config)
         self.post_init()
 
     @classmethod
@@ -187,11 +183,22 @@ class MiseForAudioClassification(MisePreTrainedModel):
         return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save as usual, and let `AutoModel` (not only `AutoModelForAudioClassification`) load remote code."""
+        """Save as usual; a folder with remote code also lets `AutoModel` (not only
+        `AutoModelForAudioClassification`) load it and names the MISE pipeline in `custom_pipelines`, so
+        `pipeline("audio-classification", model=folder, trust_remote_code=True)` gets it without the package."""
         if self._auto_class is not None:
+            from .pipeline_audio_classification import MiseAudioClassificationPipeline as pipeline_class
+
             auto_map = dict(getattr(self.config, "auto_map", None) or {})
             auto_map.setdefault("AutoModel", f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}")
             self.config.auto_map = auto_map
+            self.config.custom_pipelines = {
+                PIPELINE_TASK: {
+                    "impl": f"{pipeline_class.__module__.split('.')[-1]}.{pipeline_class.__name__}",
+                    "pt": ["AutoModelForAudioClassification"],
+                    "type": "audio",
+                }
+            }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def forward(

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from clean_process import run_clean
 from safetensors import safe_open
 from transformers import AutoModelForAudioClassification, pipeline
 
@@ -35,34 +31,6 @@ from training.arguments import MiseTrainingArguments
 from training.multimodal import MultimodalAugmenter, TextSide
 
 EMOTIONS = {0: "neutral", 1: "happy", 2: "sad"}
-
-
-def run_clean(code: str, tmp_path: Path) -> str:
-    """Run `code` in a fresh interpreter away from the repository, where `modeling_mise` cannot be imported."""
-    block = textwrap.dedent(
-        """
-        import sys
-        class _Block:
-            def find_spec(self, name, path=None, target=None):
-                if name == "modeling_mise" or name.startswith("modeling_mise."):
-                    raise ImportError("modeling_mise is blocked in this process")
-        sys.meta_path.insert(0, _Block())
-        """
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    workdir = tmp_path / "clean_cwd"
-    workdir.mkdir(exist_ok=True)
-    result = subprocess.run(
-        [sys.executable, "-c", block + textwrap.dedent(code)],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
