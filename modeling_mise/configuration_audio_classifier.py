@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import sys
 
 from transformers import PretrainedConfig
@@ -12,6 +11,8 @@ from .configuration_aligner import MiseAlignerConfig
 from .configuration_classifier import MiseClassifierConfig
 
 PIPELINE_TASK = "audio-classification"
+# what a sub-config does not take from a dict: the parent's bookkeeping, and the folder a part was loaded from
+_NOT_SUB_CONFIG_FIELDS = ("model_type", "transformers_version", "auto_map", "_name_or_path")
 
 
 class MiseAudioClassifierConfig(PretrainedConfig):
@@ -134,14 +135,10 @@ def _sub_config(value: dict | PretrainedConfig | None, config_class: type, field
     """A sub-config object from a config, a `config.json` dict (old files have no `model_type`) or `None`."""
     if value is None:
         return config_class()
-    if isinstance(value, config_class):
-        return copy.deepcopy(value)  # not shared with the model it came from
-    if isinstance(value, PretrainedConfig):  # e.g. the same class loaded through remote code
-        value = value.to_dict()
+    if isinstance(value, PretrainedConfig):  # this class, or the same class loaded through remote code
+        value = value.to_dict()  # a copy: not shared with the model it came from
     if isinstance(value, dict):
-        return config_class(
-            **{k: v for k, v in value.items() if k not in ("model_type", "transformers_version", "auto_map")}
-        )
+        return config_class(**{k: v for k, v in value.items() if k not in _NOT_SUB_CONFIG_FIELDS})
     raise ValueError(f"{field} must be a dict or a {config_class.__name__}, got {type(value).__name__}")
 
 
