@@ -362,7 +362,9 @@ def test_multimodal_run_with_a_lora_tuned_llama_end_to_end(ravdess_rows, tiny_ll
         assert record["stages"]["classifier"]["generated_rows_per_epoch"] == 3 * record["clips"]["train"]
         with safe_open(str(fold / "aligner" / "model.safetensors"), framework="pt") as handle:
             keys = list(handle.keys())
-        assert keys and not any("text_encoder" in key or "lora_" in key or "embed_tokens" in key for key in keys)
+        assert keys and not any(
+            "text_encoder" in key or "lora_" in key or "embed_tokens" in key for key in keys
+        )
         assert (fold / "aligner" / "text_adapter" / "adapter_model.safetensors").is_file()  # peft's own files
     classifier_config = json.loads((out / "models" / "classifier" / "config.json").read_text())
     assert classifier_config["multimodal"] and classifier_config["text_dim"] == 8
