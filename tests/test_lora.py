@@ -145,6 +145,13 @@ def test_save_writes_heads_and_adapter_only_and_load_restores_text_features(tiny
     base_encoder.model = PeftModel.from_pretrained(base_encoder.model, adapter)
     torch.testing.assert_close(base_encoder.encode(TEXTS, show_progress=False), tuned, atol=1e-5, rtol=0)
 
+    # saving a loaded model again copies its adapter: the text encoder is not loaded for that
+    again = MiseAlignerModel.from_pretrained(folder)
+    again.save_pretrained(tmp_path / "again")
+    assert again.text_encoder is None
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (tmp_path / "again" / "text_adapter" / name).read_bytes() == (adapter / name).read_bytes()
+
     # a folder whose adapter is missing, or does not match text_lora, says so
     (adapter / "adapter_model.safetensors").rename(tmp_path / "moved.safetensors")
     (adapter / "adapter_config.json").rename(tmp_path / "moved.json")
