@@ -27,15 +27,15 @@ from .encoders import (
 from .layers import MisePreTrainedModel, mlp
 from .losses import soft_cross_entropy, symmetric_info_nce
 
-TEXT_ADAPTER_FOLDER = (
-    "text_adapter"  # peft's adapter_config.json + adapter_model.safetensors, in a model folder
-)
+# in a model folder: the LoRA adapter with peft's own files (adapter_config.json, adapter_model.safetensors)
+TEXT_ADAPTER_FOLDER = "text_adapter"
 TEXT_ENCODER_PREFIX = "text_encoder."
 
 
-def without_text_encoder(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict without the attached text encoder's tensors: the heads (what `model.safetensors` holds)."""
-    return {key: value for key, value in state.items() if not key.startswith(TEXT_ENCODER_PREFIX)}
+def without_text_encoder(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """A state dict without the tensors of the text encoder attached to the aligner at `prefix`: the heads (what
+    `model.safetensors` holds)."""
+    return {key: value for key, value in state.items() if not key.startswith(prefix + TEXT_ENCODER_PREFIX)}
 
 
 @dataclass

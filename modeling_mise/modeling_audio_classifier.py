@@ -48,8 +48,8 @@ class MiseForAudioClassification(MisePreTrainedModel):
 
     With a multimodal classifier, `forward(..., transcripts=[...])` adds `z_t` of each transcript (`None` for a
     clip without one: the null text code). The text encoder is loaded from the aligner's `text_encoder` id/path
-    the first time a transcript comes (its LoRA adapter, if any, is saved in this model's `text_adapter/`); audio-only use,
-    the pipeline included, never loads it.
+    the first time a transcript comes (its LoRA adapter, if any, is saved in this model's `text_adapter/`);
+    audio-only use, the pipeline included, never loads it.
     """
 
     config_class = MiseAudioClassifierConfig
@@ -178,8 +178,7 @@ class MiseForAudioClassification(MisePreTrainedModel):
                 }
             }
         state = kwargs.pop("state_dict", None)
-        state = self.state_dict() if state is None else state
-        state = {key: value for key, value in state.items() if not key.startswith("aligner.text_encoder.")}
+        state = without_text_encoder(self.state_dict() if state is None else state, prefix="aligner.")
         super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
         if self.multimodal and kwargs.get("is_main_process", True):
             self.aligner.save_text_adapter(save_directory, adapter_from=self.name_or_path)
