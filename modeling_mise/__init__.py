@@ -1,7 +1,8 @@
 """MISE: mutual-information regularised speech emotion augmentation (arXiv 2510.10078) for transformers.
 
 Importing the package registers its configs and models with the transformers Auto classes and marks them
-for `trust_remote_code` export, so `save_pretrained` folders carry their code and an `auto_map`.
+for `trust_remote_code` export, so `save_pretrained` folders carry their code and an `auto_map`; it also
+registers the MISE pipeline for `audio-classification`, which only MISE audio classifiers get.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ AutoModelForAudioClassification.register(MiseAudioClassifierConfig, MiseForAudio
 AutoFeatureExtractor.register(MiseAudioClassifierConfig, MiseFeatureExtractor, exist_ok=True)
 MiseFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 
-# Same task, same behaviour, plus resampling of dict inputs without torchaudio.
+# `pipeline("audio-classification", model=<a MISE model>)` without remote code: the MISE pipeline (other models
+# get the stock pipeline: see `MiseAudioClassificationPipeline.__new__`).
 _verbosity = hf_logging.get_verbosity()
 hf_logging.set_verbosity_error()
 PIPELINE_REGISTRY.register_pipeline(

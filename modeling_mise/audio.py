@@ -310,26 +310,6 @@ def long_clip_notice(seconds: float, max_seconds: float) -> str:
     return f"{seconds:.1f} s is longer than the {max_seconds:g} s window: only the first {max_seconds:g} s are classified"
 
 
-def load_checked(
-    path: str | os.PathLike,
-    target_sampling_rate: int | None = None,
-    policy: AudioPolicy = DEFAULT_POLICY,
-    source: str | None = None,
-) -> tuple[np.ndarray, int, list[str]]:
-    """:func:`load_audio` then :func:`check_waveform`: ``(waveform, sampling_rate, notices)``.
-
-    Errors name ``source`` (default: the path).
-    """
-    try:
-        waveform, rate = load_audio(path, target_sampling_rate)
-        notices = check_waveform(waveform, rate, source or os.fspath(path), policy)
-    except AudioInputError as error:
-        if source is None or error.source == source:
-            raise
-        raise AudioInputError(source, error.reason) from None
-    return waveform, rate, notices
-
-
 def crop(waveform: np.ndarray, sampling_rate: int, max_seconds: float) -> tuple[np.ndarray, bool]:
     """Keep the first ``max_seconds`` of a clip; returns ``(waveform, was_cropped)``."""
     if max_seconds is None or max_seconds <= 0:

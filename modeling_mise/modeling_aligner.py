@@ -2,63 +2,40 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from torch.nn import functional as F
 from transformers import BatchEncoding
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, cached_file
+from transformers.utils import ModelOutput
 
 from .configuration_aligner import MiseAlignerConfig
 from .encoders import (
     TextEncoder,
     apply_text_lora,
+    copy_text_lora,
     has_text_lora,
-    load_text_adapter,
     load_text_encoder,
-    text_adapter_state_dict,
+    load_text_lora,
 )
 from .layers import MisePreTrainedModel, mlp
 from .losses import soft_cross_entropy, symmetric_info_nce
 
-TEXT_ADAPTER_PREFIX = "text_adapter."
+# in a model folder: the LoRA adapter with peft's own files (adapter_config.json, adapter_model.safetensors)
+TEXT_ADAPTER_FOLDER = "text_adapter"
 TEXT_ENCODER_PREFIX = "text_encoder."
-_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 
 
-def read_checkpoint_tensors(
-    pretrained_model_name_or_path: str | os.PathLike, prefix: str, **hub_kwargs
-) -> dict[str, torch.Tensor]:
-    """Tensors whose name starts with `prefix` in a saved model's safetensors (single file or shards), prefix
-    removed. Used for weights the Auto loading leaves aside, e.g. a LoRA adapter stored beside the heads."""
-    hub_kwargs = {key: value for key, value in hub_kwargs.items() if key in _HUB_KWARGS and value is not None}
-    options = {
-        "_raise_exceptions_for_missing_entries": False,
-        "_raise_exceptions_for_connection_errors": False,
-    }
-    single = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_NAME, **hub_kwargs, **options)
-    files = [single] if single else []
-    if not files:
-        index = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_INDEX_NAME, **hub_kwargs, **options)
-        if index:
-            with open(index) as handle:
-                weight_map = json.load(handle)["weight_map"]
-            shards = sorted({shard for key, shard in weight_map.items() if key.startswith(prefix)})
-            files = [cached_file(pretrained_model_name_or_path, shard, **hub_kwargs) for shard in shards]
-    tensors: dict[str, torch.Tensor] = {}
-    for file in files:
-        with safe_open(file, framework="pt") as handle:
-            names = list(handle.keys())
-            for key in names:
-                if key.startswith(prefix):
-                    tensors[key[len(prefix) :]] = handle.get_tensor(key)
-    return tensors
+def without_text_encoder(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """A state dict without the tensors of the text encoder attached to the aligner at `prefix`: the heads (what
+    `model.safetensors` holds)."""
+    return {key: value for key, value in state.items() if not key.startswith(prefix + TEXT_ENCODER_PREFIX)}
 
 
 @dataclass
@@ -92,16 +69,16 @@ class MiseAlignerModel(MisePreTrainedModel):
     loss with a learnable temperature. Input standardisation statistics (fitted on training speakers only)
     are buffers saved with the weights.
 
-    Text side: frozen text features `t` (`text_features`), or, once a text encoder is attached
-    (`set_text_encoder`), tokens (`input_ids` + `attention_mask`) or raw strings. With `config.text_lora` the
-    encoder gets a peft LoRA adapter that trains with the heads; the state dict (hence `save_pretrained`, the
-    training checkpoints and a parent model's file) holds the heads plus the adapter (`text_adapter.*`) and
-    never the text encoder's base weights, which `from_pretrained` reloads from `config.text_encoder`.
+    Text side: frozen text features `t` (`text_features`), or tokens (`input_ids` + `attention_mask`) or raw
+    strings through the text encoder, loaded from `config.text_encoder` on first use (or `set_text_encoder`).
+    With `config.text_lora` the encoder gets a peft LoRA adapter that trains with the heads. `save_pretrained`
+    writes the heads to `model.safetensors` and the adapter with peft's own files to `text_adapter/`, from
+    which the loaded model's text encoder gets it; the text encoder's base weights are never written (the
+    state dict, used by training checkpoints, holds the heads and the adapter's tensors).
     """
 
     config_class = MiseAlignerConfig
     main_input_name = "audio_features"
-    _keys_to_ignore_on_load_unexpected = [r"text_adapter\."]
 
     def __init__(self, config: MiseAlignerConfig):
         super().__init__(config)
@@ -125,8 +102,7 @@ class MiseAlignerModel(MisePreTrainedModel):
         self.post_init()
         # attached after post_init, so weight initialisation never touches a pretrained text encoder
         self.text_encoder: TextEncoder | None = None
-        self._pending_text_adapter: dict[str, torch.Tensor] | None = None
-        self._state_prefix = ""
+        self.register_state_dict_post_hook(_drop_text_encoder_base_weights)
         self.register_load_state_dict_post_hook(_ignore_missing_text_encoder_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -174,10 +150,13 @@ class MiseAlignerModel(MisePreTrainedModel):
         return F.normalize(self.audio_projection(self.input_dropout(standardised)), dim=-1)
 
     # ------------------------------------------------------------------------------------- text encoder
-    def set_text_encoder(self, text_encoder: TextEncoder | None = None) -> TextEncoder:
+    def set_text_encoder(
+        self, text_encoder: TextEncoder | None = None, adapter_from: str | os.PathLike | None = None
+    ) -> TextEncoder:
         """Attach the text encoder `f_t` (loaded from `config.text_encoder` when not given) so the aligner takes
-        tokens or strings. With `config.text_lora` a LoRA adapter is added (unless it has one) and loaded with
-        the adapter weights of a checkpoint, if one was read. Returns the attached encoder."""
+        tokens or strings. With `config.text_lora` an encoder without adapter gets the one saved in
+        `<adapter_from>/text_adapter/` (default: the folder this model was loaded from), or a new one for a
+        model that was not loaded. Returns the attached encoder."""
         config = self.config
         if not config.use_text:
             raise ValueError("This aligner was built with use_text=False: it has no text projection head")
@@ -191,26 +170,17 @@ class MiseAlignerModel(MisePreTrainedModel):
                 f"expects text_dim={config.text_dim}"
             )
         if config.text_lora is not None and not has_text_lora(text_encoder):
-            apply_text_lora(text_encoder, **config.text_lora)
+            source = self.name_or_path if adapter_from is None else os.fspath(adapter_from)
+            if source:
+                load_text_lora(text_encoder, source, TEXT_ADAPTER_FOLDER, config.text_lora)
+            else:
+                apply_text_lora(text_encoder, **config.text_lora)
         self.text_encoder = text_encoder.to(self.audio_mean.device)
-        if self._pending_text_adapter is not None:
-            if not has_text_lora(text_encoder):
-                raise ValueError(
-                    f"the checkpoint holds a LoRA adapter but text encoder {text_encoder.name!r} has none "
-                    "(config.text_lora is not set)"
-                )
-            load_text_adapter(text_encoder, self._pending_text_adapter, source="text_adapter")
-            self._pending_text_adapter = None
         self.text_encoder.train(self.training)
         return self.text_encoder
 
     def _require_text_encoder(self) -> TextEncoder:
-        if self.text_encoder is None:
-            raise ValueError(
-                "this aligner has no text encoder attached: call set_text_encoder() (loads config.text_encoder "
-                f"= {self.config.text_encoder!r}) or pass text_features"
-            )
-        return self.text_encoder
+        return self.set_text_encoder() if self.text_encoder is None else self.text_encoder
 
     def tokenize(self, texts: Sequence[str]) -> BatchEncoding:
         """Tokenise transcripts for `get_text_features(input_ids=..., attention_mask=...)` (padded batch)."""
@@ -323,66 +293,52 @@ class MiseAlignerModel(MisePreTrainedModel):
             temperature=temperature,
         )
 
-    # ------------------------------------------------------------------------------------- checkpoints
-    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        """The module's state without the text encoder's base weights, plus its LoRA adapter as `text_adapter.*`."""
-        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        for key in [key for key in state if key.startswith(prefix + TEXT_ENCODER_PREFIX)]:
-            del state[key]
-        adapter = self._pending_text_adapter
-        if self.text_encoder is not None and has_text_lora(self.text_encoder):
-            adapter = text_adapter_state_dict(self.text_encoder)
-        for key, value in (adapter or {}).items():
-            state[prefix + TEXT_ADAPTER_PREFIX + key] = value if keep_vars else value.detach()
-        return state
+    # ------------------------------------------------------------------------------------- saving
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained` of the heads, plus the LoRA adapter (if any) in `text_adapter/`."""
+        state = kwargs.pop("state_dict", None)
+        state = without_text_encoder(self.state_dict() if state is None else state)
+        super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.save_text_adapter(save_directory)
 
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ) -> None:
-        adapter_keys = [key for key in state_dict if key.startswith(prefix + TEXT_ADAPTER_PREFIX)]
-        adapter = {key[len(prefix + TEXT_ADAPTER_PREFIX) :]: state_dict.pop(key) for key in adapter_keys}
-        self._state_prefix = prefix
-        if adapter:
-            if self.text_encoder is not None:
-                try:
-                    load_text_adapter(self.text_encoder, adapter, source=f"{prefix}{TEXT_ADAPTER_PREFIX}*")
-                except ValueError as error:
-                    error_msgs.append(str(error))
-            else:  # applied when a text encoder is attached
-                self._pending_text_adapter = {key: value.detach().clone() for key, value in adapter.items()}
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    def save_text_adapter(self, save_directory: str | os.PathLike, adapter_from: str | None = None) -> None:
+        """With `config.text_lora`: the adapter, with peft's own files, in `<save_directory>/text_adapter/`; a
+        loaded model whose text encoder was never needed copies its saved adapter without loading the encoder."""
+        if self.config.text_lora is None:
+            return
+        target = Path(save_directory) / TEXT_ADAPTER_FOLDER
+        source = self.name_or_path if adapter_from is None else os.fspath(adapter_from)
+        if self.text_encoder is None and source:
+            copy_text_lora(source, TEXT_ADAPTER_FOLDER, target)
+            return
+        encoder = (
+            self.set_text_encoder(adapter_from=adapter_from)
+            if self.text_encoder is None
+            else self.text_encoder
         )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # peft probes deprecated transformers attributes
+            encoder.model.save_pretrained(target)
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path,
-        *model_args,
-        text_encoder: TextEncoder | None = None,
-        load_text_encoder: bool | None = None,
-        **kwargs,
-    ):
-        """`PreTrainedModel.from_pretrained`, then the text side: the LoRA adapter saved beside the heads is read
-        and, with `config.text_lora` (or `load_text_encoder=True`, or a given `text_encoder`), the base text
-        encoder is loaded from `config.text_encoder` and the adapter set on it. `load_text_encoder=False`
-        keeps the audio side only (the adapter waits until `set_text_encoder`)."""
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        adapter = read_checkpoint_tensors(pretrained_model_name_or_path, TEXT_ADAPTER_PREFIX, **kwargs)
-        if adapter:
-            model._pending_text_adapter = adapter
-        if load_text_encoder is None:
-            load_text_encoder = model.config.text_lora is not None or text_encoder is not None
-        if load_text_encoder:
-            model.set_text_encoder(text_encoder)
-            model.eval()
-        return loaded
+
+def _is_adapter_tensor(key: str) -> bool:
+    return ".lora_" in key
+
+
+def _drop_text_encoder_base_weights(
+    module: MiseAlignerModel, state: dict, prefix: str, local_metadata
+) -> None:
+    """The text encoder's base weights stay with `config.text_encoder`: a state dict keeps its adapter only."""
+    base = prefix + TEXT_ENCODER_PREFIX
+    for key in [key for key in state if key.startswith(base) and not _is_adapter_tensor(key)]:
+        del state[key]
 
 
 def _ignore_missing_text_encoder_weights(module: MiseAlignerModel, incompatible_keys) -> None:
     """The text encoder's base weights are never in a MISE state dict: not missing."""
-    base = module._state_prefix + TEXT_ENCODER_PREFIX
     incompatible_keys.missing_keys[:] = [
-        key for key in incompatible_keys.missing_keys if not key.startswith(base)
+        key
+        for key in incompatible_keys.missing_keys
+        if "." + TEXT_ENCODER_PREFIX not in "." + key or _is_adapter_tensor(key)
     ]

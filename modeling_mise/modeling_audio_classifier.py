@@ -14,17 +14,11 @@ import torch
 from torch.nn import functional as F
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .configuration_aligner import MiseAlignerConfig
-from .configuration_audio_classifier import MiseAudioClassifierConfig
-from .configuration_classifier import MiseClassifierConfig
+from .configuration_audio_classifier import PIPELINE_TASK, MiseAudioClassifierConfig
 from .encoders import AudioEncoder, build_audio_encoder, load_audio_encoder
 from .layers import MisePreTrainedModel, speaker_normalize, speaker_statistics
 from .losses import soft_cross_entropy
-from .modeling_aligner import (
-    TEXT_ADAPTER_PREFIX,
-    MiseAlignerModel,
-    read_checkpoint_tensors,
-)
+from .modeling_aligner import MiseAlignerModel, without_text_encoder
 from .modeling_classifier import MiseClassifierModel
 
 
@@ -54,8 +48,8 @@ class MiseForAudioClassification(MisePreTrainedModel):
 
     With a multimodal classifier, `forward(..., transcripts=[...])` adds `z_t` of each transcript (`None` for a
     clip without one: the null text code). The text encoder is loaded from the aligner's `text_encoder` id/path
-    the first time a transcript comes (its LoRA adapter, if any, is saved in this model); audio-only use,
-    the pipeline included, never loads it.
+    the first time a transcript comes (its LoRA adapter, if any, is saved in this model's `text_adapter/`);
+    audio-only use, the pipeline included, never loads it.
     """
 
     config_class = MiseAudioClassifierConfig
@@ -68,19 +62,17 @@ class MiseForAudioClassification(MisePreTrainedModel):
                 audio_encoder = build_audio_encoder(config.audio_encoder_spec)
             else:
                 audio_encoder = load_audio_encoder(
-                    config.aligner.audio_encoder, pooling=config.aligner.pooling
+                    config.aligner_config.audio_encoder, pooling=config.aligner_config.pooling
                 )
         self.audio_encoder = audio_encoder
         for parameter in self.audio_encoder.parameters():
             parameter.requires_grad_(False)
-        self.aligner = MiseAlignerModel(config.aligner)
-        self.classifier = MiseClassifierModel(config.classifier)
+        self.aligner = MiseAlignerModel(config.aligner_config)
+        self.classifier = MiseClassifierModel(config.classifier_config)
         self.speaker_aligner = self.speaker_classifier = None
         if config.speaker_adaptive:  # trained on per-speaker statistics: used with enrolment clips
-            self.speaker_aligner = MiseAlignerModel(MiseAlignerConfig(**config.speaker_aligner_config))
-            self.speaker_classifier = MiseClassifierModel(
-                MiseClassifierConfig(**config.speaker_classifier_config)
-            )
+            self.speaker_aligner = MiseAlignerModel(config.speaker_aligner_config)
+            self.speaker_classifier = MiseClassifierModel(config.speaker_classifier_config)
         self.post_init()
 
     @classmethod
@@ -111,13 +103,13 @@ class MiseForAudioClassification(MisePreTrainedModel):
             speaker_normalization=speaker_normalization,
         )
         model = cls(config, audio_encoder=audio_encoder)
-        model.aligner.load_state_dict(aligner.state_dict())
+        model.aligner.load_state_dict(without_text_encoder(aligner.state_dict()))
         model.classifier.load_state_dict(classifier.state_dict())
         if speaker_pair is not None:
             model.speaker_aligner.load_state_dict(speaker_pair[0].state_dict())
             model.speaker_classifier.load_state_dict(speaker_pair[1].state_dict())
-        if aligner.text_encoder is not None and model.multimodal:
-            model.aligner.set_text_encoder(aligner.text_encoder)
+        if model.multimodal and (aligner.text_encoder is not None or aligner.config.text_lora is not None):
+            model.aligner.set_text_encoder(aligner._require_text_encoder())  # with its tuned adapter, if any
         return model.eval()
 
     def _check_enrolment(self) -> None:
@@ -164,35 +156,32 @@ class MiseForAudioClassification(MisePreTrainedModel):
         present = [index for index, text in enumerate(transcripts) if text is not None and text.strip()]
         if present:
             if self.aligner.text_encoder is None:
-                self.aligner.set_text_encoder()
+                self.aligner.set_text_encoder(adapter_from=self.name_or_path)
             embeds[present] = self.aligner.get_text_features(texts=[transcripts[i] for i in present]).float()
         return embeds
 
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path, *model_args, load_text_encoder: bool = False, **kwargs
-    ):
-        """`PreTrainedModel.from_pretrained`, keeping the aligner's LoRA adapter (if any) for its text encoder,
-        which loads on the first transcript, or now with `load_text_encoder=True`."""
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        adapter = read_checkpoint_tensors(
-            pretrained_model_name_or_path, "aligner." + TEXT_ADAPTER_PREFIX, **kwargs
-        )
-        if adapter:
-            model.aligner._pending_text_adapter = adapter
-        if load_text_encoder:
-            model.aligner.set_text_encoder()
-            model.eval()
-        return loaded
-
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save as usual, and let `AutoModel` (not only `AutoModelForAudioClassification`) load remote code."""
+        """Save as usual; a folder with remote code also lets `AutoModel` (not only
+        `AutoModelForAudioClassification`) load it and names the MISE pipeline in `custom_pipelines`, so
+        `pipeline("audio-classification", model=folder, trust_remote_code=True)` gets it without the package."""
         if self._auto_class is not None:
+            from .pipeline_audio_classification import MiseAudioClassificationPipeline as pipeline_class
+
             auto_map = dict(getattr(self.config, "auto_map", None) or {})
             auto_map.setdefault("AutoModel", f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}")
             self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+            self.config.custom_pipelines = {
+                PIPELINE_TASK: {
+                    "impl": f"{pipeline_class.__module__.split('.')[-1]}.{pipeline_class.__name__}",
+                    "pt": ["AutoModelForAudioClassification"],
+                    "type": "audio",
+                }
+            }
+        state = kwargs.pop("state_dict", None)
+        state = without_text_encoder(self.state_dict() if state is None else state, prefix="aligner.")
+        super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
+        if self.multimodal and kwargs.get("is_main_process", True):
+            self.aligner.save_text_adapter(save_directory, adapter_from=self.name_or_path)
 
     def forward(
         self,

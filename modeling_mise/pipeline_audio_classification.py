@@ -72,8 +72,8 @@ def decode_input(inputs, sampling_rate: int) -> tuple[np.ndarray | None, str]:
 
 class MiseAudioClassificationPipeline(AudioClassificationPipeline):
     """
-    The stock audio-classification pipeline; for MISE models (`model_type` `mise-audio-classifier`) it reads the
-    input itself, so that:
+    `pipeline("audio-classification")` for MISE audio classifiers (`model_type` `mise-audio-classifier`); it reads
+    the input itself, so that:
 
     - a file that is missing, empty, not audio, NaN/Inf, too short or silent raises an `AudioInputError` (a
       `ValueError`) whose message names the file and the reason (`modeling_mise.audio.AudioPolicy`);
@@ -86,11 +86,19 @@ class MiseAudioClassificationPipeline(AudioClassificationPipeline):
 
     `classifier(audio, enrolment=[other clips of the same speaker])` normalises with that speaker's statistics
     (a model trained where per-speaker statistics were label-neutral; others refuse with the reason); every
-    MISE result says which statistics it used: `"normalization": "global"` or `"speaker (N enrolment clips)"`.
+    result says which statistics it used: `"normalization": "global"` or `"speaker (N enrolment clips)"`.
 
-    Registered for the `audio-classification` task when `modeling_mise` is imported; other models get the stock
-    behaviour.
+    How `pipeline()` finds it: a saved MISE audio classifier names it in its config's `custom_pipelines`, with
+    this file beside the weights (`pipeline(..., trust_remote_code=True)` without the package), and
+    `import modeling_mise` registers it for the task. Either way it is built for MISE models only: for any other
+    model it returns the stock `AudioClassificationPipeline`.
     """
+
+    def __new__(cls, *args, **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
+        if not is_mise_model(model):
+            return AudioClassificationPipeline(*args, **kwargs)  # not an instance of cls: __init__ is skipped
+        return super().__new__(cls)
 
     def _sanitize_parameters(
         self,
@@ -116,10 +124,6 @@ class MiseAudioClassificationPipeline(AudioClassificationPipeline):
         return preprocess, forward, postprocess
 
     def preprocess(self, inputs, window_seconds=None, hop_seconds=None):
-        if getattr(self.model.config, "model_type", None) != MISE_MODEL_TYPE:
-            if window_seconds is not None:
-                raise ValueError("window_seconds: MISE audio classifiers only")
-            return super().preprocess(inputs)
         rate = int(self.feature_extractor.sampling_rate)
         waveform, source = decode_input(inputs, rate)
         if waveform is None:
@@ -151,9 +155,12 @@ class MiseAudioClassificationPipeline(AudioClassificationPipeline):
 
     def postprocess(self, model_outputs, top_k=5, function_to_apply=None, normalization=None):
         scores = super().postprocess(model_outputs, top_k, function_to_apply)
-        if getattr(self.model.config, "model_type", None) != MISE_MODEL_TYPE:
-            return scores
         return [{**score, "normalization": normalization or "global"} for score in scores]
+
+
+def is_mise_model(model) -> bool:
+    """Whether `model` (a model object) is a MISE audio classifier."""
+    return getattr(getattr(model, "config", None), "model_type", None) == MISE_MODEL_TYPE
 
 
 def normalization_label(enrolment_clips: int) -> str:
@@ -169,7 +176,7 @@ def enrolment_statistics(model, feature_extractor, clips) -> tuple[torch.Tensor,
         ValueError: the model was not trained to take enrolment clips (with the reason training recorded), or
             fewer than 2 clips; `AudioInputError` naming an unusable clip.
     """
-    if getattr(model.config, "model_type", None) != MISE_MODEL_TYPE:
+    if not is_mise_model(model):
         raise ValueError("enrolment: MISE audio classifiers only")
     if isinstance(clips, (str, os.PathLike, dict, np.ndarray)):
         raise ValueError("enrolment: give a list of clips of the speaker")

@@ -18,7 +18,6 @@ from modeling_mise.audio import (
     check_waveform,
     crop,
     load_audio,
-    load_checked,
     prepare_waveform,
     rejection_reason,
     resample,
@@ -239,12 +238,3 @@ def test_one_policy_errors_and_notices(ravdess_wav):
     for field, value in (("min_seconds", -1.0), ("max_seconds", 0.0), ("hard_limit_seconds", "120")):
         with pytest.raises(ValueError, match=f"AudioPolicy.{field}"):
             AudioPolicy(**{field: value})
-
-
-def test_load_checked_names_the_given_source(tmp_path):
-    path = tmp_path / "upload-123.wav"
-    soundfile.write(path, np.zeros(16000, dtype=np.float32), 16000)
-    with pytest.raises(AudioInputError, match=r"^clip\.wav: silent \(every sample is zero\)"):
-        load_checked(path, 16000, source="clip.wav")
-    with pytest.raises(AudioInputError, match=r"upload-123\.wav: silent"):
-        load_checked(path, 16000)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from clean_process import run_clean
 from transformers import (
+    AudioClassificationPipeline,
     AutoConfig,
     AutoFeatureExtractor,
     AutoModel,
@@ -41,42 +40,6 @@ from modeling_mise.audio import AudioInputError, AudioPolicy, load_audio
 from modeling_mise.encoders import load_audio_encoder
 
 EMOTIONS = {0: "calm", 1: "angry", 2: "sad"}
-
-# A process in which `modeling_mise` cannot be imported, even though it is installed.
-BLOCK_IMPORT = textwrap.dedent(
-    """
-    import sys
-    class _Block:
-        def find_spec(self, name, path=None, target=None):
-            if name == "modeling_mise" or name.startswith("modeling_mise."):
-                raise ImportError("modeling_mise is blocked in this process")
-    sys.meta_path.insert(0, _Block())
-    try:
-        import modeling_mise
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("modeling_mise was importable")
-    """
-)
-
-
-def run_clean(code: str, tmp_path: Path) -> str:
-    """Run `code` in a fresh interpreter, away from the repository, without `modeling_mise`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    workdir = tmp_path / "clean_cwd"
-    workdir.mkdir(exist_ok=True)
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCK_IMPORT + textwrap.dedent(code)],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout
 
 
 def small_models():
@@ -156,6 +119,43 @@ def test_trust_remote_code_without_the_package(tmp_path):
         tmp_path,
     )
     assert "REMOTE_OK" in out and "angry" in out
+
+
+GENERATOR_LINE_BUDGET = 800
+AUDIO_STACK = ("soundfile", "torchcodec", "opensmile", "librosa", "torchaudio", "audioread")
+
+
+def test_generator_folder_is_small_and_loads_without_the_packages(tmp_path):
+    """The generator maps noise to vectors: its folder ships a few hundred lines and no audio stack."""
+    _, generator, _ = small_models()
+    folder = tmp_path / "generator"
+    generator.save_pretrained(folder)
+    code = {path.name: path.read_text() for path in folder.glob("*.py")}
+    assert "modeling_generator.py" in code and "configuration_generator.py" in code
+    lines = sum(len(text.splitlines()) for text in code.values())
+    assert lines <= GENERATOR_LINE_BUDGET, f"{lines} lines of Python in the generator folder: {sorted(code)}"
+    assert not {"audio.py", "encoders.py", "segments.py", "feature_extraction_mise.py"} & set(code)
+    imported = {
+        name.split(".")[0]
+        for text in code.values()
+        for name in re.findall(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*)", text, flags=re.MULTILINE)
+    }
+    assert not imported & {*AUDIO_STACK, "mise", "modeling_mise"}, imported
+    expected = generator.generate(num_per_label=2, generator=torch.Generator().manual_seed(5)).features
+    torch.save(expected, tmp_path / "expected.pt")
+    out = run_clean(
+        f"""
+        import sys, torch
+        from transformers import AutoModel
+        generator = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        features = generator.generate(num_per_label=2, generator=torch.Generator().manual_seed(5)).features
+        assert torch.equal(features, torch.load({str(tmp_path / "expected.pt")!r}))
+        loaded = sorted(name for name in sys.modules if name.split(".")[0] in {AUDIO_STACK!r})
+        print("GENERATOR_OK", type(generator).__module__.split(".")[0], loaded)
+        """,
+        tmp_path,
+    )
+    assert "GENERATOR_OK transformers_modules []" in out, out
 
 
 @pytest.fixture(scope="module")
@@ -311,21 +311,72 @@ def test_feature_extractor_applies_the_input_policy(opensmile_classifier, ravdes
         MiseFeatureExtractor(min_duration_s=-1)
 
 
-def test_pipeline_changes_nothing_for_other_models(tmp_path, ravdess_wav):
-    """The registered pipeline class reads input itself for MISE models only; others get the stock behaviour."""
+def other_audio_classifier(folder: Path) -> Path:
+    """A tiny Wav2Vec2 audio classifier (not MISE) saved in `folder`."""
     torch.manual_seed(0)
     config = Wav2Vec2Config(
         hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
         conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
         num_labels=2, id2label={0: "no", 1: "yes"},
     )  # fmt: skip
-    Wav2Vec2ForSequenceClassification(config).save_pretrained(tmp_path)
-    Wav2Vec2FeatureExtractor().save_pretrained(tmp_path)
-    other = pipeline("audio-classification", model=str(tmp_path))
-    assert isinstance(other, MiseAudioClassificationPipeline)
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor().save_pretrained(folder)
+    return folder
+
+
+def test_pipeline_is_mise_for_mise_models_only(opensmile_classifier, tmp_path):
+    """`import modeling_mise` gives MISE models the MISE pipeline; another model in the same process gets the
+    stock `AudioClassificationPipeline`, with the stock behaviour."""
+    model, folder = opensmile_classifier
+    other = pipeline("audio-classification", model=str(other_audio_classifier(tmp_path / "other")))
+    assert type(other) is AudioClassificationPipeline
     silent = np.zeros(16000, dtype=np.float32)
     assert len(other(silent)) == 2  # the stock pipeline classifies silence; MISE's policy is not applied
     with pytest.raises(
         ValueError, match="Malformed soundfile"
     ):  # the stock error for bytes that are not audio
         other(b"meeting notes, not audio" * 20)
+    for mise in (
+        pipeline("audio-classification", model=str(folder)),
+        pipeline("audio-classification", model=str(folder), trust_remote_code=True),
+        pipeline("audio-classification", model=model, feature_extractor=MiseFeatureExtractor()),
+    ):
+        assert type(mise) is MiseAudioClassificationPipeline
+        with pytest.raises(AudioInputError, match="silent"):
+            mise(silent)
+    assert (
+        type(pipeline("audio-classification", model=str(tmp_path / "other"))) is AudioClassificationPipeline
+    )
+
+
+def test_pipeline_from_a_saved_folder_without_the_packages(opensmile_classifier, ravdess_wav, tmp_path):
+    """A saved MISE classifier names its pipeline (`custom_pipelines`) and carries its code: with
+    `trust_remote_code=True` and neither package, `pipeline()` gives the MISE pipeline, other models the stock one."""
+    _, folder = opensmile_classifier
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["custom_pipelines"]["audio-classification"]["impl"] == (
+        "pipeline_audio_classification.MiseAudioClassificationPipeline"
+    )
+    assert (folder / "pipeline_audio_classification.py").is_file()
+    expected = pipeline("audio-classification", model=str(folder))(ravdess_wav, window_seconds=1.0)
+    other = other_audio_classifier(tmp_path / "other")
+    out = run_clean(
+        f"""
+        import numpy as np
+        from transformers import AudioClassificationPipeline, pipeline
+        mise = pipeline("audio-classification", model={str(folder)!r}, trust_remote_code=True)
+        assert type(mise).__name__ == "MiseAudioClassificationPipeline", type(mise)
+        assert type(mise).__module__.startswith("transformers_modules."), type(mise).__module__
+        print("RESULT", mise({ravdess_wav!r}, window_seconds=1.0))
+        try:
+            mise(np.zeros(16000, dtype=np.float32))
+        except ValueError as error:
+            print("REFUSED", error)
+        other = pipeline("audio-classification", model={str(other)!r})
+        assert type(other) is AudioClassificationPipeline, type(other)
+        print("OTHER", len(other(np.zeros(16000, dtype=np.float32))))
+        """,
+        tmp_path,
+    )
+    assert f"RESULT {expected}" in out
+    assert "REFUSED <array>: silent (every sample is zero)" in out and "OTHER 2" in out

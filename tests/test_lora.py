@@ -9,13 +9,7 @@ import torch
 from safetensors import safe_open
 
 from modeling_mise import MiseAlignerConfig, MiseAlignerModel
-from modeling_mise.encoders import (
-    apply_text_lora,
-    has_text_lora,
-    load_text_adapter,
-    load_text_encoder,
-    text_adapter_state_dict,
-)
+from modeling_mise.encoders import has_text_lora, load_text_encoder
 
 EMOTIONS = {0: "neutral", 1: "happy", 2: "sad"}
 TEXTS = [
@@ -27,14 +21,14 @@ TEXTS = [
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 
 
-def lora_aligner(llama_dir, **kwargs) -> MiseAlignerModel:
+def lora_aligner(llama_dir, lora: dict = LORA, **kwargs) -> MiseAlignerModel:
     config = MiseAlignerConfig(
         audio_dim=10,
         text_dim=32,
         projection_dim=8,
         hidden_sizes=[16],
         text_encoder=str(llama_dir),
-        text_lora=LORA,
+        text_lora=lora,
         id2label=EMOTIONS,
         **kwargs,
     )
@@ -118,36 +112,56 @@ def test_save_writes_heads_and_adapter_only_and_load_restores_text_features(tiny
         z_t = model.get_text_features(texts=TEXTS)
     assert (tuned - base).abs().max() > 1e-3  # the adapter changed the features
 
-    model.save_pretrained(tmp_path / "aligner")
-    weights = tmp_path / "aligner" / "model.safetensors"
-    with safe_open(str(weights), framework="pt") as handle:
+    folder = tmp_path / "aligner"
+    model.save_pretrained(folder)
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
         keys = list(handle.keys())
-    base_keys = set(load_text_encoder(str(tiny_llama_dir)).model.state_dict())
-    assert not any(key.startswith("text_encoder.") for key in keys)
-    assert not any(key.split(".", 1)[-1] in base_keys for key in keys)
-    adapter_keys = [key for key in keys if key.startswith("text_adapter.")]
+    assert keys and not any(key.startswith("text_encoder.") or "lora_" in key for key in keys)  # heads only
+    adapter = folder / "text_adapter"  # peft's own adapter files
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == 4
+    assert sorted(adapter_config["target_modules"]) == ["q_proj", "v_proj"]
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as handle:
+        adapter_keys = list(handle.keys())
     assert len(adapter_keys) == 8 and all("lora_" in key for key in adapter_keys)
     base_size = (tiny_llama_dir / "model.safetensors").stat().st_size
-    assert weights.stat().st_size < base_size / 50
-    saved = json.loads((tmp_path / "aligner" / "config.json").read_text())
+    assert (adapter / "adapter_model.safetensors").stat().st_size < base_size / 50
+    saved = json.loads((folder / "config.json").read_text())
     assert saved["text_encoder"] == str(tiny_llama_dir) and saved["text_lora"]["r"] == 4
 
-    loaded = MiseAlignerModel.from_pretrained(tmp_path / "aligner")
-    assert has_text_lora(loaded.text_encoder) and not loaded.training
-    torch.testing.assert_close(text_features(loaded), tuned, atol=1e-6, rtol=0)
+    # the audio side loads alone; the text encoder and its adapter load on the first text
+    loaded = MiseAlignerModel.from_pretrained(folder)
+    assert loaded.text_encoder is None and not loaded.training
     with torch.no_grad():
-        torch.testing.assert_close(loaded.get_text_features(texts=TEXTS), z_t, atol=1e-6, rtol=0)
         audio = torch.randn(3, 10)
         torch.testing.assert_close(loaded.get_audio_features(audio), model.get_audio_features(audio))
+        torch.testing.assert_close(loaded.get_text_features(texts=TEXTS), z_t, atol=1e-6, rtol=0)
+    assert has_text_lora(loaded.text_encoder)
+    torch.testing.assert_close(text_features(loaded), tuned, atol=1e-6, rtol=0)
+    # the same adapter through peft alone, on the base model
+    from peft import PeftModel
 
-    # audio side only: the adapter waits for the text encoder
-    audio_only = MiseAlignerModel.from_pretrained(tmp_path / "aligner", load_text_encoder=False)
-    assert audio_only.text_encoder is None
-    with pytest.raises(ValueError, match="set_text_encoder"):
-        audio_only.get_text_features(texts=TEXTS)
-    audio_only.set_text_encoder()
-    with torch.no_grad():
-        torch.testing.assert_close(audio_only.get_text_features(texts=TEXTS), z_t, atol=1e-6, rtol=0)
+    base_encoder = load_text_encoder(str(tiny_llama_dir))
+    base_encoder.model = PeftModel.from_pretrained(base_encoder.model, adapter)
+    torch.testing.assert_close(base_encoder.encode(TEXTS, show_progress=False), tuned, atol=1e-5, rtol=0)
+
+    # saving a loaded model again copies its adapter: the text encoder is not loaded for that
+    again = MiseAlignerModel.from_pretrained(folder)
+    again.save_pretrained(tmp_path / "again")
+    assert again.text_encoder is None
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (tmp_path / "again" / "text_adapter" / name).read_bytes() == (adapter / name).read_bytes()
+
+    # a folder whose adapter is missing, or does not match text_lora, says so
+    (adapter / "adapter_model.safetensors").rename(tmp_path / "moved.safetensors")
+    (adapter / "adapter_config.json").rename(tmp_path / "moved.json")
+    with pytest.raises(ValueError, match="no LoRA adapter"):
+        MiseAlignerModel.from_pretrained(folder).set_text_encoder()
+    (tmp_path / "moved.safetensors").rename(adapter / "adapter_model.safetensors")
+    (tmp_path / "moved.json").write_text(json.dumps({**adapter_config, "r": 2}))
+    (tmp_path / "moved.json").rename(adapter / "adapter_config.json")
+    with pytest.raises(ValueError, match="does not match text_lora"):
+        MiseAlignerModel.from_pretrained(folder).set_text_encoder()
 
 
 def test_state_dict_round_trip_for_checkpoints(tiny_llama_dir):
@@ -155,8 +169,10 @@ def test_state_dict_round_trip_for_checkpoints(tiny_llama_dir):
     model = lora_aligner(tiny_llama_dir)
     train_steps(model)
     state = model.state_dict()
-    assert not any(key.startswith("text_encoder.") for key in state)
-    assert sum(key.startswith("text_adapter.") for key in state) == 8
+    base_keys = set(load_text_encoder(str(tiny_llama_dir)).model.state_dict())
+    adapter_keys = [key for key in state if key.startswith("text_encoder.")]
+    assert len(adapter_keys) == 8 and all(".lora_" in key for key in adapter_keys)
+    assert not any(key.split(".", 1)[-1] in base_keys for key in state)  # never the base weights
     fresh = lora_aligner(tiny_llama_dir).eval()
     result = fresh.load_state_dict(state)
     assert not result.missing_keys and not result.unexpected_keys
@@ -167,10 +183,9 @@ def test_state_dict_round_trip_for_checkpoints(tiny_llama_dir):
     assert set(parent.state_dict()) == {f"module.{key}" for key in state}
     assert not parent.load_state_dict({f"module.{k}": v for k, v in state.items()}).missing_keys
     # an adapter of another shape is refused with the tensor's name
-    other = load_text_encoder(str(tiny_llama_dir))
-    apply_text_lora(other, r=2)
-    with pytest.raises(ValueError, match="lora_A"):
-        load_text_adapter(other, text_adapter_state_dict(model.text_encoder))
+    other = lora_aligner(tiny_llama_dir, lora={**LORA, "r": 2})
+    with pytest.raises(RuntimeError, match="lora_A"):
+        other.load_state_dict(state)
 
 
 def test_missing_transcripts_are_left_out_of_the_contrastive_loss(tiny_llama_dir):

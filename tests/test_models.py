@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from transformers import AutoConfig
 
+import modeling_mise  # noqa: F401  (registers the Auto classes)
 from modeling_mise import (
     MiseAlignerConfig,
     MiseAlignerModel,
@@ -251,3 +255,40 @@ def test_audio_classifier_config_checks_dimensions():
             aligner_config=MiseAlignerConfig(projection_dim=16),
             classifier_config=MiseClassifierConfig(input_dim=8),
         )
+
+
+def test_audio_classifier_config_holds_sub_configs_and_reads_older_files(tmp_path):
+    """The parts are config objects (`sub_configs`), saved nested; a `config.json` of an earlier version (plain
+    nested dicts without `model_type`, speaker pair included) loads the same."""
+    aligner = MiseAlignerConfig(projection_dim=8, id2label=ID2LABEL)
+    classifier = MiseClassifierConfig(input_dim=8, hidden_sizes=[], id2label=ID2LABEL)
+    config = MiseAudioClassifierConfig(
+        aligner_config=aligner,
+        classifier_config=classifier,
+        speaker_aligner_config=aligner,
+        speaker_classifier_config=classifier,
+        speaker_normalization={"allowed": True},
+    )
+    assert set(MiseAudioClassifierConfig.sub_configs) == {
+        "aligner_config", "classifier_config", "speaker_aligner_config", "speaker_classifier_config"
+    }  # fmt: skip
+    assert isinstance(config.aligner_config, MiseAlignerConfig) and config.aligner_config is not aligner
+    assert isinstance(config.speaker_classifier_config, MiseClassifierConfig) and config.speaker_adaptive
+    assert config.aligner_config is config.aligner_config  # an attribute, not rebuilt on access
+    assert config.id2label == ID2LABEL and not config.multimodal
+    config.save_pretrained(tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert saved["aligner_config"]["model_type"] == "mise-aligner"
+    assert saved["speaker_classifier_config"]["input_dim"] == 8
+
+    old = dict(saved)  # as an earlier version wrote it: the parts as plain dicts
+    for key in MiseAudioClassifierConfig.sub_configs:
+        old[key] = {k: v for k, v in saved[key].items() if k not in ("model_type", "transformers_version")}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    for folder in ("new", "old"):
+        loaded = AutoConfig.from_pretrained(tmp_path / folder)
+        assert isinstance(loaded.aligner_config, MiseAlignerConfig), folder
+        assert isinstance(loaded.speaker_aligner_config, MiseAlignerConfig) and loaded.speaker_adaptive
+        assert loaded.aligner_config.projection_dim == 8 and loaded.classifier_config.hidden_sizes == []
+        assert loaded.id2label == ID2LABEL and loaded.speaker_normalization == {"allowed": True}
