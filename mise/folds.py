@@ -220,17 +220,7 @@ def make_folds(
         ValueError: for a bad argument, or a fold whose training side lacks a class (naming fold and class).
     """
     _check_arguments(protocol, num_validation_speakers, max_folds)
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or len(labels) == 0:
-        raise ValueError("make_folds: labels must be a non-empty 1-d sequence of class ids")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"make_folds: labels must be integer class ids, got dtype {labels.dtype}")
-    speakers = _as_str_array(speakers, "speakers", len(labels))
-    missing = np.flatnonzero(np.asarray([s is None or s == "" for s in speakers]))
-    if len(missing):
-        raise ValueError(
-            f"make_folds: item {int(missing[0])} has no speaker; speaker-independent folds need one"
-        )
+    speakers, labels = _checked_items(speakers, labels)
     classes = sorted(int(c) for c in id2label) if id2label is not None else sorted(set(labels.tolist()))
     _warn_single_clip_speakers(speakers)
 
@@ -266,6 +256,22 @@ def make_folds(
                  validation_speakers)
         )  # fmt: skip
     return folds
+
+
+def _checked_items(speakers: Sequence, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Speakers (strings, none missing) and integer labels as arrays of the same length."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError("make_folds: labels must be a non-empty 1-d sequence of class ids")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"make_folds: labels must be integer class ids, got dtype {labels.dtype}")
+    speakers = _as_str_array(speakers, "speakers", len(labels))
+    missing = np.flatnonzero(np.asarray([s is None or s == "" for s in speakers]))
+    if len(missing):
+        raise ValueError(
+            f"make_folds: item {int(missing[0])} has no speaker; speaker-independent folds need one"
+        )
+    return speakers, labels
 
 
 def _check_arguments(protocol: str, num_validation_speakers: object, max_folds: object) -> None:

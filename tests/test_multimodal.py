@@ -401,7 +401,7 @@ def test_multimodal_run_with_a_lora_tuned_llama_end_to_end(ravdess_rows, tiny_ll
 
     # the released end-to-end model: the fold-free aligner's tuned text side travels with it
     aligner = MiseAlignerModel.from_pretrained(out / "models" / "aligner")
-    model = AutoModelForAudioClassification.from_pretrained(out / "models" / "audio-classifier").eval()
+    model = AutoModelForAudioClassification.from_pretrained(out / "models" / "mise-audio-classifier").eval()
     waveform = load_audio(rows[0]["path"], target_sampling_rate=16000)[0]
     inputs = MiseFeatureExtractor()(waveform, return_tensors="pt")
     text = rows[1]["transcript"]

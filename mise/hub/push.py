@@ -106,10 +106,11 @@ def build_hub_folders(
 
     Each folder is built from the trained `OUT/models/mise-<kind>` with `save_pretrained` (weights as safetensors,
     config with `auto_map`, the model code), plus the audio classifier's `preprocessor_config.json` and a
-    `README.md` card rendered from `model_cards/<kind>.md` with what the run's `card.json` records. A folder is assembled under a temporary name and replaces the old
-    one only once it validates, so a failed build leaves the previous one (and everything else in `OUT`) as it
-    was. `org`/`prefix` name the repositories in the cards (`<org>/<prefix>-<kind>`). With `check_remote_code`
-    the folders are also loaded in a clean Python process in which `modeling_mise` cannot be imported.
+    `README.md` card rendered from `model_cards/<kind>.md` with what the run's `card.json` records. A folder is
+    assembled under a temporary name and replaces the old one only once it validates, so a failed build leaves
+    the previous one (and everything else in `OUT`) as it was. `org`/`prefix` name the repositories in the cards (`<org>/<prefix>-<kind>`). With `check_remote_code`
+    the folders are also loaded in a clean Python process in which neither `modeling_mise` nor `mise` can be
+    imported.
     The generator is left out when the run trained none (augmentation `none`, `noise` or `mixup`). `study`, a
     folder written by `training/study.py`, adds a "Comparison study" section quoting its `study.json` to
     every card ([`read_study`]); without it, the study `card.json` names, if any.
@@ -169,14 +170,14 @@ def _relative_imports(source: str) -> set[str]:
     }
 
 
-def validate_hub_folder(folder: str | os.PathLike, kind: str, card: dict | None = None):
+def validate_hub_folder(folder: str | os.PathLike, kind: str, run_card: dict | None = None):
     """Offline checks of an upload-ready folder; returns its parsed `ModelCard`.
 
     Files: `config.json` whose `auto_map` names the Auto classes of `kind` and code files that exist (with
     every relative import they make), `model.safetensors` and no pickle-based weights, `README.md`, and for
     the audio classifier `preprocessor_config.json` with an `AutoFeatureExtractor` entry. Card: YAML metadata
-    that parses, a `model-index` with finite results (the pooled UAR equal to `card.json`'s), licence, library
-    and pipeline tag. Raises `RunFolderError` naming the file and the problem.
+    that parses, a `model-index` with finite results (the pooled UAR equal to that of `run_card`, the run's
+    `card.json`), licence, library and pipeline tag. Raises `RunFolderError` naming the file and the problem.
     """
     from huggingface_hub import ModelCard
 
@@ -229,11 +230,11 @@ def validate_hub_folder(folder: str | os.PathLike, kind: str, card: dict | None 
         problems.append(f"pipeline_tag is {data.pipeline_tag!r}, expected {PIPELINE_TAGS[kind]!r}")
     if not data.license:
         problems.append("no license")
-    if card is not None and data.eval_results:
+    if run_card is not None and data.eval_results:
         uar = [
             r.metric_value for r in data.eval_results if (r.metric_name or "").startswith("UAR (unweighted")
         ]
-        expected = round(float(card["metrics"]["uar_pooled"]), 4)
+        expected = round(float(run_card["metrics"]["uar_pooled"]), 4)
         if uar != [expected]:
             problems.append(f"pooled UAR in model-index {uar} does not match card.json ({expected})")
     if problems:

@@ -25,7 +25,7 @@ def space_source() -> Path:
     checkout = Path(__file__).resolve().parents[2] / "spaces_demo"
     if (checkout / "app.py").is_file():
         return checkout
-    installed = resources.files("mise.hub").joinpath("space")
+    installed = resources.files("mise.hub").joinpath("space_demo")
     if installed.joinpath("app.py").is_file():
         return Path(str(installed))
     raise FileNotFoundError(f"the Space files were found neither in {checkout} nor in the installed package")
