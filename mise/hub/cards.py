@@ -143,15 +143,21 @@ def _looks_like_hub_id(name: str | None) -> bool:
     return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
 
 
-def template_dir() -> Path:
-    """The card templates: `model_cards/` beside the package in a source checkout, else the installed copy."""
-    checkout = Path(__file__).resolve().parents[2] / "model_cards"
-    if (checkout / "classifier.md").is_file():
+def packaged_folder(checkout_name: str, installed_name: str, marker: str) -> Path:
+    """A folder of files shipped with the tools: `<checkout_name>/` beside the package in a source checkout, else
+    its installed copy `mise.hub.<installed_name>`; `marker` is a file it must hold."""
+    checkout = Path(__file__).resolve().parents[2] / checkout_name
+    if (checkout / marker).is_file():
         return checkout
-    installed = resources.files("mise.hub").joinpath("model_cards")
-    if installed.joinpath("classifier.md").is_file():
+    installed = resources.files("mise.hub").joinpath(installed_name)
+    if installed.joinpath(marker).is_file():
         return Path(str(installed))
-    raise FileNotFoundError(f"model card templates not found in {checkout} nor in the installed package")
+    raise FileNotFoundError(f"{marker} found neither in {checkout} nor in the installed package")
+
+
+def template_dir() -> Path:
+    """The card templates: `model_cards/` of a source checkout, else the installed copy."""
+    return packaged_folder("model_cards", "model_cards", "classifier.md")
 
 
 # ------------------------------------------------------------------------------------------------ card context

@@ -367,6 +367,18 @@ def _hub_api(output_dir: Path, rerun: str, token: str | None):
     return api
 
 
+_REPLACED = ["*.py", "*.json", "*.md", "*.safetensors"]  # a model repo's files a new upload replaces
+
+
+def _upload(api, repo_id: str, folder: Path, private: bool, message: str, repo_type: str = "model",
+            space_sdk: str | None = None, delete_patterns: list[str] | None = None) -> str:  # fmt: skip
+    """Create `repo_id` if needed and upload `folder` as one commit; returns the commit URL."""
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type, commit_message=message,
+                               delete_patterns=delete_patterns)  # fmt: skip
+    return str(getattr(commit, "commit_url", commit))
+
+
 def push_run(
     output_dir: str | os.PathLike,
     org: str,
@@ -396,14 +408,8 @@ def push_run(
     for kind, folder in folders.items():
         repo_id = repos[kind]
         try:
-            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            commit = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                repo_type="model",
-                commit_message=f"Upload MISE {kind} (run {output_dir.name})",
-                delete_patterns=["*.py", "*.json", "*.md", "*.safetensors"],
-            )
+            message = f"Upload MISE {kind} (run {output_dir.name})"
+            pushed[kind] = _upload(api, repo_id, folder, private, message, delete_patterns=_REPLACED)
         except _network_errors() as error:
             done = ", ".join(f"{k} -> {repos[k]}" for k in pushed) or "none"
             raise HubPushError(
@@ -411,7 +417,6 @@ def push_run(
                 f"Already uploaded: {done}. The upload-ready folders stay in {output_dir / 'hub'} and the run is "
                 f"unchanged; {rerun} when the Hub is reachable."
             ) from error
-        pushed[kind] = str(getattr(commit, "commit_url", commit))
     (output_dir / "hub" / "pushed.json").write_text(
         json.dumps({"repos": repos, "commits": pushed}, indent=2) + "\n"
     )
@@ -446,12 +451,11 @@ def push_space(
     api = _hub_api(output_dir, rerun, token)
     folder = build_space(output_dir, org, prefix)
     try:
-        api.create_repo(space, private=private, exist_ok=True, repo_type="space", space_sdk="gradio")
-        commit = api.upload_folder(repo_id=space, folder_path=folder, repo_type="space",
-                                   commit_message=f"Upload the MISE Space (run {output_dir.name})")  # fmt: skip
+        message = f"Upload the MISE Space (run {output_dir.name})"
+        commit_url = _upload(api, space, folder, private, message, repo_type="space", space_sdk="gradio")
     except _network_errors() as error:
         raise HubPushError(
             f"pushing {folder} to {constants.ENDPOINT}/spaces/{space} failed: {type(error).__name__}: {error}. "
             f"The Space folder stays in {folder}; {rerun} when the Hub is reachable."
         ) from error
-    return {"space": str(getattr(commit, "commit_url", commit))}
+    return {"space": commit_url}

@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from importlib import resources
 from pathlib import Path
 
-from .cards import RunFolderError
+from .cards import RunFolderError, packaged_folder
 
 SPACE_FILES = ("app.py", "requirements.txt", "README.md")
 EXAMPLE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -21,14 +20,8 @@ _DEFAULT_MODEL_LINE = re.compile(r"^DEFAULT_MODEL = .*$", re.M)
 
 
 def space_source() -> Path:
-    """The Space's files: `spaces_demo/` beside the package in a source checkout, else the installed copy."""
-    checkout = Path(__file__).resolve().parents[2] / "spaces_demo"
-    if (checkout / "app.py").is_file():
-        return checkout
-    installed = resources.files("mise.hub").joinpath("space_demo")
-    if installed.joinpath("app.py").is_file():
-        return Path(str(installed))
-    raise FileNotFoundError(f"the Space files were found neither in {checkout} nor in the installed package")
+    """The Space's files: `spaces_demo/` of a source checkout, else the installed copy."""
+    return packaged_folder("spaces_demo", "space_demo", "app.py")
 
 
 def build_space_folder(destination: str | os.PathLike, model_id: str) -> Path:
