@@ -476,7 +476,8 @@ class MiseTrainingArguments:
     push_to_hub: bool = field(
         default=False,
         metadata={
-            "help": "Push the final models to the Hub as ORG/NAME-{aligner,generator,classifier,audio-classifier} (see `mise push`)."
+            "help": "Push the final models to the Hub as ORG/NAME-{aligner,generator,classifier,audio-classifier} "
+            "(see `mise push`)."
         },
     )
     hub_model_id: str | None = field(

@@ -456,7 +456,8 @@ def train_final_models(
     speaker_ctx: RunContext | None = None,
     speaker_normalization: dict | None = None,
 ) -> Path:
-    """Train on all speakers (main process) and write `OUT/models/mise-{aligner,generator,classifier,audio-classifier}`.
+    """Train on all speakers (main process) and write the models, each folder named as its Hub repository:
+    `OUT/models/mise-{aligner,generator,classifier,audio-classifier}`.
 
     With `speaker_ctx` (per-speaker features), a second aligner + classifier trains on them too; the end-to-end
     model then takes enrolment clips (`speaker_normalization` records the choice either way)."""

@@ -4,8 +4,9 @@ A run folder `OUT` written by `training/train.py` holds the trained models, each
 repository (`models/mise-{aligner,generator,classifier,audio-classifier}`), and `card.json`, what the cards say
 about the run ([`mise.hub.run_card`]). [`build_hub_folders`] turns it into `OUT/hub/<prefix>-<kind>/` (weights,
 config with `auto_map`, the model code, the feature extractor of the audio classifier, a `README.md` model card
-rendered from the templates in `model_cards/`) and validates them offline. [`push_run`] uploads them with `huggingface_hub`; nothing under `OUT` is deleted, so
-a failed push can simply be rerun.
+rendered from the templates in `model_cards/`) and validates them offline. [`push_run`] uploads them with
+`huggingface_hub`; nothing under `OUT` is deleted, so a failed push can simply be rerun. [`push_space`] builds
+and uploads the Gradio Space that loads the pushed end-to-end classifier through remote code.
 """
 
 from __future__ import annotations
@@ -108,10 +109,9 @@ def build_hub_folders(
     config with `auto_map`, the model code), plus the audio classifier's `preprocessor_config.json` and a
     `README.md` card rendered from `model_cards/<kind>.md` with what the run's `card.json` records. A folder is
     assembled under a temporary name and replaces the old one only once it validates, so a failed build leaves
-    the previous one (and everything else in `OUT`) as it was. `org`/`prefix` name the repositories in the cards (`<org>/<prefix>-<kind>`). With `check_remote_code`
-    the folders are also loaded in a clean Python process in which neither `modeling_mise` nor `mise` can be
-    imported.
-    The generator is left out when the run trained none (augmentation `none`, `noise` or `mixup`). `study`, a
+    the previous one (and everything else in `OUT`) as it was. `org`/`prefix` name the repositories in the cards
+    (`<org>/<prefix>-<kind>`). With `check_remote_code` the folders are also loaded in a clean Python process in
+    which neither `modeling_mise` nor `mise` can be imported. The generator is left out when the run trained none (augmentation `none`, `noise` or `mixup`). `study`, a
     folder written by `training/study.py`, adds a "Comparison study" section quoting its `study.json` to
     every card ([`read_study`]); without it, the study `card.json` names, if any.
     """
@@ -287,8 +287,8 @@ print("MISE_REMOTE_CODE " + json.dumps(report))
 
 def run_without_package(code: str, args: tuple[str, ...] = (), cwd: str | os.PathLike | None = None,
                         env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:  # fmt: skip
-    """Run `code` in a fresh interpreter where neither `modeling_mise` nor `mise` can be imported, offline, with its own
-    `HF_HOME` (unless `env` sets one) and working directory: what a user without the package gets."""
+    """Run `code` in a fresh interpreter where neither `modeling_mise` nor `mise` can be imported, offline, with
+    its own `HF_HOME` (unless `env` sets one) and working directory: what a user without the packages gets."""
     with tempfile.TemporaryDirectory(prefix="mise-clean-") as scratch:
         environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_TOKEN")}
         environment.update(
@@ -429,7 +429,8 @@ def space_repo_id(org: str, prefix: str | None = None) -> str:
 
 
 def build_space(output_dir: str | os.PathLike, org: str | None = None, prefix: str | None = None) -> Path:
-    """Write `OUT/hub/space/`, the Gradio Space that loads `<org>/<prefix>-audio-classifier` ([`build_space_folder`])."""
+    """Write `OUT/hub/space/`, the Gradio Space that loads `<org>/<prefix>-audio-classifier`
+    ([`build_space_folder`])."""
     model_id = repo_ids(org, prefix, ("audio-classifier",))["audio-classifier"]
     return build_space_folder(Path(output_dir) / "hub" / "space", model_id)
 
