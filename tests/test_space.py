@@ -187,7 +187,7 @@ def test_the_built_space_classifies_through_remote_code_only(built_space, space_
     assert "Downmixed 2 channels to mono" in result["info"] and result["timeline"] is True
 
 
-def test_requirements_cover_what_the_space_imports(built_space, space_model):
+def test_requirements_cover_what_the_space_imports(built_space, space_model, tmp_path):
     """Every third-party import of app.py and of the model code it loads is in requirements.txt."""
     optional = {"torchcodec"}  # FFmpeg decoding of non-WAV/FLAC/OGG uploads, used when installed
     provided = {"gradio"}  # the Space's sdk_version
@@ -195,7 +195,7 @@ def test_requirements_cover_what_the_space_imports(built_space, space_model):
     files = [m.__file__ for n, m in sys.modules.items() if n.startswith("transformers_modules.") and m.__file__]
     print(json.dumps(files))
     """
-    loaded = _run_space(built_space, space_model, code)
+    loaded = _run_space(built_space, space_model, code, env={"HF_HOME": str(tmp_path / "hf_home")})
     assert any(path.endswith("modeling_audio_classifier.py") for path in loaded), loaded
     files = [built_space / "app.py"] + [Path(path) for path in loaded]
     imported = set()
