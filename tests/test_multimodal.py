@@ -396,11 +396,11 @@ def test_multimodal_run_with_a_lora_tuned_llama_end_to_end(ravdess_rows, tiny_ll
             keys = list(handle.keys())
         assert any(key.startswith("text_adapter.") for key in keys)
         assert not any(key.startswith("text_encoder.") or "embed_tokens" in key for key in keys)
-    classifier_config = json.loads((out / "models" / "classifier" / "config.json").read_text())
+    classifier_config = json.loads((out / "models" / "mise-classifier" / "config.json").read_text())
     assert classifier_config["multimodal"] and classifier_config["text_dim"] == 8
 
     # the released end-to-end model: the fold-free aligner's tuned text side travels with it
-    aligner = MiseAlignerModel.from_pretrained(out / "models" / "aligner")
+    aligner = MiseAlignerModel.from_pretrained(out / "models" / "mise-aligner")
     model = AutoModelForAudioClassification.from_pretrained(out / "models" / "mise-audio-classifier").eval()
     waveform = load_audio(rows[0]["path"], target_sampling_rate=16000)[0]
     inputs = MiseFeatureExtractor()(waveform, return_tensors="pt")
