@@ -5,7 +5,7 @@ then `classifier(path)` for each file, as a user would write it) and `mise class
 (batched decoding and feature extraction in worker processes). Prints both wall times, the speed-up and how
 often the two agree on the top label, as JSON.
 
-    python bench/bench_classify.py --model runs/ravdess/models/audio-classifier \
+    python bench/bench_classify.py --model runs/ravdess/models/mise-audio-classifier \
         --data_dir ../shared/data/ravdess --clips 200
 """
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", required=True, help="audio-classifier folder (OUT/models/audio-classifier)"
+        "--model", required=True, help="audio-classifier folder (OUT/models/mise-audio-classifier)"
     )
     parser.add_argument("--data_dir", required=True, help="corpus folder with manifest.csv (e.g. RAVDESS)")
     parser.add_argument("--clips", type=int, default=200, help="files to classify (default 200)")

@@ -4,7 +4,7 @@ Starts `spaces_demo/app.py` on 127.0.0.1 (or targets `--url`), sends `--requests
 for one clip, one client per request as N users would, checks that every answer is the label the
 `transformers` pipeline predicts for the same clip, and prints p50/p95 latency and throughput as JSON.
 
-    python bench/bench_space.py --model runs/ravdess/models/audio-classifier --clip clip.wav --requests 20
+    python bench/bench_space.py --model runs/ravdess/models/mise-audio-classifier --clip clip.wav --requests 20
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clip", required=True, help="audio file sent by every request")
     parser.add_argument(
         "--model",
-        default=os.environ.get("MISE_MODEL", str(REPO_ROOT / "runs/ravdess/models/audio-classifier")),
+        default=os.environ.get("MISE_MODEL", str(REPO_ROOT / "runs/ravdess/models/mise-audio-classifier")),
         help="classifier folder or Hub id served by the app (default: MISE_MODEL, else the `make train` output)",
     )
     parser.add_argument("--requests", type=int, default=20, help="simultaneous requests (default 20)")

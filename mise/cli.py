@@ -126,7 +126,7 @@ def add_evaluate_parser(commands) -> None:
         "OUTPUT_DIR/metrics.json (UAR, WA, macro-F1, confusion matrix) and OUTPUT_DIR/confusion_matrix.png.",
     )
     evaluate_parser.add_argument(
-        "model", help="folder written by training (OUT/models/audio-classifier) or a Hub id"
+        "model", help="folder written by training (OUT/models/mise-audio-classifier) or a Hub id"
     )
     evaluate_parser.add_argument(
         "corpus",
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "classify", help="classify audio clips with a trained audio classifier"
     )
     classify_parser.add_argument(
-        "model", help="folder written by training (OUT/models/audio-classifier) or a Hub id"
+        "model", help="folder written by training (OUT/models/mise-audio-classifier) or a Hub id"
     )
     classify_parser.add_argument(
         "paths",
@@ -188,15 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(commands)
     push_parser = commands.add_parser(
         "push",
-        help="publish a training run: build OUT/hub/{encoder,generator,classifier} with model cards and upload",
-        description="Build the upload-ready folders OUT/hub/{encoder,generator,classifier} (weights, code, "
-        "config with auto_map, model card), validate them offline, then create <org>/<prefix>-<model> on the "
-        "Hub and upload. Nothing of the run is deleted: a failed push can be rerun.",
+        help="publish a training run: its models with model cards, or (--space) its Gradio Space",
+        description="Build the upload-ready folders OUT/hub/<prefix>-{aligner,generator,classifier,"
+        "audio-classifier} (weights, code, config with auto_map, model card from OUT/card.json), validate them "
+        "offline, then create <org>/<prefix>-<model> on the Hub and upload. With --space: build OUT/hub/space "
+        "(app.py, requirements.txt, README.md), the Gradio Space that loads <org>/<prefix>-audio-classifier "
+        "through remote code, and upload it as the Space <org>/<prefix>-demo. Nothing of the run is deleted: "
+        "a failed push can be rerun.",
     )
     push_parser.add_argument("output_dir", help="run folder written by training/train.py (--output_dir)")
     push_parser.add_argument("--org", required=True, help="Hub user or organisation that receives the repos")
     push_parser.add_argument(
-        "--prefix", default=None, help="repository name prefix: <prefix>-encoder, ... (default: mise)"
+        "--prefix", default=None, help="repository name prefix: <prefix>-aligner, ... (default: mise)"
     )
     push_parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or `hf auth login`)")
     push_parser.add_argument("--private", action="store_true", help="create the repositories as private")
@@ -209,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder written by training/study.py (with study.json): each card quotes its comparison table",
     )
     push_parser.add_argument(
+        "--space",
+        action="store_true",
+        help="build (and upload) the Gradio Space OUT/hub/space instead of the models (push those first)",
+    )
+    push_parser.add_argument(
         "--dry_run",
         action="store_true",
         help="only build and validate OUT/hub/* (no token, no network)",
@@ -217,9 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def push(args: argparse.Namespace) -> dict:
-    """The `push` subcommand: build and validate the Hub folders, then upload them unless `--dry_run`."""
-    from mise.hub.push import build_hub_folders, push_run
+    """The `push` subcommand: build and validate the Hub folders (or the Space folder with `--space`), then
+    upload them unless `--dry_run`."""
+    from mise.hub.push import build_hub_folders, build_space, push_run, push_space
 
+    if args.space:
+        if args.dry_run:
+            return {"space": str(build_space(args.output_dir, args.org, args.prefix))}
+        return push_space(args.output_dir, args.org, args.prefix, token=args.token, private=args.private)
     if args.dry_run:
         folders = build_hub_folders(
             args.output_dir, args.org, args.prefix, license=args.license, study=args.study

@@ -62,7 +62,7 @@ def _class_name(label: int, id2label: Mapping | None) -> str:
     return str(id2label.get(label, id2label.get(str(label), label)))
 
 
-def _pick_validation_speakers(
+def pick_validation_speakers(
     candidates: list[str],
     count: int,
     speakers: np.ndarray,
@@ -70,15 +70,23 @@ def _pick_validation_speakers(
     train_side: np.ndarray,
     classes: list[int],
     rng: np.random.Generator,
-    speaker_sessions: dict[str, str] | None,
+    speaker_sessions: dict[str, str] | None = None,
 ) -> list[str]:
-    """Choose ``count`` speakers in a seeded random order, preferring ones whose removal keeps every
-    class on the training side and (with sessions) ones from a session not used yet."""
+    """The one draw of validation speakers, for the folds and for the final models.
+
+    Chooses ``count`` of ``candidates`` in a seeded random order (``rng``), preferring speakers whose removal
+    keeps every class of ``classes`` on the training side (``train_side``, a mask over the items) and, with
+    ``speaker_sessions``, speakers from a session not used yet. Returns them sorted. The caller checks that
+    the training side left still covers every class ([`_check_training_classes`]).
+
+    Raises:
+        ValueError: when ``count`` leaves no training speaker.
+    """
     if count == 0:
         return []
     if count >= len(candidates):
         raise ValueError(
-            f"make_folds: num_validation_speakers={count} leaves no training speaker "
+            f"num_validation_speakers={count} leaves no training speaker "
             f"(only {len(candidates)} speakers on the training side)"
         )
     order = [candidates[i] for i in rng.permutation(len(candidates))]
@@ -103,6 +111,35 @@ def _pick_validation_speakers(
         if speaker_sessions is not None:
             used_sessions.add(speaker_sessions[best])
     return sorted(chosen)
+
+
+def final_fold(
+    speakers: Sequence,
+    labels: Sequence[int],
+    num_validation_speakers: int,
+    seed: int,
+    name: str = "final",
+    id2label: Mapping | None = None,
+) -> Fold:
+    """The fold of the released models: every speaker trains but ``num_validation_speakers`` validation
+    speakers (early stopping), drawn by [`pick_validation_speakers`] with the seed stream ``[seed, 999]``.
+
+    Raises:
+        ValueError: when the validation speakers leave no training speaker, or leave the training side
+            without a class (naming the class), as for any fold of [`make_folds`].
+    """
+    labels = np.asarray(labels)
+    speakers = _as_str_array(speakers, "speakers", len(labels))
+    classes = sorted(int(c) for c in id2label) if id2label is not None else sorted(set(labels.tolist()))
+    everyone = np.ones(len(labels), dtype=bool)
+    validation_speakers = pick_validation_speakers(
+        sorted(set(speakers.tolist())), num_validation_speakers, speakers, labels, everyone, classes,
+        np.random.default_rng([seed, 999]),
+    )  # fmt: skip
+    validation = np.isin(speakers, validation_speakers)
+    train = np.flatnonzero(~validation)
+    _check_training_classes(name, labels, train, classes, id2label)
+    return Fold(name, train, np.flatnonzero(validation), np.zeros(0, dtype=np.int64), [], validation_speakers)
 
 
 def _check_training_classes(
@@ -188,14 +225,47 @@ def make_folds(
     Raises:
         ValueError: for a bad argument, or a fold whose training side lacks a class (naming fold and class).
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"make_folds: protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if not _is_int(num_validation_speakers) or num_validation_speakers < 0:
-        raise ValueError(
-            f"make_folds: num_validation_speakers must be an integer >= 0, got {num_validation_speakers!r}"
+    _check_arguments(protocol, num_validation_speakers, max_folds)
+    speakers, labels = _checked_items(speakers, labels)
+    classes = sorted(int(c) for c in id2label) if id2label is not None else sorted(set(labels.tolist()))
+    _warn_single_clip_speakers(speakers)
+
+    if protocol == "split":
+        return _split_fold(speakers, labels, split, num_validation_speakers, seed, classes, id2label)
+
+    speaker_sessions = None
+    if protocol == "loso_session":
+        sessions, speaker_sessions = _sessions(sessions, speakers)
+    elif len(set(speakers.tolist())) < 2:
+        raise ValueError("make_folds: speaker-independent folds need at least two speakers")
+
+    folds = []
+    groups = _speaker_groups(speakers, protocol, sessions, k, seed)
+    for fold_index, (name, test_speakers, test_session) in enumerate(groups[:max_folds]):
+        test_mask = np.isin(speakers, test_speakers)
+        if test_session is not None:
+            # a test speaker's clips from other sessions are left out of the fold entirely
+            test_mask &= sessions == test_session
+        train_side = ~np.isin(speakers, test_speakers)
+        candidates = sorted(set(speakers[train_side].tolist()))
+        if not candidates:
+            raise ValueError(f"fold {name!r}: no speaker is left for training")
+        rng = np.random.default_rng([seed, fold_index])
+        validation_speakers = pick_validation_speakers(
+            candidates, num_validation_speakers, speakers, labels, train_side, classes, rng, speaker_sessions
         )
-    if max_folds is not None and (not _is_int(max_folds) or max_folds < 1):
-        raise ValueError(f"make_folds: max_folds must be a positive integer or None, got {max_folds!r}")
+        validation_mask = np.isin(speakers, validation_speakers)
+        train = np.flatnonzero(train_side & ~validation_mask)
+        _check_training_classes(name, labels, train, classes, id2label)
+        folds.append(
+            Fold(name, train, np.flatnonzero(validation_mask), np.flatnonzero(test_mask), list(test_speakers),
+                 validation_speakers)
+        )  # fmt: skip
+    return folds
+
+
+def _checked_items(speakers: Sequence, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Speakers (strings, none missing) and integer labels as arrays of the same length."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) == 0:
         raise ValueError("make_folds: labels must be a non-empty 1-d sequence of class ids")
@@ -207,60 +277,35 @@ def make_folds(
         raise ValueError(
             f"make_folds: item {int(missing[0])} has no speaker; speaker-independent folds need one"
         )
-    classes = sorted(int(c) for c in id2label) if id2label is not None else sorted(set(labels.tolist()))
-    _warn_single_clip_speakers(speakers)
+    return speakers, labels
 
-    if protocol == "split":
-        return _split_fold(speakers, labels, split, num_validation_speakers, seed, classes, id2label)
 
-    speaker_sessions = None
-    if protocol == "loso_session":
-        if sessions is None:
-            raise ValueError("make_folds: protocol 'loso_session' needs sessions (one per item)")
-        sessions = _as_str_array(sessions, "sessions", len(labels))
-        missing = np.flatnonzero(np.asarray([s is None or s == "" for s in sessions]))
-        if len(missing):
-            raise ValueError(f"make_folds: item {int(missing[0])} has no session (protocol 'loso_session')")
-        if len(set(sessions.tolist())) < 2:
-            raise ValueError("make_folds: protocol 'loso_session' needs at least two sessions")
-        # a speaker recorded in several sessions is filed under its most frequent one for preferences only
-        speaker_sessions = {
-            s: Counter(sessions[speakers == s].tolist()).most_common(1)[0][0] for s in set(speakers.tolist())
-        }
-    elif len(set(speakers.tolist())) < 2:
-        raise ValueError("make_folds: speaker-independent folds need at least two speakers")
-
-    folds = []
-    groups = _speaker_groups(speakers, protocol, sessions, k, seed)
-    for fold_index, (name, test_speakers, test_session) in enumerate(groups):
-        if max_folds is not None and fold_index >= max_folds:
-            break
-        test_mask = np.isin(speakers, test_speakers)
-        if test_session is not None:
-            # a test speaker's clips from other sessions are left out of the fold entirely
-            test_mask &= sessions == test_session
-        train_side = ~np.isin(speakers, test_speakers)
-        candidates = sorted(set(speakers[train_side].tolist()))
-        if not candidates:
-            raise ValueError(f"fold {name!r}: no speaker is left for training")
-        rng = np.random.default_rng([seed, fold_index])
-        validation_speakers = _pick_validation_speakers(
-            candidates, num_validation_speakers, speakers, labels, train_side, classes, rng, speaker_sessions
+def _check_arguments(protocol: str, num_validation_speakers: object, max_folds: object) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"make_folds: protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if not _is_int(num_validation_speakers) or num_validation_speakers < 0:
+        raise ValueError(
+            f"make_folds: num_validation_speakers must be an integer >= 0, got {num_validation_speakers!r}"
         )
-        validation_mask = np.isin(speakers, validation_speakers)
-        train = np.flatnonzero(train_side & ~validation_mask)
-        _check_training_classes(name, labels, train, classes, id2label)
-        folds.append(
-            Fold(
-                name=name,
-                train=train,
-                validation=np.flatnonzero(validation_mask),
-                test=np.flatnonzero(test_mask),
-                test_speakers=list(test_speakers),
-                validation_speakers=validation_speakers,
-            )
-        )
-    return folds
+    if max_folds is not None and (not _is_int(max_folds) or max_folds < 1):
+        raise ValueError(f"make_folds: max_folds must be a positive integer or None, got {max_folds!r}")
+
+
+def _sessions(sessions: Sequence | None, speakers: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
+    """The session of each item for protocol ``loso_session``, and each speaker's most frequent session."""
+    if sessions is None:
+        raise ValueError("make_folds: protocol 'loso_session' needs sessions (one per item)")
+    sessions = _as_str_array(sessions, "sessions", len(speakers))
+    missing = np.flatnonzero(np.asarray([s is None or s == "" for s in sessions]))
+    if len(missing):
+        raise ValueError(f"make_folds: item {int(missing[0])} has no session (protocol 'loso_session')")
+    if len(set(sessions.tolist())) < 2:
+        raise ValueError("make_folds: protocol 'loso_session' needs at least two sessions")
+    # a speaker recorded in several sessions is filed under its most frequent one for preferences only
+    speaker_sessions = {
+        s: Counter(sessions[speakers == s].tolist()).most_common(1)[0][0] for s in set(speakers.tolist())
+    }
+    return sessions, speaker_sessions
 
 
 def _split_fold(speakers, labels, split, num_validation_speakers, seed, classes, id2label) -> list[Fold]:
@@ -286,7 +331,7 @@ def _split_fold(speakers, labels, split, num_validation_speakers, seed, classes,
         train_side = names == "train"
         candidates = sorted(set(speakers[train_side].tolist()) - set(test_speakers))
         rng = np.random.default_rng([seed, 0])
-        validation_speakers = _pick_validation_speakers(
+        validation_speakers = pick_validation_speakers(
             candidates, num_validation_speakers, speakers, labels, train_side, classes, rng, None
         )
         names = np.where(train_side & np.isin(speakers, validation_speakers), "validation", names)

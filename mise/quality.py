@@ -274,6 +274,30 @@ def _pair_metrics(real: np.ndarray, generated: np.ndarray, k: int) -> dict:
     return {"frechet_distance": fd, "precision": precision, "recall": recall}
 
 
+def _generate(
+    generator_model: Any, wanted: np.ndarray, wanted_codes: np.ndarray | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels the generator makes for the `wanted` labels (and text codes), in eval mode."""
+    device = getattr(generator_model, "device", torch.device("cpu"))
+    was_training = bool(getattr(generator_model, "training", False))
+    if hasattr(generator_model, "eval"):
+        generator_model.eval()
+    try:
+        with torch.no_grad():
+            output = generator_model.generate(
+                labels=torch.as_tensor(wanted, dtype=torch.long, device=device),
+                text_codes=None
+                if wanted_codes is None
+                else torch.as_tensor(wanted_codes, dtype=torch.float32, device=device),
+                generator=torch.Generator().manual_seed(seed),
+            )
+    finally:
+        if was_training:
+            generator_model.train()
+    generated = _as_matrix(output.features, "generated features")
+    return generated, _as_labels(output.labels, "generated labels", generated.shape[0])
+
+
 def generation_quality(
     generator_model: Any,
     real_features: Any,
@@ -316,24 +340,7 @@ def generation_quality(
         wanted = np.repeat(np.array(sorted(id2label), dtype=np.int64), num_per_label)
         wanted_codes = None if codes is None else _sample_text_codes(codes, labels, wanted, seed)
 
-    device = getattr(generator_model, "device", torch.device("cpu"))
-    was_training = bool(getattr(generator_model, "training", False))
-    if hasattr(generator_model, "eval"):
-        generator_model.eval()
-    try:
-        with torch.no_grad():
-            output = generator_model.generate(
-                labels=torch.as_tensor(wanted, dtype=torch.long, device=device),
-                text_codes=None
-                if wanted_codes is None
-                else torch.as_tensor(wanted_codes, dtype=torch.float32, device=device),
-                generator=torch.Generator().manual_seed(seed),
-            )
-    finally:
-        if was_training:
-            generator_model.train()
-    generated = _as_matrix(output.features, "generated features")
-    generated_labels = _as_labels(output.labels, "generated labels", generated.shape[0])
+    generated, generated_labels = _generate(generator_model, wanted, wanted_codes, seed)
     if generated.shape[1] != real.shape[1]:
         raise ValueError(
             f"generated features: size {generated.shape[1]} != real feature size {real.shape[1]}"

@@ -1,10 +1,13 @@
 """MISE speech emotion recognition Space: upload or record a clip, get the probability of each emotion.
 
 The end-to-end audio classifier (audio -> frozen encoder -> aligned `z_a` -> emotion classifier) is loaded
-once, at import. Settings, all optional, from the environment:
+once, at import, with `trust_remote_code=True`: the model's own code (shipped next to its weights) classifies
+and checks the audio, so the Space needs neither the `modeling_mise` nor the `mise` package. Settings, all
+optional, from the environment:
 
-- `MISE_MODEL`: Hub id or local folder of the classifier (default: `runs/ravdess/models/audio-classifier`,
-  which `make train` writes, relative to the repository root).
+- `MISE_MODEL`: Hub id or local folder of the classifier (default: `DEFAULT_MODEL`, the folder
+  `runs/ravdess/models/mise-audio-classifier` that `make train` writes, relative to the repository root; in a
+  Space built by `mise push --space`, the pushed `<org>/<prefix>-audio-classifier`).
 - `MISE_EXAMPLES`: folder of example clips (default: `examples/` next to this file; none shown when absent).
 - `MISE_MAX_SECONDS`: longer clips are cropped to their first `MISE_MAX_SECONDS` (default: the model's).
 - `MISE_HARD_LIMIT_SECONDS`: longer clips are refused (default 120).
@@ -16,12 +19,14 @@ once, at import. Settings, all optional, from the environment:
 from __future__ import annotations
 
 import html
+import importlib
 import inspect
 import logging
 import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
 
 import gradio as gr
 import numpy as np
@@ -29,30 +34,10 @@ import soundfile
 import torch
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-import modeling_mise  # noqa: F401  (registers the MISE classes with the transformers Auto classes)
-from mise.cli import resolve_model_source
-from mise.file_classification import AudioFileClassifier
-from modeling_mise.audio import (
-    AudioInputError,
-    AudioPolicy,
-    check_hard_limit,
-    check_waveform,
-    crop,
-    load_audio,
-    long_clip_notice,
-    prepare_waveform,
-)
-from modeling_mise.pipeline_audio_classification import (
-    enrolment_statistics,
-    input_policy,
-    normalization_label,
-)
-from modeling_mise.segments import plot_emotion_timeline
-
 logger = logging.getLogger("mise.space")
 
 APP_DIR = Path(__file__).resolve().parent
-DEFAULT_MODEL = APP_DIR.parent / "runs" / "ravdess" / "models" / "audio-classifier"
+DEFAULT_MODEL = str(APP_DIR.parent / "runs" / "ravdess" / "models" / "mise-audio-classifier")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 QUEUE_SIZE = 64
@@ -73,12 +58,22 @@ def env_number(name: str, default: float | None) -> float | None:
     return number
 
 
+def model_module(model: torch.nn.Module, name: str) -> ModuleType:
+    """A module of the model's own code (`trust_remote_code`): `audio` holds the input checks of MISE models."""
+    package = type(model).__module__.rpartition(".")[0]
+    try:
+        return importlib.import_module(f"{package}.{name}")
+    except ImportError:
+        raise ValueError(f"not a MISE audio classifier: its code has no `{name}` module") from None
+
+
 @dataclass
 class LoadedModel:
-    """The classifier, its feature extractor and what the page needs to know about them."""
+    """The classifier, its feature extractor, its audio module and what the page needs to know about them."""
 
     model: torch.nn.Module
     feature_extractor: object
+    audio: ModuleType
     source: str
     sampling_rate: int
     id2label: dict[int, str]
@@ -87,10 +82,11 @@ class LoadedModel:
     hard_limit_seconds: float
 
     @property
-    def policy(self) -> AudioPolicy:
-        """The shared input policy with the feature extractor's thresholds and this Space's two limits."""
+    def policy(self):
+        """The model's input policy (`audio.AudioPolicy`, the feature extractor's thresholds) with this Space's
+        two limits."""
         return replace(
-            input_policy(self.feature_extractor),
+            self.feature_extractor.policy,
             max_seconds=self.max_seconds,
             hard_limit_seconds=self.hard_limit_seconds,
         )
@@ -114,20 +110,19 @@ def load_model(source: str | None = None) -> tuple[LoadedModel | None, str | Non
     Returns:
         `(model, None)`, or `(None, message)` with a message for the page when there is no usable model.
     """
-    source = source or os.environ.get("MISE_MODEL") or str(DEFAULT_MODEL)
+    source = source or os.environ.get("MISE_MODEL") or DEFAULT_MODEL
     hint = (
-        "Train one (`make train` writes `runs/ravdess/models/audio-classifier`) or set `MISE_MODEL` to a "
+        "Train one (`make train` writes `runs/ravdess/models/mise-audio-classifier`) or set `MISE_MODEL` to a "
         "Hub id or to a folder written by `save_pretrained`."
     )
-    try:
-        source = resolve_model_source(source)
-    except ValueError:
-        return None, f"No model found at `{source}`. {hint}"
-    if not Path(source).exists() and not HUB_ID.match(source):
+    if Path(source).expanduser().exists():
+        source = str(Path(source).expanduser())
+    elif source.startswith((".", "/", "~")) or not HUB_ID.match(source):
         return None, f"No model found at `{source}`. {hint}"
     try:
-        model = AutoModelForAudioClassification.from_pretrained(source).eval()
-        feature_extractor = AutoFeatureExtractor.from_pretrained(source)
+        model = AutoModelForAudioClassification.from_pretrained(source, trust_remote_code=True).eval()
+        feature_extractor = AutoFeatureExtractor.from_pretrained(source, trust_remote_code=True)
+        audio = model_module(model, "audio")
     except Exception as error:  # the page shows why; any failure to load must not crash the Space
         reason = (
             str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
@@ -136,7 +131,8 @@ def load_model(source: str | None = None) -> tuple[LoadedModel | None, str | Non
     id2label = {int(index): name for index, name in model.config.id2label.items()}
     try:
         max_seconds = env_number(
-            "MISE_MAX_SECONDS", getattr(model.config, "max_duration_s", None) or AudioPolicy().max_seconds
+            "MISE_MAX_SECONDS",
+            getattr(model.config, "max_duration_s", None) or audio.AudioPolicy().max_seconds,
         )
         hard_limit = env_number("MISE_HARD_LIMIT_SECONDS", 120.0)
     except ValueError as error:
@@ -146,10 +142,11 @@ def load_model(source: str | None = None) -> tuple[LoadedModel | None, str | Non
     loaded = LoadedModel(
         model=model,
         feature_extractor=feature_extractor,
+        audio=audio,
         source=source,
         sampling_rate=int(feature_extractor.sampling_rate),
         id2label=id2label,
-        # MISE models say whether their classifier takes [z_a; z_t]; other audio classifiers take audio only
+        # whether the classifier takes [z_a; z_t] (and `forward` a transcript per clip)
         multimodal=bool(getattr(model, "multimodal", False))
         and "transcripts" in inspect.signature(model.forward).parameters,
         max_seconds=max_seconds,
@@ -177,7 +174,7 @@ def _channel_count(path: str) -> int | None:
         return None
 
 
-def _decode(path: str, name: str) -> tuple[np.ndarray, int, int | None]:
+def _decode(path: str, name: str, audio: ModuleType) -> tuple[np.ndarray, int, int | None]:
     """Samples `(T, C)`, sampling rate and channel count of an audio file; AudioInputError naming `name`."""
     try:
         data, rate = soundfile.read(path, dtype="float32", always_2d=True)
@@ -185,9 +182,9 @@ def _decode(path: str, name: str) -> tuple[np.ndarray, int, int | None]:
     except Exception:  # not a libsndfile format: load_audio tries FFmpeg and says why it failed
         pass
     try:
-        waveform, rate = load_audio(path)
-    except AudioInputError as error:
-        raise AudioInputError(name, error.reason) from None
+        waveform, rate = audio.load_audio(path)
+    except audio.AudioInputError as error:
+        raise audio.AudioInputError(name, error.reason) from None
     return waveform[:, None], rate, _channel_count(path)
 
 
@@ -197,34 +194,39 @@ def read_clip(
     max_seconds: float,
     hard_limit_seconds: float,
     name: str | None = None,
-    policy: AudioPolicy | None = None,
+    policy=None,
+    audio: ModuleType | None = None,
 ) -> Clip:
     """Decode, check, crop, downmix and resample one clip for a model taking `sampling_rate` Hz mono.
 
-    The checks are `modeling_mise.audio.AudioPolicy`'s (thresholds of `policy`, default the package's), with
-    `max_seconds` as the window and `hard_limit_seconds` as the limit.
+    The checks are those of the model's `audio` module (default: the loaded model's), with the thresholds of
+    `policy` (default: the module's `AudioPolicy()`), `max_seconds` as the window and `hard_limit_seconds` as
+    the limit.
 
     Raises:
         AudioInputError: naming the file, for a non-audio, empty, silent, too short or too long clip.
     """
+    audio = audio or MODEL.audio
     name = name or Path(path).name
-    policy = replace(policy or AudioPolicy(), max_seconds=max_seconds, hard_limit_seconds=hard_limit_seconds)
+    policy = replace(
+        policy or audio.AudioPolicy(), max_seconds=max_seconds, hard_limit_seconds=hard_limit_seconds
+    )
     try:
         info = soundfile.info(path)
         header_seconds = info.frames / info.samplerate if info.samplerate > 0 else 0.0
     except Exception:  # not a libsndfile format: the duration is checked after decoding
         header_seconds = 0.0
-    check_hard_limit(header_seconds, name, policy)  # before decoding a huge file
-    data, rate, channels = _decode(path, name)
+    audio.check_hard_limit(header_seconds, name, policy)  # before decoding a huge file
+    data, rate, channels = _decode(path, name, audio)
     if data.shape[0] == 0:
-        raise AudioInputError(name, "empty clip (0 samples)")
+        raise audio.AudioInputError(name, "empty clip (0 samples)")
     seconds = data.shape[0] / rate
-    check_hard_limit(seconds, name, policy)
-    data, _ = crop(data, rate, max_seconds + 1.0)  # resample no more than the window needs
-    waveform = prepare_waveform(data, rate, sampling_rate, source=name)
-    check_waveform(waveform, sampling_rate, name, policy)  # raises for a too short or silent clip
-    waveform, _ = crop(waveform, sampling_rate, max_seconds)
-    notices = [long_clip_notice(seconds, max_seconds)] if seconds > max_seconds else []
+    audio.check_hard_limit(seconds, name, policy)
+    data, _ = audio.crop(data, rate, max_seconds + 1.0)  # resample no more than the window needs
+    waveform = audio.prepare_waveform(data, rate, sampling_rate, source=name)
+    audio.check_waveform(waveform, sampling_rate, name, policy)  # raises for a too short or silent clip
+    waveform, _ = audio.crop(waveform, sampling_rate, max_seconds)
+    notices = [audio.long_clip_notice(seconds, max_seconds)] if seconds > max_seconds else []
     if rate != sampling_rate:
         notices.append(f"Resampled from {rate} Hz to {sampling_rate} Hz, the model's rate.")
     if channels is not None and channels > 1:
@@ -244,12 +246,27 @@ def predict(
     inputs = loaded.feature_extractor(waveform, sampling_rate=loaded.sampling_rate, return_tensors="pt")
     extra = {}
     if enrolment:
-        extra["speaker_statistics"] = enrolment_statistics(loaded.model, loaded.feature_extractor, enrolment)
+        extra["speaker_statistics"] = enrolment_statistics(loaded, enrolment)
     if loaded.multimodal and transcript and transcript.strip():
         extra["transcripts"] = [transcript.strip()]
     logits = loaded.model(**inputs, **extra).logits[0]
     probabilities = logits.float().softmax(dim=-1).tolist()
     return {loaded.id2label[index]: p for index, p in enumerate(probabilities)}
+
+
+def enrolment_statistics(loaded: LoadedModel, paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's per-speaker statistics of other clips of the same speaker, each read and checked as an upload
+    is; ValueError when the model takes no enrolment clips (saying why) or fewer than 2 are given."""
+    if not hasattr(loaded.model, "speaker_statistics"):
+        raise ValueError("enrolment: MISE audio classifiers only")
+    clips = [
+        read_clip(path, loaded.sampling_rate, loaded.max_seconds, loaded.hard_limit_seconds, None, loaded.policy,
+                  loaded.audio)
+        for path in paths
+    ]  # fmt: skip
+    waveforms = [clip.waveform for clip in clips]
+    inputs = loaded.feature_extractor(waveforms, sampling_rate=loaded.sampling_rate, return_tensors="pt")
+    return loaded.model.speaker_statistics(**inputs)
 
 
 def describe(
@@ -304,7 +321,7 @@ def classify(
         )
         enrolment = [str(path) for path in enrolment or []]
         scores = predict(MODEL, clip.waveform, transcript, enrolment)
-    except AudioInputError as error:
+    except MODEL.audio.AudioInputError as error:
         return _refuse(f"Could not classify `{error.source}`: {error.reason}.")
     except ValueError as error:  # enrolment refused: too few clips, or a model trained without it
         return _refuse(f"Could not classify `{name}`: {error}.")
@@ -312,13 +329,46 @@ def classify(
         logger.exception("classification of %s failed", name)
         return _refuse(f"Could not classify `{name}`: {type(error).__name__}: {error}")
     used_transcript = bool(MODEL.multimodal and transcript and transcript.strip())
-    normalization = normalization_label(len(enrolment)) if enrolment else "global"
+    normalization = f"speaker ({len(enrolment)} enrolment clips)" if enrolment else "global"
     return scores, describe(clip, scores, used_transcript, normalization)
+
+
+def window_scores(clip: Clip, window: float, hop: float) -> list[tuple[float, float, dict[str, float]]]:
+    """`(start s, end s, probability of each emotion)` of the windows of a clip, every `hop` seconds; windows
+    the model's input checks refuse (silent, too short) are skipped."""
+    rate, rows = MODEL.sampling_rate, []
+    size, step = round(window * rate), max(1, round(hop * rate))
+    for start in range(0, max(len(clip.waveform) - size, 0) + step, step):
+        piece = clip.waveform[start : start + size]
+        if start and len(piece) < size // 2:  # a short tail is already in the previous window
+            break
+        try:
+            MODEL.audio.check_waveform(piece, rate, clip.name, MODEL.policy)
+        except MODEL.audio.AudioInputError:
+            continue
+        rows.append((start / rate, (start + len(piece)) / rate, predict(MODEL, piece)))
+    return rows
+
+
+def plot_timeline(rows: list[tuple[float, float, dict[str, float]]], title: str):
+    """Each emotion's probability at the centre of each window, as a line per emotion."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8.0, 3.2), layout="constrained")
+    axis = figure.subplots()
+    centres = [(start + end) / 2 for start, end, _ in rows]
+    for name in rows[0][2]:
+        axis.plot(centres, [scores[name] for _, _, scores in rows], marker="o", ms=3, lw=1.2, label=name)
+    axis.set(xlabel="time [s]", ylabel="probability", ylim=(0, 1))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, ncols=4, loc="upper right")
+    axis.set_title(title, fontsize=9)
+    return figure
 
 
 def timeline(audio: str | None):
     """Emotion over time of an upload longer than the window (`MISE_WINDOW_SECONDS`): a plot of each window's
-    probabilities, titled with the duration-weighted mean; hidden for a short, unusable or missing clip."""
+    probabilities, titled with the mean over the windows; hidden for a short, unusable or missing clip."""
     hidden = gr.update(value=None, visible=False)
     if MODEL is None or not audio:
         return hidden
@@ -329,20 +379,18 @@ def timeline(audio: str | None):
         clip = read_clip(audio, MODEL.sampling_rate, limit, limit, Path(audio).name)
         if clip.seconds <= window:
             return hidden
-        windows = AudioFileClassifier(MODEL.model, MODEL.feature_extractor, window, hop)
-        result = windows.classify_waveforms([(clip.name, clip.waveform)])[0]
-    except (AudioInputError, ValueError):  # classify() already tells the user what is wrong with the clip
+        rows = window_scores(clip, window, hop)
+    except ValueError:  # classify() already tells the user what is wrong with the clip
         return hidden
     except Exception:  # keep serving; the server log has the traceback
         logger.exception("timeline of %s failed", audio)
         return hidden
-    if not result.segments:
+    if not rows:
         return hidden
-    title = (
-        f"{clip.name}: {result.label} ({result.scores[result.label]:.0%}, duration-weighted mean of "
-        f"{len(result.segments)} windows of {window:g} s)"
-    )
-    return gr.update(value=plot_emotion_timeline(result.segments, title=title), visible=True)
+    mean = {name: float(np.mean([scores[name] for _, _, scores in rows])) for name in rows[0][2]}
+    label = max(mean, key=mean.get)
+    title = f"{clip.name}: {label} ({mean[label]:.0%}, mean of {len(rows)} windows of {window:g} s)"
+    return gr.update(value=plot_timeline(rows, title), visible=True)
 
 
 def find_examples(folder: str | None = None, limit: int = 6) -> list[Path]:

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from mise.folds import make_folds
+from mise.folds import final_fold, make_folds
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +162,35 @@ def test_validation_choice_keeps_every_class_in_training(ravdess):
         assert "Actor_05" not in folds["speaker-Actor_06"].validation_speakers
         for fold in folds.values():
             _check_partition(fold, kept_speakers, kept_labels)
+
+
+def test_final_fold_draws_validation_speakers_as_the_folds_do(ravdess):
+    """The released models' fold: every speaker trains but the validation speakers, drawn by the folds' own
+    algorithm (keep every class on the training side); an impossible draw is an error, not a silent one."""
+    speakers, labels, id2label = ravdess
+    fold = final_fold(speakers, labels, 2, seed=42, id2label=id2label)
+    assert fold.name == "final" and len(fold.test) == 0 and fold.test_speakers == []
+    assert len(fold.validation_speakers) == 2 and set(speakers[fold.validation]) == set(
+        fold.validation_speakers
+    )
+    assert sorted(np.concatenate([fold.train, fold.validation]).tolist()) == list(range(len(labels)))
+    assert final_fold(speakers, labels, 2, seed=42).validation_speakers == fold.validation_speakers
+    assert {tuple(final_fold(speakers, labels, 2, seed=s).validation_speakers) for s in range(5)} != {
+        tuple(fold.validation_speakers)
+    }
+    neutral = next(i for i, name in id2label.items() if name == "neutral")
+    # only Actor_05 keeps its neutral clips: it is never drawn, whatever the seed
+    keep = (labels != neutral) | (speakers == "Actor_05")
+    for seed in range(5):
+        drawn = final_fold(speakers[keep], labels[keep], 12, seed, id2label=id2label).validation_speakers
+        assert len(drawn) == 12 and "Actor_05" not in drawn
+    # asking for every speaker leaves none to train; a corpus whose training side lacks a class is refused
+    only = (labels != neutral) | (speakers == "Actor_05")
+    with pytest.raises(ValueError, match="leaves no training speaker"):
+        final_fold(speakers[only], labels[only], 24, 0, id2label=id2label)
+    no_neutral = labels != neutral
+    with pytest.raises(ValueError, match=r"fold 'final'.*'neutral'"):
+        final_fold(speakers[no_neutral], labels[no_neutral], 1, 0, id2label=id2label)
 
 
 def test_single_clip_speaker_warns(ravdess):

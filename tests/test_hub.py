@@ -28,31 +28,38 @@ from transformers import pipeline
 
 import modeling_mise  # noqa: F401  (registers the Auto classes and the pipeline)
 from mise.cli import main as mise_main
-from mise.hub.cards import card_context, render_card, template_dir
+from mise.hub.cards import HUB_KINDS, MODEL_FOLDERS, PIPELINE_TAGS, card_context, render_card, template_dir
 from mise.hub.push import (
     HubPushError,
     RunFolderError,
     build_hub_folders,
     push_run,
-    read_run,
+    read_run_card,
     read_study,
     repo_ids,
     run_without_package,
     validate_hub_folder,
 )
-from modeling_mise import MiseAlignerModel, MiseForAudioClassification, MiseGeneratorModel
+from mise.hub.run_card import CARD_FILE, write_run_card
+from modeling_mise import (
+    MiseAlignerModel,
+    MiseClassifierModel,
+    MiseForAudioClassification,
+    MiseGeneratorModel,
+)
 from modeling_mise.audio import load_audio
 from modeling_mise.encoders import load_audio_encoder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ORG, PREFIX = "mise-test", "mise-ravdess"
-KINDS = ("encoder", "generator", "classifier")
+KINDS = HUB_KINDS
 STUDY_VARIANTS = ("classic", "none", "mise")
 CODE_FILES = {
-    "encoder": {"configuration_aligner.py", "modeling_aligner.py", "layers.py", "losses.py"},
+    "aligner": {"configuration_aligner.py", "modeling_aligner.py", "layers.py", "losses.py"},
     # no losses.py: the InfoGAN losses are training code
     "generator": {"configuration_generator.py", "modeling_generator.py", "layers.py"},
-    "classifier": {
+    "classifier": {"configuration_classifier.py", "modeling_classifier.py", "layers.py"},
+    "audio-classifier": {
         "configuration_audio_classifier.py",
         "modeling_audio_classifier.py",
         "feature_extraction_mise.py",
@@ -113,49 +120,47 @@ def trained_run(tmp_path_factory, ravdess_rows):
     # `mise push --dry_run`: build OUT/hub/* and validate it (cards, files, clean-process remote code)
     assert mise_main(["push", str(out), "--org", ORG, "--prefix", PREFIX, "--dry_run"]) == 0
     assert snapshot(out, skip="hub") == before, "building the Hub folders changed the run outside OUT/hub"
-    return out, {kind: out / "hub" / kind for kind in KINDS}
+    return out, {kind: out / "hub" / f"{PREFIX}-{kind}" for kind in KINDS}
 
 
 def test_templates_live_in_the_repository():
     assert template_dir() == REPO_ROOT / "model_cards"
-    assert {p.name for p in template_dir().glob("*.md")} >= {"encoder.md", "generator.md", "classifier.md"}
+    assert {p.name for p in template_dir().glob("*.md")} >= {f"{kind}.md" for kind in KINDS}
 
 
 def test_folders_and_cards(trained_run):
     out, folders = trained_run
-    run = read_run(out)
-    assert set(folders) == set(KINDS) and all(
-        folder == out / "hub" / kind for kind, folder in folders.items()
-    )
+    card = read_run_card(out)
+    assert all(folder.is_dir() for folder in folders.values())
     assert json.loads((out / "hub" / "repos.json").read_text()) == repo_ids(ORG, PREFIX)
-    id2label = json.loads((out / "models" / "classifier" / "config.json").read_text())["id2label"]
-    fold = run.folds[0]
+    id2label = json.loads((out / "models" / "mise-classifier" / "config.json").read_text())["id2label"]
+    fold = card["folds"][0]
     for kind, folder in folders.items():
         files = {path.name for path in folder.iterdir()}
         assert {"config.json", "model.safetensors", "README.md"} | CODE_FILES[kind] <= files, files
         assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
         auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
         assert {"AutoConfig", "AutoModel"} <= set(auto_map)
-        card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
-        data = card.data
-        assert data.model_name == f"{PREFIX}-{kind}"
+        model_card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
+        data = model_card.data
+        assert data.model_name == f"{PREFIX}-{kind}" == folder.name
         assert data.library_name == "transformers" and data.license == "cc-by-nc-sa-4.0"
-        assert data.pipeline_tag == ("audio-classification" if kind == "classifier" else "feature-extraction")
+        assert data.pipeline_tag == PIPELINE_TAGS[kind]
         assert data.base_model == ["sentence-transformers/all-MiniLM-L6-v2"]  # openSMILE is not a Hub model
         assert data.datasets == ["ravdess"] and data.language == ["en"]
         results = {result.metric_name: result for result in data.eval_results}
         uar = results["UAR (unweighted average recall, pooled over folds)"]
-        assert uar.metric_value == round(run.summary["uar_pooled"], 4) and uar.metric_type == "recall"
+        assert uar.metric_value == round(card["metrics"]["uar_pooled"], 4) and uar.metric_type == "recall"
         assert uar.dataset_name == "RAVDESS" and "leave-one-speaker-out" in uar.dataset_split
         assert results["WA (weighted accuracy, pooled over folds)"].metric_value == round(
-            run.summary["wa_pooled"], 4
+            card["metrics"]["wa_pooled"], 4
         )
-        text = card.text
+        text = model_card.text
         assert all(f"`{label}`" in text for label in id2label.values())
         assert f"{100 * fold['uar']:.2f} %" in text and "aligner_epochs: 3" in text
         assert "arXiv:2510.10078" in text and "Livingstone & Russo" in text
         assert all(f"{ORG}/{PREFIX}-{other}" in text for other in KINDS)
-    classifier_folder = folders["classifier"]
+    classifier_folder = folders["audio-classifier"]
     extractor = json.loads((classifier_folder / "preprocessor_config.json").read_text())
     assert "AutoFeatureExtractor" in extractor["auto_map"]
     assert (
@@ -163,7 +168,7 @@ def test_folders_and_cards(trained_run):
         in json.loads((classifier_folder / "config.json").read_text())["auto_map"]
     )
     generator_card = (folders["generator"] / "README.md").read_text()
-    quality = fold["stages"]["generator"]["quality"]
+    quality = fold["generator_quality"]
     assert (
         f"{quality['mi_emotion_nats']:.3f}" in generator_card
         and f"{quality['frechet_distance']:.3f}" in generator_card
@@ -176,22 +181,22 @@ def test_folders_and_cards(trained_run):
 
 def test_validation_catches_broken_folders(trained_run, tmp_path):
     out, folders = trained_run
-    run = read_run(out)
-    broken = tmp_path / "classifier"
-    shutil.copytree(folders["classifier"], broken)
+    card = read_run_card(out)
+    broken = tmp_path / "audio-classifier"
+    shutil.copytree(folders["audio-classifier"], broken)
     (broken / "encoders.py").unlink()  # imported by modeling_audio_classifier.py
     with pytest.raises(RunFolderError, match="encoders.py"):
-        validate_hub_folder(broken, "classifier", run)
-    wrong = tmp_path / "encoder"
-    shutil.copytree(folders["encoder"], wrong)
+        validate_hub_folder(broken, "audio-classifier", card)
+    wrong = tmp_path / "aligner"
+    shutil.copytree(folders["aligner"], wrong)
     readme = wrong / "README.md"
-    expected = round(run.summary["uar_pooled"], 4)
+    expected = round(card["metrics"]["uar_pooled"], 4)
     readme.write_text(readme.read_text().replace(f"value: {expected}\n", "value: 0.999\n", 1))
-    with pytest.raises(RunFolderError, match="does not match summary.json"):
-        validate_hub_folder(wrong, "encoder", run)
+    with pytest.raises(RunFolderError, match="does not match card.json"):
+        validate_hub_folder(wrong, "aligner", card)
     (wrong / "pytorch_model.bin").write_bytes(b"\x80")
     with pytest.raises(RunFolderError, match="pickle"):
-        validate_hub_folder(wrong, "encoder", run)
+        validate_hub_folder(wrong, "aligner", card)
 
 
 def seed_hub_cache(hf_home: Path, repo_id: str, folder: Path) -> None:
@@ -222,13 +227,16 @@ def test_card_snippets_and_remote_code_in_a_clean_process(trained_run, ravdess_w
 
     waveform, rate = load_audio(ravdess_wav, target_sampling_rate=16000)
     h = load_audio_encoder("opensmile/eGeMAPSv02").encode([waveform], show_progress=False)
-    aligner = MiseAlignerModel.from_pretrained(out / "models" / "aligner").eval()
-    generator = MiseGeneratorModel.from_pretrained(out / "models" / "generator").eval()
-    classifier = MiseForAudioClassification.from_pretrained(out / "models" / "audio-classifier").eval()
+    aligner = MiseAlignerModel.from_pretrained(out / "models" / "mise-aligner").eval()
+    generator = MiseGeneratorModel.from_pretrained(out / "models" / "mise-generator").eval()
+    head = MiseClassifierModel.from_pretrained(out / "models" / "mise-classifier").eval()
+    classifier = MiseForAudioClassification.from_pretrained(out / "models" / "mise-audio-classifier").eval()
     with torch.no_grad():
+        z_a = aligner.get_audio_features(h)
         expected = {
             "h": h.tolist(),
-            "z_a": aligner.get_audio_features(h).tolist(),
+            "z_a": z_a.tolist(),
+            "head": head(z_a).logits.tolist(),
             "generated": generator.generate(
                 num_per_label=3, generator=torch.Generator().manual_seed(7)
             ).features.tolist(),
@@ -240,19 +248,21 @@ def test_card_snippets_and_remote_code_in_a_clean_process(trained_run, ravdess_w
     import json, soundfile as sf, torch
     from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
     snippets = json.loads(open("snippets.json").read())
-    for kind in ("generator", "encoder", "classifier"):
+    for kind in ("generator", "aligner", "classifier", "audio-classifier"):
         print(f"=== {{kind}}", flush=True)
         exec(compile(snippets[kind], f"<{{kind}} card>", "exec"), {{"__name__": "__main__"}})
     expected = json.loads(open("expected.json").read())
     repos = {json.dumps(repos)}
-    encoder = AutoModel.from_pretrained(repos["encoder"], trust_remote_code=True).eval()
+    encoder = AutoModel.from_pretrained(repos["aligner"], trust_remote_code=True).eval()
     generator = AutoModel.from_pretrained(repos["generator"], trust_remote_code=True).eval()
-    classifier = AutoModelForAudioClassification.from_pretrained(repos["classifier"], trust_remote_code=True).eval()
-    extractor = AutoFeatureExtractor.from_pretrained(repos["classifier"], trust_remote_code=True)
-    for model in (encoder, generator, classifier):
+    head = AutoModel.from_pretrained(repos["classifier"], trust_remote_code=True).eval()
+    classifier = AutoModelForAudioClassification.from_pretrained(repos["audio-classifier"], trust_remote_code=True).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(repos["audio-classifier"], trust_remote_code=True)
+    for model in (encoder, generator, head, classifier):
         assert model.__module__.startswith("transformers_modules."), model.__module__
     with torch.no_grad():
         z_a = encoder.get_audio_features(torch.tensor(expected["h"]))
+        assert torch.allclose(head(z_a).logits, torch.tensor(expected["head"]), atol=1e-5)
         generated = generator.generate(num_per_label=3, generator=torch.Generator().manual_seed(7)).features
         audio, rate = sf.read("clip.wav", dtype="float32")
         logits = classifier(**extractor(audio, sampling_rate=rate, return_tensors="pt")).logits
@@ -263,19 +273,20 @@ def test_card_snippets_and_remote_code_in_a_clean_process(trained_run, ravdess_w
     """
     result = run_without_package(code, cwd=workdir, env={"HF_HOME": str(hf_home)})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    sections = dict(re.findall(r"=== (\w+)\n(.*?)(?==== |REMOTE_MATCH)", result.stdout, re.S))
+    sections = dict(re.findall(r"=== ([\w-]+)\n(.*?)(?==== |REMOTE_MATCH)", result.stdout, re.S))
     labels = sorted(generator.config.id2label.values())
     # generator: 64 labelled rows per emotion in the z_a space, fed to scikit-learn
     assert f"({64 * len(labels)}, {generator.config.feature_dim}) {labels}" in sections["generator"]
-    assert f"({1}, {aligner.config.projection_dim})" in sections["encoder"]
-    assert any(label in sections["encoder"] for label in labels)
+    assert f"({1}, {aligner.config.projection_dim})" in sections["aligner"]
+    assert any(label in sections["aligner"] for label in labels)
     assert all(f"'{label}'" in sections["classifier"] for label in labels)
+    assert all(f"'{label}'" in sections["audio-classifier"] for label in labels)
     assert "REMOTE_MATCH" in result.stdout
 
 
 def test_pipeline_on_the_classifier_folder(trained_run, ravdess_wav):
     out, folders = trained_run
-    classify = pipeline("audio-classification", model=str(folders["classifier"]))
+    classify = pipeline("audio-classification", model=str(folders["audio-classifier"]))
     labels = set(classify.model.config.id2label.values())
     from_path = classify(ravdess_wav, top_k=len(labels))
     assert {item["label"] for item in from_path} == labels
@@ -287,7 +298,7 @@ def test_pipeline_on_the_classifier_folder(trained_run, ravdess_wav):
     scores_path = {item["label"]: item["score"] for item in from_path}
     scores_array = {item["label"]: item["score"] for item in from_array}
     assert max(abs(scores_path[label] - scores_array[label]) for label in labels) < 0.05
-    original = MiseForAudioClassification.from_pretrained(out / "models" / "audio-classifier").eval()
+    original = MiseForAudioClassification.from_pretrained(out / "models" / "mise-audio-classifier").eval()
     clip, _ = load_audio(ravdess_wav, target_sampling_rate=16000)
     with torch.no_grad():
         probabilities = original(input_values=torch.from_numpy(clip)[None]).logits.softmax(-1)[0]
@@ -302,7 +313,7 @@ def closed_port() -> int:
 
 
 def test_push_fails_clearly_and_loses_nothing(trained_run, monkeypatch, capsys, tmp_path):
-    out, _ = trained_run
+    out, folders = trained_run
     before = snapshot(out)
     argv = ["push", str(out), "--org", ORG, "--prefix", PREFIX]
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -327,50 +338,87 @@ def test_push_fails_clearly_and_loses_nothing(trained_run, monkeypatch, capsys, 
     error = capsys.readouterr().err
     assert "unreachable" in error and "Connection refused" in error and "Nothing was uploaded" in error
     assert snapshot(out) == before, "a failed push changed the run folder"
-    assert all(validate_hub_folder(out / "hub" / kind, kind) for kind in KINDS)  # still ready for a rerun
+    assert all(
+        validate_hub_folder(folder, kind) for kind, folder in folders.items()
+    )  # still ready for a rerun
 
 
 def test_bad_run_folders_and_names(tmp_path, trained_run):
     out, _ = trained_run
-    with pytest.raises(RunFolderError, match="summary.json"):
-        read_run(tmp_path)
+    with pytest.raises(RunFolderError, match="card.json: missing"):
+        read_run_card(tmp_path)
     with pytest.raises(ValueError, match="org"):
         repo_ids("bad org!", PREFIX)
-    # a run folder with results and models but no run_info.json / folds: cards say "not recorded"
+    # a card.json with the results only (no corpus, folds, command): the cards say "not recorded"
     bare = tmp_path / "bare"
     bare.mkdir()
-    shutil.copy(out / "summary.json", bare / "summary.json")
-    shutil.copytree(out / "models", bare / "models", ignore=shutil.ignore_patterns("generator"))
+    metrics = read_run_card(out)["metrics"]
+    (bare / CARD_FILE).write_text(json.dumps({"format": 1, "metrics": metrics}))
+    shutil.copytree(out / "models", bare / "models", ignore=shutil.ignore_patterns("mise-generator"))
     folders = build_hub_folders(bare, org=ORG, check_remote_code=False)
-    assert set(folders) == {"encoder", "classifier"}  # no generator trained: none published
-    card = ModelCard.load(folders["classifier"] / "README.md")
+    assert set(folders) == {
+        "aligner",
+        "classifier",
+        "audio-classifier",
+    }  # no generator trained: none published
+    card = ModelCard.load(folders["audio-classifier"] / "README.md")
     assert card.data.license == "other" and card.data.eval_results
-    assert "not recorded" in card.text and f"{ORG}/mise-classifier" in card.text
+    assert "not recorded" in card.text and f"{ORG}/mise-audio-classifier" in card.text
+    (bare / CARD_FILE).write_text(json.dumps({"format": 1, "metrics": {**metrics, "uar_pooled": None}}))
+    with pytest.raises(RunFolderError, match="'metrics.uar_pooled' missing"):
+        read_run_card(bare)
+
+
+def test_card_json_is_what_training_tells_the_cards(trained_run, tmp_path):
+    """train.py writes every documented card.json field; `dataset_license` states the corpus' licence."""
+    out, _ = trained_run
+    card = json.loads((out / CARD_FILE).read_text())
+    assert set(card) == {"format", "command", "commit", "date", "corpus", "protocol", "augmentation", "metrics",
+                         "folds", "final_generator_quality", "config", "study"}  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert (
+        card["metrics"] == {key: summary[key] for key in card["metrics"]} and card["metrics"]["n_folds"] == 1
+    )
+    assert card["command"].startswith("accelerate launch training/train.py") and card["commit"]
+    assert card["corpus"] == {**card["corpus"], "name": "RAVDESS", "clips": 40, "speakers": 5,
+                              "license": "cc-by-nc-sa-4.0", "license_source": "known corpus"}  # fmt: skip
+    assert card["protocol"] == {"name": "loso", "num_folds": 5, "max_folds": 1, "num_validation_speakers": 1}
+    assert card["augmentation"]["method"] == "mise" and card["config"]["aligner_epochs"] == 3
+    fold = json.loads(next((out / "folds").glob("*/metrics.json")).read_text())
+    assert card["folds"] == [{"name": fold["fold"], "test_speakers": fold["test_speakers"], "uar": fold["uar"],
+                              "wa": fold["wa"], "f1_macro": fold["f1_macro"],
+                              "generator_quality": fold["stages"]["generator"]["quality"]}]  # fmt: skip
+    assert math.isfinite(card["final_generator_quality"]["mi_emotion_nats"]) and card["study"] is None
+    run_info = json.loads((out / "run_info.json").read_text())
+    run_info["config"]["dataset_license"] = "cc-by-4.0"
+    write_run_card(tmp_path, summary, run_info, [])
+    stated = read_run_card(tmp_path)
+    assert stated["corpus"]["license"] == "cc-by-4.0" and stated["corpus"]["license_source"] == "argument"
+    configs = {
+        kind: json.loads((out / "models" / MODEL_FOLDERS[kind] / "config.json").read_text()) for kind in KINDS
+    }
+    context = card_context("aligner", stated, configs, repo_ids(ORG, PREFIX))
+    assert context["dataset"]["license"] == "cc-by-4.0" and "given for this run" in context["license_text"]
 
 
 def test_card_for_a_transformers_audio_encoder(trained_run):
     """The encoder card of a run with a Hub audio model: listed in base_model, its snippet goes through the
     end-to-end classifier (which carries the encoder's weights); an explicit licence wins."""
     out, _ = trained_run
-    run = read_run(out)
     configs = {
-        kind: json.loads((out / "models" / folder / "config.json").read_text())
-        for kind, folder in (
-            ("encoder", "aligner"),
-            ("generator", "generator"),
-            ("classifier", "audio-classifier"),
-        )
+        kind: json.loads((out / "models" / MODEL_FOLDERS[kind] / "config.json").read_text()) for kind in KINDS
     }
     spec = {"type": "transformers", "name": "facebook/wav2vec2-base", "pooling": "mean", "layer": 6}
-    configs["encoder"].update(audio_encoder="facebook/wav2vec2-base", audio_encoder_spec=spec)
+    configs["aligner"].update(audio_encoder="facebook/wav2vec2-base", audio_encoder_spec=spec)
     repos = repo_ids(ORG, PREFIX)
-    card = render_card("encoder", card_context("encoder", run, configs, repos, license="apache-2.0"))
+    context = card_context("aligner", read_run_card(out), configs, repos, license="apache-2.0")
+    card = render_card("aligner", context)
     assert card.data.base_model == ["facebook/wav2vec2-base", "sentence-transformers/all-MiniLM-L6-v2"]
     assert card.data.license == "apache-2.0" and "opensmile" not in card.data.tags
     assert "mean-pooled over time from hidden layer 6" in card.text
     snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
-    compile(snippet, "<encoder card>", "exec")
-    assert f'AutoModel.from_pretrained("{repos["classifier"]}", trust_remote_code=True)' in snippet
+    compile(snippet, "<aligner card>", "exec")
+    assert f'AutoModel.from_pretrained("{repos["audio-classifier"]}", trust_remote_code=True)' in snippet
     assert "hidden_states[0]" in snippet and "encoder.classify(z_a)" in snippet
 
 
@@ -462,7 +510,7 @@ def test_cards_quote_the_comparison_study(trained_run, study_dir, tmp_path):
     assert expected[0].startswith("| `classic` | ") and "(reference) | " in expected[1]
     info = report["info"]
     for kind in KINDS:
-        card = (run / "hub" / kind / "README.md").read_text()
+        card = (run / "hub" / f"{PREFIX}-{kind}" / "README.md").read_text()
         without = (folders[kind] / "README.md").read_text()  # built without --study
         assert "## Comparison study" not in without
         start, end = card.index("## Comparison study"), card.index("## Citation")
@@ -473,7 +521,7 @@ def test_cards_quote_the_comparison_study(trained_run, study_dir, tmp_path):
         assert "Corpus: RAVDESS, 48 clips, 4 speakers, 0.05 h" in section
         assert "Protocol: leave-one-speaker-out, 4 fold(s) × 2 seed(s)" in section
         assert card[:start] + card[end:] == without
-        validate_hub_folder(run / "hub" / kind, kind, read_run(run))
+        validate_hub_folder(run / "hub" / f"{PREFIX}-{kind}", kind, read_run_card(run))
 
 
 @pytest.mark.parametrize(

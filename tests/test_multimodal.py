@@ -367,13 +367,13 @@ def test_multimodal_run_with_a_lora_tuned_llama_end_to_end(ravdess_rows, tiny_ll
             "text_encoder" in key or "lora_" in key or "embed_tokens" in key for key in keys
         )
         assert (fold / "aligner" / "text_adapter" / "adapter_model.safetensors").is_file()  # peft's own files
-    classifier_config = json.loads((out / "models" / "classifier" / "config.json").read_text())
+    classifier_config = json.loads((out / "models" / "mise-classifier" / "config.json").read_text())
     assert classifier_config["multimodal"] and classifier_config["text_dim"] == 8
 
     # the released end-to-end model: the fold-free aligner's tuned text side travels with it
-    assert (out / "models" / "audio-classifier" / "text_adapter" / "adapter_config.json").is_file()
-    aligner = MiseAlignerModel.from_pretrained(out / "models" / "aligner")
-    model = AutoModelForAudioClassification.from_pretrained(out / "models" / "audio-classifier").eval()
+    assert (out / "models" / "mise-audio-classifier" / "text_adapter" / "adapter_config.json").is_file()
+    aligner = MiseAlignerModel.from_pretrained(out / "models" / "mise-aligner")
+    model = AutoModelForAudioClassification.from_pretrained(out / "models" / "mise-audio-classifier").eval()
     waveform = load_audio(rows[0]["path"], target_sampling_rate=16000)[0]
     inputs = MiseFeatureExtractor()(waveform, return_tensors="pt")
     text = rows[1]["transcript"]

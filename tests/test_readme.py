@@ -128,8 +128,8 @@ def test_readme_command(command, space_model, ravdess_dir, ravdess_wav, tmp_path
     if detail == "scratch":  # the README's paths point at the test model, the data copy and a real clip
         cwd = tmp_path
         (cwd / "runs").mkdir()
-        command = command.replace("runs/ravdess/models/audio-classifier", str(space_model))
-        command = command.replace("OUT/models/audio-classifier", str(space_model))
+        command = command.replace("runs/ravdess/models/mise-audio-classifier", str(space_model))
+        command = command.replace("OUT/models/mise-audio-classifier", str(space_model))
         command = command.replace("../shared/data/ravdess", str(ravdess_dir))
         command = re.sub(r"(?<![\w/.-])clip\.wav\b", ravdess_wav, command)
     activate = f". {venv / 'activate'}" if (venv / "activate").is_file() else f"export PATH={venv}:$PATH"

@@ -131,26 +131,73 @@ def _distribution_names(requirements: Path) -> set[str]:
     return names
 
 
-def test_requirements_cover_what_the_space_imports():
-    """Every third-party import of app.py and of the package modules it loads is in requirements.txt."""
+@pytest.fixture(scope="module")
+def built_space(tmp_path_factory) -> Path:
+    """The Space folder `mise push OUT --org ORG --space --dry_run` builds (no upload, no network)."""
+    from mise.cli import main as mise_main
+
+    out = tmp_path_factory.mktemp("space_run")
+    assert mise_main(["push", str(out), "--org", "mise-test", "--space", "--dry_run"]) == 0
+    return out / "hub" / "space"
+
+
+def test_push_space_builds_the_space_folder(built_space):
+    from huggingface_hub import SpaceCard
+
+    assert {"app.py", "requirements.txt", "README.md"} <= {path.name for path in built_space.iterdir()}
+    assert SpaceCard.load(built_space / "README.md").data.models == ["mise-test/mise-audio-classifier"]
+    assert "DEFAULT_MODEL = 'mise-test/mise-audio-classifier'" in (built_space / "app.py").read_text()
+    assert sorted(path.name for path in (built_space / "examples").glob("*.wav")) == sorted(
+        path.name for path in (SPACE / "examples").glob("*.wav")
+    )
+    assert not any(path.suffix == ".py" and path.name != "app.py" for path in built_space.rglob("*"))
+
+
+def _run_space(space: Path, model: Path, code: str, env: dict | None = None):
+    """Import the Space's app.py in a fresh process where neither `modeling_mise` nor `mise` can be imported,
+    with `MISE_MODEL` = `model`, then run `code`; its last stdout line is returned as JSON."""
+    from mise.hub.push import run_without_package
+
+    prelude = f"""
+    import json, sys
+    sys.path.insert(0, {str(space)!r})
+    import app
+    assert app.LOAD_ERROR is None, app.LOAD_ERROR
+    """
+    environment = {"MISE_MODEL": str(model), "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+    result = run_without_package(prelude + code, env=environment)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_built_space_classifies_through_remote_code_only(built_space, space_model, clips, reference):
+    """The built Space classifies with the model's own code: no MISE package in the process, same scores."""
+    code = f"""
+    scores, _ = app.classify({str(clips["good"])!r}, "")
+    _, info = app.classify({str(clips["stereo"])!r}, "")
+    shown = app.timeline({str(clips["long"])!r})
+    modules = sorted(name for name in sys.modules if name.split(".")[0] in ("modeling_mise", "mise"))
+    print(json.dumps({{"scores": scores, "info": info, "module": type(app.MODEL.model).__module__,
+                       "modules": modules, "timeline": shown["visible"]}}))
+    """
+    result = _run_space(built_space, space_model, code)
+    assert result["module"].startswith("transformers_modules.") and result["modules"] == []
+    expected = reference(clips["good"])
+    assert result["scores"] == pytest.approx(expected, abs=1e-4)
+    assert "Downmixed 2 channels to mono" in result["info"] and result["timeline"] is True
+
+
+def test_requirements_cover_what_the_space_imports(built_space, space_model, tmp_path):
+    """Every third-party import of app.py and of the model code it loads is in requirements.txt."""
     optional = {"torchcodec"}  # FFmpeg decoding of non-WAV/FLAC/OGG uploads, used when installed
     provided = {"gradio"}  # the Space's sdk_version
-    # the package modules the app really loads, in a fresh process (not whatever this test session imported)
-    probe = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import app; "
-        "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.split('.')[0] in ('modeling_mise', 'mise')))"
-    )
-    env = dict(os.environ, MISE_MODEL=str(SPACE / "no-such-model"), GRADIO_ANALYTICS_ENABLED="False")
-    loaded = subprocess.run(
-        [sys.executable, "-c", probe, str(SPACE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout.split()
+    code = """
+    files = [m.__file__ for n, m in sys.modules.items() if n.startswith("transformers_modules.") and m.__file__]
+    print(json.dumps(files))
+    """
+    loaded = _run_space(built_space, space_model, code, env={"HF_HOME": str(tmp_path / "hf_home")})
     assert any(path.endswith("modeling_audio_classifier.py") for path in loaded), loaded
-    files = [SPACE / "app.py"] + [Path(path) for path in loaded]
+    files = [built_space / "app.py"] + [Path(path) for path in loaded]
     imported = set()
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -158,10 +205,11 @@ def test_requirements_cover_what_the_space_imports():
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - {"modeling_mise", "mise", "__future__"} - optional
+    assert not imported & {"modeling_mise", "mise"}, imported
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__"} - optional
     distributions = importlib.metadata.packages_distributions()
     needed = {distributions[name][0].lower().replace("_", "-") for name in third_party} - provided
-    assert needed <= _distribution_names(SPACE / "requirements.txt"), needed
+    assert needed <= _distribution_names(built_space / "requirements.txt"), needed
 
 
 # ---------------------------------------------------------------- classify() in-process

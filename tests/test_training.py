@@ -161,12 +161,12 @@ def test_final_models_load_with_auto_classes(reference_run, ravdess_wav):
     import modeling_mise  # noqa: F401  (registers the Auto classes)
 
     models = reference_run / "models"
-    for name, model_type in (("aligner", "mise-aligner"), ("generator", "mise-generator"), ("classifier", "mise-classifier")):  # fmt: skip
-        model = AutoModel.from_pretrained(models / name)
+    for model_type in ("mise-aligner", "mise-generator", "mise-classifier"):  # folders named as the Hub repos
+        model = AutoModel.from_pretrained(models / model_type)
         assert model.config.model_type == model_type
         assert sorted(model.config.id2label.values())[0] == "angry"
-    audio_model = AutoModelForAudioClassification.from_pretrained(models / "audio-classifier")
-    extractor = AutoFeatureExtractor.from_pretrained(models / "audio-classifier")
+    audio_model = AutoModelForAudioClassification.from_pretrained(models / "mise-audio-classifier")
+    extractor = AutoFeatureExtractor.from_pretrained(models / "mise-audio-classifier")
     classifier = pipeline("audio-classification", model=audio_model, feature_extractor=extractor)
     from modeling_mise.audio import load_audio
 
@@ -697,7 +697,9 @@ def test_auto_speaker_normalization_falls_back_to_global_statistics(
     report = auto["speaker_normalization"]
     assert auto["enrolment"] is None  # no per-speaker fold: no as-released enrolment numbers
     # the released model records why and refuses enrolment clips
-    model = AutoModelForAudioClassification.from_pretrained(tmp_path / "auto" / "models" / "audio-classifier")
+    model = AutoModelForAudioClassification.from_pretrained(
+        tmp_path / "auto" / "models" / "mise-audio-classifier"
+    )
     assert not model.config.speaker_adaptive and not model.config.speaker_normalization["allowed"]
     with pytest.raises(
         ValueError, match="enrolment: this model does not take enrolment clips: per-speaker stat"
@@ -791,7 +793,7 @@ def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_r
         k: 30 for k in ("k3", "k10", "all")
     }
 
-    folder = reference_run / "models" / "audio-classifier"
+    folder = reference_run / "models" / "mise-audio-classifier"
     model = AutoModelForAudioClassification.from_pretrained(folder).eval()
     extractor = AutoFeatureExtractor.from_pretrained(folder)
     assert model.config.speaker_adaptive and model.config.speaker_normalization["allowed"]
@@ -821,7 +823,7 @@ def test_enrolment_through_pipeline_cli_and_space(reference_run, ravdess_rows, t
 
     from mise.cli import main as mise_main
 
-    folder = reference_run / "models" / "audio-classifier"
+    folder = reference_run / "models" / "mise-audio-classifier"
     paths = [row["path"] for row in ravdess_rows if row["speaker"] == "Actor_06"][:6]
     classify = pipeline("audio-classification", model=str(folder))
     plain = classify(paths[0], top_k=None)

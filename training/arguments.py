@@ -68,6 +68,11 @@ class DataArguments:
             "help": "Local folder a relative `dataset` path lies in, or the `data_dir` of a Hub dataset."
         },
     )
+    dataset_license: str | None = field(
+        default=None,
+        metadata={"help": "Licence id of the corpus (e.g. cc-by-4.0) for the model cards; default: the known "
+                  "corpus' licence (RAVDESS, CREMA-D, IEMOCAP, MSP-Podcast), else not recorded."},
+    )  # fmt: skip
     split: str = field(default="train", metadata={"help": "Split of a Hub dataset to read."})
     audio_column: str | None = field(
         default=None, metadata={"help": "Audio column; default `path` for a manifest, `audio` for datasets."}
@@ -481,7 +486,8 @@ class MiseTrainingArguments:
     push_to_hub: bool = field(
         default=False,
         metadata={
-            "help": "Push the final models to the Hub as ORG/NAME-{encoder,generator,classifier} (see `mise push`)."
+            "help": "Push the final models to the Hub as ORG/NAME-{aligner,generator,classifier,audio-classifier} "
+            "(see `mise push`)."
         },
     )
     hub_model_id: str | None = field(
@@ -531,6 +537,7 @@ ARGUMENT_TYPES = (DataArguments, ModelArguments, MiseTrainingArguments)
 # resumed run may change them.
 _NOT_HASHED = {
     "output_dir",
+    "dataset_license",  # what the model cards say
     "min_class_clips",  # a check: the runs it lets through are the same
     "overwrite_output_dir",
     "resume_from_checkpoint",

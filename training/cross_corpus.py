@@ -4,7 +4,7 @@
         --output_dir runs/cross_corpus
 
 For each corpus, `training/train.py` (with `--config`, its other classes dropped) writes the released
-audio classifier `OUT/train/<corpus>/models/audio-classifier` (an existing one is reused); for each ordered
+audio classifier `OUT/train/<corpus>/models/mise-audio-classifier` (an existing one is reused); for each ordered
 pair, `mise evaluate` scores it on the other corpus twice, with the model's own feature statistics (as
 released) and with the test corpus' (unsupervised adaptation). Beside it, the classic baseline (openSMILE
 functionals + standardised logistic regression) fits on the training corpus. Writes `OUT/cross_corpus.json`,
@@ -73,7 +73,7 @@ def other_labels(folder: str, classes: list[str]) -> list[str]:
 def train_corpus(name: str, folder: str, drop: list[str], args: argparse.Namespace) -> Path:
     """The released audio classifier trained on one corpus (reused when it exists)."""
     run = Path(args.output_dir) / "train" / name
-    model = run / "models" / "audio-classifier"
+    model = run / "models" / "mise-audio-classifier"
     if (model / "config.json").is_file():
         return model
     command = [

@@ -22,6 +22,8 @@ from accelerate.logging import get_logger
 
 from mise.data import Corpus
 from mise.folds import Fold, make_folds
+from mise.folds import final_fold as folds_final_fold
+from mise.hub.cards import MODEL_FOLDERS
 from mise.metrics import classification_metrics
 from modeling_mise import (
     MiseAlignerModel,
@@ -419,17 +421,15 @@ def run_folds(
 
 
 def final_fold(speakers: np.ndarray, num_validation_speakers: int, seed: int, labels: np.ndarray) -> Fold:
-    """All speakers but a few validation speakers (for early stopping) train the released models."""
-    names = sorted(set(speakers.tolist()))
-    rng = np.random.default_rng([seed, 999])
-    classes = set(labels.tolist())
-    for _ in range(100):
-        chosen = sorted(rng.choice(names, size=min(num_validation_speakers, len(names) - 1), replace=False))
-        train = np.flatnonzero(~np.isin(speakers, chosen))
-        if set(labels[train].tolist()) == classes:
-            break
-    validation = np.flatnonzero(np.isin(speakers, chosen))
-    return Fold(FINAL_FOLD, train, validation, np.zeros(0, dtype=np.int64), [], list(chosen))
+    """All speakers but a few validation speakers (for early stopping) train the released models; drawn as the
+    folds' validation speakers are (`mise.folds.final_fold`), an error when no draw keeps every class."""
+    return folds_final_fold(speakers, labels, num_validation_speakers, seed, name=FINAL_FOLD)
+
+
+def released_generator_quality(output_dir: Path) -> dict | None:
+    """The quality scores of the released generator (its stage marker under `OUT/final`), None without one."""
+    marker = output_dir / FINAL_FOLD / "generator" / STAGE_MARKER
+    return (json.loads(marker.read_text())["summary"] or {}).get("quality") if marker.is_file() else None
 
 
 def train_final_models(
@@ -441,7 +441,8 @@ def train_final_models(
     speaker_ctx: RunContext | None = None,
     speaker_normalization: dict | None = None,
 ) -> Path:
-    """Train on all speakers (main process) and write `OUT/models/{aligner,generator,classifier,audio-classifier}`.
+    """Train on all speakers (main process) and write the models, each folder named as its Hub repository:
+    `OUT/models/mise-{aligner,generator,classifier,audio-classifier}`.
 
     With `speaker_ctx` (per-speaker features), a second aligner + classifier trains on them too; the end-to-end
     model then takes enrolment clips (`speaker_normalization` records the choice either way)."""
@@ -456,19 +457,18 @@ def train_final_models(
                 speaker_ctx, speaker_fold, fold_index + 1, ctx.output_dir / SPEAKER_FINAL_FOLD, seed_index
             )
             speaker_pair = (adapted["aligner"].to("cpu"), adapted["classifier"].to("cpu"))
-        trained["aligner"].save_pretrained(directory / "aligner")
-        trained["classifier"].save_pretrained(directory / "classifier")
-        if trained["generator"] is not None:
-            trained["generator"].save_pretrained(directory / "generator")
+        for kind in ("aligner", "classifier", "generator"):  # folders named as their Hub repositories
+            if trained[kind] is not None:
+                trained[kind].save_pretrained(directory / MODEL_FOLDERS[kind])
         aligner, classifier = trained["aligner"].to("cpu"), trained["classifier"].to("cpu")
         audio_model = MiseForAudioClassification.from_components(
             aligner, classifier, audio_encoder, speaker_pair, speaker_normalization
         )
         audio_model.config.max_duration_s = ctx.model_args.max_duration_s
-        audio_model.save_pretrained(directory / "audio-classifier")
+        audio_model.save_pretrained(directory / MODEL_FOLDERS["audio-classifier"])
         MiseFeatureExtractor(
             sampling_rate=audio_encoder.sampling_rate, max_duration_s=ctx.model_args.max_duration_s
-        ).save_pretrained(directory / "audio-classifier")
+        ).save_pretrained(directory / MODEL_FOLDERS["audio-classifier"])
         for name in (FINAL_FOLD, SPEAKER_FINAL_FOLD):
             shutil.rmtree(ctx.checkpoints.root / name, ignore_errors=True)
     accelerator.wait_for_everyone()

