@@ -16,7 +16,8 @@ test: setup
 
 train: setup
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		training/train.py training/configs/ravdess.yaml --output_dir $(OUT) --data_dir $(DATA)
+		training/train.py training/configs/mise.yaml training/configs/corpora/ravdess.yaml \
+		--output_dir $(OUT) --data_dir $(DATA)
 	$(VENV)/bin/mise classify $(OUT)/models/mise-audio-classifier $(CLIP)
 
 lint:

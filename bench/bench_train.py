@@ -4,12 +4,12 @@
                                 [--output_dir runs/bench] [--key value ...]
 
 Parts (all by default; `--only` picks some, e.g. `--only train`):
-- `features`: the feature stage of `training/configs/ravdess.yaml` (eGeMAPS + MiniLM) with an empty cache (the
+- `features`: the feature stage of `training/configs/mise.yaml` (ComParE_2016 + MiniLM) with an empty cache (the
   first extraction), then warm (corpus scan, cache look-up, loading the cached features; target <= 2 s); the
   classic baseline on the same features and folds.
 - `train`: `training/train.py` with the shipped RAVDESS config on the warm cache: 24 folds + final models, on
   `--num_processes` processes (whole folds each; target <= 90 s wall), with its peak memory.
-- `study`: one seed of `training/study.py` with `training/configs/ravdess_study.yaml` (all variants, 24 folds,
+- `study`: one seed of `training/study.py` with `training/configs/mise.yaml` + `study.yaml` (all variants, 24 folds,
   ComParE_2016; target <= 300 s wall, peak memory < 2 GB).
 - `scale`: the first two folds at 1x, 2x and 4x the clips (the manifest repeated, same speakers), eGeMAPS and
   ComParE_2016 features: how time and memory grow.
@@ -38,8 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CONFIG = REPO / "training" / "configs" / "ravdess.yaml"
-STUDY_CONFIG = REPO / "training" / "configs" / "ravdess_study.yaml"
+CONFIG = REPO / "training" / "configs" / "mise.yaml"
+STUDY_CONFIGS = [REPO / "training" / "configs" / name for name in ("mise.yaml", "study.yaml")]
 DATA = REPO.parent / "shared" / "data" / "ravdess"
 TARGETS = {"warm_features_s": 2.0, "train_wall_s": 90.0, "study_seed_wall_s": 300.0, "peak_rss_gb": 2.0}
 PARTS = ("features", "train", "study", "scale")
@@ -201,7 +201,7 @@ def bench_train(args, cache_dir: str, extra: list[str]) -> dict:
 
 def bench_study(args, cache_dir: str, extra: list[str]) -> dict:
     """One seed of the study (all variants), here (and in the baseline checkout, one process)."""
-    common = [str(STUDY_CONFIG), "--data_dir", args.data_dir, "--cache_dir", cache_dir, "--seeds", "0"]
+    common = [*map(str, STUDY_CONFIGS), "--data_dir", args.data_dir, "--cache_dir", cache_dir, "--seeds", "0"]
     common += ["--figures", "false", "--overwrite_output_dir", "true", *extra]
     out = Path(args.output_dir) / "study"
     result = launch(REPO, "training/study.py", [*common, "--output_dir", str(out)], args.num_processes,

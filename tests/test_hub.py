@@ -105,7 +105,7 @@ def trained_run(tmp_path_factory, ravdess_rows):
     out = root / "OUT"
     # fmt: off
     command = [
-        sys.executable, "training/train.py", "training/configs/ravdess.yaml",
+        sys.executable, "training/train.py", "training/configs/mise.yaml", "--audio_encoder", "opensmile/eGeMAPSv02",
         "--dataset", "manifest.csv", "--data_dir", str(data_dir), "--output_dir", str(out),
         "--max_folds", "1", "--num_validation_speakers", "1", "--aligner_epochs", "3",
         "--generator_epochs", "2", "--generator_eval_every", "1", "--classifier_epochs", "3",
@@ -434,7 +434,15 @@ def test_train_push_to_hub_flags_are_checked(flags, field):
     from training.arguments import ConfigError, parse_arguments
 
     with pytest.raises(ConfigError, match=field):
-        parse_arguments(["training/configs/ravdess.yaml", "--output_dir", "unused", *flags])
+        parse_arguments(
+            [
+                "training/configs/mise.yaml",
+                "training/configs/corpora/ravdess.yaml",
+                "--output_dir",
+                "unused",
+                *flags,
+            ]
+        )
 
 
 # ------------------------------------------------------------------------------------------- comparison study
@@ -470,7 +478,7 @@ def study_dir(tmp_path_factory) -> Path:
             units.append({"seed": seed, "fold": fold, "rows": rows, "quality": [], "final_quality": {},
                           "imbalance_counts": None})  # fmt: skip
     info = {
-        "command": "training/study.py training/configs/ravdess_study.yaml --output_dir study --seeds 0 1",
+        "command": "training/study.py training/configs/mise.yaml training/configs/study.yaml training/configs/corpora/ravdess.yaml --output_dir study --seeds 0 1",
         "unit_seconds": 60.0,
         "world_size": 1,
         "corpus": {"source": "data/ravdess/manifest.csv", "clips": 48, "speakers": 4, "hours": 0.05},

@@ -80,3 +80,53 @@ def test_a_drifted_number_is_caught():
         check_row(["mise: full MISE", "57.2 ± 12.5", "57.3", "+2.7", "0.0037"], variants)
     with pytest.raises(AssertionError):
         check_row(["mise: full MISE", "57.2 ± 12.5", "57.2", "+2.7", "0.005"], variants)
+
+
+# ------------------------------------------------------------------------------------------- the targets table
+TARGETS = re.compile(r"<!-- targets table -->\n((?:\|.*\|\n)+)")
+BASELINES = ("classic", "noise", "mixup")
+
+
+def target_values(variants: dict) -> dict:
+    """The three targets of the results section, from one study's pooled UARs."""
+    pooled = {name: variant["uar_pooled"] for name, variant in variants.items()}
+    best = max(BASELINES, key=pooled.get)
+    learned = max((name for name in pooled if name != "classic"), key=pooled.get)
+    return {
+        "vs_none": pooled["mise"] - pooled["none"],
+        "p": variants["mise"]["wilcoxon_vs_none"]["p_value"],
+        "best": best,
+        "vs_best": pooled["mise"] - pooled[best],
+        "learned": learned,
+        "learned_vs_classic": pooled[learned] - pooled["classic"],
+    }
+
+
+def check_target_row(cells: list[str], variants: dict) -> None:
+    values = target_values(variants)
+    delta, p = (n.replace("−", "-") for n in NUMBER.findall(cells[1]))
+    assert matches(delta, values["vs_none"]) and matches(p, values["p"], 1.0), cells[1]
+    assert matches(NUMBER.findall(cells[2])[0].replace("−", "-"), values["vs_best"]), cells[2]
+    assert f"`{values['best']}`" in cells[2], (cells[2], values["best"])
+    assert matches(NUMBER.findall(cells[3])[0].replace("−", "-"), values["learned_vs_classic"]), cells[3]
+    assert f"`{values['learned']}`" in cells[3], (cells[3], values["learned"])
+
+
+def test_readme_targets_match_their_studies():
+    blocks = TARGETS.findall((REPO / "README.md").read_text())
+    assert len(blocks) == 1, "the README needs one targets table"
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in blocks[0].splitlines()][
+        2:
+    ]
+    assert len(rows) >= 4, rows
+    for cells in rows:
+        path = re.search(r"\(`?([^`)]+study\.json)`?\)", cells[0]).group(1)
+        check_target_row(cells, json.loads((REPO / path).read_text())["variants"])
+
+
+def test_a_drifted_target_is_caught():
+    variants = {"classic": {"uar_pooled": 0.75}, "none": {"uar_pooled": 0.675}, "noise": {"uar_pooled": 0.70},
+                "mixup": {"uar_pooled": 0.685}, "mise": {"uar_pooled": 0.697, "wilcoxon_vs_none": {"p_value": 0.055}}}  # fmt: skip
+    check_target_row(["x", "+2.2 (p = 0.055)", "−5.3 vs `classic`", "−5.0 (`noise`)"], variants)
+    with pytest.raises(AssertionError):
+        check_target_row(["x", "+2.2 (p = 0.055)", "−5.3 vs `noise`", "−5.0 (`noise`)"], variants)

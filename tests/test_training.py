@@ -375,7 +375,7 @@ def test_typo_label_stops_the_run_naming_class_rows_and_label_map(
     rows[17]["emotion"] = "bored"
     manifest = write_manifest(tmp_path / "manifest.csv", rows)
     command = [
-        sys.executable, "training/train.py", "training/configs/ravdess.yaml", "--dataset", str(manifest),
+        sys.executable, "training/train.py", "training/configs/mise.yaml", "--dataset", str(manifest),
         "--output_dir", str(tmp_path / "out"), "--cache_dir", str(cache_dir),
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -548,14 +548,24 @@ def test_generator_stage_resumes_mid_stage_exactly(tmp_path):
         assert torch.equal(value, expected[name]), name
 
 
-@pytest.mark.parametrize("name", ["ravdess.yaml", "iemocap.yaml"])
-def test_shipped_configs_parse(name):
+@pytest.mark.parametrize("corpus", ["ravdess", "emodb", "iemocap"])
+def test_one_method_config_serves_every_corpus_file(corpus):
+    """The hyper-parameters live once, in mise.yaml; a corpus file adds only where its clips are and its columns."""
+    configs = REPO / "training" / "configs"
+    method = yaml.safe_load((configs / "mise.yaml").read_text())
+    corpus_keys = set(yaml.safe_load((configs / "corpora" / f"{corpus}.yaml").read_text()))
+    assert not corpus_keys & set(method), corpus_keys & set(method)
     data, model, training = parse_arguments(
-        [str(REPO / "training" / "configs" / name), "--output_dir", "out"]
+        [str(configs / "mise.yaml"), str(configs / "corpora" / f"{corpus}.yaml"), "--output_dir", "out"]
     )
-    assert data.dataset and model.audio_encoder and training.output_dir == "out"
-    if name == "iemocap.yaml":
-        assert data.label_map == "iemocap4" and model.text_encoder == "FacebookAI/roberta-base"
+    assert data.dataset and training.output_dir == "out"
+    assert model.audio_encoder == method["audio_encoder"] and model.lambda_cl == method["lambda_cl"]
+    if corpus == "iemocap":
+        assert data.label_map == "iemocap4" and data.session_column == "session"
+    assert sorted(path.name for path in configs.glob("*.yaml") if "multimodal" not in path.name) == [
+        "mise.yaml",
+        "study.yaml",
+    ]
     with pytest.raises(ConfigError, match="classifier_init_from_aligner"):
         parse_arguments(
             ["--dataset", "x.csv", "--output_dir", "out", "--classifier_init_from_aligner", "true"]
@@ -741,20 +751,22 @@ def test_corpus_files_add_only_where_the_clips_are(tmp_path):
     from training.study import parse_study_arguments
 
     configs = REPO / "training" / "configs"
-    method = parse_study_arguments([str(configs / "ravdess_study.yaml"), "--output_dir", "out"])
+    method = parse_study_arguments(
+        [str(configs / "mise.yaml"), str(configs / "study.yaml"), "--dataset", "x.csv", "--output_dir", "out"]
+    )
     for corpus in ("ravdess", "emodb"):
         corpus_file = configs / "corpora" / f"{corpus}.yaml"
         keys = set(yaml.safe_load(corpus_file.read_text()))
         assert keys <= {"dataset", "data_dir", "label_column", "speaker_column", "transcript_column",
                         "audio_column", "session_column", "label_map", "drop_labels"}  # fmt: skip
-        data, model, training, _ = parse_study_arguments([str(configs / "ravdess_study.yaml"), str(corpus_file),
+        data, model, training, _ = parse_study_arguments([str(configs / "mise.yaml"), str(configs / "study.yaml"), str(corpus_file),
                                                  "--output_dir", "out", "--lambda_y", "0.5"])  # fmt: skip
         assert data.data_dir.endswith(corpus) and model.lambda_y == 0.5
         assert model.audio_encoder == method[1].audio_encoder and model.lambda_cl == method[1].lambda_cl
     bad = tmp_path / "corpus.yaml"
     bad.write_text("data_dir: x\nspeaker_colum: who\n")
     with pytest.raises(ConfigError, match=r"corpus.yaml: unknown key\(s\) \['speaker_colum'\]"):
-        parse_study_arguments([str(configs / "ravdess_study.yaml"), str(bad), "--output_dir", "out"])
+        parse_study_arguments([str(configs / "mise.yaml"), str(bad), "--output_dir", "out"])
 
 
 def test_emodb_runs_with_the_same_settings(emodb_dir, cache_dir, tmp_path):

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--corpus", nargs="+", required=True, help="NAME=FOLDER (a folder with manifest.csv)")
     parser.add_argument("--classes", nargs="+", default=SHARED_CLASSES, help="classes kept in every corpus")
-    parser.add_argument("--config", default=str(REPO_ROOT / "training" / "configs" / "ravdess.yaml"))
+    parser.add_argument("--config", default=str(REPO_ROOT / "training" / "configs" / "mise.yaml"))
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--max_folds", type=int, default=1, help="folds run before the final models (>= 1)")
     parser.add_argument("--audio_encoder", default="opensmile/eGeMAPSv02", help="the classic baseline's")

@@ -1,6 +1,6 @@
 """The comparison study: every augmentation variant on the same folds and seeds, with MI quality and figures.
 
-    accelerate launch training/study.py training/configs/ravdess_study.yaml --output_dir OUT [--key value ...]
+    accelerate launch training/study.py training/configs/mise.yaml training/configs/study.yaml CORPUS.yaml --output_dir OUT [--key value ...]
 
 Per seed and fold, stage 1 (the aligner) is trained once per alignment setting and stage 2 (the InfoGAN) once
 per generator setting; each variant then trains its stage-3 classifier (training/classifier.py). Frozen features

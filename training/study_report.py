@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 import datetime
 import json
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from mise.hub.run_card import git_commit
 from mise.metrics import paired_wilcoxon, summarize_folds
 
 from .study_variants import REFERENCE, VARIANTS, StudyArguments
@@ -26,23 +26,6 @@ CSV_COLUMNS = (
 )  # fmt: skip
 QUALITY_KEYS = ("mi_emotion_nats", "mi_text_nats", "frechet_distance", "precision", "recall")
 MAP_VARIANTS_TSNE = ("mise", "cgan")
-
-
-def git_commit(directory: Path) -> str:
-    """`git rev-parse --short HEAD` of the code, `+dirty` when it has uncommitted changes; `unknown` without git."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=directory, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=directory,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
 
 
 def _mean(values: list) -> float | None:

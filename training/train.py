@@ -1,6 +1,6 @@
 """Train and evaluate MISE end to end on a corpus, then write the models trained on all speakers.
 
-    accelerate launch training/train.py training/configs/ravdess.yaml --output_dir OUT [--key value ...]
+    accelerate launch training/train.py training/configs/mise.yaml CORPUS.yaml --output_dir OUT [--key value ...]
 
 Writes `OUT/rejected.csv`, `OUT/folds/<fold>/metrics.json`, `OUT/summary.json`, `OUT/run_info.json`,
 `OUT/checkpoints/` (resume with `--resume_from_checkpoint latest`), TensorBoard logs under `OUT/mise/` and
