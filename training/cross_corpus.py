@@ -27,6 +27,7 @@ import numpy as np
 
 from mise.data import load_corpus
 from mise.evaluation import corpus_source, evaluate_on_corpus
+from mise.hub.cards import MODEL_FOLDERS
 from mise.metrics import classification_metrics
 from mise.plots import plot_cross_corpus
 from training.arguments import DataArguments, ModelArguments
@@ -73,7 +74,7 @@ def other_labels(folder: str, classes: list[str]) -> list[str]:
 def train_corpus(name: str, folder: str, drop: list[str], args: argparse.Namespace) -> Path:
     """The released audio classifier trained on one corpus (reused when it exists)."""
     run = Path(args.output_dir) / "train" / name
-    model = run / "models" / "mise-audio-classifier"
+    model = run / "models" / MODEL_FOLDERS["audio-classifier"]
     if (model / "config.json").is_file():
         return model
     command = [
