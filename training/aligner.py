@@ -10,6 +10,7 @@ encoder, and the codes the later stages read from it: `z_a` (`encode_audio`) and
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -93,37 +94,98 @@ def train_aligner(
     """
     set_seed(seed)
     model = MiseAlignerModel(config)
+    mean, std = audio_train.mean(0), audio_train.std(0).clamp(min=1e-6)
+    span = training_span((audio_train - mean) / std) if args.aligner_input_span else None
+    statistics = (mean, std)
+    if span is not None:  # the same model restricted to the span: inputs are span coordinates
+        model = _in_span(model, span)
+        audio_train, audio_val = ((audio - mean) / std @ span for audio in (audio_train, audio_val))
+        statistics = (torch.zeros(span.shape[1]), torch.ones(span.shape[1]))
     if config.text_lora is not None:
         if transcripts_train is None or text_train is None:
             raise ValueError(
                 "train_aligner: a LoRA-tuned text encoder trains on the transcripts and text features"
             )
         optimizer, batches, parameters, batch_loss = _lora_setup(
-            model, args, audio_train, labels_train, transcripts_train, text_train
+            model, args, audio_train, statistics, labels_train, transcripts_train, text_train
         )
     else:
         optimizer, batches, parameters, batch_loss = _plain_setup(
-            model, args, audio_train, labels_train, text_train
+            model, args, audio_train, statistics, labels_train, text_train
         )
     model, state = fit_supervised(
         runtime, "aligner", model, optimizer, batches, parameters, args, args.aligner_epochs,
         batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val,
     )  # fmt: skip
-    return model, stage_summary(state)
+    if span is not None:
+        model = _from_span(model, config, span, mean, std)
+    summary = stage_summary(state)
+    summary["input_span"] = None if span is None else span.shape[1]
+    return model, summary
+
+
+def training_span(standardised: Tensor) -> Tensor | None:
+    """Orthonormal basis `(audio_dim, k)` of the directions the (centred) standardised training features occupy,
+    or None when they occupy every direction (k = audio_dim). From the eigenvectors of the clips' Gram matrix
+    (float64): a clips x clips problem, however wide the features."""
+    rows = standardised.double()
+    eigenvalues, vectors = torch.linalg.eigh(rows @ rows.T)
+    keep = eigenvalues > eigenvalues.max() * 1e-10  # numerically non-zero (centring removes one direction)
+    if int(keep.sum()) >= rows.shape[1]:
+        return None
+    basis = rows.T @ vectors[:, keep] / eigenvalues[keep].sqrt()
+    return basis.flip(1).to(standardised.dtype).contiguous()  # largest first
+
+
+def _in_span(model: MiseAlignerModel, span: Tensor) -> MiseAlignerModel:
+    """`model` restricted to `span`: the first audio layer's weights projected on it (the same initial model on
+    the training clips), every other weight as it is; inputs are then span coordinates, standardised already."""
+    config = copy.deepcopy(model.config)
+    config.audio_dim = span.shape[1]
+    small = MiseAlignerModel(config)
+    state = model.state_dict()
+    state["audio_projection.0.weight"] = state["audio_projection.0.weight"] @ span
+    state["audio_mean"], state["audio_std"] = torch.zeros(span.shape[1]), torch.ones(span.shape[1])
+    small.load_state_dict(state)
+    return small
+
+
+def _from_span(
+    small: MiseAlignerModel, config: MiseAlignerConfig, span: Tensor, mean: Tensor, std: Tensor
+) -> MiseAlignerModel:
+    """The full aligner of a model trained on span coordinates: the basis folded into the first audio layer
+    (`W span^T`), the standardisation statistics of the training clips; the same `z_a` for every clip."""
+    model = MiseAlignerModel(config)
+    if small.text_encoder is not None:  # the tuned encoder (its adapter tensors are in the state dict too)
+        model.set_text_encoder(small.text_encoder)
+    state = small.state_dict()
+    state["audio_projection.0.weight"] = state["audio_projection.0.weight"] @ span.T
+    state["audio_mean"], state["audio_std"] = mean, std
+    model.load_state_dict(state)
+    return model.to(small.audio_mean.device).eval()
 
 
 def _plain_setup(
-    model: MiseAlignerModel, args: MiseTrainingArguments, audio: Tensor, labels: Tensor, text: Tensor | None
+    model: MiseAlignerModel,
+    args: MiseTrainingArguments,
+    audio: Tensor,
+    statistics: tuple[Tensor, Tensor],
+    labels: Tensor,
+    text: Tensor | None,
 ) -> tuple:
-    """Optimiser, batches, trained parameters and batch loss of stage 1 on frozen audio and text features."""
+    """Optimiser, batches, trained parameters and batch loss of stage 1 on frozen audio and text features
+    (`statistics`: the audio standardisation, mean and std)."""
     text_mean = text_std = None
     use_text = model.config.use_text and text is not None
     if use_text:
         present = _present_rows(text)
         text_mean, text_std = present.mean(0), present.std(0)
-    model.set_feature_statistics(audio.mean(0), audio.std(0), text_mean, text_std)
+    model.set_feature_statistics(*statistics, text_mean, text_std)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=args.aligner_learning_rate, weight_decay=args.aligner_weight_decay
+        model.parameters(),
+        lr=args.aligner_learning_rate,
+        weight_decay=args.aligner_weight_decay,
+        foreach=True,
     )
     batches = Batches((audio, labels) + ((text,) if use_text else ()), args.aligner_batch_size)
 
@@ -167,6 +229,7 @@ def _lora_setup(
     model: MiseAlignerModel,
     args: MiseTrainingArguments,
     audio: Tensor,
+    statistics: tuple[Tensor, Tensor],
     labels: Tensor,
     transcripts: Sequence[str | None],
     text: Tensor,
@@ -179,7 +242,7 @@ def _lora_setup(
     """
     model.set_text_encoder()
     present = _present_rows(text)
-    model.set_feature_statistics(audio.mean(0), audio.std(0), present.mean(0), present.std(0))
+    model.set_feature_statistics(*statistics, present.mean(0), present.std(0))
     lora = [p for name, p in model.named_parameters() if p.requires_grad and name.startswith("text_encoder.")]
     heads = [
         p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("text_encoder.")
@@ -188,7 +251,8 @@ def _lora_setup(
         [
             {"params": heads, "lr": args.aligner_learning_rate, "weight_decay": args.aligner_weight_decay},
             {"params": lora, "lr": args.text_lora_learning_rate, "weight_decay": 0.0},
-        ]
+        ],
+        foreach=True,
     )
     input_ids, attention_mask = tokenize_transcripts(model, transcripts)
     batches = Batches((audio, labels, input_ids, attention_mask), args.aligner_batch_size)

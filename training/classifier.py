@@ -165,7 +165,10 @@ def train_classifier(
             model.mlp[-1].weight[:, : config.input_dim].copy_(head_init.weight)
             model.mlp[-1].bias.copy_(head_init.bias)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=args.classifier_learning_rate, weight_decay=args.classifier_weight_decay
+        model.parameters(),
+        lr=args.classifier_learning_rate,
+        weight_decay=args.classifier_weight_decay,
+        foreach=True,
     )
     batches = Batches(augmenter.rows(0), args.classifier_batch_size)
     use_mixup = augmentation == "mixup" and args.mixup_alpha > 0

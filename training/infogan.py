@@ -272,7 +272,7 @@ class TextSide:
             config.discriminator_dropout,
         )
         self.optimizer = torch.optim.Adam(
-            self.discriminator.parameters(), lr=args.discriminator_learning_rate, betas=BETAS
+            self.discriminator.parameters(), lr=args.discriminator_learning_rate, betas=BETAS, foreach=True
         )
         self.seed = seed
         self.text_codes_train = text_codes_train
@@ -393,10 +393,10 @@ class InfoGANTraining:
         self.model = model = MiseGeneratorModel(config)
         self.step_module = InfoGANStep(model) if text_side is None else text_side.step_module(model)
         self.optimizer_g = torch.optim.Adam(
-            model.generator_parameters(), lr=args.generator_learning_rate, betas=BETAS
+            model.generator_parameters(), lr=args.generator_learning_rate, betas=BETAS, foreach=True
         )
         self.optimizer_d = torch.optim.Adam(
-            model.discriminator_parameters(), lr=args.discriminator_learning_rate, betas=BETAS
+            model.discriminator_parameters(), lr=args.discriminator_learning_rate, betas=BETAS, foreach=True
         )
         tensors = (features_train, labels_train) + ((codes_train,) if self.use_codes else ())
         tensors += (text_side.text_codes_train,) if text_side is not None else ()

@@ -27,6 +27,7 @@ from mise.hub.cards import MODEL_FOLDERS
 from mise.metrics import classification_metrics
 from modeling_mise import (
     MiseAlignerModel,
+    MiseClassifierModel,
     MiseFeatureExtractor,
     MiseForAudioClassification,
     MiseGeneratorModel,
@@ -441,22 +442,28 @@ def train_final_models(
     speaker_ctx: RunContext | None = None,
     speaker_normalization: dict | None = None,
 ) -> Path:
-    """Train on all speakers (main process) and write the models, each folder named as its Hub repository:
+    """Train on all speakers and write the models, each folder named as its Hub repository:
     `OUT/models/mise-{aligner,generator,classifier,audio-classifier}`.
 
-    With `speaker_ctx` (per-speaker features), a second aligner + classifier trains on them too; the end-to-end
-    model then takes enrolment clips (`speaker_normalization` records the choice either way)."""
+    With `speaker_ctx` (per-speaker features), a second aligner + classifier trains on them too, on the second
+    process when there is one (it saves its stages; the main process reads them back); the end-to-end model then
+    takes enrolment clips (`speaker_normalization` records the choice either way)."""
     directory = ctx.output_dir / "models"
     accelerator = ctx.accelerator
+    speaker_directory = ctx.output_dir / SPEAKER_FINAL_FOLD
+    if speaker_ctx is not None and accelerator.process_index == 1 % accelerator.num_processes:
+        speaker_fold = dataclasses.replace(fold, name=SPEAKER_FINAL_FOLD)
+        train_stages(speaker_ctx, speaker_fold, fold_index + 1, speaker_directory, seed_index)
     if accelerator.is_main_process:
         trained = train_stages(ctx, fold, fold_index, ctx.output_dir / FINAL_FOLD, seed_index)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
         speaker_pair = None
         if speaker_ctx is not None:
-            speaker_fold = dataclasses.replace(fold, name=SPEAKER_FINAL_FOLD)
-            adapted = train_stages(
-                speaker_ctx, speaker_fold, fold_index + 1, ctx.output_dir / SPEAKER_FINAL_FOLD, seed_index
+            speaker_pair = (
+                MiseAlignerModel.from_pretrained(speaker_directory / "aligner").eval(),
+                MiseClassifierModel.from_pretrained(speaker_directory / "classifier").eval(),
             )
-            speaker_pair = (adapted["aligner"].to("cpu"), adapted["classifier"].to("cpu"))
         for kind in ("aligner", "classifier", "generator"):  # folders named as their Hub repositories
             if trained[kind] is not None:
                 trained[kind].save_pretrained(directory / MODEL_FOLDERS[kind])
