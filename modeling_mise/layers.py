@@ -60,3 +60,8 @@ class MisePreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         init_mise_weights(module)
+
+    def should_save_on_this_rank(self, is_main_process: bool) -> bool:
+        """Whether `save_pretrained` writes here: a MISE model is trained whole by one process (a fold, or a final
+        model on the second one), so the process that trained it saves it, whatever its rank."""
+        return is_main_process

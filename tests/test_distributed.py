@@ -1,7 +1,9 @@
 """Two real ranks on CPU (gloo): `accelerate launch --multi_gpu --num_processes 2` with ACCELERATE_USE_CPU=true.
 
 The two-rank run extracts the features (misses sharded across the ranks), then each rank trains whole folds
-(fold i on rank i mod 2) and the main rank gathers them: every fold must equal the one-process run's exactly.
+(fold i on rank i mod 2) and the main rank gathers them; the per-speaker final pair trains on the second rank
+while the main rank trains the global final models. Every fold and every released weight must equal the
+one-process run's exactly.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
 
 from training.train import main
 
@@ -27,7 +32,7 @@ ARGS = [
     "--aligner_epochs", "30", "--generator_epochs", "4", "--generator_eval_every", "2", "--classifier_epochs", "30",
     "--early_stopping_patience", "0", "--checkpoint_every", "10", "--aligner_learning_rate", "3e-3",
     "--aligner_batch_size", "32", "--generator_batch_size", "32", "--classifier_batch_size", "32",
-    "--final_models", "false", "--report_to", "none", "--seed", "11",
+    "--report_to", "none", "--seed", "11",
 ]  # fmt: skip
 
 
@@ -77,3 +82,8 @@ def test_two_ranks_match_one_process(ravdess_rows, tmp_path):
         assert a["y_true"] == b["y_true"] and a["y_pred"] == b["y_pred"], fold
         assert a["aligner_uar"] == b["aligner_uar"], fold
         assert a["stages"]["generator"]["best_score"] == b["stages"]["generator"]["best_score"], fold
+    released = "models/mise-audio-classifier/model.safetensors"
+    weights_one, weights_two = load_file(tmp_path / "one" / released), load_file(two / released)
+    assert any(name.startswith("speaker_aligner.") for name in weights_two)  # the pair from the second rank
+    assert weights_one.keys() == weights_two.keys()
+    assert all(torch.equal(weights_one[name], weights_two[name]) for name in weights_one)
