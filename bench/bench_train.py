@@ -1,6 +1,6 @@
 """Benchmark of training on RAVDESS: the feature stage, the full leave-one-speaker-out run, a study seed, scaling.
 
-    python bench/bench_train.py [--only features train study scale] [--baseline_repo PATH] [--num_processes N]
+    python bench/bench_train.py [--only features train study scale seeds] [--baseline_repo PATH] [--num_processes N]
                                 [--output_dir runs/bench] [--key value ...]
 
 Parts (all by default; `--only` picks some, e.g. `--only train`):
@@ -11,6 +11,8 @@ Parts (all by default; `--only` picks some, e.g. `--only train`):
   `--num_processes` processes (whole folds each; target <= 90 s wall), with its peak memory.
 - `study`: one seed of `training/study.py` with `training/configs/mise.yaml` + `study.yaml` (all variants, 24 folds,
   ComParE_2016; target <= 300 s wall, peak memory < 2 GB).
+- `seeds`: the shipped config on RAVDESS and Emo-DB, all folds, seeds 0, 1, 2, no final models (one process), here
+  and in `--baseline_repo`: where an optimisation changes the arithmetic, the 3-seed comparison of pooled UAR.
 - `scale`: the first two folds at 1x, 2x and 4x the clips (the manifest repeated, same speakers), eGeMAPS and
   ComParE_2016 features: how time and memory grow.
 
@@ -42,7 +44,8 @@ CONFIG = REPO / "training" / "configs" / "mise.yaml"
 STUDY_CONFIGS = [REPO / "training" / "configs" / name for name in ("mise.yaml", "study.yaml")]
 DATA = REPO.parent / "shared" / "data" / "ravdess"
 TARGETS = {"warm_features_s": 2.0, "train_wall_s": 90.0, "study_seed_wall_s": 300.0, "peak_rss_gb": 2.0}
-PARTS = ("features", "train", "study", "scale")
+PARTS = ("features", "train", "study", "scale", "seeds")
+SEEDS = (0, 1, 2)
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -216,6 +219,41 @@ def bench_study(args, cache_dir: str, extra: list[str]) -> dict:
     return result
 
 
+def bench_seeds(args, cache_dir: str, extra: list[str]) -> dict:
+    """Where an optimisation changes the arithmetic: the shipped config on every `--seed_corpora` corpus at 3 seeds,
+    all folds, no final models, here and in `--baseline_repo` (one process each); pooled UAR per seed and the
+    mean difference. A run whose `summary.json` exists in `OUT/seeds*/<corpus>-s<seed>` is read, not rerun."""
+    result = {}
+    repos = {"current": REPO, **({"baseline": args.baseline_repo} if args.baseline_repo else {})}
+    for corpus in args.seed_corpora:
+        data_dir = DATA.parent / corpus
+        rows = {}
+        for name, repo in repos.items():
+            for seed in SEEDS:
+                out = (
+                    Path(args.output_dir)
+                    / ("seeds" if name == "current" else "seeds-baseline")
+                    / f"{corpus}-s{seed}"
+                )
+                if not (out / "summary.json").is_file():
+                    configs = Path(repo) / "training" / "configs"  # each version with its own config files
+                    arguments = [str(configs / CONFIG.name), str(configs / "corpora" / f"{corpus}.yaml"),
+                                 "--data_dir", str(data_dir), "--cache_dir", cache_dir, "--final_models", "false",
+                                 "--report_to", "none", "--seed", str(seed), "--overwrite_output_dir", "true",
+                                 "--output_dir", str(out), *extra]  # fmt: skip
+                    launch(Path(repo), "training/train.py", arguments, 1, out.with_suffix(".log"))
+                summary = json.loads((out / "summary.json").read_text())
+                rows.setdefault(name, []).append(
+                    {
+                        "seed": seed,
+                        "uar_pooled": summary["uar_pooled"],
+                        "folds_s": summary["seconds"]["folds"],
+                    }
+                )
+        result[corpus] = rows
+    return result
+
+
 def bench_scale(args, cache_dir: str, extra: list[str]) -> list[dict]:
     """Two folds (no final models) at `--scale_factors` times the clips (1x, 2x, 4x), eGeMAPS and ComParE_2016
     (`--scale_encoders`), on one process."""
@@ -250,7 +288,7 @@ def table(result: dict) -> list[tuple[str, str]]:
     rows = []
     features = result.get("features")
     if features:
-        rows.append((f"first eGeMAPS + MiniLM extraction, {features['clips']} clips",
+        rows.append((f"first extraction of the config's features, {features['clips']} clips",
                      f"{features['first_extraction_s']:.1f} s"))  # fmt: skip
         rows.append(("warm feature stage, corpus scan included",
                      f"{features['warm_features_s']:.2f} s ({features['warm_decoded_clips']} clips decoded; "
@@ -286,6 +324,18 @@ def table(result: dict) -> list[tuple[str, str]]:
         rows.append(("logistic regression, same features and folds",
                      f"{baseline['uar_pooled_global_normalization']:.1%} (global standardisation), "
                      f"{baseline['uar_pooled_speaker_normalization']:.1%} (per-speaker)"))  # fmt: skip
+    for corpus, runs in result.get("seeds", {}).items():
+        current = [run["uar_pooled"] for run in runs["current"]]
+        value = f"{100 * sum(current) / len(current):.1f} ({', '.join(f'{100 * u:.1f}' for u in current)})"
+        if "baseline" in runs:
+            base = [run["uar_pooled"] for run in runs["baseline"]]
+            value += (f"; previous version {100 * sum(base) / len(base):.1f} ({', '.join(f'{100 * u:.1f}' for u in base)}): "
+                      f"{100 * (sum(current) - sum(base)) / len(base):+.1f} points; fold time "
+                      f"{sum(r['folds_s'] for r in runs['baseline']) / sum(r['folds_s'] for r in runs['current']):.1f}× "
+                      "shorter")  # fmt: skip
+        rows.append(
+            (f"{corpus}, all folds, seeds {', '.join(map(str, SEEDS))}: mean pooled UAR (per seed)", value)
+        )
     for run in result.get("scale", []):
         rows.append((f"{run['n_folds']} fold(s), {run['clips']} clips, {run['encoder'].split('/')[1]}",
                      f"{run['seconds']['folds']:.1f} s folds, {run['wall_s']:.0f} s wall, "
@@ -306,6 +356,7 @@ def main() -> None:
     parser.add_argument("--num_processes", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--cache_dir", default=None, help="feature cache of the runs (default: a new one)")
     parser.add_argument("--scale_factors", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--seed_corpora", nargs="+", default=["ravdess", "emodb"])
     parser.add_argument(
         "--scale_encoders", nargs="+", default=["opensmile/eGeMAPSv02", "opensmile/ComParE_2016"]
     )
@@ -337,8 +388,8 @@ def main() -> None:
     compare = "opensmile/ComParE_2016"
     if "study" in args.only or ("scale" in args.only and compare in args.scale_encoders):
         feature_stage(args.config, args.data_dir, cache_dir, ["--audio_encoder", compare])
-    parts = {"train": bench_train, "study": bench_study, "scale": bench_scale}
-    for name in ("train", "study", "scale"):
+    parts = {"train": bench_train, "study": bench_study, "scale": bench_scale, "seeds": bench_seeds}
+    for name in ("train", "study", "scale", "seeds"):
         if name in args.only:
             result[name] = parts[name](args, cache_dir, extra)
             path.write_text(json.dumps(result, indent=2))
