@@ -212,7 +212,7 @@ class AudioFileClassifier:
     def enrol(self, clips: Sequence) -> None:
         """Classify from now on with the per-speaker statistics of `clips`, other clips of the same speaker."""
         self.speaker_statistics = enrolment_statistics(self.model, self.feature_extractor, clips)
-        self.normalization = normalization_label(len(clips))
+        self.normalization = normalization_label(self.model, len(clips))
 
     @torch.inference_mode()
     def probabilities(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
