@@ -160,7 +160,8 @@ class MiseForAudioClassification(MisePreTrainedModel):
             return "global"
         strength = self.config.speaker_prior_strength
         shrunk = "" if strength is None else f", shrunk toward the training speakers as {strength:g} clips"
-        return f"speaker ({enrolment_clips} enrolment clips{shrunk})"
+        clips = f"{enrolment_clips} enrolment clip{'' if enrolment_clips == 1 else 's'}"
+        return f"speaker ({clips}{shrunk})"
 
     @property
     def multimodal(self) -> bool:
