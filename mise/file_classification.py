@@ -56,7 +56,7 @@ class FileResult:
     notices: list[str] = field(default_factory=list)
     error: str | None = None
     segments: list[dict] = field(default_factory=list)
-    normalization: str = "global"  # or "speaker (N enrolment clips)"
+    normalization: str = "global"  # or the model's `normalization_label` of its enrolment clips
 
     def to_dict(self) -> dict:
         """JSON-ready dict, segments included (``start_s``, ``end_s``, ``label``, ``scores``)."""
