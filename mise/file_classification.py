@@ -56,7 +56,7 @@ class FileResult:
     notices: list[str] = field(default_factory=list)
     error: str | None = None
     segments: list[dict] = field(default_factory=list)
-    normalization: str = "global"  # or "speaker (N enrolment clips)"
+    normalization: str = "global"  # or the model's `normalization_label` of its enrolment clips
 
     def to_dict(self) -> dict:
         """JSON-ready dict, segments included (``start_s``, ``end_s``, ``label``, ``scores``)."""
@@ -212,7 +212,7 @@ class AudioFileClassifier:
     def enrol(self, clips: Sequence) -> None:
         """Classify from now on with the per-speaker statistics of `clips`, other clips of the same speaker."""
         self.speaker_statistics = enrolment_statistics(self.model, self.feature_extractor, clips)
-        self.normalization = normalization_label(len(clips))
+        self.normalization = normalization_label(self.model, len(clips))
 
     @torch.inference_mode()
     def probabilities(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:

@@ -38,6 +38,11 @@ class MiseAudioClassifierConfig(PretrainedConfig):
         speaker_classifier_config (`dict` or [`MiseClassifierConfig`], *optional*): see above.
         speaker_normalization (`dict`, *optional*): what training found about per-speaker statistics
             (`allowed`, `label_neutrality`, `reason`); enrolment is refused with this reason when not allowed.
+        speaker_prior_strength (`float`, *optional*): with a per-speaker pair, the strength n0 (in clips) of the
+            prior that enrolment statistics are shrunk toward (the model's `speaker_prior_mean` /
+            `speaker_prior_var` buffers: the training clips' mean and the training speakers' pooled
+            within-speaker variance), chosen on the validation speakers. `None` (models saved before it existed):
+            the enrolment clips' own statistics, as those models were trained and evaluated.
     """
 
     model_type = "mise-audio-classifier"
@@ -58,6 +63,7 @@ class MiseAudioClassifierConfig(PretrainedConfig):
         speaker_aligner_config: dict | MiseAlignerConfig | None = None,
         speaker_classifier_config: dict | MiseClassifierConfig | None = None,
         speaker_normalization: dict | None = None,
+        speaker_prior_strength: float | None = None,
         **kwargs,
     ):
         name = type(self).__name__
@@ -85,6 +91,23 @@ class MiseAudioClassifierConfig(PretrainedConfig):
                 f"{name}.speaker_normalization must be a dict, got {type(speaker_normalization).__name__}"
             )
         self.speaker_normalization = speaker_normalization
+        if speaker_prior_strength is not None:
+            if speaker_aligner_config is None:
+                raise ValueError(
+                    f"{name}.speaker_prior_strength needs a per-speaker pair (speaker_aligner_config)"
+                )
+            if isinstance(speaker_prior_strength, bool) or not isinstance(
+                speaker_prior_strength, (int, float)
+            ):
+                raise ValueError(
+                    f"{name}.speaker_prior_strength must be a number >= 0, got {speaker_prior_strength!r}"
+                )
+            if speaker_prior_strength < 0:
+                raise ValueError(
+                    f"{name}.speaker_prior_strength must be >= 0, got {speaker_prior_strength!r}"
+                )
+            speaker_prior_strength = float(speaker_prior_strength)
+        self.speaker_prior_strength = speaker_prior_strength
         self.audio_encoder_spec = audio_encoder_spec
         self.sampling_rate = sampling_rate
         self.max_duration_s = float(max_duration_s)

@@ -38,13 +38,57 @@ def init_mise_weights(module: nn.Module) -> None:
         module.reset_parameters()
 
 
-def speaker_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation over one speaker's clips `(n, dim)`: the per-speaker statistics that training
-    and enrolment share (std 1 for a single clip; floored at 1e-6)."""
+def speaker_statistics(
+    features: torch.Tensor,
+    prior: tuple[torch.Tensor, torch.Tensor] | None = None,
+    prior_strength: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over one speaker's clips `(n, dim)`: the per-speaker statistics that training,
+    the enrolment evaluation and the released model share (std floored at 1e-6).
+
+    Without `prior`: the speaker's own mean and (unbiased) std; std 1 for a single clip.
+
+    With `prior = (prior_mean, prior_var)` (the training clips' mean and the training speakers' pooled
+    within-speaker variance, per feature) and `prior_strength` n0 > 0, the statistics of n clips are shrunk toward
+    the prior as if it were n0 extra clips (the conjugate normal posterior's point estimate):
+
+        mean = (n * m_n + n0 * prior_mean) / (n + n0)
+        var  = (n * v_n + n0 * prior_var) / (n + n0)      (v_n: the clips' variance about m_n, divided by n)
+
+    A few clips on which a feature barely moves (ComParE has many near-constant functionals) then keep a variance
+    near the training speakers' instead of a near-zero one that would send the feature to huge values; with many
+    clips the speaker's own statistics dominate. `prior_strength` 0 is the clips' own mean and biased std.
+    """
     if features.dim() != 2 or features.shape[0] == 0:
         raise ValueError(f"speaker statistics need clips of shape (n >= 1, dim), got {tuple(features.shape)}")
-    std = features.std(0) if features.shape[0] > 1 else torch.ones_like(features[0])
-    return features.mean(0), std.clamp(min=1e-6)
+    if prior is None:
+        std = features.std(0) if features.shape[0] > 1 else torch.ones_like(features[0])
+        return features.mean(0), std.clamp(min=1e-6)
+    if prior_strength < 0:
+        raise ValueError(f"prior_strength must be >= 0, got {prior_strength}")
+    prior_mean, prior_var = (tensor.to(features.dtype) for tensor in prior)
+    n = features.shape[0]
+    own_mean = features.mean(0)
+    own_var = features.var(0, unbiased=False)
+    mean = (n * own_mean + prior_strength * prior_mean) / (n + prior_strength)
+    var = (n * own_var + prior_strength * prior_var) / (n + prior_strength)
+    return mean, var.sqrt().clamp(min=1e-6)
+
+
+def speaker_prior(features: torch.Tensor, speakers: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prior of [`speaker_statistics`] from training clips `(N, dim)` and their speakers: the clips' global
+    mean and the speakers' pooled within-speaker variance (squared deviations from each speaker's own mean, over
+    all clips)."""
+    speakers = list(speakers)
+    if features.dim() != 2 or features.shape[0] != len(speakers) or not speakers:
+        raise ValueError(
+            f"speaker prior needs clips (N >= 1, dim) and N speakers, got {tuple(features.shape)}"
+        )
+    deviations = torch.empty_like(features)
+    for speaker in dict.fromkeys(speakers):
+        rows = torch.as_tensor([index for index, name in enumerate(speakers) if name == speaker])
+        deviations[rows] = features[rows] - features[rows].mean(0)
+    return features.mean(0), deviations.pow(2).mean(0)
 
 
 def speaker_normalize(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,10 @@ class MiseForAudioClassification(MisePreTrainedModel):
         if config.speaker_adaptive:  # trained on per-speaker statistics: used with enrolment clips
             self.speaker_aligner = MiseAlignerModel(config.speaker_aligner_config)
             self.speaker_classifier = MiseClassifierModel(config.speaker_classifier_config)
+            if config.speaker_prior_strength is not None:  # the prior enrolment statistics are shrunk toward
+                dim = config.speaker_aligner_config.audio_dim
+                self.register_buffer("speaker_prior_mean", torch.zeros(dim))
+                self.register_buffer("speaker_prior_var", torch.ones(dim))
         self.post_init()
 
     @classmethod
@@ -83,9 +87,11 @@ class MiseForAudioClassification(MisePreTrainedModel):
         audio_encoder: AudioEncoder,
         speaker_pair: tuple[MiseAlignerModel, MiseClassifierModel] | None = None,
         speaker_normalization: dict | None = None,
+        speaker_prior: tuple[torch.Tensor, torch.Tensor, float] | None = None,
     ) -> MiseForAudioClassification:
         """Assemble the end-to-end model from a trained aligner, classifier and the frozen audio encoder, plus,
-        where training allowed per-speaker statistics, the aligner + classifier trained on them.
+        where training allowed per-speaker statistics, the aligner + classifier trained on them and
+        `speaker_prior = (mean, var, strength)`, the prior enrolment statistics are shrunk toward.
 
         A multimodal classifier keeps the aligner's attached text encoder (with its LoRA adapter), if any."""
         if audio_encoder.hidden_size != aligner.config.audio_dim:
@@ -101,8 +107,12 @@ class MiseForAudioClassification(MisePreTrainedModel):
             speaker_aligner_config=None if speaker_pair is None else speaker_pair[0].config,
             speaker_classifier_config=None if speaker_pair is None else speaker_pair[1].config,
             speaker_normalization=speaker_normalization,
+            speaker_prior_strength=None if speaker_prior is None else speaker_prior[2],
         )
         model = cls(config, audio_encoder=audio_encoder)
+        if speaker_prior is not None:
+            model.speaker_prior_mean.copy_(speaker_prior[0])
+            model.speaker_prior_var.copy_(speaker_prior[1])
         model.aligner.load_state_dict(without_text_encoder(aligner.state_dict()))
         model.classifier.load_state_dict(classifier.state_dict())
         if speaker_pair is not None:
@@ -124,13 +134,34 @@ class MiseForAudioClassification(MisePreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-speaker statistics (mean, std of the frozen features) of unlabelled enrolment clips of one
         speaker, for `forward(..., speaker_statistics=...)`. Refused when training found per-speaker statistics
-        not label-neutral on its corpus (`config.speaker_normalization["reason"]`)."""
+        not label-neutral on its corpus (`config.speaker_normalization["reason"]`).
+
+        With `config.speaker_prior_strength` n0 the statistics of the n clips are shrunk toward the training
+        speakers' (`modeling_mise.layers.speaker_statistics`), so a few clips (one at least) give usable
+        statistics; a model saved without it uses the clips' own statistics and needs two clips at least."""
         self._check_enrolment()
-        if input_values.shape[0] < 2:
-            raise ValueError(f"enrolment: needs at least 2 clips of the speaker, got {input_values.shape[0]}")
+        shrunk = self.config.speaker_prior_strength is not None
+        if input_values.shape[0] < (1 if shrunk else 2):
+            raise ValueError(
+                f"enrolment: needs at least {1 if shrunk else 2} clip(s) of the speaker, got {input_values.shape[0]}"
+            )
         with torch.no_grad():
             hidden = self.audio_encoder(input_values, attention_mask=attention_mask)
-        return speaker_statistics(hidden.to(self.speaker_aligner.audio_mean.dtype))
+        hidden = hidden.to(self.speaker_aligner.audio_mean.dtype)
+        if not shrunk:
+            return speaker_statistics(hidden)
+        prior = (self.speaker_prior_mean, self.speaker_prior_var)
+        return speaker_statistics(hidden, prior, self.config.speaker_prior_strength)
+
+    def normalization_label(self, enrolment_clips: int | None = None) -> str:
+        """What a result says about its statistics: `global` without enrolment clips, else `speaker (N enrolment
+        clips)`, with the prior strength when the statistics are shrunk toward the training speakers'."""
+        if not enrolment_clips:
+            return "global"
+        strength = self.config.speaker_prior_strength
+        shrunk = "" if strength is None else f", shrunk toward the training speakers as {strength:g} clips"
+        clips = f"{enrolment_clips} enrolment clip{'' if enrolment_clips == 1 else 's'}"
+        return f"speaker ({clips}{shrunk})"
 
     @property
     def multimodal(self) -> bool:

@@ -86,7 +86,8 @@ class MiseAudioClassificationPipeline(AudioClassificationPipeline):
 
     `classifier(audio, enrolment=[other clips of the same speaker])` normalises with that speaker's statistics
     (a model trained where per-speaker statistics were label-neutral; others refuse with the reason); every
-    result says which statistics it used: `"normalization": "global"` or `"speaker (N enrolment clips)"`.
+    result says which statistics it used: `"normalization": "global"` or `"speaker (N enrolment clips, shrunk
+    toward the training speakers as n0 clips)"` (a model saved before the prior existed omits the shrinkage).
 
     How `pipeline()` finds it: a saved MISE audio classifier names it in its config's `custom_pipelines`, with
     this file beside the weights (`pipeline(..., trust_remote_code=True)` without the package), and
@@ -113,7 +114,7 @@ class MiseAudioClassificationPipeline(AudioClassificationPipeline):
         if enrolment is not None:  # other clips of the same speaker: per-speaker statistics, once per call
             statistics = enrolment_statistics(self.model, self.feature_extractor, enrolment)
             forward = {**forward, "speaker_statistics": statistics}
-            postprocess = {**postprocess, "normalization": normalization_label(len(enrolment))}
+            postprocess = {**postprocess, "normalization": normalization_label(self.model, len(enrolment))}
         longest = getattr(self.feature_extractor, "max_duration_s", None)
         if window_seconds is not None and longest is not None and window_seconds > longest:
             raise ValueError(f"window_seconds ({window_seconds:g}) exceeds the {longest:g} s the model takes")
@@ -163,9 +164,10 @@ def is_mise_model(model) -> bool:
     return getattr(getattr(model, "config", None), "model_type", None) == MISE_MODEL_TYPE
 
 
-def normalization_label(enrolment_clips: int) -> str:
-    """What a MISE result says about its statistics: `global`, or `speaker (N enrolment clips)`."""
-    return f"speaker ({enrolment_clips} enrolment clips)"
+def normalization_label(model, enrolment_clips: int) -> str:
+    """What a MISE result says about its statistics (`MiseForAudioClassification.normalization_label`):
+    `global`, or `speaker (N enrolment clips)` and, where the model shrinks them, toward what."""
+    return model.normalization_label(enrolment_clips)
 
 
 def enrolment_statistics(model, feature_extractor, clips) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +176,7 @@ def enrolment_statistics(model, feature_extractor, clips) -> tuple[torch.Tensor,
 
     Raises:
         ValueError: the model was not trained to take enrolment clips (with the reason training recorded), or
-            fewer than 2 clips; `AudioInputError` naming an unusable clip.
+            too few clips (1 with a prior to shrink toward, 2 without); `AudioInputError` naming an unusable clip.
     """
     if not is_mise_model(model):
         raise ValueError("enrolment: MISE audio classifiers only")

@@ -256,7 +256,7 @@ def predict(
 
 def enrolment_statistics(loaded: LoadedModel, paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's per-speaker statistics of other clips of the same speaker, each read and checked as an upload
-    is; ValueError when the model takes no enrolment clips (saying why) or fewer than 2 are given."""
+    is; ValueError when the model takes no enrolment clips (saying why) or too few are given."""
     if not hasattr(loaded.model, "speaker_statistics"):
         raise ValueError("enrolment: MISE audio classifiers only")
     clips = [
@@ -329,7 +329,7 @@ def classify(
         logger.exception("classification of %s failed", name)
         return _refuse(f"Could not classify `{name}`: {type(error).__name__}: {error}")
     used_transcript = bool(MODEL.multimodal and transcript and transcript.strip())
-    normalization = f"speaker ({len(enrolment)} enrolment clips)" if enrolment else "global"
+    normalization = MODEL.model.normalization_label(len(enrolment)) if enrolment else "global"
     return scores, describe(clip, scores, used_transcript, normalization)
 
 

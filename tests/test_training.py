@@ -787,13 +787,17 @@ def test_emodb_runs_with_the_same_settings(emodb_dir, cache_dir, tmp_path):
     assert 1 / 7 < summary["uar_pooled"] <= 1.0
 
 
-def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_rows):
+def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_rows, tmp_path):
     """Folds with per-speaker statistics report the as-released UAR with 3, 10 and all other clips of the test
     speaker as enrolment; the released model takes such clips and then classifies with its per-speaker pair."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
     from modeling_mise.audio import load_audio
     from modeling_mise.layers import speaker_normalize, speaker_statistics
+    from training.speaker_normalization import PRIOR_STRENGTHS
 
     summary = read_json(reference_run / "summary.json")
     assert summary["speaker_normalization"]["per_speaker_folds"] == 2
@@ -804,12 +808,27 @@ def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_r
     assert {k: len(v) for k, v in fold["enrolment_predictions"].items()} == {
         k: 30 for k in ("k3", "k10", "all")
     }
+    # the prior strength n0 was chosen on the validation speakers, from the grid
+    assert fold["enrolment"]["prior_strength"] in PRIOR_STRENGTHS
+    assert set(fold["enrolment"]["validation_loss"]) == {f"{n0:g}" for n0 in PRIOR_STRENGTHS}
+    assert sorted(enrolment["prior_strength"]) == enrolment["prior_strength"]
 
     folder = reference_run / "models" / "mise-audio-classifier"
     model = AutoModelForAudioClassification.from_pretrained(folder).eval()
     extractor = AutoFeatureExtractor.from_pretrained(folder)
     assert model.config.speaker_adaptive and model.config.speaker_normalization["allowed"]
     clips = [load_audio(row["path"], 16000)[0] for row in ravdess_rows if row["speaker"] == "Actor_05"][:6]
+    # the prior round-trips: n0 in the config, the prior vectors as buffers in the safetensors
+    assert model.config.speaker_prior_strength in PRIOR_STRENGTHS
+    saved = load_file(folder / "model.safetensors")
+    prior = (model.speaker_prior_mean, model.speaker_prior_var)
+    torch.testing.assert_close(saved["speaker_prior_mean"], prior[0])
+    torch.testing.assert_close(saved["speaker_prior_var"], prior[1])
+    assert (
+        prior[0].abs().sum() > 0
+        and (prior[1] >= 0).all()
+        and not torch.allclose(prior[1], torch.ones_like(prior[1]))
+    )
     enrol = extractor(clips[1:], sampling_rate=16000, return_tensors="pt")
     test = extractor(clips[:1], sampling_rate=16000, return_tensors="pt")
     statistics = model.speaker_statistics(**enrol)
@@ -821,17 +840,36 @@ def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_r
             features=model.speaker_aligner.get_audio_features(speaker_normalize(hidden, *statistics))
         ).logits
         enrol_hidden = model.audio_encoder(enrol["input_values"], attention_mask=enrol["attention_mask"])
-    assert torch.allclose(statistics[0], speaker_statistics(enrol_hidden)[0])
+    shrunk = speaker_statistics(enrol_hidden, prior, model.config.speaker_prior_strength)
+    assert all(torch.allclose(a, b) for a, b in zip(statistics, shrunk, strict=True))
+    assert not torch.allclose(statistics[1], speaker_statistics(enrol_hidden)[1])
     assert torch.allclose(adapted, expected, atol=1e-5) and not torch.allclose(adapted, plain)
-    with pytest.raises(ValueError, match="at least 2 clips"):
-        model.speaker_statistics(**extractor(clips[:1], sampling_rate=16000, return_tensors="pt"))
+    single = model.speaker_statistics(**extractor(clips[:1], sampling_rate=16000, return_tensors="pt"))
+    assert all(torch.isfinite(part).all() for part in single)  # one clip is enough with a prior
+
+    # a model saved before the prior existed (no speaker_prior_strength, no prior buffers) loads and uses the
+    # clips' own statistics, needing two clips, as before
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    config = read_json(old / "config.json")
+    del config["speaker_prior_strength"]
+    (old / "config.json").write_text(json.dumps(config))
+    save_file({k: v for k, v in saved.items() if not k.startswith("speaker_prior_")}, old / "model.safetensors",
+              metadata={"format": "pt"})  # fmt: skip
+    legacy = AutoModelForAudioClassification.from_pretrained(old).eval()
+    assert legacy.config.speaker_prior_strength is None and not hasattr(legacy, "speaker_prior_mean")
+    own = legacy.speaker_statistics(**enrol)
+    assert all(torch.allclose(a, b) for a, b in zip(own, speaker_statistics(enrol_hidden), strict=True))
+    assert legacy.normalization_label(5) == "speaker (5 enrolment clips)"
+    with pytest.raises(ValueError, match="at least 2 clip"):
+        legacy.speaker_statistics(**extractor(clips[:1], sampling_rate=16000, return_tensors="pt"))
 
 
 def test_enrolment_through_pipeline_cli_and_space(reference_run, ravdess_rows, tmp_path, monkeypatch):
     """Other clips of the speaker as enrolment in `pipeline()`, `mise classify --enrolment` and the Space: each
     says which statistics it used and gives the model's speaker-adaptive scores."""
     from conftest import load_file_module
-    from transformers import pipeline
+    from transformers import AutoConfig, pipeline
 
     from mise.cli import main as mise_main
 
@@ -841,25 +879,27 @@ def test_enrolment_through_pipeline_cli_and_space(reference_run, ravdess_rows, t
     plain = classify(paths[0], top_k=None)
     adapted = classify(paths[0], top_k=None, enrolment=paths[1:])
     assert {s["normalization"] for s in plain} == {"global"}
-    assert {s["normalization"] for s in adapted} == {"speaker (5 enrolment clips)"}
+    label = AutoConfig.from_pretrained(folder).speaker_prior_strength
+    label = f"speaker (5 enrolment clips, shrunk toward the training speakers as {label:g} clips)"
+    assert {s["normalization"] for s in adapted} == {label}
     assert {s["label"]: round(s["score"], 4) for s in plain} != {
         s["label"]: round(s["score"], 4) for s in adapted
     }
-    with pytest.raises(ValueError, match="at least 2 clips"):
-        classify(paths[0], enrolment=paths[1:2])
+    one = classify(paths[0], top_k=None, enrolment=paths[1:2])  # one clip is enough with a prior
+    assert {s["normalization"] for s in one} == {label.replace("5 enrolment clips", "1 enrolment clip")}
 
     output = tmp_path / "rows.jsonl"
     argv = ["classify", str(folder), paths[0], "--quiet", "--num_workers", "0", "--output", str(output)]
     assert mise_main([*argv, "--enrolment", *paths[1:]]) == 0
     (row,) = [json.loads(line) for line in output.read_text().splitlines()]
-    assert row["normalization"] == "speaker (5 enrolment clips)"
+    assert row["normalization"] == label
     assert row["scores"] == pytest.approx({s["label"]: s["score"] for s in adapted}, abs=1e-4)
 
     monkeypatch.setenv("MISE_MODEL", str(folder))
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     app = load_file_module("mise_space_enrolment", REPO / "spaces_demo" / "app.py")
     scores, info = app.classify(paths[0], "", paths[1:])
-    assert "Normalised with this speaker's statistics: speaker (5 enrolment clips)" in info
+    assert f"Normalised with this speaker's statistics: {label}" in info
     assert scores == pytest.approx({s["label"]: s["score"] for s in adapted}, abs=1e-4)
     scores, info = app.classify(paths[0], "")
     assert (

@@ -360,9 +360,7 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
     else:
         y_pred = predict(trained["classifier"], z_test)
         if ctx.enrolment is not None:
-            extra["enrolment_predictions"] = ctx.enrolment.evaluate(
-                trained["aligner"], trained["classifier"], test
-            )
+            extra.update(ctx.enrolment.evaluate(trained["aligner"], trained["classifier"], fold))
     metrics = classification_metrics(y_true, y_pred, num_labels, ctx.id2label)
     with torch.no_grad():
         aligner_logits = (
@@ -451,25 +449,28 @@ def train_final_models(
     directory = ctx.output_dir / "models"
     accelerator = ctx.accelerator
     speaker_directory = ctx.output_dir / SPEAKER_FINAL_FOLD
+    speaker_fold = dataclasses.replace(fold, name=SPEAKER_FINAL_FOLD)
     if speaker_ctx is not None and accelerator.process_index == 1 % accelerator.num_processes:
-        speaker_fold = dataclasses.replace(fold, name=SPEAKER_FINAL_FOLD)
         train_stages(speaker_ctx, speaker_fold, fold_index + 1, speaker_directory, seed_index)
     if accelerator.is_main_process:
         trained = train_stages(ctx, fold, fold_index, ctx.output_dir / FINAL_FOLD, seed_index)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        speaker_pair = None
+        speaker_pair = speaker_prior = None
         if speaker_ctx is not None:
             speaker_pair = (
                 MiseAlignerModel.from_pretrained(speaker_directory / "aligner").eval(),
                 MiseClassifierModel.from_pretrained(speaker_directory / "classifier").eval(),
             )
+            if speaker_ctx.enrolment is not None:  # enrolment prior, n0 chosen on the validation speakers
+                prior = speaker_ctx.enrolment.calibrate(*speaker_pair, speaker_fold)
+                speaker_prior = (prior.mean, prior.var, prior.strength)
         for kind in ("aligner", "classifier", "generator"):  # folders named as their Hub repositories
             if trained[kind] is not None:
                 trained[kind].save_pretrained(directory / MODEL_FOLDERS[kind])
         aligner, classifier = trained["aligner"].to("cpu"), trained["classifier"].to("cpu")
         audio_model = MiseForAudioClassification.from_components(
-            aligner, classifier, audio_encoder, speaker_pair, speaker_normalization
+            aligner, classifier, audio_encoder, speaker_pair, speaker_normalization, speaker_prior
         )
         audio_model.config.max_duration_s = ctx.model_args.max_duration_s
         audio_model.save_pretrained(directory / MODEL_FOLDERS["audio-classifier"])

@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 from accelerate.logging import get_logger
+from torch.nn import functional as F
 
 from mise.data import Corpus
 from mise.folds import Fold
 from mise.metrics import classification_metrics
-from modeling_mise.layers import speaker_normalize, speaker_statistics
+from modeling_mise.layers import speaker_normalize, speaker_prior, speaker_statistics
 
 from .aligner import encode_audio
 from .arguments import DataArguments
@@ -169,36 +170,96 @@ def normalization_report(choices: dict[str, NormalizationChoice], mode: str) -> 
 
 
 ENROLMENT_SIZES = {"k3": 3, "k10": 10, "all": None}  # None: every other clip of the speaker
+# prior strengths n0 (in clips) tried on the validation speakers; the statistics of n enrolment clips are shrunk
+# toward the training speakers' as if the prior were n0 more clips (`modeling_mise.layers.speaker_statistics`)
+PRIOR_STRENGTHS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0)
+
+
+@dataclass(frozen=True)
+class EnrolmentPrior:
+    """What the released model stores for enrolment: the prior (training clips' mean, training speakers' pooled
+    within-speaker variance) and its strength n0, chosen on the validation speakers."""
+
+    mean: torch.Tensor  # (audio_dim,)
+    var: torch.Tensor  # (audio_dim,)
+    strength: float
+    validation_loss: dict[str, float]  # mean validation cross-entropy per tried n0
+
+    def report(self) -> dict:
+        """The fold record's `enrolment`: the chosen n0 and the validation loss of every n0 tried."""
+        return {"prior_strength": self.strength, "validation_loss": self.validation_loss}
 
 
 @dataclass
 class Enrolment:
     """The as-released evaluation of a fold that uses per-speaker statistics: each test clip is normalised with the
     statistics of k other clips of its speaker (unlabelled enrolment), as the released model does with enrolment
-    clips, instead of with its speaker's statistics over all clips, itself included."""
+    clips, instead of with its speaker's statistics over all clips, itself included.
+
+    The enrolment statistics are shrunk toward the training speakers' (`EnrolmentPrior`); the prior strength is
+    chosen per fold on the validation speakers by simulating their enrolment with k = 3, 10 and all other clips
+    (the test speakers are never read for it)."""
 
     audio: torch.Tensor  # (N, audio_dim) frozen features as they are
     speakers: np.ndarray  # (N,)
+    labels: np.ndarray  # (N,) class ids; only the validation speakers' are read (to choose n0)
     seed: int
 
-    def normalized(self, test: np.ndarray, size: int | None) -> torch.Tensor:
-        """Each test clip normalised with `size` other clips of its speaker (itself when it has no other)."""
+    def normalized(
+        self, rows: np.ndarray, size: int | None, prior: EnrolmentPrior | None = None, strength: float = 0.0
+    ) -> torch.Tensor:
+        """Each clip of `rows` normalised with `size` other clips of its speaker among `rows` (itself when it has
+        no other), shrunk toward `prior` with `strength` when given."""
         rng = np.random.default_rng([self.seed, size or 0])
-        rows = []
-        for index in test:
-            others = test[(self.speakers[test] == self.speakers[index]) & (test != index)]
+        shrink = {} if prior is None else {"prior": (prior.mean, prior.var), "prior_strength": strength}
+        normalized = []
+        for index in rows:
+            others = rows[(self.speakers[rows] == self.speakers[index]) & (rows != index)]
             if size is not None and len(others) > size:
                 others = rng.choice(others, size=size, replace=False)
             enrolment = self.audio[torch.as_tensor(others if len(others) else [index])]
-            rows.append(speaker_normalize(self.audio[index], *speaker_statistics(enrolment)))
-        return torch.stack(rows)
+            normalized.append(speaker_normalize(self.audio[index], *speaker_statistics(enrolment, **shrink)))
+        return torch.stack(normalized)
 
-    def evaluate(self, aligner, classifier, test: np.ndarray) -> dict[str, list[int]]:
-        """Test predictions for each enrolment size (`k3`, `k10`, `all`)."""
-        return {
-            name: predict(classifier, encode_audio(aligner, self.normalized(test, size))).tolist()
+    def calibrate(self, aligner, classifier, fold: Fold) -> EnrolmentPrior:
+        """The prior from the fold's training speakers and its strength n0: the one of `PRIOR_STRENGTHS` with the
+        lowest validation cross-entropy, averaged over the enrolment sizes, on the validation speakers."""
+        train = np.asarray(fold.train)
+        mean, var = speaker_prior(self.audio[torch.as_tensor(train)], self.speakers[train])
+        prior = EnrolmentPrior(mean, var, 0.0, {})
+        validation = np.asarray(fold.validation)
+        targets = torch.as_tensor(self.labels[validation], dtype=torch.long)
+        losses = {}
+        for strength in PRIOR_STRENGTHS:
+            per_size = [
+                F.cross_entropy(
+                    _logits(aligner, classifier, self.normalized(validation, size, prior, strength)), targets
+                ).item()
+                for size in ENROLMENT_SIZES.values()
+            ]
+            losses[f"{strength:g}"] = float(np.mean(per_size))
+        best = min(PRIOR_STRENGTHS, key=lambda strength: losses[f"{strength:g}"])
+        return replace(prior, strength=best, validation_loss=losses)
+
+    def evaluate(self, aligner, classifier, fold: Fold) -> dict:
+        """The fold record's enrolment entries: test predictions for each enrolment size (`k3`, `k10`, `all`) with
+        the prior chosen on the validation speakers, and that choice."""
+        prior = self.calibrate(aligner, classifier, fold)
+        test = np.asarray(fold.test)
+        predictions = {
+            name: predict(
+                classifier, encode_audio(aligner, self.normalized(test, size, prior, prior.strength))
+            ).tolist()
             for name, size in ENROLMENT_SIZES.items()
         }
+        return {"enrolment_predictions": predictions, "enrolment": prior.report()}
+
+
+@torch.no_grad()
+def _logits(aligner, classifier, audio: torch.Tensor) -> torch.Tensor:
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    return classifier(features=encode_audio(aligner, audio).to(device)).logits.float().cpu()
 
 
 def enrolment_summary(records: list[dict], num_labels: int, id2label: dict[int, str]) -> dict | None:
@@ -207,7 +268,8 @@ def enrolment_summary(records: list[dict], num_labels: int, id2label: dict[int, 
     if not records:
         return None
     y_true = np.concatenate([record["y_true"] for record in records])
-    summary = {"n_folds": len(records)}
+    strengths = [record["enrolment"]["prior_strength"] for record in records if record.get("enrolment")]
+    summary = {"n_folds": len(records), "prior_strength": sorted(strengths)}
     for name in ENROLMENT_SIZES:
         y_pred = np.concatenate([record["enrolment_predictions"][name] for record in records])
         summary[f"uar_pooled_{name}"] = classification_metrics(y_true, y_pred, num_labels, id2label)["uar"]

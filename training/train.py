@@ -224,7 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(training_args.training_threads)
         threadpool_limits(training_args.training_threads)
     tick = time.perf_counter()
-    enrolment = Enrolment(features.audio, np.asarray(corpus.speakers()), training_args.seed)
+    enrolment = Enrolment(
+        features.audio, np.asarray(corpus.speakers()), np.asarray(corpus.labels()), training_args.seed
+    )
     records = run_folds(
         ctx,
         folds,
@@ -242,7 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
         # `ctx` keeps the global statistics (a released model without enrolment sees one clip); the folds ran on
         # copies with their own features
         speaker_ctx = (
-            replace(ctx, features=normalization.features_for(final_choice)) if speaker_adaptive else None
+            replace(ctx, features=normalization.features_for(final_choice), enrolment=enrolment)
+            if speaker_adaptive
+            else None
         )
         train_final_models(ctx, final, len(folds), run.prepared.audio_encoder, FINAL_SEED_INDEX, speaker_ctx,
                            {"allowed": speaker_adaptive, **asdict(final_choice)})  # fmt: skip
