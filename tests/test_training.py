@@ -582,7 +582,7 @@ def test_choosing_the_ratio_keeps_the_validation_best_and_the_first_on_a_tie():
     runtime = StageRuntime(accelerator=Accelerator(cpu=True), log_every_epoch=False)
     data = (features, labels, val, val_labels)
     model, summary = train_classifier_choosing_ratio(
-        lambda index: runtime, config, args, *data, "noise", seed=4
+        lambda index: runtime, config, args, data, "noise", seed=4
     )
     scores = [candidate["best_score"] for candidate in summary["generated_ratio_candidates"]]
     for candidate in summary["generated_ratio_candidates"]:
@@ -593,13 +593,11 @@ def test_choosing_the_ratio_keeps_the_validation_best_and_the_first_on_a_tie():
             assert torch.equal(alone(features=val).logits, model(features=val).logits)
     assert summary["generated_ratio"] == [0.5, 1.0, 2.0][scores.index(max(scores))]
     tied_args = dataclasses.replace(args, classifier_epochs=0)  # no epoch: every score is -inf
-    _, tied = train_classifier_choosing_ratio(
-        lambda index: runtime, config, tied_args, *data, "noise", seed=4
-    )
+    _, tied = train_classifier_choosing_ratio(lambda index: runtime, config, tied_args, data, "noise", seed=4)
     assert len(tied["generated_ratio_candidates"]) == 3 and tied["generated_ratio"] == 0.5
     for augmentation in ("none", "mixup"):
         _, once = train_classifier_choosing_ratio(
-            lambda index: runtime, config, args, *data, augmentation, seed=4
+            lambda index: runtime, config, args, data, augmentation, seed=4
         )
         assert once["generated_ratio"] is None and len(once["generated_ratio_candidates"]) == 1
     assert generated_ratio_candidates(args, "mise", multimodal=True) == [None]  # three pairs per real pair

@@ -227,11 +227,9 @@ def train_classifier_choosing_ratio(
     runtime: Callable[[int], StageRuntime],
     config: MiseClassifierConfig,
     args: MiseTrainingArguments,
-    features_train: Tensor,
-    labels_train: Tensor,
-    features_val: Tensor,
-    labels_val: Tensor,
+    data: tuple[Tensor, Tensor, Tensor, Tensor],
     augmentation: str = "none",
+    *,
     multimodal: bool = False,
     augmenter_for: Callable[[MiseTrainingArguments], Augmenter | MultimodalAugmenter] | None = None,
     store: CandidateStore | None = None,
@@ -241,6 +239,7 @@ def train_classifier_choosing_ratio(
     classifier with the best validation score (`best_score`: `early_stopping_metric` on the validation
     speakers); on a tie the earlier candidate.
 
+    `data`: (features_train, labels_train, features_val, labels_val) as `train_classifier` takes them.
     `runtime(index)`: the stage runtime of candidate `index`. `augmenter_for(args)`: the augmenter of one
     candidate's arguments (the default `Augmenter` when None). `store`: keeps the finished candidates when several
     train; a runtime that checkpoints needs one, since every candidate checkpoints as stage `classifier`: a
@@ -257,7 +256,7 @@ def train_classifier_choosing_ratio(
         if trained is None:
             stage_args = args if ratio is None else dataclasses.replace(args, generated_ratio=ratio)
             trained = train_classifier(
-                runtime(index), config, stage_args, features_train, labels_train, features_val, labels_val,
+                runtime(index), config, stage_args, *data,
                 augmentation=augmentation, augmenter=None if augmenter_for is None else augmenter_for(stage_args),
                 **stage_kwargs,
             )  # fmt: skip

@@ -327,8 +327,8 @@ def _stage_classifier(
     classifier, summary = train_classifier_choosing_ratio(
         lambda index: ctx.runtime(fold.name, fold_index, first + index * targs.classifier_epochs),
         classifier_config(margs, space.z_train.shape[1], ctx.id2label, text_dim), targs,
-        features_train, labels[fold.train], features_val, labels[fold.validation],
-        augmentation=margs.augmentation, multimodal=margs.multimodal, augmenter_for=augmenter_for,
+        (features_train, labels[fold.train], features_val, labels[fold.validation]),
+        margs.augmentation, multimodal=margs.multimodal, augmenter_for=augmenter_for,
         store=CandidateFolders(ctx, directory), generator=generator, text_codes_train=space.codes_train,
         seed=seed, head_init=aligner.emotion_head if margs.classifier_init_from_aligner else None,
     )  # fmt: skip

@@ -262,7 +262,7 @@ class FoldUnit:
             targs = dataclasses.replace(targs, noise_std=variant.noise_std)
         classifier, summary = train_classifier_choosing_ratio(
             lambda index: self.runtime(), classifier_config(study.model_args, space.z_train.shape[1], study.id2label),
-            targs, space.z_train, labels[space.train], space.z_val, labels[val], augmentation=variant.augmentation,
+            targs, (space.z_train, labels[space.train], space.z_val, labels[val]), variant.augmentation,
             generator=generator, text_codes_train=codes_train, seed=stage_seed(self.seed, self.fold_index, 3),
             head_init=head,
         )  # fmt: skip
