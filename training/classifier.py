@@ -30,11 +30,8 @@ from .arguments import MiseTrainingArguments, ModelArguments
 from .engine import Batches, StageRuntime, fit_supervised, mixup, predict_in_chunks, stage_summary
 
 Tensor = torch.Tensor
-RATIO_AUGMENTATIONS = (
-    "noise",
-    "gan",
-    "mise",
-)  # the augmentations that add `generated_ratio` times the real rows
+# the augmentations that add `generated_ratio` times the real rows
+RATIO_AUGMENTATIONS = ("noise", "gan", "mise")
 
 
 def classifier_config(

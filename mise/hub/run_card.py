@@ -81,9 +81,8 @@ def _fold(record: dict) -> dict:
 def _augmentation(config: dict, summary: dict) -> dict:
     candidates = list(config.get("generated_ratios") or [])
     ratio = (summary.get("generated_ratio_released") or {}).get("final")
-    if (
-        ratio is None and len(candidates) <= 1 and summary.get("generated_ratio_chosen")
-    ):  # the run's one ratio
+    one_ratio = len(candidates) <= 1 and summary.get("generated_ratio_chosen")  # no final models, one ratio
+    if ratio is None and one_ratio:
         ratio = candidates[0] if candidates else config.get("generated_ratio")
     return {"method": config.get("augmentation") or summary.get("augmentation"), "generated_ratio": ratio,
             "generated_ratios": candidates, "generated_ratio_chosen": summary.get("generated_ratio_chosen"),
