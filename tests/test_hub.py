@@ -384,6 +384,10 @@ def test_card_json_is_what_training_tells_the_cards(trained_run, tmp_path):
                               "license": "cc-by-nc-sa-4.0", "license_source": "known corpus"}  # fmt: skip
     assert card["protocol"] == {"name": "loso", "num_folds": 5, "max_folds": 1, "num_validation_speakers": 1}
     assert card["augmentation"]["method"] == "mise" and card["config"]["aligner_epochs"] == 3
+    augmentation = card["augmentation"]  # the released classifier's ratio, chosen on validation speakers
+    assert augmentation["generated_ratio"] == summary["generated_ratio_released"]["final"] in (0.5, 1.0, 2.0)
+    assert augmentation["generated_ratios"] == [0.5, 1.0, 2.0]
+    assert augmentation["generated_ratio_chosen"] == summary["generated_ratio_chosen"]
     fold = json.loads(next((out / "folds").glob("*/metrics.json")).read_text())
     assert card["folds"] == [{"name": fold["fold"], "test_speakers": fold["test_speakers"], "uar": fold["uar"],
                               "wa": fold["wa"], "f1_macro": fold["f1_macro"],
@@ -399,6 +403,10 @@ def test_card_json_is_what_training_tells_the_cards(trained_run, tmp_path):
     }
     context = card_context("aligner", stated, configs, repo_ids(ORG, PREFIX))
     assert context["dataset"]["license"] == "cc-by-4.0" and "given for this run" in context["license_text"]
+    assert (
+        f"{augmentation['generated_ratio']:g}:1 generated to real, the ratio chosen on validation speakers among 0.5, 1, 2"
+        in context["augmentation_text"]
+    )
 
 
 def test_card_for_a_transformers_audio_encoder(trained_run):

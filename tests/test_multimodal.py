@@ -349,7 +349,7 @@ def test_multimodal_run_with_a_lora_tuned_llama_end_to_end(ravdess_rows, tiny_ll
             "--aligner_epochs", "2", "--generator_epochs", "2", "--generator_eval_every", "1",
             "--classifier_epochs", "2", "--early_stopping_patience", "0", "--checkpoint_every", "0",
             "--aligner_batch_size", "32", "--generator_batch_size", "32", "--classifier_batch_size", "32",
-            "--report_to", "none", "--seed", "3", "--min_class_clips", "2",
+            "--report_to", "none", "--seed", "3", "--min_class_clips", "2", "--generated_ratios", "0.5", "1.0",
         ]
     )  # fmt: skip
     assert summary["n_folds"] == 2
@@ -359,8 +359,12 @@ def test_multimodal_run_with_a_lora_tuned_llama_end_to_end(ravdess_rows, tiny_ll
         generator = record["stages"]["generator"]
         assert {"text_side_mi_emotion_nats", "text_side_mi_audio_nats"} <= set(generator["text_side_quality"])
         assert generator["quality"]["mi_emotion_nats"] is not None
-        # the generated stage-3 rows: three per real training row
+        # the generated stage-3 rows: three per real training row, whatever the ratio (stage 3 trains once)
         assert record["stages"]["classifier"]["generated_rows_per_epoch"] == 3 * record["clips"]["train"]
+        assert (
+            record["generated_ratio"] is None
+            and len(record["stages"]["classifier"]["generated_ratio_candidates"]) == 1
+        )
         with safe_open(str(fold / "aligner" / "model.safetensors"), framework="pt") as handle:
             keys = list(handle.keys())
         assert keys and not any(

@@ -16,13 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+import training.classifier as classifier
+import training.pipeline as pipeline
 import training.study_unit as study_unit
 from mise.folds import make_folds
 from training.arguments import ConfigError
 from training.study import main, parse_study_arguments
 from training.study_variants import DEFAULT_VARIANTS, VARIANTS, cut_class
 
+REPO = Path(__file__).resolve().parents[1]
 SPEAKERS = ("Actor_01", "Actor_02", "Actor_03", "Actor_04")
 SEEDS = ("3", "4")
 TINY = [
@@ -71,13 +75,15 @@ def study_args(manifest: Path, output_dir: Path, cache_dir: Path, *extra: str) -
 
 
 class StageCounter:
-    """Counts calls of the stage functions the study imports, passing every call through unchanged."""
+    """Counts calls of the stage functions the study runs (stage 3 through `train_classifier_choosing_ratio`),
+    passing every call through unchanged."""
 
     def __init__(self, monkeypatch) -> None:
         self.counts: Counter = Counter()
-        for name in ("train_aligner", "train_generator", "train_classifier"):
-            original = getattr(study_unit, name)
-            monkeypatch.setattr(study_unit, name, self._wrap(name, original))
+        for module, name in ((study_unit, "train_aligner"), (study_unit, "train_generator"),
+                             (classifier, "train_classifier")):  # fmt: skip
+            original = getattr(module, name)
+            monkeypatch.setattr(module, name, self._wrap(name, original))
 
     def _wrap(self, name, original):
         def counted(*args, **kwargs):
@@ -126,6 +132,22 @@ def test_stage_1_and_2_are_shared_between_variants(study_run):
     assert counts["train_generator"] == len(GENERATOR_VARIANTS) * units
     # ratio candidates: 2 classifiers for noise and the 5 generator variants, 1 for none and mixup
     assert counts["train_classifier"] == (2 * (1 + len(GENERATOR_VARIANTS)) + 2) * units
+
+
+def test_study_and_training_choose_the_ratio_with_one_function(tmp_path):
+    """Stage 3 of the study and of train.py is `train_classifier_choosing_ratio`; the candidates are a training
+    argument of mise.yaml (an old study config that still lists them sets the same argument)."""
+    assert study_unit.train_classifier_choosing_ratio is classifier.train_classifier_choosing_ratio
+    assert pipeline.train_classifier_choosing_ratio is classifier.train_classifier_choosing_ratio
+    configs = REPO / "training" / "configs"
+    assert "generated_ratios" in yaml.safe_load((configs / "mise.yaml").read_text())
+    assert "generated_ratios" not in yaml.safe_load((configs / "study.yaml").read_text())
+    old_config = tmp_path / "study.yaml"
+    old_config.write_text("seeds: [0]\ngenerated_ratios: [0.5, 2.0]\n")
+    _, _, training_args, _ = parse_study_arguments(
+        [str(old_config), "--dataset", "x.csv", "--output_dir", "o"]
+    )
+    assert training_args.generated_ratios == [0.5, 2.0]
 
 
 def test_json_has_fold_statistics_pooled_uar_and_wilcoxon(study_run):

@@ -8,6 +8,7 @@ same summary, and the error paths (strict, missing column, NaN loss, config erro
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -20,10 +21,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from accelerate import Accelerator
+from safetensors.torch import load_file
 
-from training.arguments import ConfigError, config_hash, parse_arguments
-from training.classifier import generation_labels
-from training.engine import NonFiniteLossError
+from modeling_mise import MiseClassifierConfig
+from training.arguments import ConfigError, MiseTrainingArguments, config_hash, parse_arguments
+from training.checkpoint import CheckpointManager
+from training.classifier import (
+    generated_ratio_candidates,
+    generation_labels,
+    train_classifier,
+    train_classifier_choosing_ratio,
+)
+from training.engine import NonFiniteLossError, StageRuntime
 from training.train import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +46,7 @@ TINY = [
     "--aligner_epochs", "4", "--generator_epochs", "6", "--generator_eval_every", "2",
     "--classifier_epochs", "4", "--early_stopping_patience", "0", "--checkpoint_every", "2",
     "--aligner_batch_size", "32", "--generator_batch_size", "32", "--classifier_batch_size", "32",
-    "--seed", "7", "--min_class_clips", "2",
+    "--seed", "7", "--min_class_clips", "2", "--generated_ratios", "0.5", "1.0",
 ]  # fmt: skip
 
 
@@ -449,6 +459,155 @@ def test_generation_labels_fill_minority_classes():
     assert (torch.bincount(labels, minlength=3) + balanced).tolist() == [14, 14, 14]
     proportional = torch.bincount(generation_labels(labels, 3, ratio=0.5, class_balanced=False), minlength=3)
     assert proportional.tolist() == [5, 2, 3]
+
+
+def test_generated_ratio_is_chosen_on_the_validation_speakers(reference_run):
+    """Per fold, stage 3 trains once per candidate ratio and keeps the first with the best validation score; the
+    choice is in metrics.json, summary.json and card.json, the kept classifier is the chosen candidate's."""
+    chosen = {}
+    for folder in sorted((reference_run / "folds").iterdir()):
+        record = read_json(folder / "metrics.json")
+        stage = record["stages"]["classifier"]
+        candidates = stage["generated_ratio_candidates"]
+        assert [candidate["generated_ratio"] for candidate in candidates] == [0.5, 1.0]
+        scores = [candidate["best_score"] for candidate in candidates]
+        best = candidates[scores.index(max(scores))]["generated_ratio"]
+        assert record["generated_ratio"] == stage["generated_ratio"] == best and stage["best_score"] == max(
+            scores
+        )
+        for candidate in candidates:  # each candidate's model and marker, kept for a resumed run
+            marker = (
+                folder / "classifier_candidates" / f"ratio-{candidate['generated_ratio']:g}" / "stage.json"
+            )
+            assert read_json(marker)["summary"]["best_score"] == candidate["best_score"]
+        kept = load_file(folder / "classifier" / "model.safetensors")
+        winner = load_file(folder / "classifier_candidates" / f"ratio-{best:g}" / "model.safetensors")
+        assert kept.keys() == winner.keys() and all(torch.equal(kept[k], winner[k]) for k in kept)
+        chosen[record["fold"]] = best
+    summary = read_json(reference_run / "summary.json")
+    assert summary["generated_ratio_by_fold"] == chosen
+    values = list(chosen.values())
+    assert summary["generated_ratio_chosen"] == {
+        str(ratio): values.count(ratio) for ratio in sorted(set(values))
+    }
+    released = read_json(reference_run / "final" / "classifier" / "stage.json")["summary"]
+    assert summary["generated_ratio_released"]["final"] == released["generated_ratio"] in (0.5, 1.0)
+    card = read_json(reference_run / "card.json")["augmentation"]
+    assert card["generated_ratio"] == released["generated_ratio"] and card["generated_ratios"] == [0.5, 1.0]
+    assert card["generated_ratio_chosen"] == summary["generated_ratio_chosen"]
+
+
+def test_one_candidate_ratio_trains_as_the_fixed_ratio(
+    reference_run, corpus_with_bad_files, cache_dir, tmp_path, caplog
+):
+    """`--generated_ratios 1.0`: one stage-3 training per fold, the same as the candidate 1.0 of a choice."""
+    caplog.set_level("INFO", logger="training.pipeline")
+    output_dir = tmp_path / "one"
+    args = run_args(
+        corpus_with_bad_files[0], output_dir, cache_dir, "--report_to", "none", "--final_models", "false"
+    )
+    main([*args, "--generated_ratios", "1.0"])
+    for fold in ("speaker-Actor_01", "speaker-Actor_02"):
+        record = read_json(output_dir / "folds" / fold / "metrics.json")
+        reference = read_json(reference_run / "folds" / fold / "metrics.json")
+        (candidate,) = record["stages"]["classifier"]["generated_ratio_candidates"]
+        assert candidate == next(
+            c
+            for c in reference["stages"]["classifier"]["generated_ratio_candidates"]
+            if c["generated_ratio"] == 1.0
+        )
+        assert (
+            record["generated_ratio"] == 1.0
+            and not (output_dir / "folds" / fold / "classifier_candidates").exists()
+        )
+        if reference["generated_ratio"] == 1.0:
+            assert record["y_pred"] == reference["y_pred"]
+        assert f"fold {fold}: UAR {record['uar']:.4f}" in caplog.text
+        assert f"generated ratio 1 (1: {candidate['best_score']:.4f})" in caplog.text
+    assert read_json(output_dir / "summary.json")["generated_ratio_chosen"] == {"1.0": 2}
+
+
+class Killed(Exception):
+    """Stands for the process dying right after a checkpoint was written."""
+
+
+def test_run_killed_between_ratio_candidates_resumes_to_the_same_result(
+    reference_run, corpus_with_bad_files, cache_dir, tmp_path, monkeypatch
+):
+    """Killed inside the second candidate of fold 2: the resumed run reuses the first candidate, continues the
+    second from its checkpoint and ends where an uninterrupted run does."""
+    output_dir = tmp_path / "killed"
+    args = run_args(corpus_with_bad_files[0], output_dir, cache_dir, "--report_to", "none")
+    first = output_dir / "folds" / "speaker-Actor_02" / "classifier_candidates" / "ratio-0.5" / "stage.json"
+    save = CheckpointManager.save
+
+    def save_then_die(self, progress, *rest, **kwargs):
+        path = save(self, progress, *rest, **kwargs)
+        if progress["fold_index"] == 1 and progress["stage"] == "classifier" and first.is_file():
+            raise Killed(path)
+        return path
+
+    monkeypatch.setattr(CheckpointManager, "save", save_then_die)
+    with pytest.raises(Killed):
+        main(args)
+    monkeypatch.undo()
+    written = first.stat().st_mtime_ns
+    summary = main([*args, "--resume_from_checkpoint", "latest"])
+    assert first.stat().st_mtime_ns == written  # the finished candidate was not trained again
+    reference = read_json(reference_run / "summary.json")
+    for key in ("uar_pooled", "generated_ratio_by_fold", "generated_ratio_released"):
+        assert summary[key] == reference[key], key
+    for fold in ("speaker-Actor_01", "speaker-Actor_02"):
+        resumed = read_json(output_dir / "folds" / fold / "metrics.json")
+        expected = read_json(reference_run / "folds" / fold / "metrics.json")
+        assert resumed["y_pred"] == expected["y_pred"]
+        assert (
+            resumed["stages"]["classifier"]["generated_ratio_candidates"]
+            == (expected["stages"]["classifier"]["generated_ratio_candidates"])
+        )
+
+
+def test_choosing_the_ratio_keeps_the_validation_best_and_the_first_on_a_tie():
+    """Each candidate trains as `train_classifier` alone would with that ratio; the best validation score wins,
+    ties go to the earlier candidate; augmentations without extra rows train once."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(20)
+    features = torch.randn(60, 6, generator=generator) + labels[:, None] * 0.7
+    val_labels = torch.arange(3).repeat(5)
+    val = torch.randn(15, 6, generator=generator) + val_labels[:, None] * 0.7
+    config = MiseClassifierConfig(input_dim=6, hidden_sizes=[8], id2label={0: "a", 1: "b", 2: "c"})
+    args = MiseTrainingArguments(
+        output_dir="unused", classifier_epochs=3, classifier_batch_size=16, generated_ratios=[0.5, 1.0, 2.0]
+    )
+    runtime = StageRuntime(accelerator=Accelerator(cpu=True), log_every_epoch=False)
+    data = (features, labels, val, val_labels)
+    model, summary = train_classifier_choosing_ratio(
+        lambda index: runtime, config, args, data, "noise", seed=4
+    )
+    scores = [candidate["best_score"] for candidate in summary["generated_ratio_candidates"]]
+    for candidate in summary["generated_ratio_candidates"]:
+        alone_args = dataclasses.replace(args, generated_ratio=candidate["generated_ratio"])
+        alone, alone_summary = train_classifier(runtime, config, alone_args, *data, "noise", seed=4)
+        assert alone_summary["best_score"] == candidate["best_score"]
+        if candidate["generated_ratio"] == summary["generated_ratio"]:
+            assert torch.equal(alone(features=val).logits, model(features=val).logits)
+    assert summary["generated_ratio"] == [0.5, 1.0, 2.0][scores.index(max(scores))]
+    tied_args = dataclasses.replace(args, classifier_epochs=0)  # no epoch: every score is -inf
+    _, tied = train_classifier_choosing_ratio(lambda index: runtime, config, tied_args, data, "noise", seed=4)
+    assert len(tied["generated_ratio_candidates"]) == 3 and tied["generated_ratio"] == 0.5
+    for augmentation in ("none", "mixup"):
+        _, once = train_classifier_choosing_ratio(
+            lambda index: runtime, config, args, data, augmentation, seed=4
+        )
+        assert once["generated_ratio"] is None and len(once["generated_ratio_candidates"]) == 1
+    assert generated_ratio_candidates(args, "mise", multimodal=True) == [None]  # three pairs per real pair
+    assert generated_ratio_candidates(args, "noise", multimodal=True) == [0.5, 1.0, 2.0]
+    fixed = MiseTrainingArguments(output_dir="unused", generated_ratio=2.0)
+    assert generated_ratio_candidates(fixed, "mise") == [2.0]  # no candidates: generated_ratio alone
+    with pytest.raises(ConfigError, match="generated_ratios"):
+        MiseTrainingArguments(output_dir="unused", generated_ratios=[1.0, 1.0])
+    with pytest.raises(ConfigError, match="generated_ratios"):
+        MiseTrainingArguments(output_dir="unused", generated_ratios=[-1.0])
 
 
 def test_text_codes_of_an_aligned_and_an_unaligned_space():

@@ -464,7 +464,20 @@ class MiseTrainingArguments:
         default=0.1,
         metadata={"help": "Augmentation `noise`: std of the added noise, relative to each dimension."},
     )
-    generated_ratio: float = field(default=1.0, metadata={"help": "Generated-to-real ratio of stage-3 data."})
+    generated_ratio: float = field(
+        default=1.0,
+        metadata={
+            "help": "Generated-to-real ratio of stage-3 data (the one candidate when generated_ratios is empty)."
+        },
+    )
+    generated_ratios: list[float] = field(
+        default_factory=list,
+        metadata={
+            "help": "Candidate generated-to-real ratios of noise / cGAN / MISE: per fold, stage 3 trains once per "
+            "candidate and keeps the classifier with the best validation score (early_stopping_metric) "
+            "(empty: generated_ratio alone)."
+        },
+    )
     class_balanced_generation: bool = field(
         default=True,
         metadata={"help": "Generate more for minority classes so every class ends equally large."},
@@ -522,6 +535,10 @@ class MiseTrainingArguments:
             _positive(name, getattr(self, name), allow_zero=True)
         for name in ("aligner_weight_decay", "classifier_weight_decay", "checkpoint_every"):
             _positive(name, getattr(self, name), allow_zero=True)
+        for ratio in self.generated_ratios:
+            _positive("generated_ratios", ratio, allow_zero=True)
+        if len(set(self.generated_ratios)) != len(self.generated_ratios):
+            raise ConfigError(f"generated_ratios: need distinct values, got {self.generated_ratios}")
         _positive("checkpoints_total_limit", self.checkpoints_total_limit)
         _positive("training_threads", self.training_threads, allow_zero=True)
         if self.early_stopping_metric not in ("uar", "loss"):

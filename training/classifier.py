@@ -2,6 +2,8 @@
 
 - `Augmenter`: feature noise, or features from a trained generator (cGAN / MISE), `generated_ratio` times the
   real rows (class-balanced: minority classes first); `mixup` mixes the batches instead.
+- `train_classifier_choosing_ratio`: stage 3 once per candidate ratio (`generated_ratios`), the classifier with
+  the best validation score kept; the study and the training pipeline both train stage 3 through it.
 - `MultimodalAugmenter`: the classifier sees `[z_a; z_t]`; with a generator, every real pair `(h, t)` also
   yields `(h, t_hat)`, `(h_hat, t)` and `(h_hat, t_hat)` each epoch (four times the data). A clip without
   transcript has the null text code (the zero vector, `multimodal_features`), and a fraction
@@ -10,7 +12,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,6 +30,8 @@ from .arguments import MiseTrainingArguments, ModelArguments
 from .engine import Batches, StageRuntime, fit_supervised, mixup, predict_in_chunks, stage_summary
 
 Tensor = torch.Tensor
+# the augmentations that add `generated_ratio` times the real rows
+RATIO_AUGMENTATIONS = ("noise", "gan", "mise")
 
 
 def classifier_config(
@@ -189,6 +196,79 @@ def train_classifier(
     summary = stage_summary(state)
     summary["generated_rows_per_epoch"] = len(augmenter.extra_labels)
     return model, summary
+
+
+def generated_ratio_candidates(
+    args: MiseTrainingArguments, augmentation: str, multimodal: bool = False
+) -> list[float | None]:
+    """The generated-to-real ratios stage 3 tries: `generated_ratios` (`[generated_ratio]` when empty) where the
+    ratio sets how many rows the augmentation adds, `[None]` (one training) otherwise: `none`, `mixup`, and
+    multimodal cGAN / MISE (three generated pairs per real pair, whatever the ratio)."""
+    if augmentation not in RATIO_AUGMENTATIONS or (multimodal and augmentation != "noise"):
+        return [None]
+    return list(args.generated_ratios) or [args.generated_ratio]
+
+
+def chosen_ratio_counts(ratios: Iterable[float | None]) -> dict[str, int] | None:
+    """How often each generated-to-real ratio was chosen (`{"0.5": 3, "1.0": 1}`, ascending); None if none was."""
+    chosen = [float(ratio) for ratio in ratios if ratio is not None]
+    return {str(ratio): chosen.count(ratio) for ratio in sorted(set(chosen))} or None
+
+
+class CandidateStore(Protocol):
+    """Where a run keeps each finished candidate of `train_classifier_choosing_ratio`, so a resumed run reuses it."""
+
+    def load(self, ratio: float) -> tuple[MiseClassifierModel, dict] | None: ...
+
+    def save(self, ratio: float, model: MiseClassifierModel, summary: dict) -> None: ...
+
+
+def train_classifier_choosing_ratio(
+    runtime: Callable[[int], StageRuntime],
+    config: MiseClassifierConfig,
+    args: MiseTrainingArguments,
+    data: tuple[Tensor, Tensor, Tensor, Tensor],
+    augmentation: str = "none",
+    *,
+    multimodal: bool = False,
+    augmenter_for: Callable[[MiseTrainingArguments], Augmenter | MultimodalAugmenter] | None = None,
+    store: CandidateStore | None = None,
+    **stage_kwargs,
+) -> tuple[MiseClassifierModel, dict]:
+    """Stage 3 once per candidate ratio (`generated_ratio_candidates`), each from the same seed, keeping the
+    classifier with the best validation score (`best_score`: `early_stopping_metric` on the validation
+    speakers); on a tie the earlier candidate.
+
+    `data`: (features_train, labels_train, features_val, labels_val) as `train_classifier` takes them.
+    `runtime(index)`: the stage runtime of candidate `index`. `augmenter_for(args)`: the augmenter of one
+    candidate's arguments (the default `Augmenter` when None). `store`: keeps the finished candidates when several
+    train; a runtime that checkpoints needs one, since every candidate checkpoints as stage `classifier`: a
+    resumed run takes the finished candidates from the store and continues the first one it lacks from the
+    stage's checkpoint. `stage_kwargs` (generator, text codes, seed, head_init) go to `train_classifier`.
+    Returns the kept classifier and its summary, plus `generated_ratio` (None where no ratio applies) and
+    `generated_ratio_candidates` (each candidate's ratio, best_score and best_epoch).
+    """
+    candidates = generated_ratio_candidates(args, augmentation, multimodal)
+    store = store if len(candidates) > 1 else None
+    best, scores = None, []
+    for index, ratio in enumerate(candidates):
+        trained = None if store is None else store.load(ratio)
+        if trained is None:
+            stage_args = args if ratio is None else dataclasses.replace(args, generated_ratio=ratio)
+            trained = train_classifier(
+                runtime(index), config, stage_args, *data,
+                augmentation=augmentation, augmenter=None if augmenter_for is None else augmenter_for(stage_args),
+                **stage_kwargs,
+            )  # fmt: skip
+            if store is not None:
+                store.save(ratio, *trained)
+        summary = trained[1]
+        scores.append({"generated_ratio": ratio, "best_score": summary["best_score"],
+                       "best_epoch": summary["best_epoch"]})  # fmt: skip
+        if best is None or summary["best_score"] > best[1]["best_score"]:
+            best = (*trained, ratio)
+    model, summary, ratio = best
+    return model, {**summary, "generated_ratio": ratio, "generated_ratio_candidates": scores}
 
 
 class MultimodalAugmenter:

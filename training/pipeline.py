@@ -38,7 +38,13 @@ from modeling_mise.modeling_audio_classifier import multimodal_features
 from .aligner import aligner_config, encode_audio, text_codes, train_aligner
 from .arguments import SPLIT_NEEDS, ConfigError, DataArguments, MiseTrainingArguments, ModelArguments
 from .checkpoint import CheckpointManager, ResumePoint
-from .classifier import MultimodalAugmenter, classifier_config, predict, train_classifier
+from .classifier import (
+    MultimodalAugmenter,
+    classifier_config,
+    generated_ratio_candidates,
+    predict,
+    train_classifier_choosing_ratio,
+)
 from .engine import StageRuntime
 from .features import CorpusFeatures
 from .infogan import TextSide, generator_config, train_generator
@@ -117,11 +123,17 @@ class RunContext:
     resume_points: dict[str, ResumePoint | None] = field(default_factory=dict)  # per fold, read once
 
     @property
+    def classifier_candidates(self) -> int:
+        """Stage-3 trainings of one fold: one per candidate generated-to-real ratio."""
+        margs = self.model_args
+        return len(generated_ratio_candidates(self.training_args, margs.augmentation, margs.multimodal))
+
+    @property
     def epochs_per_fold(self) -> int:
         """Epochs of the three stages of one fold (run-wide tracker steps advance by this per fold)."""
         args = self.training_args
         generator_epochs = args.generator_epochs if self.model_args.uses_generator else 0
-        return args.aligner_epochs + generator_epochs + args.classifier_epochs
+        return args.aligner_epochs + generator_epochs + self.classifier_candidates * args.classifier_epochs
 
     def resume_point(self, fold: str) -> ResumePoint | None:
         """Where a resumed run continues `fold`: the given checkpoint when it is the fold's, else (`latest`) the
@@ -270,28 +282,55 @@ def _stage_generator(
     return generator.to(ctx.accelerator.device), summary
 
 
+@dataclass
+class CandidateFolders:
+    """The finished stage-3 candidates of a fold, `<fold>/classifier_candidates/ratio-<r>/` (a resumed run reuses
+    them; `classifier/` holds the kept one)."""
+
+    ctx: RunContext
+    directory: Path
+
+    def folder(self, ratio: float) -> Path:
+        return self.directory / "classifier_candidates" / f"ratio-{ratio:g}"
+
+    def load(self, ratio: float) -> tuple[MiseClassifierModel, dict] | None:
+        done = _completed_stage(self.folder(ratio), self.ctx)
+        if done is None:
+            return None
+        model = MiseClassifierModel.from_pretrained(self.folder(ratio)).eval()
+        return model.to(self.ctx.accelerator.device), done["summary"]
+
+    def save(self, ratio: float, model: MiseClassifierModel, summary: dict) -> None:
+        _finish_stage(model, self.folder(ratio), summary, self.ctx)
+
+
 def _stage_classifier(
     ctx: RunContext, fold: Fold, fold_index: int, directory: Path, space: FoldSpace, models: tuple, seed: int
 ) -> tuple:
-    """Stage 3 of the fold on real and generated features: (classifier, summary). `models`: (aligner,
-    generator or None)."""
+    """Stage 3 of the fold on real and generated features, once per candidate generated-to-real ratio, the best
+    on the validation speakers kept: (classifier, summary). `models`: (aligner, generator or None)."""
     margs, targs, labels = ctx.model_args, ctx.training_args, ctx.labels
     aligner, generator = models
-    features_train, features_val, augmenter, text_dim = space.z_train, space.z_val, None, None
+    features_train, features_val, augmenter_for, text_dim = space.z_train, space.z_val, None, None
     if margs.multimodal:  # [z_a; z_t] over the four real/generated combinations
-        augmenter = MultimodalAugmenter(
-            margs.augmentation, space.z_train, space.text_train, labels[fold.train], targs,
-            margs.multimodal_text_dropout, generator, seed=seed,
-        )  # fmt: skip
+
+        def augmenter_for(args: MiseTrainingArguments) -> MultimodalAugmenter:
+            return MultimodalAugmenter(
+                margs.augmentation, space.z_train, space.text_train, labels[fold.train], args,
+                margs.multimodal_text_dropout, generator, seed=seed,
+            )  # fmt: skip
+
         features_train = multimodal_features(space.z_train, space.text_train)
         features_val = multimodal_features(space.z_val, space.text_val)
         text_dim = space.text_train.shape[1]
-    classifier, summary = train_classifier(
-        ctx.runtime(fold.name, fold_index, ctx.epochs_per_fold - targs.classifier_epochs),
+    first = ctx.epochs_per_fold - ctx.classifier_candidates * targs.classifier_epochs  # tracker step offsets
+    classifier, summary = train_classifier_choosing_ratio(
+        lambda index: ctx.runtime(fold.name, fold_index, first + index * targs.classifier_epochs),
         classifier_config(margs, space.z_train.shape[1], ctx.id2label, text_dim), targs,
-        features_train, labels[fold.train], features_val, labels[fold.validation],
-        augmentation=margs.augmentation, generator=generator, text_codes_train=space.codes_train, seed=seed,
-        augmenter=augmenter, head_init=aligner.emotion_head if margs.classifier_init_from_aligner else None,
+        (features_train, labels[fold.train], features_val, labels[fold.validation]),
+        margs.augmentation, multimodal=margs.multimodal, augmenter_for=augmenter_for,
+        store=CandidateFolders(ctx, directory), generator=generator, text_codes_train=space.codes_train,
+        seed=seed, head_init=aligner.emotion_head if margs.classifier_init_from_aligner else None,
     )  # fmt: skip
     _finish_stage(classifier, directory / "classifier", summary, ctx)
     return classifier, summary
@@ -366,6 +405,7 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
         aligner_logits = (
             trained["aligner"].classify(z_test.to(ctx.accelerator.device)).argmax(-1).cpu().numpy()
         )
+    ratio = trained["stages"]["classifier"]["generated_ratio"]
     record = {
         "fold": fold.name,
         "test_speakers": fold.test_speakers,
@@ -373,6 +413,7 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
         "clips": {"train": len(fold.train), "validation": len(fold.validation), "test": len(test)},
         **metrics,
         "aligner_uar": classification_metrics(y_true, aligner_logits, num_labels, ctx.id2label)["uar"],
+        "generated_ratio": ratio,  # chosen on the validation speakers (stages.classifier: every candidate's score)
         **extra,
         "stages": trained["stages"],
         "y_true": y_true.tolist(),
@@ -385,11 +426,20 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
     )  # a finished fold resumes from its metrics
     logger.info(
         f"fold {fold.name}: UAR {metrics['uar']:.4f} WA {metrics['wa']:.4f} F1 {metrics['f1_macro']:.4f}"
+        + ("" if ratio is None else f", generated ratio {ratio:g} ({_candidate_scores(trained['stages'])})")
     )
     if ctx.accelerator.trackers:
         scalars = {f"eval/fold_{key}": metrics[key] for key in ("uar", "wa", "f1_macro")}
         ctx.accelerator.log(scalars, step=(fold_index + 1) * ctx.epochs_per_fold)
     return record
+
+
+def _candidate_scores(stages: dict) -> str:
+    """The validation score of every candidate ratio, for the fold's log line."""
+    return ", ".join(
+        f"{candidate['generated_ratio']:g}: {candidate['best_score']:.4f}"
+        for candidate in stages["classifier"]["generated_ratio_candidates"]
+    )
 
 
 def run_folds(
@@ -425,10 +475,16 @@ def final_fold(speakers: np.ndarray, num_validation_speakers: int, seed: int, la
     return folds_final_fold(speakers, labels, num_validation_speakers, seed, name=FINAL_FOLD)
 
 
+def released_stage_summary(output_dir: Path, stage: str, fold: str = FINAL_FOLD) -> dict:
+    """The summary of a released model's stage (its stage marker under `OUT/final` or `OUT/final-speaker`),
+    empty without one."""
+    marker = output_dir / fold / stage / STAGE_MARKER
+    return (json.loads(marker.read_text())["summary"] or {}) if marker.is_file() else {}
+
+
 def released_generator_quality(output_dir: Path) -> dict | None:
-    """The quality scores of the released generator (its stage marker under `OUT/final`), None without one."""
-    marker = output_dir / FINAL_FOLD / "generator" / STAGE_MARKER
-    return (json.loads(marker.read_text())["summary"] or {}).get("quality") if marker.is_file() else None
+    """The quality scores of the released generator, None without one."""
+    return released_stage_summary(output_dir, "generator").get("quality")
 
 
 def train_final_models(

@@ -18,6 +18,7 @@ import numpy as np
 from mise.hub.run_card import git_commit
 from mise.metrics import paired_wilcoxon, summarize_folds
 
+from .classifier import chosen_ratio_counts
 from .study_variants import REFERENCE, VARIANTS, StudyArguments
 
 CSV_COLUMNS = (
@@ -74,10 +75,7 @@ def summarize_variant(
         name: _mean([s["per_class_recall_pooled"][name] for s in per_seed]) for name in names
     }
     summary["val_uar_mean"] = _mean([r["val_uar"] for r in rows])
-    ratios = [r["generated_ratio"] for r in rows if r["generated_ratio"] is not None]
-    summary["generated_ratio_chosen"] = (
-        {str(k): ratios.count(k) for k in sorted(set(ratios))} if ratios else None
-    )
+    summary["generated_ratio_chosen"] = chosen_ratio_counts(r["generated_ratio"] for r in rows)
     return summary
 
 

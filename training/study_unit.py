@@ -1,8 +1,9 @@
 """One unit of the study: every variant on one fold for one seed, sharing what the variants have in common.
 
 Per unit, stage 1 (`train_aligner`) runs once per alignment setting and stage 2 (`train_generator`) once per
-generator setting; each variant trains its own stage-3 classifier (`train_classifier`), with the generated-to-
-real ratio chosen on the validation speakers. The generator's checkpoints are scored as they are evaluated.
+generator setting; each variant trains its own stage-3 classifier (`train_classifier_choosing_ratio`, as the
+training pipeline does), with the generated-to-real ratio chosen on the validation speakers. The generator's
+checkpoints are scored as they are evaluated.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mise.quality import MIProbe, generation_quality
 
 from .aligner import aligner_config, encode_audio, text_codes, train_aligner
 from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
-from .classifier import classifier_config, predict, train_classifier
+from .classifier import classifier_config, predict, train_classifier_choosing_ratio
 from .engine import StageRuntime
 from .infogan import generator_config, train_generator
 from .out_of_fold import out_of_fold_features
@@ -254,30 +255,21 @@ class FoldUnit:
             return study.classic_cache[self.fold.name], None, None
         space = self.space(variant)
         generator, codes_train = self.generator(variant, space) if variant.uses_generator else (None, None)
-        ratios = (
-            (study.study_args.generated_ratios or [targs.generated_ratio]) if variant.uses_ratio else [None]
-        )
         head = space.aligner.emotion_head if study.model_args.classifier_init_from_aligner else None
-        best = None
-        for ratio in ratios:
-            stage_args = targs if ratio is None else dataclasses.replace(targs, generated_ratio=ratio)
-            if variant.class_balanced is not None:
-                stage_args = dataclasses.replace(stage_args, class_balanced_generation=variant.class_balanced)
-            if variant.noise_std is not None:
-                stage_args = dataclasses.replace(stage_args, noise_std=variant.noise_std)
-            classifier, summary = train_classifier(
-                self.runtime(), classifier_config(study.model_args, space.z_train.shape[1], study.id2label),
-                stage_args, space.z_train, labels[space.train], space.z_val, labels[val],
-                augmentation=variant.augmentation, generator=generator, text_codes_train=codes_train,
-                seed=stage_seed(self.seed, self.fold_index, 3), head_init=head,
-            )  # fmt: skip
-            if best is None or summary["best_score"] > best[1]:
-                best = (classifier, summary["best_score"], ratio)
-        classifier, _, ratio = best
+        if variant.class_balanced is not None:
+            targs = dataclasses.replace(targs, class_balanced_generation=variant.class_balanced)
+        if variant.noise_std is not None:
+            targs = dataclasses.replace(targs, noise_std=variant.noise_std)
+        classifier, summary = train_classifier_choosing_ratio(
+            lambda index: self.runtime(), classifier_config(study.model_args, space.z_train.shape[1], study.id2label),
+            targs, (space.z_train, labels[space.train], space.z_val, labels[val]), variant.augmentation,
+            generator=generator, text_codes_train=codes_train, seed=stage_seed(self.seed, self.fold_index, 3),
+            head_init=head,
+        )  # fmt: skip
         val_uar = classification_metrics(
             labels[val].numpy(), predict(classifier, space.z_val), study.num_labels
         )
-        return predict(classifier, space.z_test), val_uar["uar"], ratio
+        return predict(classifier, space.z_test), val_uar["uar"], summary["generated_ratio"]
 
     def run(self) -> dict:
         """Every selected variant; returns the unit's rows, quality records and maps."""

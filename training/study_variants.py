@@ -33,11 +33,6 @@ class Variant:
         return self.augmentation in ("gan", "mise")
 
     @property
-    def uses_ratio(self) -> bool:
-        """Whether extra rows are added, so a generated-to-real ratio is chosen."""
-        return self.augmentation in ("noise", "gan", "mise")
-
-    @property
     def aligner_key(self) -> tuple[bool, ...]:
         """Variants with the same key share one stage-1 space per fold and seed."""
         return (self.alignment, self.full_data) + ((True,) if self.out_of_fold else ())
@@ -123,13 +118,6 @@ class StudyArguments:
     seeds: list[int] = field(
         default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds; every fold runs each."}
     )
-    generated_ratios: list[float] = field(
-        default_factory=list,
-        metadata={
-            "help": "Candidate generated-to-real ratios of noise/cGAN/MISE, chosen per fold on the validation "
-            "speakers by early_stopping_metric (empty: the training argument generated_ratio)."
-        },
-    )
     quality_folds: int = field(
         default=1,
         metadata={
@@ -179,8 +167,6 @@ class StudyArguments:
         self.variants = list(dict.fromkeys(self.variants))
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: need distinct seeds, got {self.seeds}")
-        if any(ratio < 0 for ratio in self.generated_ratios):
-            raise ConfigError(f"generated_ratios: must be >= 0, got {self.generated_ratios}")
         if self.quality_folds < 0:
             raise ConfigError(f"quality_folds: must be >= 0, got {self.quality_folds}")
         if self.out_of_fold_groups < 2:

@@ -37,15 +37,18 @@ from mise.hub.run_card import write_run_card
 from mise.metrics import summarize_folds
 from training.arguments import arguments_dict, config_hash, parse_arguments
 from training.checkpoint import CheckpointManager, prepare_output_dir
+from training.classifier import chosen_ratio_counts
 from training.engine import NonFiniteLossError
 from training.features import PreparedCorpus, prepare_features
 from training.pipeline import (
+    FINAL_FOLD,
     PROCESS_GROUP_KWARGS,
     SPEAKER_FINAL_FOLD,
     RunContext,
     build_folds,
     final_fold,
     released_generator_quality,
+    released_stage_summary,
     run_folds,
     train_final_models,
 )
@@ -177,6 +180,8 @@ def _summary(run: Run, records: list[dict], choices: dict) -> dict:
     summary = summarize_folds(records, pooled_true, pooled_pred, len(corpus.id2label), corpus.id2label)
     summary.update(
         folds={record["fold"]: record["uar"] for record in records},
+        generated_ratio_by_fold={record["fold"]: record.get("generated_ratio") for record in records},
+        generated_ratio_chosen=chosen_ratio_counts(record.get("generated_ratio") for record in records),
         aligner_uar_mean=float(np.mean([record["aligner_uar"] for record in records])),
         protocol=run.data_args.protocol,
         augmentation=run.model_args.augmentation,
@@ -251,6 +256,10 @@ def main(argv: list[str] | None = None) -> dict:
         train_final_models(ctx, final, len(folds), run.prepared.audio_encoder, FINAL_SEED_INDEX, speaker_ctx,
                            {"allowed": speaker_adaptive, **asdict(final_choice)})  # fmt: skip
         seconds["final_models"] = time.perf_counter() - tick
+        summary["generated_ratio_released"] = {  # chosen on the final models' validation speakers
+            name: released_stage_summary(run.output_dir, "classifier", name).get("generated_ratio")
+            for name in (FINAL_FOLD, SPEAKER_FINAL_FOLD)[: 1 + speaker_adaptive]
+        }
     if ctx.progress is not None:
         ctx.progress.close()
     seconds["total"] = time.perf_counter() - started

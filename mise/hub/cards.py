@@ -339,8 +339,12 @@ def _mi_context(card: dict, labels: list[str], generator_config: dict | None) ->
 
 
 def _augmentation_text(augmentation: dict) -> str:
-    ratio = augmentation.get("generated_ratio")
+    ratio, candidates = augmentation.get("generated_ratio"), augmentation.get("generated_ratios") or []
     generated = f"{ratio:g}:1 generated to real" if is_finite_number(ratio) else "generated"
+    if len(candidates) > 1:
+        generated += (
+            f", the ratio chosen on validation speakers among {', '.join(f'{r:g}' for r in candidates)}"
+        )
     balanced = ", class-balanced" if augmentation.get("class_balanced_generation") else ""
     return {
         "none": "only (no augmentation)",

@@ -12,8 +12,10 @@ present (`null` when the run did not record it):
   known corpus' licence) and `license_source` (`argument`, `known corpus` or `null`).
 - `protocol`: `name` (`loso`, `loso_session`, `kfold`, `split`), `num_folds` (of `kfold`), `max_folds`,
   `num_validation_speakers`.
-- `augmentation`: `method` (`none`, `noise`, `mixup`, `gan`, `mise`), `generated_ratio`,
-  `class_balanced_generation`.
+- `augmentation`: `method` (`none`, `noise`, `mixup`, `gan`, `mise`), `generated_ratio` (the released
+  classifier's, chosen on the final models' validation speakers; the run's one ratio without final models, `null`
+  where none applies or none was recorded), `generated_ratios` (the candidates, `[]`: `generated_ratio` alone),
+  `generated_ratio_chosen` (how many folds chose each ratio) and `class_balanced_generation`.
 - `metrics`: `n_folds`, `uar_pooled` (required, finite), `uar_mean`, `uar_std`, `wa_pooled`, `wa_mean`,
   `wa_std`, `f1_macro_pooled`, `f1_macro_mean`, `f1_macro_std`, `aligner_uar_mean`.
 - `folds`: one object per fold: `name`, `test_speakers`, `uar`, `wa`, `f1_macro`, `generator_quality`.
@@ -76,6 +78,17 @@ def _fold(record: dict) -> dict:
             "generator_quality": quality}  # fmt: skip
 
 
+def _augmentation(config: dict, summary: dict) -> dict:
+    candidates = list(config.get("generated_ratios") or [])
+    ratio = (summary.get("generated_ratio_released") or {}).get("final")
+    one_ratio = len(candidates) <= 1 and summary.get("generated_ratio_chosen")  # no final models, one ratio
+    if ratio is None and one_ratio:
+        ratio = candidates[0] if candidates else config.get("generated_ratio")
+    return {"method": config.get("augmentation") or summary.get("augmentation"), "generated_ratio": ratio,
+            "generated_ratios": candidates, "generated_ratio_chosen": summary.get("generated_ratio_chosen"),
+            "class_balanced_generation": config.get("class_balanced_generation")}  # fmt: skip
+
+
 def write_run_card(
     output_dir: str | os.PathLike,
     summary: dict,
@@ -96,8 +109,7 @@ def write_run_card(
         "corpus": _corpus(run_info.get("corpus") or {}, config),
         "protocol": {"name": config.get("protocol") or summary.get("protocol"),
                      **{key: config.get(key) for key in ("num_folds", "max_folds", "num_validation_speakers")}},
-        "augmentation": {"method": config.get("augmentation") or summary.get("augmentation"),
-                         **{key: config.get(key) for key in ("generated_ratio", "class_balanced_generation")}},
+        "augmentation": _augmentation(config, summary),
         "metrics": {key: summary.get(key) for key in METRIC_KEYS},
         "folds": [_fold(record) for record in fold_records],
         "final_generator_quality": final_generator_quality,
