@@ -11,8 +11,9 @@ Parts (all by default; `--only` picks some, e.g. `--only train`):
   `--num_processes` processes (whole folds each; target <= 90 s wall), with its peak memory.
 - `study`: one seed of `training/study.py` with `training/configs/mise.yaml` + `study.yaml` (all variants, 24 folds,
   ComParE_2016; target <= 300 s wall, peak memory < 2 GB).
-- `seeds`: the shipped config on RAVDESS and Emo-DB, all folds, seeds 0, 1, 2, no final models (one process), here
-  and in `--baseline_repo`: where an optimisation changes the arithmetic, the 3-seed comparison of pooled UAR.
+- `seeds`: the shipped config on RAVDESS and Emo-DB (`--seed_runs corpus:regime ...`, per-speaker `auto` and global
+  `false`), all folds, seeds 0, 1, 2, no final models (one process), here and in `--baseline_repo`: where an
+  optimisation changes the arithmetic, the 3-seed comparison of pooled UAR.
 - `scale`: the first two folds at 1x, 2x and 4x the clips (the manifest repeated, same speakers), eGeMAPS and
   ComParE_2016 features: how time and memory grow.
 
@@ -42,6 +43,9 @@ sys.path.insert(0, str(REPO))
 
 CONFIG = REPO / "training" / "configs" / "mise.yaml"
 STUDY_CONFIGS = [REPO / "training" / "configs" / name for name in ("mise.yaml", "study.yaml")]
+CORPUS = (
+    REPO / "training" / "configs" / "corpora" / "ravdess.yaml"
+)  # where the clips are and what columns mean
 DATA = REPO.parent / "shared" / "data" / "ravdess"
 TARGETS = {"warm_features_s": 2.0, "train_wall_s": 90.0, "study_seed_wall_s": 300.0, "peak_rss_gb": 2.0}
 PARTS = ("features", "train", "study", "scale", "seeds")
@@ -57,7 +61,15 @@ def feature_stage(config: Path, data_dir: str, cache_dir: str, extra: list[str])
     from training.arguments import parse_arguments
     from training.features import prepare_features
 
-    arguments = [str(config), "--output_dir", tempfile.mkdtemp(), "--cache_dir", cache_dir, *extra]
+    arguments = [
+        str(config),
+        str(CORPUS),
+        "--output_dir",
+        tempfile.mkdtemp(),
+        "--cache_dir",
+        cache_dir,
+        *extra,
+    ]
     data_args, model_args, training_args = parse_arguments([*arguments, "--data_dir", data_dir])
     accelerator = Accelerator()
     start = time.perf_counter()
@@ -182,11 +194,11 @@ def study_predictions(output_dir: Path) -> list[tuple]:
 
 def bench_train(args, cache_dir: str, extra: list[str]) -> dict:
     """The full run of the shipped config on the warm cache, here (and in the baseline checkout, one process)."""
-    common = [str(args.config), "--data_dir", args.data_dir, "--cache_dir", cache_dir, "--report_to", "none"]
+    common = ["--data_dir", args.data_dir, "--cache_dir", cache_dir, "--report_to", "none"]
     common += ["--overwrite_output_dir", "true", *extra]
     out = Path(args.output_dir) / "train"
-    result = launch(REPO, "training/train.py", [*common, "--output_dir", str(out)], args.num_processes,
-                    Path(args.output_dir) / "train.log")  # fmt: skip
+    result = launch(REPO, "training/train.py", [str(args.config), str(CORPUS), *common, "--output_dir", str(out)],
+                    args.num_processes, Path(args.output_dir) / "train.log")  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     result.update(
         {key: summary[key] for key in ("n_folds", "uar_pooled", "uar_mean", "uar_std", "wa_pooled")}
@@ -194,8 +206,9 @@ def bench_train(args, cache_dir: str, extra: list[str]) -> dict:
     result.update(f1_macro_pooled=summary["f1_macro_pooled"], aligner_uar_mean=summary["aligner_uar_mean"])
     if args.baseline_repo:
         base_out = Path(args.output_dir) / "train-baseline"
-        baseline = launch(args.baseline_repo, "training/train.py", [*common, "--output_dir", str(base_out)], 1,
-                          Path(args.output_dir) / "train-baseline.log")  # fmt: skip
+        configs = [str(Path(args.baseline_repo) / path.relative_to(REPO)) for path in (args.config, CORPUS)]
+        baseline = launch(args.baseline_repo, "training/train.py", [*configs, *common, "--output_dir",
+                          str(base_out)], 1, Path(args.output_dir) / "train-baseline.log")  # fmt: skip
         baseline["uar_pooled"] = json.loads((base_out / "summary.json").read_text())["uar_pooled"]
         baseline["identical_predictions"] = fold_predictions(base_out) == fold_predictions(out)
         result["baseline"] = baseline
@@ -204,53 +217,53 @@ def bench_train(args, cache_dir: str, extra: list[str]) -> dict:
 
 def bench_study(args, cache_dir: str, extra: list[str]) -> dict:
     """One seed of the study (all variants), here (and in the baseline checkout, one process)."""
-    common = [*map(str, STUDY_CONFIGS), "--data_dir", args.data_dir, "--cache_dir", cache_dir, "--seeds", "0"]
+    common = ["--data_dir", args.data_dir, "--cache_dir", cache_dir, "--seeds", "0"]
     common += ["--figures", "false", "--overwrite_output_dir", "true", *extra]
     out = Path(args.output_dir) / "study"
-    result = launch(REPO, "training/study.py", [*common, "--output_dir", str(out)], args.num_processes,
+    configs = [str(path) for path in (*STUDY_CONFIGS, CORPUS)]
+    result = launch(REPO, "training/study.py", [*configs, *common, "--output_dir", str(out)], args.num_processes,
                     Path(args.output_dir) / "study.log")  # fmt: skip
     result["units"] = len(list((out / "runs" / "seed-0").glob("*.json")))
     if args.baseline_repo:
         base_out = Path(args.output_dir) / "study-baseline"
-        baseline = launch(args.baseline_repo, "training/study.py", [*common, "--output_dir", str(base_out)], 1,
-                          Path(args.output_dir) / "study-baseline.log")  # fmt: skip
+        configs = [
+            str(Path(args.baseline_repo) / path.relative_to(REPO)) for path in (*STUDY_CONFIGS, CORPUS)
+        ]
+        baseline = launch(args.baseline_repo, "training/study.py", [*configs, *common, "--output_dir",
+                          str(base_out)], 1, Path(args.output_dir) / "study-baseline.log")  # fmt: skip
         baseline["identical_results"] = study_predictions(base_out) == study_predictions(out)
         result["baseline"] = baseline
     return result
 
 
 def bench_seeds(args, cache_dir: str, extra: list[str]) -> dict:
-    """Where an optimisation changes the arithmetic: the shipped config on every `--seed_corpora` corpus at 3 seeds,
-    all folds, no final models, here and in `--baseline_repo` (one process each); pooled UAR per seed and the
-    mean difference. A run whose `summary.json` exists in `OUT/seeds*/<corpus>-s<seed>` is read, not rerun."""
+    """Where an optimisation changes the arithmetic: the shipped config at 3 seeds, all folds, no final models, for
+    every `--seed_runs` corpus:regime (`auto` or `false`, the `speaker_normalization`), here and in
+    `--baseline_repo` (one process each); pooled UAR per seed. A run whose `summary.json` exists in
+    `OUT/seeds[-baseline]/<corpus>-<regime>-s<seed>` is read, not rerun (its `card.json` names its commit)."""
     result = {}
     repos = {"current": REPO, **({"baseline": args.baseline_repo} if args.baseline_repo else {})}
-    for corpus in args.seed_corpora:
-        data_dir = DATA.parent / corpus
+    for pair in args.seed_runs:
+        corpus, regime = pair.split(":")
         rows = {}
         for name, repo in repos.items():
             for seed in SEEDS:
-                out = (
-                    Path(args.output_dir)
-                    / ("seeds" if name == "current" else "seeds-baseline")
-                    / f"{corpus}-s{seed}"
-                )
+                folder = "seeds" if name == "current" else "seeds-baseline"
+                out = Path(args.output_dir) / folder / f"{corpus}-{regime}-s{seed}"
                 if not (out / "summary.json").is_file():
                     configs = Path(repo) / "training" / "configs"  # each version with its own config files
                     arguments = [str(configs / CONFIG.name), str(configs / "corpora" / f"{corpus}.yaml"),
-                                 "--data_dir", str(data_dir), "--cache_dir", cache_dir, "--final_models", "false",
-                                 "--report_to", "none", "--seed", str(seed), "--overwrite_output_dir", "true",
-                                 "--output_dir", str(out), *extra]  # fmt: skip
+                                 "--data_dir", str(DATA.parent / corpus), "--cache_dir", cache_dir,
+                                 "--speaker_normalization", regime, "--final_models", "false", "--report_to",
+                                 "none", "--seed", str(seed), "--overwrite_output_dir", "true", "--output_dir",
+                                 str(out), *extra]  # fmt: skip
                     launch(Path(repo), "training/train.py", arguments, 1, out.with_suffix(".log"))
                 summary = json.loads((out / "summary.json").read_text())
+                commit = json.loads((out / "card.json").read_text()).get("commit")
                 rows.setdefault(name, []).append(
-                    {
-                        "seed": seed,
-                        "uar_pooled": summary["uar_pooled"],
-                        "folds_s": summary["seconds"]["folds"],
-                    }
+                    {"seed": seed, "uar_pooled": summary["uar_pooled"], "commit": commit}
                 )
-        result[corpus] = rows
+        result[f"{corpus}, speaker_normalization {regime}"] = rows
     return result
 
 
@@ -283,6 +296,17 @@ def bench_scale(args, cache_dir: str, extra: list[str]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- report
+def _mean_uar(runs: list[dict]) -> float:
+    return 100 * sum(run["uar_pooled"] for run in runs) / len(runs)
+
+
+def _seed_cell(runs: list[dict]) -> str:
+    """`mean (per seed; commit)` of one version's 3-seed runs."""
+    per_seed = ", ".join(f"{100 * run['uar_pooled']:.1f}" for run in runs)
+    commits = "/".join(sorted({str(run.get("commit")) for run in runs}))
+    return f"{_mean_uar(runs):.1f} ({per_seed}; at {commits})"
+
+
 def table(result: dict) -> list[tuple[str, str]]:
     """(measurement, value) rows of the README's speed table, from `bench.json`."""
     rows = []
@@ -325,14 +349,10 @@ def table(result: dict) -> list[tuple[str, str]]:
                      f"{baseline['uar_pooled_global_normalization']:.1%} (global standardisation), "
                      f"{baseline['uar_pooled_speaker_normalization']:.1%} (per-speaker)"))  # fmt: skip
     for corpus, runs in result.get("seeds", {}).items():
-        current = [run["uar_pooled"] for run in runs["current"]]
-        value = f"{100 * sum(current) / len(current):.1f} ({', '.join(f'{100 * u:.1f}' for u in current)})"
+        value = _seed_cell(runs["current"])
         if "baseline" in runs:
-            base = [run["uar_pooled"] for run in runs["baseline"]]
-            value += (f"; previous version {100 * sum(base) / len(base):.1f} ({', '.join(f'{100 * u:.1f}' for u in base)}): "
-                      f"{100 * (sum(current) - sum(base)) / len(base):+.1f} points; fold time "
-                      f"{sum(r['folds_s'] for r in runs['baseline']) / sum(r['folds_s'] for r in runs['current']):.1f}× "
-                      "shorter")  # fmt: skip
+            difference = _mean_uar(runs["current"]) - _mean_uar(runs["baseline"])
+            value += f"; previous version {_seed_cell(runs['baseline'])}: {difference:+.1f} points"
         rows.append(
             (f"{corpus}, all folds, seeds {', '.join(map(str, SEEDS))}: mean pooled UAR (per seed)", value)
         )
@@ -356,7 +376,9 @@ def main() -> None:
     parser.add_argument("--num_processes", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--cache_dir", default=None, help="feature cache of the runs (default: a new one)")
     parser.add_argument("--scale_factors", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--seed_corpora", nargs="+", default=["ravdess", "emodb"])
+    parser.add_argument(
+        "--seed_runs", nargs="+", default=["ravdess:auto", "emodb:auto", "ravdess:false", "emodb:false"]
+    )
     parser.add_argument(
         "--scale_encoders", nargs="+", default=["opensmile/eGeMAPSv02", "opensmile/ComParE_2016"]
     )

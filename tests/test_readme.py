@@ -60,7 +60,7 @@ SKIP = [
         r"spaces_demo/app\.py$|bench/bench_space\.py",
         "a server; tests/test_space.py serves the app and benches it",
     ),
-    (r"^python bench/bench_train\.py$", "the 24-fold training benchmark (minutes)"),
+    (r"^python bench/bench_train\.py( |$)", "the 24-fold training benchmark (minutes)"),
     (
         r"^mise (classify|evaluate) (MODEL|OUT/|runs/)\S*.*(recordings/|interview|--enrolment|shared/data/emodb|CORPUS)",
         "a trained model and its files (OUT, MODEL, clips/ are placeholders); tests/test_file_classification.py, "

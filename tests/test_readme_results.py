@@ -130,3 +130,29 @@ def test_a_drifted_target_is_caught():
     check_target_row(["x", "+2.2 (p = 0.055)", "−5.3 vs `classic`", "−5.0 (`noise`)"], variants)
     with pytest.raises(AssertionError):
         check_target_row(["x", "+2.2 (p = 0.055)", "−5.3 vs `noise`", "−5.0 (`noise`)"], variants)
+
+
+RELEASED = re.compile(r"<!-- released table -->\n((?:\|.*\|\n)+)")
+RELEASED_DIR = REPO / "docs" / "results" / "released"
+
+
+def released_values(corpus: str) -> list[float]:
+    """(a) global statistics, (b) k = 3, k = 10, all other clips, the fold number: from the as-released runs."""
+    auto = json.loads((RELEASED_DIR / f"{corpus}_auto" / "summary.json").read_text())
+    global_ = json.loads((RELEASED_DIR / f"{corpus}_false" / "summary.json").read_text())
+    enrolment = auto["enrolment"]
+    return [global_["uar_pooled"], enrolment["uar_pooled_k3"], enrolment["uar_pooled_k10"],
+            enrolment["uar_pooled_all"], auto["uar_pooled"]]  # fmt: skip
+
+
+def test_readme_released_table_matches_its_runs():
+    blocks = RELEASED.findall((REPO / "README.md").read_text())
+    assert len(blocks) == 1, "the README needs one as-released table"
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in blocks[0].splitlines()][
+        2:
+    ]
+    assert len(rows) == 2
+    for cells in rows:
+        corpus = cells[0].split()[0].lower().replace("-", "")
+        for display, value in zip(cells[1:], released_values(corpus), strict=True):
+            assert matches(display, value), (corpus, display, value)

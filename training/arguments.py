@@ -414,7 +414,7 @@ class MiseTrainingArguments:
     aligner_batch_size: int = field(default=128, metadata={"help": "Batch size of stage 1 (all processes)."})
     aligner_weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay of stage 1."})
     aligner_input_span: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "Train stage 1 inside the span of the training clips' standardised features (at most clips "
             "- 1 directions; input dropout acts on them), then fold that basis into the first layer: the same "
