@@ -6,7 +6,7 @@ import sys
 
 from transformers import PretrainedConfig
 
-from .config_checks import check_positive_int
+from .config_checks import check_non_negative, check_positive_int
 from .configuration_aligner import MiseAlignerConfig
 from .configuration_classifier import MiseClassifierConfig
 
@@ -96,16 +96,7 @@ class MiseAudioClassifierConfig(PretrainedConfig):
                 raise ValueError(
                     f"{name}.speaker_prior_strength needs a per-speaker pair (speaker_aligner_config)"
                 )
-            if isinstance(speaker_prior_strength, bool) or not isinstance(
-                speaker_prior_strength, (int, float)
-            ):
-                raise ValueError(
-                    f"{name}.speaker_prior_strength must be a number >= 0, got {speaker_prior_strength!r}"
-                )
-            if speaker_prior_strength < 0:
-                raise ValueError(
-                    f"{name}.speaker_prior_strength must be >= 0, got {speaker_prior_strength!r}"
-                )
+            check_non_negative(name, "speaker_prior_strength", speaker_prior_strength)
             speaker_prior_strength = float(speaker_prior_strength)
         self.speaker_prior_strength = speaker_prior_strength
         self.audio_encoder_spec = audio_encoder_spec
