@@ -147,6 +147,7 @@ def test_generator_folder_is_small_and_loads_without_the_packages(tmp_path):
         f"""
         import sys, torch
         from transformers import AutoModel
+        torch.set_num_threads({torch.get_num_threads()})  # as here: matrix products differ in the last bit otherwise
         generator = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
         features = generator.generate(num_per_label=2, generator=torch.Generator().manual_seed(5)).features
         assert torch.equal(features, torch.load({str(tmp_path / "expected.pt")!r}))
