@@ -527,6 +527,42 @@ def test_one_candidate_ratio_trains_as_the_fixed_ratio(
     assert read_json(output_dir / "summary.json")["generated_ratio_chosen"] == {"1.0": 2}
 
 
+def test_refit_trains_the_chosen_epochs_on_training_and_validation_speakers(
+    reference_run, corpus_with_bad_files, cache_dir, tmp_path
+):
+    """`--refit true`: the selection is the run without refit, then every stage trains again on the training and
+    validation speakers for its chosen epochs with the kept ratio; those models are evaluated and released."""
+    output_dir = tmp_path / "refit"
+    main(run_args(corpus_with_bad_files[0], output_dir, cache_dir, "--report_to", "none", "--refit", "true"))
+    for fold in ("speaker-Actor_01", "speaker-Actor_02"):
+        record = read_json(output_dir / "folds" / fold / "metrics.json")
+        reference = read_json(reference_run / "folds" / fold / "metrics.json")
+        selection, refit = record["stages"]["selection"], record["stages"]
+        rows = record["clips"]["train"] + record["clips"]["validation"]
+        for stage, batch_size in (("aligner", 32), ("generator", 32), ("classifier", None)):
+            chosen = reference["stages"][stage]
+            assert selection[stage]["best_epoch"] == chosen["best_epoch"], stage  # the same selection
+            assert selection[stage]["best_score"] == pytest.approx(chosen["best_score"]), stage
+            assert refit[stage]["epochs_run"] == refit[stage]["best_epoch"] == chosen["best_epoch"], stage
+            assert refit[stage]["best_score"] is None, stage  # nothing scored: the last epoch is kept
+            if batch_size:  # stages 1 and 2 see every training and validation row
+                assert refit[stage]["steps"] == chosen["best_epoch"] * round(rows / batch_size), stage
+        assert (
+            refit["classifier"]["generated_ratio"]
+            == record["generated_ratio"]
+            == reference["generated_ratio"]
+        )
+        assert len(refit["classifier"]["generated_ratio_candidates"]) == 1
+        assert (output_dir / "folds" / fold / "refit" / "classifier" / "model.safetensors").is_file()
+    released = load_file(output_dir / "models" / "mise-classifier" / "model.safetensors")
+    refitted = load_file(output_dir / "final" / "refit" / "classifier" / "model.safetensors")
+    selected = load_file(output_dir / "final" / "classifier" / "model.safetensors")
+    assert all(torch.equal(released[key], refitted[key]) for key in refitted)
+    assert not all(torch.equal(released[key], selected[key]) for key in selected)
+    card = read_json(output_dir / "card.json")
+    assert card["config"]["refit"] is True
+
+
 class Killed(Exception):
     """Stands for the process dying right after a checkpoint was written."""
 

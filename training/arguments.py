@@ -478,6 +478,14 @@ class MiseTrainingArguments:
             "(empty: generated_ratio alone)."
         },
     )
+    refit: bool = field(
+        default=False,
+        metadata={
+            "help": "After the choices on the validation speakers (stage-1 and stage-3 epochs, the generator "
+            "checkpoint, the generated-to-real ratio), train the three stages once more on the training and "
+            "validation speakers together with those choices; the refitted models are evaluated and released."
+        },
+    )
     class_balanced_generation: bool = field(
         default=True,
         metadata={"help": "Generate more for minority classes so every class ends equally large."},

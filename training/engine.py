@@ -140,7 +140,7 @@ def run_epochs(
     *,
     num_epochs: int,
     train_epoch: Callable[[int, LoopState], dict[str, float]],
-    evaluate: Callable[[], tuple[float, dict[str, float]]],
+    evaluate: Callable[[], tuple[float, dict[str, float]]] | None,
     best_module: nn.Module,
     objects: dict[str, nn.Module | torch.optim.Optimizer],
     eval_every: int = 1,
@@ -150,6 +150,7 @@ def run_epochs(
 
     `train_epoch(epoch, state)` runs one epoch and returns mean losses; `evaluate()` returns (score, metrics) with
     higher scores better. With `patience` > 0 the loop stops after that many evaluations without improvement.
+    Without `evaluate` (a refit: nothing left to select on) every epoch runs and the last weights are kept.
     Checkpoints (`objects`: the stage's models and optimisers, with the RNG states) every
     `runtime.checkpoint_every` epochs, resumes from `runtime.resume_from`. A finished stage needs no checkpoint:
     the run saves its model and marks it done.
@@ -169,7 +170,9 @@ def run_epochs(
         losses = train_epoch(epoch, state)
         state.epoch += 1
         record = {f"train/{stage}_{key}": value for key, value in losses.items()}
-        if state.epoch % eval_every == 0 or state.epoch == num_epochs:
+        if evaluate is None:
+            state.best_epoch = state.epoch
+        elif state.epoch % eval_every == 0 or state.epoch == num_epochs:
             score, metrics = evaluate()
             record.update({f"eval/{stage}_{key}": value for key, value in metrics.items()})
             if score > state.best_score:
@@ -285,11 +288,12 @@ def selection_score(logits: Tensor, labels: Tensor, metric: str = "uar") -> tupl
 
 
 def stage_summary(state: LoopState) -> dict:
-    """What a finished stage reports: epochs run, the chosen epoch and its score, steps, seconds."""
+    """What a finished stage reports: epochs run, the chosen epoch and its score (None when nothing was scored,
+    as in a refit), steps, seconds."""
     return {
         "epochs_run": state.epoch,
         "best_epoch": state.best_epoch,
-        "best_score": state.best_score,
+        "best_score": state.best_score if math.isfinite(state.best_score) else None,
         "steps": state.step,
         "seconds": round(state.seconds, 3),
     }
@@ -313,7 +317,7 @@ def fit_supervised(
 ) -> tuple[nn.Module, LoopState]:
     """The loop of stages 1 and 3: `batch_loss(model, batch)` per step, early stopping on
     `val_logits(model, x)` of the validation speakers (`early_stopping_metric`). Returns the best model (eval
-    mode) and the loop state."""
+    mode) and the loop state. Without validation rows (a refit) it trains `num_epochs` and keeps the last."""
     device = runtime.device
     model.to(device)
     features_val = features_val.to(device)
@@ -343,7 +347,7 @@ def fit_supervised(
         stage,
         num_epochs=num_epochs,
         train_epoch=train_epoch,
-        evaluate=evaluate,
+        evaluate=evaluate if len(features_val) else None,
         best_module=model,
         objects={"model": model, "optimizer": optimizer},
         patience=args.early_stopping_patience,

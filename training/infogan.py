@@ -513,7 +513,7 @@ def train_generator(
         "generator",
         num_epochs=args.generator_epochs,
         train_epoch=run.train_epoch,
-        evaluate=run.evaluate,
+        evaluate=run.evaluate if len(features_val) else None,  # a refit keeps the last epoch
         best_module=run.model,
         objects=run.objects,
         eval_every=args.generator_eval_every,

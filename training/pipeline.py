@@ -56,6 +56,7 @@ STAGE_MARKER = "stage.json"
 PROCESS_GROUP_KWARGS = InitProcessGroupKwargs(timeout=timedelta(hours=12))
 FINAL_FOLD = "final"
 SPEAKER_FINAL_FOLD = "final-speaker"  # the released per-speaker pair, used with enrolment clips
+REFIT = "refit"  # a fold's stages trained once more on training + validation speakers: `<fold>/refit/`
 
 
 def build_folds(data_args: DataArguments, corpus: Corpus, seed: int) -> list[Fold]:
@@ -121,6 +122,8 @@ class RunContext:
     transcripts: list[str | None] | None = None  # per row of `features`; the LoRA text encoder reads them
     enrolment: object | None = None  # `Enrolment` in a per-speaker fold: the as-released evaluation
     resume_points: dict[str, ResumePoint | None] = field(default_factory=dict)  # per fold, read once
+    fold_epochs: int | None = None  # a refit's context: the run's epochs per fold (its own arguments differ)
+    epoch_offset: int = 0  # a refit's context: where its stages start within the fold's tracker steps
 
     @property
     def classifier_candidates(self) -> int:
@@ -129,11 +132,22 @@ class RunContext:
         return len(generated_ratio_candidates(self.training_args, margs.augmentation, margs.multimodal))
 
     @property
-    def epochs_per_fold(self) -> int:
-        """Epochs of the three stages of one fold (run-wide tracker steps advance by this per fold)."""
+    def selection_epochs(self) -> int:
+        """Epochs of the three stages of one fold, every candidate ratio of stage 3 included (at most)."""
         args = self.training_args
         generator_epochs = args.generator_epochs if self.model_args.uses_generator else 0
         return args.aligner_epochs + generator_epochs + self.classifier_candidates * args.classifier_epochs
+
+    @property
+    def epochs_per_fold(self) -> int:
+        """Epochs of one fold, the refit's at most included (run-wide tracker steps advance by this per fold)."""
+        if self.fold_epochs is not None:
+            return self.fold_epochs
+        args = self.training_args
+        refit = args.aligner_epochs + args.classifier_epochs if args.refit else 0
+        if args.refit and self.model_args.uses_generator:
+            refit += args.generator_epochs
+        return self.selection_epochs + refit
 
     def resume_point(self, fold: str) -> ResumePoint | None:
         """Where a resumed run continues `fold`: the given checkpoint when it is the fold's, else (`latest`) the
@@ -157,7 +171,7 @@ class RunContext:
             resume_from=self.resume_point(fold),
             checkpoint_every=self.training_args.checkpoint_every,
             max_grad_norm=self.training_args.max_grad_norm,
-            step_offset=fold_index * self.epochs_per_fold + stage_offset,
+            step_offset=fold_index * self.epochs_per_fold + self.epoch_offset + stage_offset,
             progress=self.progress,
         )
 
@@ -323,7 +337,7 @@ def _stage_classifier(
         features_train = multimodal_features(space.z_train, space.text_train)
         features_val = multimodal_features(space.z_val, space.text_val)
         text_dim = space.text_train.shape[1]
-    first = ctx.epochs_per_fold - ctx.classifier_candidates * targs.classifier_epochs  # tracker step offsets
+    first = ctx.selection_epochs - ctx.classifier_candidates * targs.classifier_epochs  # tracker step offsets
     classifier, summary = train_classifier_choosing_ratio(
         lambda index: ctx.runtime(fold.name, fold_index, first + index * targs.classifier_epochs),
         classifier_config(margs, space.z_train.shape[1], ctx.id2label, text_dim), targs,
@@ -339,10 +353,58 @@ def _stage_classifier(
 def train_stages(
     ctx: RunContext, fold: Fold, fold_index: int, directory: Path, seed_index: int | None = None
 ) -> dict:
-    """Stages 1-3 on the fold's training speakers, selected on its validation speakers.
+    """Stages 1-3 on the fold's training speakers, selected on its validation speakers; with `refit` they then
+    train once more on the training and validation speakers together with what the selection chose
+    (`refit_arguments`), in `directory/refit/`. Returns the models to evaluate and release, `stages` (the refit's
+    summaries, the selection's under `stages.selection`) and, after a refit, `selected`: the selection's models,
+    which never saw the validation speakers (the enrolment prior is calibrated on those).
 
     Stage k of the fold is seeded with `stage_seed(seed, seed_index, k)` (`seed_index` defaults to the fold's).
     """
+    selected = _select_stages(ctx, fold, fold_index, directory, seed_index)
+    if not ctx.training_args.refit or len(fold.validation) == 0:
+        return selected
+    refit_ctx = dataclasses.replace(
+        ctx,
+        training_args=refit_arguments(ctx.training_args, selected["stages"]),
+        fold_epochs=ctx.epochs_per_fold,
+        epoch_offset=ctx.selection_epochs,
+    )
+    refit_fold = dataclasses.replace(
+        fold,
+        name=f"{fold.name}/{REFIT}",
+        train=np.concatenate([fold.train, fold.validation]),
+        validation=fold.validation[:0],
+    )
+    refitted = _select_stages(refit_ctx, refit_fold, fold_index, directory / REFIT, seed_index)
+    if ctx.progress is not None:  # the bar counts every stage's maximum epochs
+        ctx.progress.update(ctx.epochs_per_fold - ctx.selection_epochs - refit_ctx.selection_epochs)
+    refitted["stages"]["selection"] = selected["stages"]
+    refitted["selected"] = selected
+    return refitted
+
+
+def refit_arguments(args: MiseTrainingArguments, stages: dict) -> MiseTrainingArguments:
+    """The choices a fold made on its validation speakers as fixed settings: each stage trains for its chosen
+    epoch (stage 1 and 3: early stopping, stage 2: the best-MI checkpoint), stage 3 with the kept
+    generated-to-real ratio, nothing left to select."""
+    generator, classifier = stages["generator"], stages["classifier"]
+    ratio = classifier["generated_ratio"]
+    return dataclasses.replace(
+        args,
+        aligner_epochs=max(1, stages["aligner"]["best_epoch"]),
+        generator_epochs=args.generator_epochs if generator is None else max(1, generator["best_epoch"]),
+        classifier_epochs=max(1, classifier["best_epoch"]),
+        generated_ratios=[],
+        generated_ratio=args.generated_ratio if ratio is None else ratio,
+        early_stopping_patience=0,
+    )
+
+
+def _select_stages(
+    ctx: RunContext, fold: Fold, fold_index: int, directory: Path, seed_index: int | None = None
+) -> dict:
+    """Stages 1-3 on `fold.train`, each selected on `fold.validation` (with none: each trains its epochs)."""
     seed, seed_index = ctx.training_args.seed, fold_index if seed_index is None else seed_index
     if ctx.model_args.multimodal and ctx.features.text is None:
         raise ValueError(
@@ -399,7 +461,9 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
     else:
         y_pred = predict(trained["classifier"], z_test)
         if ctx.enrolment is not None:
-            extra.update(ctx.enrolment.evaluate(trained["aligner"], trained["classifier"], fold))
+            selected = trained.get("selected")  # after a refit: its selection's models choose n0
+            pair = None if selected is None else (selected["aligner"], selected["classifier"])
+            extra.update(ctx.enrolment.evaluate(trained["aligner"], trained["classifier"], fold, pair))
     metrics = classification_metrics(y_true, y_pred, num_labels, ctx.id2label)
     with torch.no_grad():
         aligner_logits = (
@@ -435,10 +499,10 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
 
 
 def _candidate_scores(stages: dict) -> str:
-    """The validation score of every candidate ratio, for the fold's log line."""
+    """The validation score of every candidate ratio, for the fold's log line (a refit's: its selection's)."""
     return ", ".join(
         f"{candidate['generated_ratio']:g}: {candidate['best_score']:.4f}"
-        for candidate in stages["classifier"]["generated_ratio_candidates"]
+        for candidate in stages.get("selection", stages)["classifier"]["generated_ratio_candidates"]
     )
 
 
@@ -476,9 +540,10 @@ def final_fold(speakers: np.ndarray, num_validation_speakers: int, seed: int, la
 
 
 def released_stage_summary(output_dir: Path, stage: str, fold: str = FINAL_FOLD) -> dict:
-    """The summary of a released model's stage (its stage marker under `OUT/final` or `OUT/final-speaker`),
-    empty without one."""
-    marker = output_dir / fold / stage / STAGE_MARKER
+    """The summary of a released model's stage (its stage marker under `OUT/final` or `OUT/final-speaker`, or
+    their `refit/`), empty without one."""
+    refit = output_dir / fold / REFIT / stage / STAGE_MARKER
+    marker = refit if refit.is_file() else output_dir / fold / stage / STAGE_MARKER
     return (json.loads(marker.read_text())["summary"] or {}) if marker.is_file() else {}
 
 
@@ -514,12 +579,16 @@ def train_final_models(
     if accelerator.is_main_process:
         speaker_pair = speaker_prior = None
         if speaker_ctx is not None:
-            speaker_pair = (
-                MiseAlignerModel.from_pretrained(speaker_directory / "aligner").eval(),
-                MiseClassifierModel.from_pretrained(speaker_directory / "classifier").eval(),
+            refit = speaker_ctx.training_args.refit
+            speaker_pair, selected_pair = (
+                (
+                    MiseAlignerModel.from_pretrained(folder / "aligner").eval(),
+                    MiseClassifierModel.from_pretrained(folder / "classifier").eval(),
+                )
+                for folder in (speaker_directory / REFIT if refit else speaker_directory, speaker_directory)
             )
             if speaker_ctx.enrolment is not None:  # enrolment prior, n0 chosen on the validation speakers
-                prior = speaker_ctx.enrolment.calibrate(*speaker_pair, speaker_fold)
+                prior = speaker_ctx.enrolment.calibrate(*selected_pair, speaker_fold, refit=refit)
                 speaker_prior = (prior.mean, prior.var, prior.strength)
         for kind in ("aligner", "classifier", "generator"):  # folders named as their Hub repositories
             if trained[kind] is not None:

@@ -221,12 +221,19 @@ class Enrolment:
             normalized.append(speaker_normalize(self.audio[index], *speaker_statistics(enrolment, **shrink)))
         return torch.stack(normalized)
 
-    def calibrate(self, aligner, classifier, fold: Fold) -> EnrolmentPrior:
+    def prior(self, rows: np.ndarray) -> EnrolmentPrior:
+        """The prior of the training clips `rows` (their mean, their speakers' pooled within-speaker variance)."""
+        rows = np.asarray(rows)
+        mean, var = speaker_prior(self.audio[torch.as_tensor(rows)], self.speakers[rows])
+        return EnrolmentPrior(mean, var, 0.0, {})
+
+    def calibrate(self, aligner, classifier, fold: Fold, refit: bool = False) -> EnrolmentPrior:
         """The prior from the fold's training speakers and its strength n0: the one of `PRIOR_STRENGTHS` with the
-        lowest validation cross-entropy, averaged over the enrolment sizes, on the validation speakers."""
-        train = np.asarray(fold.train)
-        mean, var = speaker_prior(self.audio[torch.as_tensor(train)], self.speakers[train])
-        prior = EnrolmentPrior(mean, var, 0.0, {})
+        lowest validation cross-entropy, averaged over the enrolment sizes, on the validation speakers.
+
+        The models must not have seen the validation speakers (a refit's selection models); with `refit` the
+        returned prior covers the validation speakers too, as the refitted models' training clips do."""
+        prior = self.prior(fold.train)
         validation = np.asarray(fold.validation)
         targets = torch.as_tensor(self.labels[validation], dtype=torch.long)
         losses = {}
@@ -239,12 +246,15 @@ class Enrolment:
             ]
             losses[f"{strength:g}"] = float(np.mean(per_size))
         best = min(PRIOR_STRENGTHS, key=lambda strength: losses[f"{strength:g}"])
+        if refit:
+            prior = self.prior(np.concatenate([fold.train, fold.validation]))
         return replace(prior, strength=best, validation_loss=losses)
 
-    def evaluate(self, aligner, classifier, fold: Fold) -> dict:
+    def evaluate(self, aligner, classifier, fold: Fold, selected: tuple | None = None) -> dict:
         """The fold record's enrolment entries: test predictions for each enrolment size (`k3`, `k10`, `all`) with
-        the prior chosen on the validation speakers, and that choice."""
-        prior = self.calibrate(aligner, classifier, fold)
+        the prior chosen on the validation speakers, and that choice. `selected`: after a refit, the selection's
+        (aligner, classifier), which choose n0."""
+        prior = self.calibrate(*(selected or (aligner, classifier)), fold, refit=selected is not None)
         test = np.asarray(fold.test)
         predictions = {
             name: predict(
