@@ -134,6 +134,44 @@ def test_stage_1_and_2_are_shared_between_variants(study_run):
     assert counts["train_classifier"] == (2 * (1 + len(GENERATOR_VARIANTS)) + 2) * units
 
 
+def test_refit_trains_each_setting_once_more_on_training_and_validation_rows(manifest, cache_dir, tmp_path):
+    """`--refit true`: after its selection, each aligner and generator setting of a unit trains once more on the
+    training and validation rows (without validation rows), and every learned variant's classifier too."""
+    sizes: list[tuple[str, int, int]] = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        counter = StageCounter(monkeypatch)
+        for name in ("train_aligner", "train_generator"):
+            counted = getattr(study_unit, name)
+
+            def recorded(*args, _name=name, _counted=counted, **kwargs):
+                sizes.append((_name, len(args[3]), len(args[5])))  # training rows, validation rows
+                return _counted(*args, **kwargs)
+
+            monkeypatch.setattr(study_unit, name, recorded)
+        extra = (
+            "--seeds",
+            "3",
+            "--max_folds",
+            "1",
+            "--variants",
+            "classic",
+            "none",
+            "mise",
+            "--refit",
+            "true",
+        )
+        main(study_args(manifest, tmp_path / "refit", cache_dir, *extra))
+    counts = counter.counts
+    assert counts["train_aligner"] == 2 and counts["train_generator"] == 2  # selection, then refit
+    assert counts["train_classifier"] == (1 + 2) + 2  # none + mise's 2 ratio candidates, then one refit each
+    (refit_rows, none), (selection_rows, validation_rows) = sorted(
+        {(n, v) for _, n, v in sizes}, key=lambda x: x[1]
+    )
+    assert none == 0 and refit_rows == selection_rows + validation_rows and validation_rows > 0
+    rows = read_rows(tmp_path / "refit" / "study.csv")
+    assert sorted(row["variant"] for row in rows) == ["classic", "mise", "none"]
+
+
 def test_study_and_training_choose_the_ratio_with_one_function(tmp_path):
     """Stage 3 of the study and of train.py is `train_classifier_choosing_ratio`; the candidates are a training
     argument of mise.yaml (an old study config that still lists them sets the same argument)."""

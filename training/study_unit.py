@@ -26,7 +26,7 @@ from .classifier import classifier_config, predict, train_classifier_choosing_ra
 from .engine import StageRuntime
 from .infogan import generator_config, train_generator
 from .out_of_fold import out_of_fold_features
-from .pipeline import stage_seed
+from .pipeline import refit_arguments, stage_seed
 from .study_variants import StudyArguments, Variant, classic_baseline
 
 QUALITY_SCALARS = ("frechet_distance", "precision", "recall")
@@ -73,6 +73,8 @@ class Space:
     z_train: torch.Tensor
     z_val: torch.Tensor
     z_test: torch.Tensor
+    summary: dict | None = None  # stage 1's summary (its chosen epoch: what a refit trains for)
+    val: np.ndarray | None = None  # the rows of z_val (none after a refit)
 
 
 class FoldUnit:
@@ -88,6 +90,7 @@ class FoldUnit:
         )
         self.spaces: dict[tuple, Space] = {}
         self.generators: dict[tuple, tuple] = {}
+        self.generator_summaries: dict[tuple, dict] = {}  # the selection's, per generator setting
         self.probes: dict[tuple, MIProbe] = {}
         self.quality_records: list[dict] = []
         self.final_quality: dict[str, dict] = {}
@@ -107,27 +110,40 @@ class FoldUnit:
         if variant.aligner_key not in self.spaces and variant.out_of_fold:
             self.spaces[variant.aligner_key] = self._out_of_fold_space(variant)
         if variant.aligner_key not in self.spaces:
-            study, val = self.study, self.fold.validation
             train = self.fold.train if variant.full_data else self.train_rows
-            aligner = self._train_aligner(variant, train, stage_seed(self.seed, self.fold_index, 1))
-            encode = lambda rows: encode_audio(aligner, study.audio[rows])  # noqa: E731
-            self.spaces[variant.aligner_key] = Space(
-                aligner, train, encode(train), encode(val), encode(self.fold.test)
-            )
+            self.spaces[variant.aligner_key] = self._space(variant, train, self.fold.validation)
         return self.spaces[variant.aligner_key]
 
-    def _train_aligner(self, variant: Variant, train: np.ndarray, seed: int):
-        """Stage 1 of `variant` on the rows `train`, early-stopped on the fold's validation speakers."""
-        study, val = self.study, self.fold.validation
+    def _space(
+        self, variant: Variant, train: np.ndarray, val: np.ndarray, args: MiseTrainingArguments | None = None
+    ) -> Space:
+        """Stage 1 of `variant` on the rows `train`, selected on `val` (none: a refit with `args`' epochs)."""
+        aligner, summary = self._train_aligner(
+            variant, train, stage_seed(self.seed, self.fold_index, 1), val, args
+        )
+        encode = lambda rows: encode_audio(aligner, self.study.audio[rows])  # noqa: E731
+        return Space(aligner, train, encode(train), encode(val), encode(self.fold.test), summary, val)
+
+    def _train_aligner(
+        self,
+        variant: Variant,
+        train: np.ndarray,
+        seed: int,
+        val: np.ndarray | None = None,
+        args: MiseTrainingArguments | None = None,
+    ):
+        """Stage 1 of `variant` on the rows `train`, early-stopped on `val` (the fold's validation speakers by
+        default); returns (aligner, summary)."""
+        study = self.study
+        val = self.fold.validation if val is None else val
         model_args = dataclasses.replace(study.model_args, no_alignment=not variant.alignment)
         text_dim = None if study.text is None else study.text.shape[1]
         config = aligner_config(model_args, study.audio.shape[1], text_dim, study.id2label, study.audio_spec)
-        aligner, _ = train_aligner(
-            self.runtime(), config, study.training_args, study.audio[train], study.labels[train],
+        return train_aligner(
+            self.runtime(), config, args or study.training_args, study.audio[train], study.labels[train],
             study.audio[val], study.labels[val], text_train=None if study.text is None else study.text[train],
             seed=seed,
         )  # fmt: skip
-        return aligner
 
     def _out_of_fold_space(self, variant: Variant) -> Space:
         """The in-fold space of `variant` with out-of-fold `z_a` for its training rows (training.out_of_fold)."""
@@ -138,7 +154,7 @@ class FoldUnit:
 
         def fit(rows: np.ndarray, index: int):
             seed = stage_seed(self.seed, self.fold_index, 10 + index)
-            return self._train_aligner(variant, base.train[rows], seed)
+            return self._train_aligner(variant, base.train[rows], seed)[0]
 
         z_train = out_of_fold_features(
             base.z_train, self.study.audio[base.train], self.study.speakers[base.train], fit, groups,
@@ -162,14 +178,9 @@ class FoldUnit:
             return model, codes_train
         study, targs = self.study, self.study.training_args
         labels, val = study.labels, self.fold.validation
-        model_args = dataclasses.replace(
-            study.model_args, augmentation=variant.augmentation, no_alignment=not variant.alignment,
-            no_text_code=not variant.text_code, no_mi=not variant.mi,
-        )  # fmt: skip
         codes_train = self.text_codes(space, space.train, variant)
         codes_val = self.text_codes(space, val, variant)
-        code_dim = None if codes_train is None else codes_train.shape[1]
-        config = generator_config(model_args, space.z_train.shape[1], code_dim, study.id2label)
+        config = self._generator_config(variant, space, codes_train)
         seed = stage_seed(self.seed, self.fold_index, 2)
         # the text bound needs a code on every row: with missing transcripts only the emotion bound is scored
         scored_codes = None if codes_train is None or torch.isnan(codes_train).any() else codes_train
@@ -206,7 +217,16 @@ class FoldUnit:
         if self.fold_index == 0:  # the first fold's maps, one set per seed
             self._keep_map(variant, model, space, codes_train, seed)
         self.generators[variant.generator_key] = (model, codes_train, variant.name)
+        self.generator_summaries[variant.generator_key] = summary
         return model, codes_train
+
+    def _generator_config(self, variant: Variant, space: Space, codes_train: torch.Tensor | None):
+        model_args = dataclasses.replace(
+            self.study.model_args, augmentation=variant.augmentation, no_alignment=not variant.alignment,
+            no_text_code=not variant.text_code, no_mi=not variant.mi,
+        )  # fmt: skip
+        code_dim = None if codes_train is None else codes_train.shape[1]
+        return generator_config(model_args, space.z_train.shape[1], code_dim, self.study.id2label)
 
     def _record_checkpoints(
         self, variant: Variant, records: list[dict], best_epoch: int, train_rows: int, quality: list[dict]
@@ -255,21 +275,56 @@ class FoldUnit:
             return study.classic_cache[self.fold.name], None, None
         space = self.space(variant)
         generator, codes_train = self.generator(variant, space) if variant.uses_generator else (None, None)
-        head = space.aligner.emotion_head if study.model_args.classifier_init_from_aligner else None
         if variant.class_balanced is not None:
             targs = dataclasses.replace(targs, class_balanced_generation=variant.class_balanced)
         if variant.noise_std is not None:
             targs = dataclasses.replace(targs, noise_std=variant.noise_std)
-        classifier, summary = train_classifier_choosing_ratio(
-            lambda index: self.runtime(), classifier_config(study.model_args, space.z_train.shape[1], study.id2label),
-            targs, (space.z_train, labels[space.train], space.z_val, labels[val]), variant.augmentation,
-            generator=generator, text_codes_train=codes_train, seed=stage_seed(self.seed, self.fold_index, 3),
-            head_init=head,
-        )  # fmt: skip
+        classifier, summary = self._classifier(variant, space, (generator, codes_train), targs)
         val_uar = classification_metrics(
             labels[val].numpy(), predict(classifier, space.z_val), study.num_labels
         )
+        if targs.refit and not variant.out_of_fold:
+            chosen = {"aligner": space.summary, "classifier": summary}
+            chosen["generator"] = self.generator_summaries.get(variant.generator_key)
+            classifier, space = self._refit(variant, refit_arguments(targs, chosen))
         return predict(classifier, space.z_test), val_uar["uar"], summary["generated_ratio"]
+
+    def _classifier(self, variant: Variant, space: Space, generated: tuple, args: MiseTrainingArguments):
+        """Stage 3 of `variant` on `space` (`generated`: its generator and training text codes, or Nones)."""
+        study = self.study
+        generator, codes_train = generated
+        head = space.aligner.emotion_head if study.model_args.classifier_init_from_aligner else None
+        return train_classifier_choosing_ratio(
+            lambda index: self.runtime(), classifier_config(study.model_args, space.z_train.shape[1], study.id2label),
+            args, (space.z_train, study.labels[space.train], space.z_val, study.labels[space.val]),
+            variant.augmentation, generator=generator, text_codes_train=codes_train,
+            seed=stage_seed(self.seed, self.fold_index, 3), head_init=head,
+        )  # fmt: skip
+
+    def _refit(self, variant: Variant, args: MiseTrainingArguments) -> tuple:
+        """(classifier, space) of `variant` refitted (`training.pipeline.train_stages`): every stage once more on
+        the training and validation rows with the choices in `args`; stage 1 and 2 once per setting and unit."""
+        key = variant.aligner_key + ("refit",)
+        if key not in self.spaces:
+            rows = np.concatenate([self.space(variant).train, self.fold.validation])
+            self.spaces[key] = self._space(variant, rows, self.fold.validation[:0], args)
+        space, generated = self.spaces[key], (None, None)
+        if variant.uses_generator:
+            generator_key = variant.generator_key + ("refit",)
+            if generator_key not in self.generators:
+                codes = self.text_codes(space, space.train, variant)
+                model, _ = train_generator(
+                    self.runtime(), self._generator_config(variant, space, codes), args, space.z_train,
+                    self.study.labels[space.train], space.z_val, self.study.labels[self.fold.validation[:0]],
+                    text_codes_train=codes, seed=stage_seed(self.seed, self.fold_index, 2),
+                )  # fmt: skip
+                self.generators[generator_key] = (
+                    model.to(self.study.accelerator.device),
+                    codes,
+                    variant.name,
+                )
+            generated = self.generators[generator_key][:2]
+        return self._classifier(variant, space, generated, args)[0], space
 
     def run(self) -> dict:
         """Every selected variant; returns the unit's rows, quality records and maps."""
