@@ -527,13 +527,18 @@ def test_one_candidate_ratio_trains_as_the_fixed_ratio(
     assert read_json(output_dir / "summary.json")["generated_ratio_chosen"] == {"1.0": 2}
 
 
-def test_refit_trains_the_chosen_epochs_on_training_and_validation_speakers(
-    reference_run, corpus_with_bad_files, cache_dir, tmp_path
-):
+@pytest.fixture(scope="session")
+def refit_run(corpus_with_bad_files, cache_dir, tmp_path_factory) -> Path:
+    """The reference run's settings with `--refit true`."""
+    output_dir = tmp_path_factory.mktemp("refit") / "out"
+    main(run_args(corpus_with_bad_files[0], output_dir, cache_dir, "--report_to", "none", "--refit", "true"))
+    return output_dir
+
+
+def test_refit_trains_the_chosen_epochs_on_training_and_validation_speakers(reference_run, refit_run):
     """`--refit true`: the selection is the run without refit, then every stage trains again on the training and
     validation speakers for its chosen epochs with the kept ratio; those models are evaluated and released."""
-    output_dir = tmp_path / "refit"
-    main(run_args(corpus_with_bad_files[0], output_dir, cache_dir, "--report_to", "none", "--refit", "true"))
+    output_dir = refit_run
     for fold in ("speaker-Actor_01", "speaker-Actor_02"):
         record = read_json(output_dir / "folds" / fold / "metrics.json")
         reference = read_json(reference_run / "folds" / fold / "metrics.json")
@@ -561,6 +566,36 @@ def test_refit_trains_the_chosen_epochs_on_training_and_validation_speakers(
     assert not all(torch.equal(released[key], selected[key]) for key in selected)
     card = read_json(output_dir / "card.json")
     assert card["config"]["refit"] is True
+
+
+def test_run_killed_in_a_refit_resumes_to_the_same_result(
+    refit_run, corpus_with_bad_files, cache_dir, tmp_path
+):
+    """A run killed inside the second fold's refit continues it from its checkpoint, to the same predictions."""
+    output_dir = tmp_path / "killed-refit"
+    args = run_args(corpus_with_bad_files[0], output_dir, cache_dir, "--report_to", "none", "--refit", "true")
+    command = [sys.executable, str(REPO / "training" / "train.py"), *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, killed_at = time.monotonic() + 240, None
+    while process.poll() is None and time.monotonic() < deadline and killed_at is None:
+        for progress in (output_dir / "checkpoints").glob("*/refit/checkpoint_*/progress.json"):
+            try:
+                record = json.loads(progress.read_text())
+            except FileNotFoundError:
+                continue
+            if record["fold_index"] == 1 and record["stage"] == "generator":
+                killed_at = record
+                process.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    process.wait(timeout=60)
+    assert killed_at is not None, process.stderr.read().decode()[-3000:]
+    assert killed_at["fold"] == "speaker-Actor_02/refit" and not (output_dir / "summary.json").exists()
+    main([*args, "--resume_from_checkpoint", "latest"])
+    for fold in ("speaker-Actor_01", "speaker-Actor_02"):
+        resumed = read_json(output_dir / "folds" / fold / "metrics.json")
+        assert resumed["y_pred"] == read_json(refit_run / "folds" / fold / "metrics.json")["y_pred"], fold
 
 
 class Killed(Exception):
