@@ -241,6 +241,10 @@ def _protocol_text(card: dict) -> tuple[str, str]:
             f"; each fold takes {validation} validation speaker(s) from its training side for model selection, "
             "and no stage (the generator included) sees a test speaker"
         )
+        if (card.get("config") or {}).get("refit"):
+            text += (
+                "; after the selection every stage is trained again on the training and validation speakers"
+            )
     return text, f"held-out test speakers ({name})"
 
 
@@ -546,6 +550,11 @@ def card_context(kind: str, card: dict, configs: dict[str, dict], repos: dict[st
         f"all speakers but {validation} validation speaker(s) kept for early stopping"
         if validation else f"all speakers ({NOT_RECORDED} which were kept for early stopping)"
     )  # fmt: skip
+    if config.get("refit") and validation:
+        final_text = (
+            f"all speakers: the epochs, generator checkpoint and generated-to-real ratio were chosen with "
+            f"{validation} validation speaker(s) held out, then every stage was trained again on all speakers"
+        )
     return {
         "card_data": _card_data(kind, card, dataset, split, audio, base_models, model_name),
         "kind": kind,
