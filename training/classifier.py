@@ -223,6 +223,11 @@ class CandidateStore(Protocol):
     def save(self, ratio: float, model: MiseClassifierModel, summary: dict) -> None: ...
 
 
+def _score(summary: dict) -> float:
+    """A candidate's validation score; one that was never scored (no epoch) ranks last."""
+    return -math.inf if summary["best_score"] is None else summary["best_score"]
+
+
 def train_classifier_choosing_ratio(
     runtime: Callable[[int], StageRuntime],
     config: MiseClassifierConfig,
@@ -265,7 +270,7 @@ def train_classifier_choosing_ratio(
         summary = trained[1]
         scores.append({"generated_ratio": ratio, "best_score": summary["best_score"],
                        "best_epoch": summary["best_epoch"]})  # fmt: skip
-        if best is None or summary["best_score"] > best[1]["best_score"]:
+        if best is None or _score(summary) > _score(best[1]):
             best = (*trained, ratio)
     model, summary, ratio = best
     return model, {**summary, "generated_ratio": ratio, "generated_ratio_candidates": scores}
