@@ -552,6 +552,14 @@ def released_generator_quality(output_dir: Path) -> dict | None:
     return released_stage_summary(output_dir, "generator").get("quality")
 
 
+def _load_pair(directory: Path) -> tuple[MiseAlignerModel, MiseClassifierModel]:
+    """The (aligner, classifier) a fold's stages saved in `directory`, in eval mode."""
+    return (
+        MiseAlignerModel.from_pretrained(directory / "aligner").eval(),
+        MiseClassifierModel.from_pretrained(directory / "classifier").eval(),
+    )
+
+
 def train_final_models(
     ctx: RunContext,
     fold: Fold,
@@ -580,13 +588,10 @@ def train_final_models(
         speaker_pair = speaker_prior = None
         if speaker_ctx is not None:
             refit = speaker_ctx.training_args.refit
-            speaker_pair, selected_pair = (
-                (
-                    MiseAlignerModel.from_pretrained(folder / "aligner").eval(),
-                    MiseClassifierModel.from_pretrained(folder / "classifier").eval(),
-                )
-                for folder in (speaker_directory / REFIT if refit else speaker_directory, speaker_directory)
-            )
+            selected_pair = _load_pair(
+                speaker_directory
+            )  # the selection's: it never saw the validation speakers
+            speaker_pair = _load_pair(speaker_directory / REFIT) if refit else selected_pair
             if speaker_ctx.enrolment is not None:  # enrolment prior, n0 chosen on the validation speakers
                 prior = speaker_ctx.enrolment.calibrate(*selected_pair, speaker_fold, refit=refit)
                 speaker_prior = (prior.mean, prior.var, prior.strength)

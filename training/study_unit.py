@@ -315,7 +315,7 @@ class FoldUnit:
                 codes = self.text_codes(space, space.train, variant)
                 model, _ = train_generator(
                     self.runtime(), self._generator_config(variant, space, codes), args, space.z_train,
-                    self.study.labels[space.train], space.z_val, self.study.labels[self.fold.validation[:0]],
+                    self.study.labels[space.train], space.z_val, self.study.labels[space.val],
                     text_codes_train=codes, seed=stage_seed(self.seed, self.fold_index, 2),
                 )  # fmt: skip
                 self.generators[generator_key] = (
