@@ -24,7 +24,7 @@ from .encoders import (
     load_text_encoder,
     load_text_lora,
 )
-from .layers import MisePreTrainedModel, mlp
+from .layers import FastDropout, MisePreTrainedModel, mlp
 from .losses import soft_cross_entropy, symmetric_info_nce
 
 # in a model folder: the LoRA adapter with peft's own files (adapter_config.json, adapter_model.safetensors)
@@ -84,7 +84,7 @@ class MiseAlignerModel(MisePreTrainedModel):
         super().__init__(config)
         self.register_buffer("audio_mean", torch.zeros(config.audio_dim))
         self.register_buffer("audio_std", torch.ones(config.audio_dim))
-        self.input_dropout = nn.Dropout(config.input_dropout)
+        self.input_dropout = FastDropout(config.input_dropout)
         self.audio_projection = mlp(
             config.audio_dim, config.hidden_sizes, config.projection_dim, config.dropout
         )

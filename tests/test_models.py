@@ -292,3 +292,28 @@ def test_audio_classifier_config_holds_sub_configs_and_reads_older_files(tmp_pat
         assert isinstance(loaded.speaker_aligner_config, MiseAlignerConfig) and loaded.speaker_adaptive
         assert loaded.aligner_config.projection_dim == 8 and loaded.classifier_config.hidden_sizes == []
         assert loaded.id2label == ID2LABEL and loaded.speaker_normalization == {"allowed": True}
+
+
+def test_fast_dropout_drops_with_probability_p_scales_the_rest_and_masks_the_gradient():
+    from torch import nn
+
+    from modeling_mise.layers import FastDropout
+
+    dropout = FastDropout(0.2)
+    torch.manual_seed(0)
+    ones = torch.ones(1000, 1000)
+    out = dropout(ones)
+    assert abs((out == 0).float().mean().item() - 0.2) < 0.002  # 1e6 draws: 0.2 +- 4 sd
+    assert set(out.unique().tolist()) == {0.0, 1.25}
+    rows = (out == 0).float().mean(1)  # no pattern across rows: every row near p as well
+    assert rows.min() > 0.14 and rows.max() < 0.26
+    torch.manual_seed(0)
+    assert torch.equal(dropout(ones), out)  # seeded: the same mask
+    inputs = torch.randn(33, 7, requires_grad=True)  # a size that is not a multiple of 4
+    kept = dropout(inputs)
+    kept.sum().backward()
+    assert torch.equal(inputs.grad, (kept != 0).float() * 1.25)
+    dropout.eval()
+    assert torch.equal(dropout(inputs), inputs)
+    assert torch.equal(FastDropout(0.0)(inputs), inputs)
+    assert isinstance(dropout, nn.Dropout) and torch.equal(FastDropout(1.0)(ones), torch.zeros_like(ones))

@@ -83,3 +83,26 @@ def test_three_enrolment_clips_do_not_blow_up_near_constant_features(compare_fea
     # the test clip's features are as spread as the speaker's all-clips normalisation makes them
     reference = speaker_normalize(test, *speaker_statistics(own))
     assert new.abs().median() < 3 * reference.abs().median()
+
+
+@pytest.mark.parametrize("size", [3, None])
+def test_enrolment_normalises_each_clip_with_the_statistics_of_its_enrolment_clips(compare_features, size):
+    """The enrolment evaluation computes each clip's enrolment moments once and shrinks them for every prior
+    strength; that equals `speaker_statistics` on the clip's enrolment clips, bit for bit."""
+    from training.speaker_normalization import Enrolment
+
+    features, speakers = compare_features
+    features = features.float()
+    rows = np.arange(len(features))
+    enrolment = Enrolment(features, speakers, np.zeros(len(rows), dtype=int), seed=7)
+    prior = enrolment.prior(rows[:16])
+    moments = enrolment.moments(rows, size)
+    assert moments[0].squeeze(1).tolist() == [size or CLIPS_PER_SPEAKER - 1] * len(rows)
+    rng = np.random.default_rng([7, size or 0])  # the documented draw: seed and size only
+    expected = []
+    for index in rows:
+        others = rows[(speakers == speakers[index]) & (rows != index)]
+        others = rng.choice(others, size=size, replace=False) if size else others
+        statistics = speaker_statistics(features[torch.as_tensor(others)], (prior.mean, prior.var), 5.0)
+        expected.append(speaker_normalize(features[index], *statistics))
+    assert torch.equal(enrolment.normalized(rows, moments, prior, 5.0), torch.stack(expected))

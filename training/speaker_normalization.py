@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from mise.data import Corpus
 from mise.folds import Fold
 from mise.metrics import classification_metrics
-from modeling_mise.layers import speaker_normalize, speaker_prior, speaker_statistics
+from modeling_mise.layers import shrink_statistics, speaker_normalize, speaker_prior
 
 from .aligner import encode_audio
 from .arguments import DataArguments
@@ -205,21 +205,31 @@ class Enrolment:
     labels: np.ndarray  # (N,) class ids; only the validation speakers' are read (to choose n0)
     seed: int
 
-    def normalized(
-        self, rows: np.ndarray, size: int | None, prior: EnrolmentPrior | None = None, strength: float = 0.0
-    ) -> torch.Tensor:
-        """Each clip of `rows` normalised with `size` other clips of its speaker among `rows` (itself when it has
-        no other), shrunk toward `prior` with `strength` when given."""
+    def moments(self, rows: np.ndarray, size: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For each clip of `rows`, `size` other clips of its speaker among `rows` (itself when it has no other):
+        their number `(len(rows), 1)`, mean and biased variance `(len(rows), audio_dim)`. The same draw for every
+        prior strength (the random choice depends only on the seed and the size)."""
         rng = np.random.default_rng([self.seed, size or 0])
-        shrink = {} if prior is None else {"prior": (prior.mean, prior.var), "prior_strength": strength}
-        normalized = []
+        counts, means, variances = [], [], []
         for index in rows:
             others = rows[(self.speakers[rows] == self.speakers[index]) & (rows != index)]
             if size is not None and len(others) > size:
                 others = rng.choice(others, size=size, replace=False)
             enrolment = self.audio[torch.as_tensor(others if len(others) else [index])]
-            normalized.append(speaker_normalize(self.audio[index], *speaker_statistics(enrolment, **shrink)))
-        return torch.stack(normalized)
+            counts.append(enrolment.shape[0])
+            means.append(enrolment.mean(0))
+            variances.append(enrolment.var(0, unbiased=False))
+        counts = torch.tensor(counts, dtype=self.audio.dtype).unsqueeze(1)
+        return counts, torch.stack(means), torch.stack(variances)
+
+    def normalized(
+        self, rows: np.ndarray, moments: tuple[torch.Tensor, ...], prior: EnrolmentPrior, strength: float
+    ) -> torch.Tensor:
+        """The clips `rows` normalised with their enrolment `moments` (`Enrolment.moments`), shrunk toward
+        `prior` with `strength` (`modeling_mise.layers.speaker_statistics`)."""
+        prior_statistics = tuple(tensor.to(self.audio.dtype) for tensor in (prior.mean, prior.var))
+        mean, std = shrink_statistics(*moments, prior_statistics, strength)
+        return speaker_normalize(self.audio[torch.as_tensor(rows)], mean, std)
 
     def prior(self, rows: np.ndarray) -> EnrolmentPrior:
         """The prior of the training clips `rows` (their mean, their speakers' pooled within-speaker variance)."""
@@ -236,13 +246,14 @@ class Enrolment:
         prior = self.prior(fold.train)
         validation = np.asarray(fold.validation)
         targets = torch.as_tensor(self.labels[validation], dtype=torch.long)
+        moments = [self.moments(validation, size) for size in ENROLMENT_SIZES.values()]
         losses = {}
         for strength in PRIOR_STRENGTHS:
             per_size = [
                 F.cross_entropy(
                     _logits(aligner, classifier, self.normalized(validation, size, prior, strength)), targets
                 ).item()
-                for size in ENROLMENT_SIZES.values()
+                for size in moments
             ]
             losses[f"{strength:g}"] = float(np.mean(per_size))
         best = min(PRIOR_STRENGTHS, key=lambda strength: losses[f"{strength:g}"])
@@ -258,7 +269,8 @@ class Enrolment:
         test = np.asarray(fold.test)
         predictions = {
             name: predict(
-                classifier, encode_audio(aligner, self.normalized(test, size, prior, prior.strength))
+                classifier,
+                encode_audio(aligner, self.normalized(test, self.moments(test, size), prior, prior.strength)),
             ).tolist()
             for name, size in ENROLMENT_SIZES.items()
         }
