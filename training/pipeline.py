@@ -181,8 +181,8 @@ def stage_seed(seed: int, fold_index: int, stage: int) -> int:
     return seed + 1000 * fold_index + stage
 
 
-def _write_json(path: Path, value: dict) -> None:
-    """Written by the process that trains the fold."""
+def write_json(path: Path, value: dict) -> None:
+    """`value` as indented JSON, replaced in one step (a crash leaves the old file or the new one, whole)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(value, indent=2, default=_json_default))
@@ -209,7 +209,7 @@ def _completed_stage(directory: Path, ctx: RunContext) -> dict | None:
 def _finish_stage(model, directory: Path, summary: dict, ctx: RunContext) -> None:
     """Save a trained stage's model (safetensors) and its marker, so a resumed run reuses it."""
     model.save_pretrained(directory)
-    _write_json(directory / STAGE_MARKER, {"config_hash": ctx.config_hash, "summary": summary})
+    write_json(directory / STAGE_MARKER, {"config_hash": ctx.config_hash, "summary": summary})
 
 
 def _text_codes(
@@ -484,7 +484,7 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
         "y_pred": y_pred.tolist(),
         "config_hash": ctx.config_hash,
     }
-    _write_json(metrics_path, record)
+    write_json(metrics_path, record)
     shutil.rmtree(
         ctx.checkpoints.root / fold.name, ignore_errors=True
     )  # a finished fold resumes from its metrics

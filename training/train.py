@@ -51,6 +51,7 @@ from training.pipeline import (
     released_stage_summary,
     run_folds,
     train_final_models,
+    write_json,
 )
 from training.speaker_normalization import (
     Enrolment,
@@ -90,12 +91,6 @@ class Run:
 def _tracker_config(values: dict) -> dict:
     """TensorBoard hparams take scalars and strings only."""
     return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in values.items()}
-
-
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    tmp.replace(path)
 
 
 def _accelerator(training_args: MiseTrainingArguments, output_dir: Path) -> Accelerator:
@@ -212,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info(f"{len(folds)} fold(s) ({run.data_args.protocol}): {', '.join(f.name for f in folds)}")
     run_info = _run_info(run, folds)
     if run.accelerator.is_main_process:
-        _write_json(run.output_dir / "run_info.json", run_info)
+        write_json(run.output_dir / "run_info.json", run_info)
 
     # 5. per fold: stage 1 aligner, stage 2 InfoGAN, stage 3 classifier, test -> folds/<fold>/metrics.json
     normalization = SpeakerNormalization.from_arguments(run.data_args, features, corpus)
@@ -265,8 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
     seconds["total"] = time.perf_counter() - started
     summary["seconds"] = seconds
     if run.accelerator.is_main_process:
-        _write_json(run.output_dir / "summary.json", summary)
-        _write_json(run.output_dir / "run_info.json", {**run_info, "seconds": seconds})
+        write_json(run.output_dir / "summary.json", summary)
+        write_json(run.output_dir / "run_info.json", {**run_info, "seconds": seconds})
         # the contract with publishing: OUT/card.json, what the model cards say
         write_run_card(run.output_dir, summary, run_info, records, released_generator_quality(run.output_dir))
 
@@ -274,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.push_to_hub and run.accelerator.is_main_process:
         org, _, prefix = training_args.hub_model_id.partition("/")
         summary["hub"] = push_run(run.output_dir, org=org, prefix=prefix or None)
-        _write_json(run.output_dir / "summary.json", summary)
+        write_json(run.output_dir / "summary.json", summary)
     run.accelerator.end_training()
     return summary
 
