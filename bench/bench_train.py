@@ -18,7 +18,7 @@ Parts (all by default; `--only` picks some, e.g. `--only train`):
   ComParE_2016 features: how time and memory grow.
 
 `--baseline_repo PATH` (a checkout of an earlier commit, e.g. `git worktree add /tmp/base <commit>`) runs the
-`train` and `study` commands there too, one process, in the same run: the ratio of wall times and whether the
+`train` and `study` commands there too, on as many processes, in the same run: the ratio of wall times and whether the
 fold metrics are identical. Extra `--key value` arguments go to every training and study command (e.g.
 `--max_folds 4` for a shorter look; the targets are for the full workload). Prints a table, writes
 `OUT/bench.json` and `OUT/bench.md` (the README's speed table).
@@ -193,7 +193,7 @@ def study_predictions(output_dir: Path) -> list[tuple]:
 
 
 def bench_train(args, cache_dir: str, extra: list[str]) -> dict:
-    """The full run of the shipped config on the warm cache, here (and in the baseline checkout, one process)."""
+    """The full run of the shipped config on the warm cache, here (and in the baseline checkout)."""
     common = ["--data_dir", args.data_dir, "--cache_dir", cache_dir, "--report_to", "none"]
     common += ["--overwrite_output_dir", "true", *extra]
     out = Path(args.output_dir) / "train"
@@ -208,7 +208,7 @@ def bench_train(args, cache_dir: str, extra: list[str]) -> dict:
         base_out = Path(args.output_dir) / "train-baseline"
         configs = [str(Path(args.baseline_repo) / path.relative_to(REPO)) for path in (args.config, CORPUS)]
         baseline = launch(args.baseline_repo, "training/train.py", [*configs, *common, "--output_dir",
-                          str(base_out)], 1, Path(args.output_dir) / "train-baseline.log")  # fmt: skip
+                          str(base_out)], args.num_processes, Path(args.output_dir) / "train-baseline.log")  # fmt: skip
         baseline["uar_pooled"] = json.loads((base_out / "summary.json").read_text())["uar_pooled"]
         baseline["identical_predictions"] = fold_predictions(base_out) == fold_predictions(out)
         result["baseline"] = baseline
@@ -216,7 +216,7 @@ def bench_train(args, cache_dir: str, extra: list[str]) -> dict:
 
 
 def bench_study(args, cache_dir: str, extra: list[str]) -> dict:
-    """One seed of the study (all variants), here (and in the baseline checkout, one process)."""
+    """One seed of the study (all variants), here (and in the baseline checkout)."""
     common = ["--data_dir", args.data_dir, "--cache_dir", cache_dir, "--seeds", "0"]
     common += ["--figures", "false", "--overwrite_output_dir", "true", *extra]
     out = Path(args.output_dir) / "study"
@@ -230,7 +230,7 @@ def bench_study(args, cache_dir: str, extra: list[str]) -> dict:
             str(Path(args.baseline_repo) / path.relative_to(REPO)) for path in (*STUDY_CONFIGS, CORPUS)
         ]
         baseline = launch(args.baseline_repo, "training/study.py", [*configs, *common, "--output_dir",
-                          str(base_out)], 1, Path(args.output_dir) / "study-baseline.log")  # fmt: skip
+                          str(base_out)], args.num_processes, Path(args.output_dir) / "study-baseline.log")  # fmt: skip
         baseline["identical_results"] = study_predictions(base_out) == study_predictions(out)
         result["baseline"] = baseline
     return result
@@ -332,7 +332,7 @@ def table(result: dict) -> list[tuple[str, str]]:
         baseline = run.get("baseline")
         if baseline:
             same = baseline.get("identical_predictions", baseline.get("identical_results"))
-            value += (f"; previous version {baseline['wall_s']:.0f} s on 1 process: "
+            value += (f"; previous version {baseline['wall_s']:.0f} s on {baseline['processes']} process(es): "
                       f"{baseline['wall_s'] / run['wall_s']:.1f}× faster, {'identical' if same else 'DIFFERENT'} "
                       "results")  # fmt: skip
         rows.append((label, value))
