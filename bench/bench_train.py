@@ -333,8 +333,10 @@ def table(result: dict) -> list[tuple[str, str]]:
         if baseline:
             same = baseline.get("identical_predictions", baseline.get("identical_results"))
             value += (f"; previous version {baseline['wall_s']:.0f} s on {baseline['processes']} process(es): "
-                      f"{baseline['wall_s'] / run['wall_s']:.1f}× faster, {'identical' if same else 'DIFFERENT'} "
+                      f"{baseline['wall_s'] / run['wall_s']:.1f}× faster, {'identical' if same else 'different'} "
                       "results")  # fmt: skip
+            if not same and "uar_pooled" in baseline:
+                value += f" (pooled UAR {baseline['uar_pooled']:.1%} there)"
         rows.append((label, value))
         rows.append((f"{label}: peak memory", f"{run['peak_rss_gb']:.2f} GB (all processes)"))
     train = result.get("train")
