@@ -251,9 +251,12 @@ class Enrolment:
         for strength in PRIOR_STRENGTHS:
             per_size = [
                 F.cross_entropy(
-                    _logits(aligner, classifier, self.normalized(validation, size, prior, strength)), targets
+                    _logits(
+                        aligner, classifier, self.normalized(validation, per_size_moments, prior, strength)
+                    ),
+                    targets,
                 ).item()
-                for size in moments
+                for per_size_moments in moments
             ]
             losses[f"{strength:g}"] = float(np.mean(per_size))
         best = min(PRIOR_STRENGTHS, key=lambda strength: losses[f"{strength:g}"])

@@ -46,7 +46,7 @@ from training.arguments import (
 from training.checkpoint import prepare_output_dir
 from training.engine import NonFiniteLossError
 from training.features import PreparedCorpus, prepare_features
-from training.pipeline import PROCESS_GROUP_KWARGS, build_folds
+from training.pipeline import PROCESS_GROUP_KWARGS, build_folds, write_json
 from training.speaker_normalization import SpeakerNormalization, normalization_report
 from training.study_report import write_report
 from training.study_unit import FoldUnit, Study
@@ -111,9 +111,7 @@ def _write_unit(output_dir: Path, path: Path, unit: dict, maps: dict, seed: int)
         folder = output_dir / "runs" / "maps" / f"seed-{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(folder / f"{name}.npz", **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(unit))
-    path.with_suffix(".tmp").replace(path)
+    write_json(path, unit)
 
 
 def _run_units(
