@@ -280,6 +280,26 @@ def test_quality_is_recorded_for_every_generator_checkpoint(study_run):
         assert (final["mi_text_nats"] is None) == (name == "mise_no_alignment_no_text")
 
 
+def test_each_seed_holds_out_the_validation_speakers_train_py_draws_for_it(study_run, ravdess_rows):
+    """Study seed S early-stops and chooses on the validation speakers of `train.py --seed S` (`build_folds` with
+    S), so the seeds do not all share the luck of one draw; the test speakers are every seed's."""
+    output_dir, _ = study_run
+    info = json.loads((output_dir / "study.json").read_text())["info"]
+    rows = [row for row in ravdess_rows if row["speaker"] in SPEAKERS]
+    speakers = [row["speaker"] for row in rows]
+    names = sorted({row["emotion"] for row in rows})
+    labels = np.asarray([names.index(row["emotion"]) for row in rows])
+    expected = {
+        seed: make_folds(speakers, labels, num_validation_speakers=1, max_folds=2, seed=int(seed))
+        for seed in SEEDS
+    }
+    draws = [[fold.validation_speakers for fold in expected[seed]] for seed in SEEDS]
+    assert draws[0] != draws[1], "the test needs seeds whose draws differ"
+    assert [fold["test"] for fold in info["folds"]] == [fold.test_speakers for fold in expected[SEEDS[0]]]
+    for index, fold in enumerate(info["folds"]):
+        assert fold["validation"] == {seed: expected[seed][index].validation_speakers for seed in SEEDS}
+
+
 def test_resumed_study_trains_nothing_and_reports_the_same(study_run, manifest, cache_dir, monkeypatch):
     output_dir, _ = study_run
     before = json.loads((output_dir / "study.json").read_text())
@@ -327,7 +347,7 @@ def test_class_imbalance_cuts_the_class_and_reports_its_recall(manifest, cache_d
     speakers = [row["speaker"] for row in rows]
     names = sorted({row["emotion"] for row in rows})
     labels = np.asarray([names.index(row["emotion"]) for row in rows])
-    folds = make_folds(speakers, labels, num_validation_speakers=1, max_folds=2, seed=42)
+    folds = make_folds(speakers, labels, num_validation_speakers=1, max_folds=2, seed=0)  # the study's seed
     imbalance = report["imbalance"]
     csv_rows = read_rows(output_dir / "study.csv")
     for fold in folds:

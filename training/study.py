@@ -116,7 +116,7 @@ def _write_unit(output_dir: Path, path: Path, unit: dict, maps: dict, seed: int)
 
 def _run_units(
     study: Study,
-    folds: list[Fold],
+    folds: dict[int, list[Fold]],
     output_dir: Path,
     hash_: str,
     resuming: bool,
@@ -124,9 +124,9 @@ def _run_units(
 ) -> list[dict]:
     """Every (seed, fold) unit, whole units spread over the processes (unit i on process i mod world size, each
     writes its own `OUT/runs/seed-S/<fold>.json`); every process returns all units, in (seed, fold) order.
-    `study_for(fold)` is the study with the fold's features."""
+    `folds[seed]`: the seed's folds; `study_for(fold)` is the study with the fold's features."""
     accelerator, study_args = study.accelerator, study.study_args
-    pairs = [(seed, index, fold) for seed in study_args.seeds for index, fold in enumerate(folds)]
+    pairs = [(seed, index, fold) for seed in study_args.seeds for index, fold in enumerate(folds[seed])]
     rank, world = accelerator.process_index, accelerator.num_processes
     units: dict[int, dict] = {}
     progress = tqdm(total=len(pairs[rank::world]), desc="study", unit="fold",
@@ -207,12 +207,15 @@ def _run_study(
         speakers=np.asarray(corpus.speakers()),
     )  # fmt: skip
 
-    # 4. folds, shared by every variant and seed
-    folds = build_folds(data_args, corpus, training_args.seed)
+    # 4. folds, shared by every variant: the same test speakers for every seed, and each seed's own validation
+    # speakers, drawn as `train.py --seed S` draws them (one draw would make every seed share its luck)
+    folds = {seed: build_folds(data_args, corpus, seed) for seed in study_args.seeds}
+    first = folds[study_args.seeds[0]]
     logger.info(
-        f"{len(folds)} fold(s) x {len(study_args.seeds)} seed(s) x {len(study_args.variants)} variant(s)"
+        f"{len(first)} fold(s) x {len(study_args.seeds)} seed(s) x {len(study_args.variants)} variant(s)"
     )
-    choices = normalization.plan(folds)
+    # a fold's training side (training + validation speakers) is the same for every seed, and so is its choice
+    choices = normalization.plan(first)
 
     # 5. per (seed, fold): shared stage-1/2 models, one classifier per variant -> OUT/runs/
     units = _run_units(
@@ -238,7 +241,7 @@ def _study_info(
     study: Study,
     prepared: PreparedCorpus,
     units: list[dict],
-    folds: list[Fold],
+    folds: dict[int, list[Fold]],
     speaker_normalization: dict,
 ) -> dict:
     """How the study was launched, on what corpus, with which settings and how long it took."""
@@ -253,7 +256,12 @@ def _study_info(
         "rejected": len(prepared.rejections),
         "speaker_normalization": speaker_normalization,
         "folds": [
-            {"name": f.name, "test": f.test_speakers, "validation": f.validation_speakers} for f in folds
+            {
+                "name": f.name,
+                "test": f.test_speakers,
+                "validation": {str(seed): folds[seed][index].validation_speakers for seed in folds},
+            }
+            for index, f in enumerate(next(iter(folds.values())))
         ],
         # the feature cache is a local path of no consequence to the results
         "config": {key: value for key, value in arguments.items() if key != "cache_dir"},
