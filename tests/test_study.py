@@ -300,6 +300,28 @@ def test_each_seed_holds_out_the_validation_speakers_train_py_draws_for_it(study
         assert fold["validation"] == {seed: expected[seed][index].validation_speakers for seed in SEEDS}
 
 
+def test_a_seed_of_the_study_predicts_as_train_py_with_that_seed(study_run, manifest, cache_dir, tmp_path):
+    """MISE in study seed S is `train.py --seed S`: the same folds, validation speakers, stage seeds and choices,
+    so every fold's test UAR is identical."""
+    from training.train import main as train_main
+
+    output_dir, _ = study_run
+    seed = SEEDS[1]
+    study_only = ("--map_max_points", "--classic_max_iter")
+    shared = [
+        value for i, value in enumerate(TINY) if value not in study_only and TINY[i - 1] not in study_only
+    ]
+    summary = train_main(
+        ["--dataset", str(manifest), "--cache_dir", str(cache_dir), "--output_dir", str(tmp_path / "train"),
+         *shared, "--seed", seed, "--final_models", "false", "--report_to", "none"]
+    )  # fmt: skip
+    rows = read_rows(output_dir / "study.csv")
+    study = {
+        row["fold"]: float(row["uar"]) for row in rows if row["variant"] == "mise" and row["seed"] == seed
+    }
+    assert len(study) == 2 and summary["folds"] == pytest.approx(study, abs=1e-12)
+
+
 def test_resumed_study_trains_nothing_and_reports_the_same(study_run, manifest, cache_dir, monkeypatch):
     output_dir, _ = study_run
     before = json.loads((output_dir / "study.json").read_text())
