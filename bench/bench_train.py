@@ -16,6 +16,10 @@ Parts (all by default; `--only` picks some, e.g. `--only train`):
   optimisation changes the arithmetic, the 3-seed comparison of pooled UAR.
 - `scale`: the first two folds at 1x, 2x and 4x the clips (the manifest repeated, same speakers), eGeMAPS and
   ComParE_2016 features: how time and memory grow.
+- `stage2`: where stage 2's time goes: one InfoGAN step (D step + G step) of the shipped config at the shapes of a
+  RAVDESS fold, at the shipped batch size and at 1/8 of it; the fixed cost per step (at 0 rows: what batching the
+  folds' models into one could share) and the step's matrix-product FLOPs (`torch.utils.flop_counter`) at the rate
+  this machine reaches on one product of those sizes.
 
 `--baseline_repo PATH` (a checkout of an earlier commit, e.g. `git worktree add /tmp/base <commit>`) runs the
 `train` and `study` commands there too, on as many processes, in the same run: the ratio of wall times and whether the
@@ -48,7 +52,7 @@ CORPUS = (
 )  # where the clips are and what columns mean
 DATA = REPO.parent / "shared" / "data" / "ravdess"
 TARGETS = {"warm_features_s": 2.0, "train_wall_s": 90.0, "study_seed_wall_s": 300.0, "peak_rss_gb": 2.0}
-PARTS = ("features", "train", "study", "scale", "seeds")
+PARTS = ("features", "train", "study", "scale", "seeds", "stage2")
 SEEDS = (0, 1, 2)
 
 
@@ -307,6 +311,96 @@ def _seed_cell(runs: list[dict]) -> str:
     return f"{_mean_uar(runs):.1f} ({per_seed}; at {commits})"
 
 
+def bench_stage2(args, cache_dir: str, extra: list[str]) -> dict:
+    """One stage-2 step of the shipped config at RAVDESS fold shapes (630 training rows of z_a and text codes in the
+    `projection_dim` space, 8 classes; the values are random unit vectors, as the arithmetic does not depend on
+    them), on `training_threads` threads: milliseconds per step at the shipped batch size and at 1/8 of it, the fixed
+    cost per step (the line through the two, at 0 rows: dispatch, Python, autograd bookkeeping, which batching the
+    folds' models into one would share), and the step's matrix-product FLOPs at the rate one product of the D
+    trunk's shape reaches here."""
+    import torch
+
+    from training.arguments import parse_arguments
+
+    arguments = [str(args.config), str(CORPUS), "--output_dir", tempfile.mkdtemp(), *extra]
+    _, model_args, targs = parse_arguments(arguments)
+    threads, previous_threads = targs.training_threads or torch.get_num_threads(), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _stage2_costs(model_args, targs, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _stage2_costs(model_args, targs, threads: int) -> dict:
+    """`bench_stage2`'s measurements on the current threads."""
+    import torch
+    from torch.nn import functional as F
+
+    from training.infogan import generator_config
+
+    rows, classes, dim = 630, 8, model_args.projection_dim
+    generator = torch.Generator().manual_seed(0)
+    z, codes = (F.normalize(torch.randn(rows, dim, generator=generator), dim=-1) for _ in range(2))
+    data = (z, torch.arange(rows) % classes, codes)
+    config = generator_config(model_args, dim, dim, {index: str(index) for index in range(classes)})
+    step_s, flops, batch = _stage2_step_cost(config, targs, data, targs.generator_batch_size, epochs=10)
+    small_s, _, small = _stage2_step_cost(config, targs, data, targs.generator_batch_size // 8, epochs=5)
+    fixed_s = small_s - (step_s - small_s) * small / (batch - small)
+    # the rate of the D trunk's product: real, fake and mixed-up rows through its widest layer
+    rate = _matmul_rate(3 * batch, max(model_args.discriminator_hidden_sizes))
+    return {
+        "threads": threads,
+        "batch_size": batch,
+        "step_ms": 1e3 * step_s,
+        "small_batch_size": small,
+        "small_batch_step_ms": 1e3 * small_s,
+        "fixed_ms": 1e3 * fixed_s,
+        "gflop_per_step": flops / 1e9,
+        "matmul_gflops": rate / 1e9,
+        "matmul_ms": 1e3 * flops / rate,
+    }
+
+
+def _stage2_step_cost(config, targs, data: tuple, batch_size: int, epochs: int) -> tuple[float, float, int]:
+    """(seconds per step, matrix-product FLOPs per step, rows per batch) of stage 2 on `data` = (z_a, labels,
+    text codes) at `batch_size` (the batches split the rows evenly), timed over `epochs` epochs after one counted
+    (and warming) epoch."""
+    import dataclasses
+
+    from accelerate import Accelerator
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from training.engine import LoopState, StageRuntime
+    from training.infogan import InfoGANTraining
+
+    z, labels, codes = data
+    run = InfoGANTraining(StageRuntime(Accelerator(cpu=True), log_every_epoch=False), config,
+                          dataclasses.replace(targs, generator_batch_size=batch_size), data,
+                          (z[:60], labels[:60], codes[:60]), seed=0)  # fmt: skip
+    state = LoopState()
+    with FlopCounterMode(display=False) as counter:
+        run.train_epoch(0, state)
+    flops = counter.get_total_flops() / state.step
+    before, start = state.step, time.perf_counter()
+    for epoch in range(1, 1 + epochs):
+        run.train_epoch(epoch, state)
+    return (time.perf_counter() - start) / (state.step - before), flops, run.batches.size
+
+
+def _matmul_rate(rows: int, width: int, repeats: int = 200) -> float:
+    """FLOP/s of one `(rows, width) @ (width, width)` product on the current threads."""
+    import torch
+
+    a, b = torch.randn(rows, width), torch.randn(width, width)
+    for _ in range(10):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * rows * width * width * repeats / (time.perf_counter() - start)
+
+
 def table(result: dict) -> list[tuple[str, str]]:
     """(measurement, value) rows of the README's speed table, from `bench.json`."""
     rows = []
@@ -362,6 +456,14 @@ def table(result: dict) -> list[tuple[str, str]]:
         rows.append((f"{run['n_folds']} fold(s), {run['clips']} clips, {run['encoder'].split('/')[1]}",
                      f"{run['seconds']['folds']:.1f} s folds, {run['wall_s']:.0f} s wall, "
                      f"{run['peak_rss_gb']:.2f} GB peak"))  # fmt: skip
+    stage2 = result.get("stage2")
+    if stage2:
+        batch = stage2["batch_size"]
+        rows.append((f"stage 2, one D + G step ({batch} rows, {stage2['threads']} thread(s))",
+                     f"{stage2['step_ms']:.1f} ms ({stage2['small_batch_step_ms']:.1f} ms with {stage2['small_batch_size']} rows): "
+                     f"{stage2['fixed_ms']:.1f} ms fixed per step, the rest grows with the rows; its matrix "
+                     f"products ({stage2['gflop_per_step']:.2f} GFLOP) take {stage2['matmul_ms']:.1f} ms at the "
+                     f"{stage2['matmul_gflops']:.0f} GFLOP/s one product reaches here"))  # fmt: skip
     return rows
 
 
@@ -407,13 +509,14 @@ def main() -> None:
     if "features" in args.only:
         result["features"] = bench_features(args, cache_dir, [])
     # the runs below start from a warm cache: eGeMAPS (train) and ComParE_2016 (study, scale) features
-    if args.only:
+    if set(args.only) - {"stage2"}:  # stage 2 runs on vectors of its own
         feature_stage(args.config, args.data_dir, cache_dir, [])
     compare = "opensmile/ComParE_2016"
     if "study" in args.only or ("scale" in args.only and compare in args.scale_encoders):
         feature_stage(args.config, args.data_dir, cache_dir, ["--audio_encoder", compare])
-    parts = {"train": bench_train, "study": bench_study, "scale": bench_scale, "seeds": bench_seeds}
-    for name in ("train", "study", "scale", "seeds"):
+    parts = {"train": bench_train, "study": bench_study, "scale": bench_scale, "seeds": bench_seeds,
+             "stage2": bench_stage2}  # fmt: skip
+    for name in ("train", "study", "scale", "seeds", "stage2"):
         if name in args.only:
             result[name] = parts[name](args, cache_dir, extra)
             path.write_text(json.dumps(result, indent=2))
