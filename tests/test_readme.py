@@ -43,7 +43,7 @@ SKIP = [
     ),
     (r"-m pytest", "the test suite itself, which CI runs (make test)"),
     (
-        r"^make train$",
+        r"^make train( NUM_PROCESSES=\d+)?$",
         "a full 24-fold training run (minutes); tests/test_training.py runs train.py on subsets",
     ),
     (
