@@ -516,9 +516,9 @@ def main() -> None:
         feature_stage(args.config, args.data_dir, cache_dir, ["--audio_encoder", compare])
     parts = {"train": bench_train, "study": bench_study, "scale": bench_scale, "seeds": bench_seeds,
              "stage2": bench_stage2}  # fmt: skip
-    for name in ("train", "study", "scale", "seeds", "stage2"):
+    for name, part in parts.items():
         if name in args.only:
-            result[name] = parts[name](args, cache_dir, extra)
+            result[name] = part(args, cache_dir, extra)
             path.write_text(json.dumps(result, indent=2))
     path.write_text(json.dumps(result, indent=2))
     rows = table(result)

@@ -207,14 +207,16 @@ def _run_study(
         speakers=np.asarray(corpus.speakers()),
     )  # fmt: skip
 
-    # 4. folds, shared by every variant: the same test speakers for every seed, and each seed's own validation
-    # speakers, drawn as `train.py --seed S` draws them (one draw would make every seed share its luck)
+    # 4. folds, shared by every variant: each seed's own validation speakers, drawn as `train.py --seed S` draws
+    # them (one draw would make every seed share its luck); the test speakers are the same for every seed except
+    # under kfold, whose seeds also redraw the groups
     folds = {seed: build_folds(data_args, corpus, seed) for seed in study_args.seeds}
     first = folds[study_args.seeds[0]]
     logger.info(
         f"{len(first)} fold(s) x {len(study_args.seeds)} seed(s) x {len(study_args.variants)} variant(s)"
     )
-    # a fold's training side (training + validation speakers) is the same for every seed, and so is its choice
+    # a fold's training side (training + validation speakers) is the same for every seed under loso, losession and
+    # split, and so is its choice; under kfold the seeds also redraw the test groups, and this takes the first seed's
     choices = normalization.plan(first)
 
     # 5. per (seed, fold): shared stage-1/2 models, one classifier per variant -> OUT/runs/
