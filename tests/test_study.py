@@ -419,3 +419,68 @@ def test_bad_study_options_name_the_field(tmp_path, manifest, cache_dir):
     extra = ["--seeds", "0", "--variants", "none", "--imbalance_class", "bored"]
     with pytest.raises(ConfigError, match="imbalance_class: 'bored' is not a class"):
         main(study_args(manifest, tmp_path / "bad", cache_dir, *extra))
+
+
+def test_kfold_study_chooses_statistics_per_seed_as_train_py_does(ravdess_rows, cache_dir, tmp_path):
+    """Under kfold each seed redraws the test groups, so a fold name stands for other speakers in each seed, and
+    so does its training side's choice of per-speaker statistics. Four speakers heard in every emotion and one in
+    anger only, a fold per speaker: a training side without that speaker is label-neutral, one with it is not,
+    and the threshold lies between. Every (seed, fold) unit must use its own seed's choice, as `train.py --seed S`
+    does: the study's MISE predicts each fold as train.py with that seed."""
+    from training.speaker_normalization import label_neutrality
+    from training.train import main as train_main
+
+    rows = [row for row in ravdess_rows if row["speaker"] in SPEAKERS]
+    rows += [row for row in ravdess_rows if row["speaker"] == "Actor_05" and row["emotion"] == "angry"]
+    path = tmp_path / "manifest.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=["path", "speaker", "emotion", "transcript"], extrasaction="ignore"
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+    speakers = np.asarray([row["speaker"] for row in rows])
+    names = sorted({row["emotion"] for row in rows})
+    labels = np.asarray([names.index(row["emotion"]) for row in rows])
+
+    def neutral_sides(seed: int) -> list[float]:
+        folds = make_folds(speakers, labels, protocol="kfold", k=5, max_folds=2, seed=seed)
+        return [label_neutrality(labels[side], speakers[side]) for side in
+                (np.union1d(fold.train, fold.validation) for fold in folds)]  # fmt: skip
+
+    sides = {seed: neutral_sides(seed) for seed in range(20)}
+    threshold = (max(min(values) for values in sides.values()) + 1.0) / 2
+    assert all(min(values) < threshold < 1.0 for values in sides.values() if min(values) < 0.999)
+    choices = {seed: tuple(value >= threshold for value in values) for seed, values in sides.items()}
+    seeds = next((str(a), str(b)) for a in choices for b in choices if a < b and choices[a] != choices[b])
+    kfold = ["--protocol", "kfold", "--num_folds", "5", "--speaker_normalization", "auto",
+             "--speaker_normalization_threshold", str(threshold)]  # fmt: skip
+    output_dir = tmp_path / "study"
+    main(
+        study_args(
+            path, output_dir, cache_dir, *kfold, "--seeds", *seeds, "--variants", "mise", "--figures", "false"
+        )
+    )
+
+    info = json.loads((output_dir / "study.json").read_text())["info"]
+    reported = info["speaker_normalization"]["folds"]
+    for seed in seeds:
+        for index, fold in enumerate(
+            make_folds(speakers, labels, protocol="kfold", k=5, max_folds=2, seed=int(seed))
+        ):
+            assert reported[f"seed-{seed}/{fold.name}"]["per_speaker"] == choices[int(seed)][index]
+            test = info["folds"][index]["test"]  # by seed where the seeds' test groups differ
+            assert (test[seed] if isinstance(test, dict) else test) == fold.test_speakers
+    study_uar = {(row["seed"], row["fold"]): float(row["uar"]) for row in read_rows(output_dir / "study.csv")}
+    study_only = ("--map_max_points", "--classic_max_iter")
+    shared = [
+        value for i, value in enumerate(TINY) if value not in study_only and TINY[i - 1] not in study_only
+    ]
+    for seed in seeds:
+        summary = train_main(
+            ["--dataset", str(path), "--cache_dir", str(cache_dir), "--output_dir", str(tmp_path / f"train-{seed}"),
+             *shared, *kfold, "--seed", seed, "--final_models", "false", "--report_to", "none"]
+        )  # fmt: skip
+        assert summary["folds"] == pytest.approx(
+            {fold: uar for (s, fold), uar in study_uar.items() if s == seed}, abs=1e-12
+        )

@@ -47,7 +47,7 @@ from training.checkpoint import prepare_output_dir
 from training.engine import NonFiniteLossError
 from training.features import PreparedCorpus, prepare_features
 from training.pipeline import PROCESS_GROUP_KWARGS, build_folds, write_json
-from training.speaker_normalization import SpeakerNormalization, normalization_report
+from training.speaker_normalization import NormalizationChoice, SpeakerNormalization, normalization_report
 from training.study_report import write_report
 from training.study_unit import FoldUnit, Study
 from training.study_variants import StudyArguments, cut_class
@@ -120,11 +120,11 @@ def _run_units(
     output_dir: Path,
     hash_: str,
     resuming: bool,
-    study_for: Callable[[Fold], Study],
+    study_for: Callable[[int, Fold], Study],
 ) -> list[dict]:
     """Every (seed, fold) unit, whole units spread over the processes (unit i on process i mod world size, each
     writes its own `OUT/runs/seed-S/<fold>.json`); every process returns all units, in (seed, fold) order.
-    `folds[seed]`: the seed's folds; `study_for(fold)` is the study with the fold's features."""
+    `folds[seed]`: the seed's folds; `study_for(seed, fold)` is the study with that unit's features."""
     accelerator, study_args = study.accelerator, study.study_args
     pairs = [(seed, index, fold) for seed in study_args.seeds for index, fold in enumerate(folds[seed])]
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -139,7 +139,7 @@ def _run_units(
         if unit is None:
             tick = time.perf_counter()
             train_rows, counts = _training_rows(study, fold, fold_index)
-            unit = FoldUnit(study_for(fold), fold, fold_index, seed, train_rows).run()
+            unit = FoldUnit(study_for(seed, fold), fold, fold_index, seed, train_rows).run()
             unit.update(config_hash=hash_, seconds=time.perf_counter() - tick, imbalance_counts=counts)
             _write_unit(output_dir, path, unit, unit.pop("maps"), seed)
         units[position] = unit
@@ -215,18 +215,20 @@ def _run_study(
     logger.info(
         f"{len(first)} fold(s) x {len(study_args.seeds)} seed(s) x {len(study_args.variants)} variant(s)"
     )
-    # a fold's training side (training + validation speakers) is the same for every seed under loso, losession and
-    # split, and so is its choice; under kfold the seeds also redraw the test groups, and this takes the first seed's
-    choices = normalization.plan(first)
+    # each seed's folds get their own choice: under kfold the seeds redraw the test groups, so a fold name stands for
+    # other speakers in each seed (under loso, losession and split every seed's choices are the same)
+    choices = {seed: normalization.plan(seed_folds) for seed, seed_folds in folds.items()}
 
     # 5. per (seed, fold): shared stage-1/2 models, one classifier per variant -> OUT/runs/
     units = _run_units(
         study, folds, output_dir, hash_, resuming,
-        lambda fold: dataclasses.replace(study, audio=normalization.features_for(choices[fold.name]).audio),
+        lambda seed, fold: dataclasses.replace(
+            study, audio=normalization.features_for(choices[seed][fold.name]).audio
+        ),
     )  # fmt: skip
 
     # 6. tables, tests, quality and figures
-    report_normalization = normalization_report(choices, data_args.speaker_normalization)
+    report_normalization = normalization_report(_reported_choices(choices), data_args.speaker_normalization)
     info = _study_info(raw_argv, started, hash_, study, prepared, units, folds, report_normalization)
     report = {}
     if accelerator.is_main_process:
@@ -234,6 +236,22 @@ def _run_study(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return report
+
+
+def _alike(by_seed: dict):
+    """The value every seed has, or None where the seeds differ (kfold redraws the test groups per seed)."""
+    first, *others = by_seed.values()
+    return first if all(other == first for other in others) else None
+
+
+def _reported_choices(choices: dict[int, dict[str, NormalizationChoice]]) -> dict[str, NormalizationChoice]:
+    """Every fold's choice, by fold name where every seed chose alike, else by `seed-S/<fold>`."""
+    alike = _alike(choices)
+    if alike is not None:
+        return alike
+    return {
+        f"seed-{seed}/{name}": choice for seed, by_fold in choices.items() for name, choice in by_fold.items()
+    }
 
 
 def _study_info(
@@ -260,7 +278,8 @@ def _study_info(
         "folds": [
             {
                 "name": f.name,
-                "test": f.test_speakers,
+                "test": _alike(tests := {str(seed): folds[seed][index].test_speakers for seed in folds})
+                or tests,
                 "validation": {str(seed): folds[seed][index].validation_speakers for seed in folds},
             }
             for index, f in enumerate(next(iter(folds.values())))
