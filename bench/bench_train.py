@@ -196,6 +196,24 @@ def study_predictions(output_dir: Path) -> list[tuple]:
         return sorted((r["variant"], r["seed"], r["fold"], r["uar"]) for r in csv.DictReader(handle))
 
 
+def stage_seconds(output_dir: Path) -> dict[str, float]:
+    """Seconds per stage of a `train.py` run, summed over its folds (`folds/*/metrics.json` -> `stages`)."""
+    totals: dict[str, float] = {}
+    for path in sorted((output_dir / "folds").glob("*/metrics.json")):
+        for stage, record in json.loads(path.read_text())["stages"].items():
+            totals[stage] = totals.get(stage, 0.0) + record["seconds"]
+    return totals
+
+
+def variant_seconds(output_dir: Path) -> dict[str, float]:
+    """Seconds per variant of a study, summed over its (seed, fold) units (`runs/seed-*/*.json` -> rows)."""
+    totals: dict[str, float] = {}
+    for path in sorted((output_dir / "runs").glob("seed-*/*.json")):
+        for row in json.loads(path.read_text())["rows"]:
+            totals[row["variant"]] = totals.get(row["variant"], 0.0) + row["seconds"]
+    return totals
+
+
 def bench_train(args, cache_dir: str, extra: list[str]) -> dict:
     """The full run of the shipped config on the warm cache, here (and in the baseline checkout)."""
     common = ["--data_dir", args.data_dir, "--cache_dir", cache_dir, "--report_to", "none"]
@@ -208,6 +226,7 @@ def bench_train(args, cache_dir: str, extra: list[str]) -> dict:
         {key: summary[key] for key in ("n_folds", "uar_pooled", "uar_mean", "uar_std", "wa_pooled")}
     )
     result.update(f1_macro_pooled=summary["f1_macro_pooled"], aligner_uar_mean=summary["aligner_uar_mean"])
+    result.update(stage_seconds=stage_seconds(out), seconds=summary["seconds"])
     if args.baseline_repo:
         base_out = Path(args.output_dir) / "train-baseline"
         configs = [str(Path(args.baseline_repo) / path.relative_to(REPO)) for path in (args.config, CORPUS)]
@@ -228,6 +247,7 @@ def bench_study(args, cache_dir: str, extra: list[str]) -> dict:
     result = launch(REPO, "training/study.py", [*configs, *common, "--output_dir", str(out)], args.num_processes,
                     Path(args.output_dir) / "study.log")  # fmt: skip
     result["units"] = len(list((out / "runs" / "seed-0").glob("*.json")))
+    result["variant_seconds"] = variant_seconds(out)
     if args.baseline_repo:
         base_out = Path(args.output_dir) / "study-baseline"
         configs = [
@@ -401,6 +421,40 @@ def _matmul_rate(rows: int, width: int, repeats: int = 200) -> float:
     return 2 * rows * width * width * repeats / (time.perf_counter() - start)
 
 
+STAGE_NAMES = {"aligner": "stage 1", "generator": "stage 2", "classifier": "stage 3"}
+
+
+def _time_budget_rows(result: dict) -> list[tuple[str, str]]:
+    """Where the run's and the study seed's time goes: the training seconds summed over folds (units), and what
+    they alone take on the run's processes, against the targets."""
+    rows = []
+    train = result.get("train")
+    if train and "stage_seconds" in train:
+        stages, processes, seconds = train["stage_seconds"], train["processes"], train["seconds"]
+        total = sum(stages.values())
+        parts = ", ".join(f"{STAGE_NAMES.get(name, name)} {value:.0f} s" for name, value in stages.items())
+        rows.append(("leave-one-speaker-out run: where the time goes",
+                     f"training stages summed over the folds {total:.0f} s ({parts}): {total / processes:.0f} s "
+                     f"on {processes} process(es) before any other cost (target {TARGETS['train_wall_s']:.0f} s); "
+                     f"{stages.get('generator', 0.0) / processes:.0f} s of it is stage 2. Folds {seconds['folds']:.0f} s "
+                     f"wall, final models {seconds.get('final_models', 0.0):.0f} s, start-up and features "
+                     f"{train['wall_s'] - seconds['folds'] - seconds.get('final_models', 0.0):.0f} s"))  # fmt: skip
+    study = result.get("study")
+    if study and "variant_seconds" in study:
+        from training.study_variants import VARIANTS
+
+        variants, processes = study["variant_seconds"], study["processes"]
+        total = sum(variants.values())
+        generators = sum(value for name, value in variants.items() if VARIANTS[name].uses_generator)
+        rows.append(("one study seed: where the time goes",
+                     f"variants summed over the units {total:.0f} s: {total / processes:.0f} s on {processes} "
+                     f"process(es) before any other cost (target {TARGETS['study_seed_wall_s']:.0f} s); the "
+                     f"{sum(VARIANTS[name].uses_generator for name in variants)} variants with a generator "
+                     f"{generators:.0f} s of it ({generators / total:.0%}), "
+                     f"{(total - generators) / processes:.0f} s on {processes} process(es) without them"))  # fmt: skip
+    return rows
+
+
 def table(result: dict) -> list[tuple[str, str]]:
     """(measurement, value) rows of the README's speed table, from `bench.json`."""
     rows = []
@@ -433,6 +487,7 @@ def table(result: dict) -> list[tuple[str, str]]:
                 value += f" (pooled UAR {baseline['uar_pooled']:.1%} there)"
         rows.append((label, value))
         rows.append((f"{label}: peak memory", f"{run['peak_rss_gb']:.2f} GB (all processes)"))
+    rows += _time_budget_rows(result)
     train = result.get("train")
     if train:
         rows.append(("MISE pooled UAR / mean ± std / WA / macro-F1",

@@ -190,6 +190,15 @@ def clips(ravdess_rows, tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+def write_manifest(path: Path, rows, fieldnames=("path", "speaker", "emotion", "transcript")) -> Path:
+    """A manifest CSV of `rows` (manifest dicts; other keys are left out)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(fieldnames), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def load_file_module(name: str, path: Path):
     """Import a script that is not in a package (the Space's app.py, a bench) as module `name`."""
     import importlib.util

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
 import torch
 from clean_process import run_clean
+from conftest import write_manifest
 from safetensors import safe_open
 from transformers import AutoModelForAudioClassification, pipeline
 
@@ -331,13 +331,7 @@ def test_multimodal_run_with_a_lora_tuned_llama_end_to_end(ravdess_rows, tiny_ll
     rows = [dict(row) for row in ravdess_rows if row["speaker"] in ("Actor_01", "Actor_02", "Actor_03")]
     for row in rows[::9]:
         row["transcript"] = ""
-    manifest = tmp_path / "manifest.csv"
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.DictWriter(
-            handle, fieldnames=["path", "speaker", "emotion", "transcript"], extrasaction="ignore"
-        )
-        writer.writeheader()
-        writer.writerows(rows)
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
     out = tmp_path / "out"
     summary = main(
         [

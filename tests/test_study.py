@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import write_manifest
 
 import training.classifier as classifier
 import training.pipeline as pipeline
@@ -46,14 +47,8 @@ GENERATOR_VARIANTS = [name for name in DEFAULT_VARIANTS if VARIANTS[name].uses_g
 
 @pytest.fixture(scope="module")
 def manifest(ravdess_rows, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "manifest.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(
-            handle, fieldnames=["path", "speaker", "emotion", "transcript"], extrasaction="ignore"
-        )
-        writer.writeheader()
-        writer.writerows(row for row in ravdess_rows if row["speaker"] in SPEAKERS)
-    return path
+    rows = [row for row in ravdess_rows if row["speaker"] in SPEAKERS]
+    return write_manifest(tmp_path_factory.mktemp("corpus") / "manifest.csv", rows)
 
 
 @pytest.fixture(scope="module")
@@ -322,6 +317,23 @@ def test_a_seed_of_the_study_predicts_as_train_py_with_that_seed(study_run, mani
     assert len(study) == 2 and summary["folds"] == pytest.approx(study, abs=1e-12)
 
 
+def test_bench_splits_a_study_s_time_by_variant(study_run):
+    """`bench/bench_train.py`'s time budget of a study: seconds per variant summed over the units (every variant,
+    together no more than the units' seconds), and the share of the variants that train a generator."""
+    from conftest import REPO_ROOT, load_file_module
+
+    bench = load_file_module("bench_train", REPO_ROOT / "bench" / "bench_train.py")
+    output_dir, _ = study_run
+    variants = bench.variant_seconds(output_dir)
+    units = [json.loads(path.read_text()) for path in (output_dir / "runs").glob("seed-*/*.json")]
+    assert set(variants) == set(DEFAULT_VARIANTS) and min(variants.values()) > 0
+    assert sum(variants.values()) <= sum(unit["seconds"] for unit in units)
+    ((label, value),) = bench._time_budget_rows({"study": {"variant_seconds": variants, "processes": 1}})
+    generators = sum(variants[name] for name in GENERATOR_VARIANTS)
+    assert label == "one study seed: where the time goes"
+    assert f"the {len(GENERATOR_VARIANTS)} variants with a generator {generators:.0f} s of it" in value
+
+
 def test_resumed_study_trains_nothing_and_reports_the_same(study_run, manifest, cache_dir, monkeypatch):
     output_dir, _ = study_run
     before = json.loads((output_dir / "study.json").read_text())
@@ -432,13 +444,7 @@ def test_kfold_study_chooses_statistics_per_seed_as_train_py_does(ravdess_rows, 
 
     rows = [row for row in ravdess_rows if row["speaker"] in SPEAKERS]
     rows += [row for row in ravdess_rows if row["speaker"] == "Actor_05" and row["emotion"] == "angry"]
-    path = tmp_path / "manifest.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(
-            handle, fieldnames=["path", "speaker", "emotion", "transcript"], extrasaction="ignore"
-        )
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_manifest(tmp_path / "manifest.csv", rows)
     speakers = np.asarray([row["speaker"] for row in rows])
     names = sorted({row["emotion"] for row in rows})
     labels = np.asarray([names.index(row["emotion"]) for row in rows])

@@ -1138,3 +1138,20 @@ def test_enrolment_through_pipeline_cli_and_space(reference_run, ravdess_rows, t
         scores == pytest.approx({s["label"]: s["score"] for s in plain}, abs=1e-4)
         and "Normalised" not in info
     )
+
+
+def test_bench_splits_a_run_s_time_by_stage(reference_run):
+    """`bench/bench_train.py`'s time budget: the stage seconds summed over the folds (every stage trained, and on
+    one process no more than the folds' wall time), and the row that sets them against the 90 s target."""
+    from conftest import load_file_module
+
+    bench = load_file_module("bench_train", REPO / "bench" / "bench_train.py")
+    stages = bench.stage_seconds(reference_run)
+    summary = read_json(reference_run / "summary.json")
+    assert set(stages) == {"aligner", "generator", "classifier"} and min(stages.values()) > 0
+    assert sum(stages.values()) <= summary["seconds"]["folds"]
+    train = {"stage_seconds": stages, "seconds": summary["seconds"], "processes": 2, "wall_s": 100.0}
+    ((label, value),) = bench._time_budget_rows({"train": train})
+    assert label == "leave-one-speaker-out run: where the time goes"
+    assert f"{sum(stages.values()) / 2:.0f} s on 2 process(es) before any other cost (target 90 s)" in value
+    assert f"{stages['generator'] / 2:.0f} s of it is stage 2" in value
