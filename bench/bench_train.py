@@ -8,9 +8,10 @@ Parts (all by default; `--only` picks some, e.g. `--only train`):
   first extraction), then warm (corpus scan, cache look-up, loading the cached features; target <= 2 s); the
   classic baseline on the same features and folds.
 - `train`: `training/train.py` with the shipped RAVDESS config on the warm cache: 24 folds + final models, on
-  `--num_processes` processes (whole folds each; target <= 90 s wall), with its peak memory.
+  `--num_processes` processes (whole folds each; target <= 90 s wall), with its peak memory and where its time goes
+  (each stage's seconds summed over the folds, against the target).
 - `study`: one seed of `training/study.py` with `training/configs/mise.yaml` + `study.yaml` (all variants, 24 folds,
-  ComParE_2016; target <= 300 s wall, peak memory < 2 GB).
+  ComParE_2016; target <= 300 s wall, peak memory < 2 GB), with each variant's seconds summed over the units.
 - `seeds`: the shipped config on RAVDESS and Emo-DB (`--seed_runs corpus:regime ...`, per-speaker `auto` and global
   `false`), all folds, seeds 0, 1, 2, no final models (one process), here and in `--baseline_repo`: where an
   optimisation changes the arithmetic, the 3-seed comparison of pooled UAR.
@@ -480,9 +481,10 @@ def table(result: dict) -> list[tuple[str, str]]:
         baseline = run.get("baseline")
         if baseline:
             same = baseline.get("identical_predictions", baseline.get("identical_results"))
+            speed = baseline["wall_s"] / run["wall_s"]
             value += (f"; previous version {baseline['wall_s']:.0f} s on {baseline['processes']} process(es): "
-                      f"{baseline['wall_s'] / run['wall_s']:.1f}× faster, {'identical' if same else 'different'} "
-                      "results")  # fmt: skip
+                      f"{f'{speed:.2f}× faster' if speed >= 1 else f'{1 / speed:.2f}× slower'}, "
+                      f"{'identical' if same else 'different'} results")  # fmt: skip
             if not same and "uar_pooled" in baseline:
                 value += f" (pooled UAR {baseline['uar_pooled']:.1%} there)"
         rows.append((label, value))
