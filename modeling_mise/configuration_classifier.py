@@ -16,7 +16,7 @@ class MiseClassifierConfig(PretrainedConfig):
         input_dim (`int`, defaults to 128): size of `z_a` (the aligner's `projection_dim`).
         text_dim (`int`, defaults to 128): size of `z_t`, used when `multimodal`.
         hidden_sizes (`list[int]`, defaults to `[256]`): hidden layers of the MLP; `[]` gives a linear classifier.
-        dropout (`float`, defaults to 0.2): dropout after each hidden layer.
+        dropout (`float`, defaults to 0.3): dropout after each hidden layer.
         multimodal (`bool`, defaults to `False`): classify `[z_a; z_t]` instead of `z_a`.
         input_scale (`float`, defaults to 1.0): multiplies the (unit-norm) input features before the MLP.
     """
@@ -28,7 +28,7 @@ class MiseClassifierConfig(PretrainedConfig):
         input_dim: int = 128,
         text_dim: int = 128,
         hidden_sizes: list[int] | None = None,
-        dropout: float = 0.2,
+        dropout: float = 0.3,
         multimodal: bool = False,
         input_scale: float = 1.0,
         **kwargs,

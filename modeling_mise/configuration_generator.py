@@ -22,7 +22,7 @@ class MiseGeneratorConfig(PretrainedConfig):
     Args:
         feature_dim (`int`, defaults to 128): size of the generated features (the aligner's `projection_dim`).
         text_code_dim (`int`, defaults to 128): size of the text code `z_t`.
-        noise_dim (`int`, defaults to 32): size of the noise `eps ~ N(0, I)`.
+        noise_dim (`int`, defaults to 128): size of the noise `eps ~ N(0, I)`.
         hidden_sizes (`list[int]`, defaults to `[256, 256]`): hidden layers of the generator(s).
         discriminator_hidden_sizes (`list[int]`, defaults to `[256, 256]`): hidden layers of the trunk.
         dropout (`float`, defaults to 0.0): dropout in the generator.
@@ -43,7 +43,7 @@ class MiseGeneratorConfig(PretrainedConfig):
         self,
         feature_dim: int = 128,
         text_code_dim: int = 128,
-        noise_dim: int = 32,
+        noise_dim: int = 128,
         hidden_sizes: list[int] | None = None,
         discriminator_hidden_sizes: list[int] | None = None,
         dropout: float = 0.0,

