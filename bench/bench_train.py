@@ -392,7 +392,7 @@ def _stage2_step_cost(config, targs, data: tuple, batch_size: int, epochs: int) 
     from accelerate import Accelerator
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.engine import LoopState, StageRuntime
+    from training.engine import LoopState, StageRuntime, epoch_stream
     from training.infogan import InfoGANTraining
 
     z, labels, codes = data
@@ -401,11 +401,11 @@ def _stage2_step_cost(config, targs, data: tuple, batch_size: int, epochs: int) 
                           (z[:60], labels[:60], codes[:60]), seed=0)  # fmt: skip
     state = LoopState()
     with FlopCounterMode(display=False) as counter:
-        run.train_epoch(0, state)
+        run.train_epoch(0, state, epoch_stream(0, 0))
     flops = counter.get_total_flops() / state.step
     before, start = state.step, time.perf_counter()
     for epoch in range(1, 1 + epochs):
-        run.train_epoch(epoch, state)
+        run.train_epoch(epoch, state, epoch_stream(0, epoch))
     return (time.perf_counter() - start) / (state.step - before), flops, run.batches.size
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -11,17 +12,45 @@ from transformers import PreTrainedModel
 
 class FastDropout(nn.Dropout):
     """`nn.Dropout` whose CPU mask takes 16 random bits per element from 64-bit random integers, 2-3x faster there
-    than one random number per element (the keep probability is rounded to a multiple of 1/65536). On other
-    devices, and outside training, it is `nn.Dropout`."""
+    than one random number per element (the keep probability is rounded to a multiple of 1/65536). Its masks
+    come from `generator` when one is set (`use_random_stream`), else from the global stream; outside training
+    it is the identity."""
+
+    generator: torch.Generator | None = None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p in (0.0, 1.0) or input.device.type != "cpu":
+        if not self.training or self.p in (0.0, 1.0):
             return super().forward(input)
+        if input.device.type != "cpu":
+            if self.generator is None:
+                return super().forward(input)
+            keep = torch.rand(input.shape, generator=self.generator).to(input.device) >= self.p
+            return input * (keep.to(input.dtype) * (1.0 / (1.0 - self.p)))
         count = input.numel()
-        bits = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64)
+        bits = torch.randint(
+            -(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, generator=self.generator
+        )
         bits = bits.view(torch.int16)[:count].view(input.shape)
         keep = bits >= round(self.p * 65536) - 32768  # int16 bits are uniform on [-32768, 32767]
         return input * (keep.to(input.dtype) * (1.0 / (1.0 - self.p)))
+
+
+def use_random_stream(module: nn.Module, generator: torch.Generator | None) -> None:
+    """Draw every dropout mask of `module` from `generator` (None: the global stream again)."""
+    for layer in module.modules():
+        if isinstance(layer, FastDropout):
+            layer.generator = generator
+
+
+def reset_parameters(module: nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default initialisation of every `nn.Linear` of `module` (Kaiming-uniform weights, uniform biases
+    within 1 / sqrt(fan_in)), drawn from `generator` instead of the global stream."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+            if layer.bias is not None:
+                bound = 1 / math.sqrt(layer.in_features) if layer.in_features > 0 else 0.0
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
 
 
 def mlp(

@@ -21,6 +21,7 @@ from conftest import write_manifest
 
 import training.classifier as classifier
 import training.pipeline as pipeline
+import training.fold as fold_module
 import training.study_unit as study_unit
 from mise.folds import make_folds
 from training.arguments import ConfigError
@@ -75,7 +76,7 @@ class StageCounter:
 
     def __init__(self, monkeypatch) -> None:
         self.counts: Counter = Counter()
-        for module, name in ((study_unit, "train_aligner"), (study_unit, "train_generator"),
+        for module, name in ((fold_module, "train_aligner"), (fold_module, "train_generator"),
                              (classifier, "train_classifier")):  # fmt: skip
             original = getattr(module, name)
             monkeypatch.setattr(module, name, self._wrap(name, original))
@@ -136,13 +137,13 @@ def test_refit_trains_each_setting_once_more_on_training_and_validation_rows(man
     with pytest.MonkeyPatch.context() as monkeypatch:
         counter = StageCounter(monkeypatch)
         for name in ("train_aligner", "train_generator"):
-            counted = getattr(study_unit, name)
+            counted = getattr(fold_module, name)
 
             def recorded(*args, _name=name, _counted=counted, **kwargs):
                 sizes.append((_name, len(args[3]), len(args[5])))  # training rows, validation rows
                 return _counted(*args, **kwargs)
 
-            monkeypatch.setattr(study_unit, name, recorded)
+            monkeypatch.setattr(fold_module, name, recorded)
         extra = (
             "--seeds",
             "3",
@@ -167,11 +168,12 @@ def test_refit_trains_each_setting_once_more_on_training_and_validation_rows(man
     assert sorted(row["variant"] for row in rows) == ["classic", "mise", "none"]
 
 
-def test_study_and_training_choose_the_ratio_with_one_function(tmp_path):
-    """Stage 3 of the study and of train.py is `train_classifier_choosing_ratio`; the candidates are a training
-    argument of mise.yaml (an old study config that still lists them sets the same argument)."""
-    assert study_unit.train_classifier_choosing_ratio is classifier.train_classifier_choosing_ratio
-    assert pipeline.train_classifier_choosing_ratio is classifier.train_classifier_choosing_ratio
+def test_study_and_training_train_a_fold_in_one_place(tmp_path):
+    """A fold of the study and of train.py trains through one `FoldTrainer` (stage 3 through
+    `train_classifier_choosing_ratio`); the candidates are a training argument of mise.yaml (an old study config
+    that still lists them sets the same argument)."""
+    assert study_unit.FoldTrainer is pipeline.FoldTrainer is fold_module.FoldTrainer
+    assert fold_module.train_classifier_choosing_ratio is classifier.train_classifier_choosing_ratio
     configs = REPO / "training" / "configs"
     assert "generated_ratios" in yaml.safe_load((configs / "mise.yaml").read_text())
     assert "generated_ratios" not in yaml.safe_load((configs / "study.yaml").read_text())

@@ -804,6 +804,45 @@ def test_one_method_config_serves_every_corpus_file(corpus):
         )
 
 
+def test_the_code_defaults_are_the_shipped_method():
+    """mise.yaml owns the method's hyper-parameters: parsing without it gives the same arguments as with it,
+    `--help` shows its values, and the model configs' defaults build the shipped models."""
+    from modeling_mise import MiseAlignerConfig, MiseClassifierConfig, MiseGeneratorConfig
+
+    configs = REPO / "training" / "configs"
+    flags = ["--dataset", "x.csv", "--output_dir", "out"]
+    assert parse_arguments(flags) == parse_arguments([str(configs / "mise.yaml"), *flags])
+    method = yaml.safe_load((configs / "mise.yaml").read_text())
+    help_text = subprocess.run(
+        [sys.executable, "training/train.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    for key in ("audio_encoder", "noise_dim", "aligner_epochs", "generator_epochs", "classifier_epochs"):
+        option = help_text[help_text.index(f"  --{key} ") :]
+        assert f"(default: {method[key]})" in " ".join(option[: option.index("(default:") + 60].split()), key
+    _, model, training = parse_arguments(flags)
+    generator, aligner, classifier = MiseGeneratorConfig(), MiseAlignerConfig(), MiseClassifierConfig()
+    assert generator.noise_dim == model.noise_dim and generator.hidden_sizes == model.generator_hidden_sizes
+    assert generator.discriminator_dropout == model.discriminator_dropout
+    assert aligner.dropout == model.aligner_dropout and aligner.input_dropout == model.aligner_input_dropout
+    assert aligner.lambda_cl == model.lambda_cl and aligner.audio_encoder == model.audio_encoder
+    assert aligner.projection_dim == model.projection_dim and aligner.hidden_sizes == model.aligner_hidden_sizes
+    assert classifier.dropout == model.classifier_dropout
+    assert classifier.hidden_sizes == model.classifier_hidden_sizes
+
+
+@pytest.mark.parametrize("flag", ["aligner_dropout", "classifier_dropout", "discriminator_dropout"])
+def test_a_bad_dropout_stops_before_any_audio_is_read(flag, tmp_path):
+    """A dropout of 1 is checked at parse time: exit before the corpus is read, the field named."""
+    result = subprocess.run(
+        [sys.executable, "training/train.py", "training/configs/mise.yaml", "--dataset", str(tmp_path / "no.csv"),
+         "--output_dir", str(tmp_path / "out"), f"--{flag}", "1.0"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"{flag}: a dropout rate must lie in [0, 1), got 1.0" in result.stderr
+    assert "no.csv" not in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_speaker_normalization_uses_each_speakers_own_statistics():
     from training.features import CorpusFeatures, speaker_normalized
 

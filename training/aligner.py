@@ -14,13 +14,20 @@ import copy
 from collections.abc import Sequence
 
 import torch
-from accelerate.utils import set_seed
 from torch import nn
 
 from modeling_mise import MiseAlignerConfig, MiseAlignerModel
 
 from .arguments import MiseTrainingArguments, ModelArguments
-from .engine import Batches, StageRuntime, fit_supervised, predict_in_chunks, stage_summary
+from .engine import (
+    Batches,
+    StageRuntime,
+    fit_supervised,
+    initialised,
+    library_stream,
+    predict_in_chunks,
+    stage_summary,
+)
 
 Tensor = torch.Tensor
 
@@ -92,8 +99,7 @@ def train_aligner(
     validation speakers (`early_stopping_metric`: UAR or cross-entropy); returns the best aligner (eval mode,
     with a LoRA-tuned text encoder attached) and a summary.
     """
-    set_seed(seed)
-    model = MiseAlignerModel(config)
+    model = initialised(lambda: MiseAlignerModel(config), seed)
     mean, std = audio_train.mean(0), audio_train.std(0).clamp(min=1e-6)
     span = training_span((audio_train - mean) / std) if args.aligner_input_span else None
     statistics = (mean, std)
@@ -106,16 +112,17 @@ def train_aligner(
             raise ValueError(
                 "train_aligner: a LoRA-tuned text encoder trains on the transcripts and text features"
             )
-        optimizer, batches, parameters, batch_loss = _lora_setup(
-            model, args, audio_train, statistics, labels_train, transcripts_train, text_train
-        )
+        with library_stream(seed, -1):  # the adapter's initial weights
+            optimizer, batches, parameters, batch_loss = _lora_setup(
+                model, args, audio_train, statistics, labels_train, transcripts_train, text_train
+            )
     else:
         optimizer, batches, parameters, batch_loss = _plain_setup(
             model, args, audio_train, statistics, labels_train, text_train
         )
     model, state = fit_supervised(
         runtime, "aligner", model, optimizer, batches, parameters, args, args.aligner_epochs,
-        batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val,
+        batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val, seed,
     )  # fmt: skip
     if span is not None:
         model = _from_span(model, config, span, mean, std)
@@ -189,7 +196,7 @@ def _plain_setup(
     )
     batches = Batches((audio, labels) + ((text,) if use_text else ()), args.aligner_batch_size)
 
-    def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
+    def batch_loss(model: nn.Module, batch: tuple, generator: torch.Generator) -> Tensor:
         return model(
             audio_features=batch[0], labels=batch[1], text_features=batch[2] if use_text else None
         ).loss
@@ -257,8 +264,8 @@ def _lora_setup(
     input_ids, attention_mask = tokenize_transcripts(model, transcripts)
     batches = Batches((audio, labels, input_ids, attention_mask), args.aligner_batch_size)
 
-    def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
-        audio, labels, ids, mask = batch
+    def batch_loss(model: nn.Module, batch: tuple, generator: torch.Generator) -> Tensor:
+        audio, labels, ids, mask = batch  # the adapter's dropout draws from the epoch's global stream
         ids, mask = _trim_padding(ids, mask)
         return model(audio_features=audio, labels=labels, input_ids=ids, attention_mask=mask).loss
 

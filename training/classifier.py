@@ -19,7 +19,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from accelerate.utils import set_seed
 from torch import nn
 
 from modeling_mise import MiseClassifierConfig, MiseClassifierModel, MiseGeneratorModel
@@ -27,7 +26,15 @@ from modeling_mise.modeling_audio_classifier import multimodal_features
 
 from .aligner import drop_text_codes
 from .arguments import MiseTrainingArguments, ModelArguments
-from .engine import Batches, StageRuntime, fit_supervised, mixup, predict_in_chunks, stage_summary
+from .engine import (
+    Batches,
+    StageRuntime,
+    fit_supervised,
+    initialised,
+    mixup,
+    predict_in_chunks,
+    stage_summary,
+)
 
 Tensor = torch.Tensor
 # the augmentations that add `generated_ratio` times the real rows
@@ -79,7 +86,7 @@ def _sample_codes(codes: Tensor, labels: Tensor, wanted: Tensor, generator: torc
 class Augmenter:
     """Extra stage-3 rows per epoch: feature noise, or features from a trained generator (cGAN / MISE).
 
-    Rows are drawn anew every epoch from a generator seeded by (seed, epoch), so a resumed run sees the same.
+    Rows are drawn anew every epoch from the epoch's stream, so a resumed run sees the same.
     """
 
     def __init__(
@@ -91,9 +98,8 @@ class Augmenter:
         args: MiseTrainingArguments,
         generator: MiseGeneratorModel | None = None,
         text_codes: Tensor | None = None,
-        seed: int = 0,
     ) -> None:
-        self.kind, self.features, self.labels, self.seed = kind, features, labels, seed
+        self.kind, self.features, self.labels = kind, features, labels
         self.generator, self.noise_std = generator, args.noise_std
         self.text_codes = text_codes if generator is not None and generator.config.use_text_code else None
         self.extra_labels = (
@@ -104,11 +110,14 @@ class Augmenter:
         if kind in ("gan", "mise") and generator is None:
             raise ValueError(f"augmentation {kind!r} needs a trained generator")
 
-    def rows(self, epoch: int) -> tuple[Tensor, Tensor]:
-        """Real rows followed by this epoch's extra rows."""
+    @property
+    def rows_per_epoch(self) -> int:
+        return len(self.labels) + len(self.extra_labels)
+
+    def rows(self, rng: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Real rows followed by this epoch's extra rows, drawn from the epoch's stream `rng`."""
         if len(self.extra_labels) == 0:
             return self.features, self.labels
-        rng = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         if self.kind == "noise":
             extra = _sample_codes(self.features, self.labels, self.extra_labels, rng)
             scale = self.features.std(0, keepdim=True) * self.noise_std
@@ -151,19 +160,11 @@ def train_classifier(
     classifier (`hidden_sizes=[]`, `input_scale=1`), so stage 3 starts from stage 1's decision on `z_a` (a
     multimodal classifier's `z_t` weights start at zero).
     """
-    set_seed(seed)
     if augmenter is None:
         augmenter = Augmenter(
-            augmentation,
-            features_train,
-            labels_train,
-            config.num_labels,
-            args,
-            generator,
-            text_codes_train,
-            seed,
+            augmentation, features_train, labels_train, config.num_labels, args, generator, text_codes_train
         )
-    model = MiseClassifierModel(config)
+    model = initialised(lambda: MiseClassifierModel(config), seed)
     if head_init is not None:
         if config.hidden_sizes or config.input_scale != 1:
             raise ValueError("head_init needs a linear classifier on z_a (hidden_sizes=[], input_scale=1)")
@@ -177,21 +178,21 @@ def train_classifier(
         weight_decay=args.classifier_weight_decay,
         foreach=True,
     )
-    batches = Batches(augmenter.rows(0), args.classifier_batch_size)
+    batches = Batches((), args.classifier_batch_size, rows=augmenter.rows_per_epoch)
     use_mixup = augmentation == "mixup" and args.mixup_alpha > 0
 
-    def batch_loss(model: nn.Module, batch: tuple) -> Tensor:
+    def batch_loss(model: nn.Module, batch: tuple, generator: torch.Generator) -> Tensor:
         features, labels = batch
         if use_mixup:
-            features, labels = mixup(features, labels, config.num_labels, args.mixup_alpha)
+            features, labels = mixup(features, labels, config.num_labels, args.mixup_alpha, generator)
         return model(features=features, labels=labels).loss
 
-    def before_epoch(epoch: int) -> None:
-        batches.tensors = augmenter.rows(epoch)
+    def before_epoch(epoch: int, generator: torch.Generator) -> None:
+        batches.tensors = augmenter.rows(generator)
 
     model, state = fit_supervised(
         runtime, "classifier", model, optimizer, batches, list(model.parameters()), args, args.classifier_epochs,
-        batch_loss, lambda model, x: model(features=x).logits, features_val, labels_val, before_epoch,
+        batch_loss, lambda model, x: model(features=x).logits, features_val, labels_val, seed, before_epoch,
     )  # fmt: skip
     summary = stage_summary(state)
     summary["generated_rows_per_epoch"] = len(augmenter.extra_labels)
@@ -280,8 +281,8 @@ class MultimodalAugmenter:
     """Stage-3 rows `[z_a; z_t]` per epoch: the real pairs, plus, with a generator, `(h, t_hat)`, `(h_hat, t)`
     and `(h_hat, t_hat)` for every real pair (`h_hat = G(eps, y, z_t)`, `t_hat = G_t(eps', y, z_a)` and, for the
     fully generated pair, `t_hat = G_t(eps'', y, h_hat)`); `noise` adds `generated_ratio` noisy copies. A
-    fraction `text_dropout` of all rows gets the null text code. Rows are drawn anew every epoch from a
-    generator seeded by (seed, epoch), so a resumed run sees the same.
+    fraction `text_dropout` of all rows gets the null text code. Rows are drawn anew every epoch from the
+    epoch's stream, so a resumed run sees the same; the rows that `noise` copies are drawn once, from `seed`.
     """
 
     def __init__(
@@ -330,9 +331,12 @@ class MultimodalAugmenter:
         text = torch.cat([t_hat, z_t, t_hat_of_h_hat]).float().cpu()
         return audio, text
 
-    def rows(self, epoch: int) -> tuple[Tensor, Tensor]:
-        """This epoch's `[z_a; z_t]` rows (real first) and their labels."""
-        rng = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+    @property
+    def rows_per_epoch(self) -> int:
+        return len(self.labels) + len(self.extra_labels)
+
+    def rows(self, rng: torch.Generator) -> tuple[Tensor, Tensor]:
+        """This epoch's `[z_a; z_t]` rows (real first) and their labels, drawn from the epoch's stream `rng`."""
         audio, text, labels = self.features, self.text_codes, self.labels
         if self.kind in ("gan", "mise"):
             extra_audio, extra_text = self._generated_pairs(rng)

@@ -12,16 +12,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import nn
 from torch.nn import functional as F
 
 from mise.metrics import uar
+from modeling_mise.layers import reset_parameters, use_random_stream
 
 from .arguments import MiseTrainingArguments
 from .checkpoint import CheckpointManager, ResumePoint
@@ -31,6 +34,34 @@ Tensor = torch.Tensor
 
 class NonFiniteLossError(FloatingPointError):
     """A NaN/Inf loss; the message names fold, stage, epoch and step and the last good checkpoint."""
+
+
+def stage_seed(seed: int, fold_index: int, stage: int) -> int:
+    """The seed of one stage of one fold (and run seed): every draw of the stage comes from streams derived from
+    it (`epoch_stream`), none from the process' global generator, so stages can be reordered, resumed or
+    trained side by side without changing each other's draws."""
+    return int(np.random.SeedSequence([seed, fold_index, stage]).generate_state(1, np.uint32)[0])  # 32 bits
+
+
+def _stream_seed(seed: int, epoch: int, lane: int) -> int:
+    state = np.random.SeedSequence([seed, epoch + 1, lane]).generate_state(2, np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+def epoch_stream(seed: int, epoch: int) -> torch.Generator:
+    """The random stream of one epoch of the stage seeded by `seed`: batch order, dropout masks, GAN noise,
+    text-code dropout, mix-up and generated rows all draw from it."""
+    return torch.Generator().manual_seed(_stream_seed(seed, epoch, 1))
+
+
+@contextmanager
+def library_stream(seed: int, epoch: int):
+    """The global stream seeded from epoch `epoch` of the stage seeded by `seed`, restored on exit: what a library
+    draws from it meanwhile (a peft adapter's initial weights or dropout) is reproducible and moves no other draw."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(_stream_seed(seed, epoch, 2))
+        yield
 
 
 @dataclass
@@ -139,17 +170,20 @@ def run_epochs(
     stage: str,
     *,
     num_epochs: int,
-    train_epoch: Callable[[int, LoopState], dict[str, float]],
+    train_epoch: Callable[[int, LoopState, torch.Generator], dict[str, float]],
     evaluate: Callable[[], tuple[float, dict[str, float]]] | None,
     best_module: nn.Module,
     objects: dict[str, nn.Module | torch.optim.Optimizer],
+    seed: int,
     eval_every: int = 1,
     patience: int = 0,
 ) -> LoopState:
     """Train `num_epochs` epochs, evaluating every `eval_every`; keep the best-scoring weights in `best_module`.
 
-    `train_epoch(epoch, state)` runs one epoch and returns mean losses; `evaluate()` returns (score, metrics) with
-    higher scores better. With `patience` > 0 the loop stops after that many evaluations without improvement.
+    `train_epoch(epoch, state, generator)` runs one epoch, drawing everything random from `generator` (the epoch's
+    stream of the stage seeded by `seed`, `epoch_stream`), and returns mean losses; a draw some library makes from
+    the global stream meanwhile is seeded from it too and restored after the epoch, so nothing leaks in or out.
+    `evaluate()` returns (score, metrics) with higher scores better. With `patience` > 0 the loop stops after that many evaluations without improvement.
     Without `evaluate` (a refit: nothing left to select on) every epoch runs and the last weights are kept.
     Checkpoints (`objects`: the stage's models and optimisers, with the RNG states) every
     `runtime.checkpoint_every` epochs, resumes from `runtime.resume_from`. A finished stage needs no checkpoint:
@@ -167,7 +201,8 @@ def run_epochs(
     while state.epoch < num_epochs and not state.stopped:
         epoch = state.epoch
         started = time.perf_counter()
-        losses = train_epoch(epoch, state)
+        with library_stream(seed, epoch):
+            losses = train_epoch(epoch, state, epoch_stream(seed, epoch))
         state.epoch += 1
         record = {f"train/{stage}_{key}": value for key, value in losses.items()}
         if evaluate is None:
@@ -213,27 +248,24 @@ class Batches:
     """Shuffled equal-sized batches of row-aligned tensors, sliced from the whole tensors (no DataLoader).
 
     About `batch_size` rows each: `round(N / batch_size)` batches' worth, so every batch has the same size and at
-    most a few rows an epoch are left out. Epoch `e` is ordered by `randperm(N)` from a generator seeded with
-    `seed + e` (`seed`: the process' torch seed when the stage starts, as `set_seed` left it), the order a
-    seedable-sampler DataLoader gave, and takes one draw of the global generator as its iterator did, so
-    runs at a fixed seed reproduce those of a DataLoader exactly.
+    most a few rows an epoch are left out. An epoch's order is a permutation drawn from the epoch's stream.
     """
 
-    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int, seed: int | None = None) -> None:
+    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int, rows: int | None = None) -> None:
+        """`rows`: the row count when `tensors` are set later, epoch by epoch (stage 3's real + generated rows)."""
         self.tensors = tensors
-        self.seed = torch.initial_seed() if seed is None else seed
-        rows = len(tensors[0])
-        self.size = max(1, rows // max(1, round(rows / batch_size)))
+        self.rows = len(tensors[0]) if rows is None else rows
+        self.size = max(1, self.rows // max(1, round(self.rows / batch_size)))
 
     def __len__(self) -> int:
-        return len(self.tensors[0]) // self.size
+        return self.rows // self.size
 
-    def epoch(self, epoch: int) -> list[tuple[Tensor, ...]]:
-        """The batches of `epoch`, in order."""
-        torch.empty((), dtype=torch.int64).random_()  # the global draw a DataLoader iterator made
-        rows = len(self.tensors[0])
-        order = torch.randperm(rows, generator=torch.Generator().manual_seed(self.seed + epoch))
-        count = rows // self.size
+    def epoch(self, generator: torch.Generator) -> list[tuple[Tensor, ...]]:
+        """The batches of one epoch, in the order `generator` draws."""
+        if len(self.tensors[0]) != self.rows:
+            raise ValueError(f"Batches: {len(self.tensors[0])} rows, expected {self.rows}")
+        order = torch.randperm(self.rows, generator=generator)
+        count = len(self)
         return [
             tuple(tensor[index] for tensor in self.tensors)
             for index in order[: count * self.size].view(count, self.size)
@@ -278,6 +310,15 @@ def training_step(
     return loss.detach().float()
 
 
+def initialised(build: Callable[[], nn.Module], seed: int, part: int = 0) -> nn.Module:
+    """`build()` with its initial weights drawn from a stream of the stage seeded by `seed` (`part`: one stream
+    per module a stage builds)."""
+    with library_stream(seed, -1):
+        model = build()
+    reset_parameters(model, torch.Generator().manual_seed(_stream_seed(seed, -1, 3 + part)))
+    return model
+
+
 def selection_score(logits: Tensor, labels: Tensor, metric: str = "uar") -> tuple[float, dict[str, float]]:
     """Validation score, higher is better: UAR (`mise.metrics.uar`, ties broken by the lower loss) or the negated
     validation cross-entropy (`metric="loss"`, smoother on a few validation clips)."""
@@ -309,31 +350,37 @@ def fit_supervised(
     parameters: list,
     args: MiseTrainingArguments,
     num_epochs: int,
-    batch_loss: Callable[[nn.Module, tuple], Tensor],
+    batch_loss: Callable[[nn.Module, tuple, torch.Generator], Tensor],
     val_logits: Callable[[nn.Module, Tensor], Tensor],
     features_val: Tensor,
     labels_val: Tensor,
-    before_epoch: Callable[[int], None] | None = None,
+    seed: int,
+    before_epoch: Callable[[int, torch.Generator], None] | None = None,
 ) -> tuple[nn.Module, LoopState]:
-    """The loop of stages 1 and 3: `batch_loss(model, batch)` per step, early stopping on
-    `val_logits(model, x)` of the validation speakers (`early_stopping_metric`). Returns the best model (eval
-    mode) and the loop state. Without validation rows (a refit) it trains `num_epochs` and keeps the last."""
+    """The loop of stages 1 and 3: `batch_loss(model, batch, generator)` per step, early stopping on
+    `val_logits(model, x)` of the validation speakers (`early_stopping_metric`). `seed` is the stage's: each epoch
+    draws its batch order, dropout masks and whatever `before_epoch(epoch, generator)` and `batch_loss` draw from
+    that epoch's stream. Returns the best model (eval mode) and the loop state. Without validation rows (a refit)
+    it trains `num_epochs` and keeps the last."""
     device = runtime.device
     model.to(device)
     features_val = features_val.to(device)
 
-    def train_epoch(epoch: int, state: LoopState) -> dict[str, float]:
+    def train_epoch(epoch: int, state: LoopState, generator: torch.Generator) -> dict[str, float]:
         if before_epoch is not None:
-            before_epoch(epoch)
+            before_epoch(epoch, generator)
         model.train()
+        use_random_stream(model, generator)
         total = torch.zeros((), device=device)
-        epoch_batches = batches.epoch(epoch)
+        epoch_batches = batches.epoch(generator)
         for index, batch in enumerate(epoch_batches):
             runtime.begin_batch(index, len(epoch_batches))
             batch = tuple(tensor.to(device) for tensor in batch)
             where = (stage, epoch, state.step)
-            total += training_step(runtime, partial(batch_loss, model, batch), optimizer, parameters, where)
+            loss = partial(batch_loss, model, batch, generator)
+            total += training_step(runtime, loss, optimizer, parameters, where)
             state.step += 1
+        use_random_stream(model, None)
         return {"loss": float(epoch_mean(total, len(epoch_batches)))}
 
     def evaluate() -> tuple[float, dict[str, float]]:
@@ -350,6 +397,7 @@ def fit_supervised(
         evaluate=evaluate if len(features_val) else None,
         best_module=model,
         objects={"model": model, "optimizer": optimizer},
+        seed=seed,
         patience=args.early_stopping_patience,
     )
     return model.eval(), state

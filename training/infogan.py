@@ -18,13 +18,12 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from accelerate.utils import set_seed
 from torch import nn
 from torch.nn import functional as F
 
 from mise.quality import MIProbe, frechet_distance, knn_precision_recall
 from modeling_mise import MiseGeneratorConfig, MiseGeneratorModel
-from modeling_mise.layers import mlp
+from modeling_mise.layers import mlp, use_random_stream
 from modeling_mise.losses import info_nce, soft_cross_entropy
 
 from .aligner import drop_text_codes
@@ -34,6 +33,7 @@ from .engine import (
     LoopState,
     StageRuntime,
     epoch_mean,
+    initialised,
     mixup,
     run_epochs,
     stage_summary,
@@ -92,12 +92,17 @@ def _text_mi_term(queries: Tensor, keys: Tensor, text_codes: Tensor | None, tau:
 
 
 def generator_loss(
-    model: MiseGeneratorModel, labels: Tensor, text_codes: Tensor | None, noise: Tensor
+    model: MiseGeneratorModel,
+    labels: Tensor,
+    text_codes: Tensor | None,
+    noise: Tensor,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """`L_G = BCE(D(h_hat), 1) + lambda_y * CE(Q_y(h_hat), y) + lambda_t * InfoNCE(z_t, Q_t(h_hat))` of
-    `h_hat = G(noise, y, z_t)`; a fraction `text_code_dropout` of the codes is replaced by the null code first."""
+    `h_hat = G(noise, y, z_t)`; a fraction `text_code_dropout` of the codes is replaced by the null code first
+    (drawn from `generator`)."""
     config = model.config
-    text_codes = drop_text_codes(text_codes, config.text_code_dropout)
+    text_codes = drop_text_codes(text_codes, config.text_code_dropout, generator)
     output = model(labels=labels, text_codes=text_codes, noise=noise)
     adversarial = generator_adversarial_loss(output.adversarial_logits)
     loss = adversarial + config.lambda_y * F.cross_entropy(output.emotion_logits, labels.long())
@@ -162,12 +167,14 @@ class InfoGANStep(nn.Module):
         text_codes: Tensor | None = None,
         mixed: Tensor | None = None,
         mixed_labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
-        noise = self.model.sample_noise(labels.shape[0])
+        """The loss of `player`; the noise and the text-code dropout draw from `generator` (the epoch's stream)."""
+        noise = self.model.sample_noise(labels.shape[0], generator=generator)
         if player == "generator":
-            return generator_loss(self.model, labels, text_codes, noise)
+            return generator_loss(self.model, labels, text_codes, noise, generator)
         if player == "discriminator":
-            return self._discriminator_loss(noise, real, labels, text_codes, mixed, mixed_labels)
+            return self._discriminator_loss(noise, real, labels, text_codes, mixed, mixed_labels, generator)
         if player not in ("text_generator", "text_discriminator"):
             raise ValueError(f"unknown player {player!r}")
         if self.text_discriminator is None:
@@ -184,11 +191,12 @@ class InfoGANStep(nn.Module):
         text_codes: Tensor | None,
         mixed: Tensor | None,
         mixed_labels: Tensor | None,
+        generator: torch.Generator | None,
     ) -> Tensor:
         model, config = self.model, self.model.config
         with torch.no_grad():  # D also sees rows generated from the null code, as G produces them
             fake = model.generate_features(
-                noise, labels, drop_text_codes(text_codes, config.text_code_dropout)
+                noise, labels, drop_text_codes(text_codes, config.text_code_dropout, generator)
             )
         rows = [real, fake] + ([mixed] if mixed is not None else [])
         heads = model.discriminate(torch.cat(rows))
@@ -264,13 +272,14 @@ class TextSide:
             raise ValueError(
                 "multimodal: the text-side generator needs at least two training clips with a transcript"
             )
-        self.discriminator = TextDiscriminator(
-            config.feature_dim,
-            config.text_code_dim,
-            config.num_labels,
-            config.discriminator_hidden_sizes,
-            config.discriminator_dropout,
-        )
+        self.discriminator = initialised(
+            lambda: TextDiscriminator(
+                config.feature_dim, config.text_code_dim, config.num_labels, config.discriminator_hidden_sizes,
+                config.discriminator_dropout,
+            ),
+            seed,
+            part=1,
+        )  # fmt: skip
         self.optimizer = torch.optim.Adam(
             self.discriminator.parameters(), lr=args.discriminator_learning_rate, betas=BETAS, foreach=True
         )
@@ -294,17 +303,18 @@ class TextSide:
         batch: tuple[Tensor, ...],
         epoch: int,
         step: int,
+        generator: torch.Generator | None = None,
     ) -> list[Tensor]:
         """One `D_t` step, then one `G_t` step through `optimizer_g` (G's own parameters have no gradient
         then). `batch` is the stage's `(z_a, y, ..., z_t)`; returns the two losses."""
         real, labels, codes = batch[0], batch[1], batch[-1]
         d_parameters = list(self.discriminator.parameters())
         loss_d = training_step(
-            runtime, lambda: step_module("text_discriminator", real, labels, codes), optimizer_t, d_parameters,
+            runtime, lambda: step_module("text_discriminator", real, labels, codes, generator=generator), optimizer_t, d_parameters,
             ("generator (D_t step)", epoch, step),
         )  # fmt: skip
         loss_g = training_step(  # D_t is fixed while G_t learns to fool it
-            runtime, lambda: step_module("text_generator", real, labels, codes), optimizer_g, g_parameters,
+            runtime, lambda: step_module("text_generator", real, labels, codes, generator=generator), optimizer_g, g_parameters,
             ("generator (G_t step)", epoch, step), frozen=d_parameters,
         )  # fmt: skip
         return [loss_d, loss_g]
@@ -390,7 +400,7 @@ class InfoGANTraining:
         self.probe = MIProbe().fit(
             features_train, labels_train, codes_train if self.probe_codes else None, seed=seed
         )
-        self.model = model = MiseGeneratorModel(config)
+        self.model = model = initialised(lambda: MiseGeneratorModel(config), seed)
         self.step_module = InfoGANStep(model) if text_side is None else text_side.step_module(model)
         self.optimizer_g = torch.optim.Adam(
             model.generator_parameters(), lr=args.generator_learning_rate, betas=BETAS, foreach=True
@@ -415,42 +425,49 @@ class InfoGANTraining:
             objects["optimizer_t"] = self.text_side.optimizer
         return objects
 
-    def _batch_losses(self, batch: tuple[Tensor, ...], epoch: int, step: int) -> list[Tensor]:
-        """One D step, then one G step with D fixed (then the text side's two steps)."""
+    def _batch_losses(
+        self, batch: tuple[Tensor, ...], epoch: int, step: int, generator: torch.Generator
+    ) -> list[Tensor]:
+        """One D step, then one G step with D fixed (then the text side's two steps); noise, mix-up and text-code
+        dropout draw from `generator`, the epoch's stream."""
         runtime, args, model = self.runtime, self.args, self.model
         real, labels = batch[0], batch[1]
         codes = batch[2] if self.use_codes else None
         mixed = mixed_labels = None
         if args.generator_mixup_alpha > 0:
-            mixed, mixed_labels = mixup(real, labels, model.config.num_labels, args.generator_mixup_alpha)
+            mixed, mixed_labels = mixup(
+                real, labels, model.config.num_labels, args.generator_mixup_alpha, generator
+            )
         d_parameters, g_parameters = model.discriminator_parameters(), model.generator_parameters()
         loss_d = training_step(
-            runtime, lambda: self.step_module("discriminator", real, labels, codes, mixed, mixed_labels),
+            runtime, lambda: self.step_module("discriminator", real, labels, codes, mixed, mixed_labels, generator),
             self.optimizer_d, d_parameters, ("generator (D step)", epoch, step),
         )  # fmt: skip
         loss_g = training_step(  # D is fixed while G learns to fool it
-            runtime, lambda: self.step_module("generator", real, labels, codes), self.optimizer_g, g_parameters,
+            runtime, lambda: self.step_module("generator", real, labels, codes, generator=generator), self.optimizer_g, g_parameters,
             ("generator (G step)", epoch, step), frozen=d_parameters,
         )  # fmt: skip
         losses = [loss_d, loss_g]
         if self.text_side is not None:
             losses += self.text_side.train_step(
                 runtime, self.step_module, self.text_side.optimizer, self.optimizer_g, g_parameters, batch,
-                epoch, step,
+                epoch, step, generator,
             )  # fmt: skip
         return losses
 
-    def train_epoch(self, epoch: int, state: LoopState) -> dict[str, float]:
-        """One epoch over the batches; returns the mean losses of the players."""
+    def train_epoch(self, epoch: int, state: LoopState, generator: torch.Generator) -> dict[str, float]:
+        """One epoch over the batches, every draw from `generator`; returns the mean losses of the players."""
         device = self.runtime.device
         self.step_module.train()
         totals = torch.zeros(2 if self.text_side is None else 4, device=device)
-        epoch_batches = self.batches.epoch(epoch)
+        use_random_stream(self.step_module, generator)
+        epoch_batches = self.batches.epoch(generator)
         for index, batch in enumerate(epoch_batches):
             self.runtime.begin_batch(index, len(epoch_batches))
             batch = tuple(tensor.to(device) for tensor in batch)
-            totals += torch.stack(self._batch_losses(batch, epoch, state.step))
+            totals += torch.stack(self._batch_losses(batch, epoch, state.step, generator))
             state.step += 1
+        use_random_stream(self.step_module, None)
         totals = epoch_mean(totals, len(epoch_batches))
         names = ("d_loss", "g_loss", "text_d_loss", "text_g_loss")
         return {name: float(total) for name, total in zip(names, totals, strict=False)}
@@ -503,7 +520,6 @@ def train_generator(
     `text_side` (multimodal mode) also trains the text-side generator `G_t` against its discriminator after
     each G step, and adds its MI bounds to the selection score.
     """
-    set_seed(seed)
     run = InfoGANTraining(
         runtime, config, args, (features_train, labels_train, text_codes_train),
         (features_val, labels_val, text_codes_val), seed, text_side, on_evaluate,
@@ -516,6 +532,7 @@ def train_generator(
         evaluate=run.evaluate if len(features_val) else None,  # a refit keeps the last epoch
         best_module=run.model,
         objects=run.objects,
+        seed=seed,
         eval_every=args.generator_eval_every,
         patience=args.early_stopping_patience,
     )

@@ -30,24 +30,17 @@ from modeling_mise import (
     MiseClassifierModel,
     MiseFeatureExtractor,
     MiseForAudioClassification,
-    MiseGeneratorModel,
 )
 from modeling_mise.encoders import AudioEncoder
 from modeling_mise.modeling_audio_classifier import multimodal_features
 
-from .aligner import aligner_config, encode_audio, text_codes, train_aligner
+from .aligner import encode_audio, text_codes
 from .arguments import SPLIT_NEEDS, ConfigError, DataArguments, MiseTrainingArguments, ModelArguments
 from .checkpoint import CheckpointManager, ResumePoint
-from .classifier import (
-    MultimodalAugmenter,
-    classifier_config,
-    generated_ratio_candidates,
-    predict,
-    train_classifier_choosing_ratio,
-)
+from .classifier import generated_ratio_candidates, predict
 from .engine import StageRuntime
 from .features import CorpusFeatures
-from .infogan import TextSide, generator_config, train_generator
+from .fold import REFIT, FoldData, FoldTrainer, Trained, Variant, refit_arguments
 
 logger = get_logger(__name__)
 
@@ -56,7 +49,6 @@ STAGE_MARKER = "stage.json"
 PROCESS_GROUP_KWARGS = InitProcessGroupKwargs(timeout=timedelta(hours=12))
 FINAL_FOLD = "final"
 SPEAKER_FINAL_FOLD = "final-speaker"  # the released per-speaker pair, used with enrolment clips
-REFIT = "refit"  # a fold's stages trained once more on training + validation speakers: `<fold>/refit/`
 
 
 def build_folds(data_args: DataArguments, corpus: Corpus, seed: int) -> list[Fold]:
@@ -122,8 +114,6 @@ class RunContext:
     transcripts: list[str | None] | None = None  # per row of `features`; the LoRA text encoder reads them
     enrolment: object | None = None  # `Enrolment` in a per-speaker fold: the as-released evaluation
     resume_points: dict[str, ResumePoint | None] = field(default_factory=dict)  # per fold, read once
-    fold_epochs: int | None = None  # a refit's context: the run's epochs per fold (its own arguments differ)
-    epoch_offset: int = 0  # a refit's context: where its stages start within the fold's tracker steps
 
     @property
     def classifier_candidates(self) -> int:
@@ -141,8 +131,6 @@ class RunContext:
     @property
     def epochs_per_fold(self) -> int:
         """Epochs of one fold, the refit's at most included (run-wide tracker steps advance by this per fold)."""
-        if self.fold_epochs is not None:
-            return self.fold_epochs
         args = self.training_args
         refit = args.aligner_epochs + args.classifier_epochs if args.refit else 0
         if args.refit and self.model_args.uses_generator:
@@ -171,14 +159,9 @@ class RunContext:
             resume_from=self.resume_point(fold),
             checkpoint_every=self.training_args.checkpoint_every,
             max_grad_norm=self.training_args.max_grad_norm,
-            step_offset=fold_index * self.epochs_per_fold + self.epoch_offset + stage_offset,
+            step_offset=fold_index * self.epochs_per_fold + stage_offset,
             progress=self.progress,
         )
-
-
-def stage_seed(seed: int, fold_index: int, stage: int) -> int:
-    """Seed of one stage of one fold: seed + 1000 * fold + stage."""
-    return seed + 1000 * fold_index + stage
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -206,232 +189,62 @@ def _completed_stage(directory: Path, ctx: RunContext) -> dict | None:
     return record if record.get("config_hash") == ctx.config_hash else None
 
 
-def _finish_stage(model, directory: Path, summary: dict, ctx: RunContext) -> None:
-    """Save a trained stage's model (safetensors) and its marker, so a resumed run reuses it."""
-    model.save_pretrained(directory)
-    write_json(directory / STAGE_MARKER, {"config_hash": ctx.config_hash, "summary": summary})
-
-
-def _text_codes(
-    ctx: RunContext, aligner: MiseAlignerModel, fold: Fold, rows: np.ndarray, for_generator: bool = True
-) -> torch.Tensor | None:
-    """`z_t` of the fold's `rows` (`training.aligner.text_codes`; without alignment the raw text standardised on
-    the fold's training rows). The multimodal classifier asks with `for_generator=False`: z_t even under the
-    `no_text_code` ablation."""
-    text = ctx.features.text
-    if text is None or (for_generator and ctx.model_args.no_text_code):
-        return None
-    transcripts = None if ctx.transcripts is None else [ctx.transcripts[i] for i in rows]
-    return text_codes(aligner, text[rows], transcripts, reference=text[fold.train])
-
-
 @dataclass
-class FoldSpace:
-    """A fold's training and validation rows in its aligner's space: `z_a`, the generator's text codes and (in
-    multimodal mode) the `z_t` of the classifier and the text-side generator."""
-
-    z_train: torch.Tensor
-    z_val: torch.Tensor
-    codes_train: torch.Tensor | None
-    codes_val: torch.Tensor | None
-    text_train: torch.Tensor | None = None
-    text_val: torch.Tensor | None = None
-
-    @classmethod
-    def of(cls, ctx: RunContext, aligner: MiseAlignerModel, fold: Fold) -> FoldSpace:
-        train, val, audio = fold.train, fold.validation, ctx.features.audio
-        space = cls(
-            encode_audio(aligner, audio[train]), encode_audio(aligner, audio[val]),
-            _text_codes(ctx, aligner, fold, train), _text_codes(ctx, aligner, fold, val),
-        )  # fmt: skip
-        if ctx.model_args.multimodal:
-            space.text_train = _text_codes(ctx, aligner, fold, train, for_generator=False)
-            space.text_val = _text_codes(ctx, aligner, fold, val, for_generator=False)
-        return space
-
-
-def _stage_aligner(ctx: RunContext, fold: Fold, fold_index: int, directory: Path, seed: int) -> tuple:
-    """Stage 1 of the fold (or the aligner an earlier attempt finished): (aligner, summary)."""
-    done = _completed_stage(directory / "aligner", ctx)
-    if done is not None:
-        return MiseAlignerModel.from_pretrained(directory / "aligner").eval(), done["summary"]
-    features, labels, train, val = ctx.features, ctx.labels, fold.train, fold.validation
-    text_dim = None if features.text is None else features.text.shape[1]
-    config = aligner_config(
-        ctx.model_args, features.audio.shape[1], text_dim, ctx.id2label, features.audio_spec
-    )
-    lora = config.text_lora is not None  # the text encoder trains too: tokens, not cached features
-    aligner, summary = train_aligner(
-        ctx.runtime(fold.name, fold_index, 0), config, ctx.training_args, features.audio[train], labels[train],
-        features.audio[val], labels[val], text_train=None if features.text is None else features.text[train],
-        seed=seed, transcripts_train=[ctx.transcripts[i] for i in train] if lora else None,
-    )  # fmt: skip
-    _finish_stage(aligner, directory / "aligner", summary, ctx)
-    return aligner, summary
-
-
-def _stage_generator(
-    ctx: RunContext, fold: Fold, fold_index: int, directory: Path, space: FoldSpace, seed: int
-) -> tuple:
-    """Stage 2 of the fold (or the generator an earlier attempt finished): (generator, summary)."""
-    done = _completed_stage(directory / "generator", ctx)
-    if done is not None:
-        generator, summary = (
-            MiseGeneratorModel.from_pretrained(directory / "generator").eval(),
-            done["summary"],
-        )
-    else:
-        labels, targs = ctx.labels, ctx.training_args
-        code_dim = None if space.codes_train is None else space.codes_train.shape[1]
-        config = generator_config(ctx.model_args, space.z_train.shape[1], code_dim, ctx.id2label)
-        text_side = None
-        if ctx.model_args.multimodal:
-            text_side = TextSide(config, targs, space.z_train, labels[fold.train], space.text_train, seed)
-        generator, summary = train_generator(
-            ctx.runtime(fold.name, fold_index, targs.aligner_epochs), config, targs,
-            space.z_train, labels[fold.train], space.z_val, labels[fold.validation],
-            text_codes_train=space.codes_train, text_codes_val=space.codes_val, seed=seed, text_side=text_side,
-        )  # fmt: skip
-        _finish_stage(generator, directory / "generator", summary, ctx)
-    return generator.to(ctx.accelerator.device), summary
-
-
-@dataclass
-class CandidateFolders:
-    """The finished stage-3 candidates of a fold, `<fold>/classifier_candidates/ratio-<r>/` (a resumed run reuses
-    them; `classifier/` holds the kept one)."""
+class FolderStore:
+    """A fold's finished stages under `directory` (`aligner/`, `generator/`, `classifier_candidates/ratio-<r>/`,
+    `classifier/`, and a refit's in `refit/`): safetensors weights and a marker with the config hash, so a resumed
+    run reuses them."""
 
     ctx: RunContext
     directory: Path
 
-    def folder(self, ratio: float) -> Path:
-        return self.directory / "classifier_candidates" / f"ratio-{ratio:g}"
-
-    def load(self, ratio: float) -> tuple[MiseClassifierModel, dict] | None:
-        done = _completed_stage(self.folder(ratio), self.ctx)
+    def load(self, name: str, model_class: type) -> tuple[object, dict] | None:
+        done = _completed_stage(self.directory / name, self.ctx)
         if done is None:
             return None
-        model = MiseClassifierModel.from_pretrained(self.folder(ratio)).eval()
+        model = model_class.from_pretrained(self.directory / name).eval()
         return model.to(self.ctx.accelerator.device), done["summary"]
 
-    def save(self, ratio: float, model: MiseClassifierModel, summary: dict) -> None:
-        _finish_stage(model, self.folder(ratio), summary, self.ctx)
+    def save(self, name: str, model, summary: dict) -> None:
+        model.save_pretrained(self.directory / name)
+        write_json(
+            self.directory / name / STAGE_MARKER, {"config_hash": self.ctx.config_hash, "summary": summary}
+        )
+
+    def child(self, name: str) -> FolderStore:
+        return FolderStore(self.ctx, self.directory / name)
 
 
-def _stage_classifier(
-    ctx: RunContext, fold: Fold, fold_index: int, directory: Path, space: FoldSpace, models: tuple, seed: int
-) -> tuple:
-    """Stage 3 of the fold on real and generated features, once per candidate generated-to-real ratio, the best
-    on the validation speakers kept: (classifier, summary). `models`: (aligner, generator or None)."""
-    margs, targs, labels = ctx.model_args, ctx.training_args, ctx.labels
-    aligner, generator = models
-    features_train, features_val, augmenter_for, text_dim = space.z_train, space.z_val, None, None
-    if margs.multimodal:  # [z_a; z_t] over the four real/generated combinations
-
-        def augmenter_for(args: MiseTrainingArguments) -> MultimodalAugmenter:
-            return MultimodalAugmenter(
-                margs.augmentation, space.z_train, space.text_train, labels[fold.train], args,
-                margs.multimodal_text_dropout, generator, seed=seed,
-            )  # fmt: skip
-
-        features_train = multimodal_features(space.z_train, space.text_train)
-        features_val = multimodal_features(space.z_val, space.text_val)
-        text_dim = space.text_train.shape[1]
-    first = ctx.selection_epochs - ctx.classifier_candidates * targs.classifier_epochs  # tracker step offsets
-    classifier, summary = train_classifier_choosing_ratio(
-        lambda index: ctx.runtime(fold.name, fold_index, first + index * targs.classifier_epochs),
-        classifier_config(margs, space.z_train.shape[1], ctx.id2label, text_dim), targs,
-        (features_train, labels[fold.train], features_val, labels[fold.validation]),
-        margs.augmentation, multimodal=margs.multimodal, augmenter_for=augmenter_for,
-        store=CandidateFolders(ctx, directory), generator=generator, text_codes_train=space.codes_train,
-        seed=seed, head_init=aligner.emotion_head if margs.classifier_init_from_aligner else None,
+def fold_data(ctx: RunContext) -> FoldData:
+    """What a fold's stages read, from the run's (or a fold's) context."""
+    features = ctx.features
+    return FoldData(
+        features.audio, features.text, ctx.labels, ctx.id2label, features.audio_spec, ctx.model_args,
+        ctx.training_args, ctx.accelerator.device, ctx.transcripts,
     )  # fmt: skip
-    _finish_stage(classifier, directory / "classifier", summary, ctx)
-    return classifier, summary
 
 
 def train_stages(
     ctx: RunContext, fold: Fold, fold_index: int, directory: Path, seed_index: int | None = None
-) -> dict:
-    """Stages 1-3 on the fold's training speakers, selected on its validation speakers; with `refit` they then
-    train once more on the training and validation speakers together with what the selection chose
-    (`refit_arguments`), in `directory/refit/`. Returns the models to evaluate and release, `stages` (the refit's
-    summaries, the selection's under `stages.selection`) and, after a refit, `selected`: the selection's models,
-    which never saw the validation speakers (the enrolment prior is calibrated on those).
-
-    Stage k of the fold is seeded with `stage_seed(seed, seed_index, k)` (`seed_index` defaults to the fold's).
-    """
-    selected = _select_stages(ctx, fold, fold_index, directory, seed_index)
-    if not ctx.training_args.refit or len(fold.validation) == 0:
-        return selected
-    refit_ctx = dataclasses.replace(
-        ctx,
-        training_args=refit_arguments(ctx.training_args, selected["stages"]),
-        fold_epochs=ctx.epochs_per_fold,
-        epoch_offset=ctx.selection_epochs,
-    )
-    refit_fold = dataclasses.replace(
-        fold,
-        name=f"{fold.name}/{REFIT}",
-        train=np.concatenate([fold.train, fold.validation]),
-        validation=fold.validation[:0],
-    )
-    refitted = _select_stages(refit_ctx, refit_fold, fold_index, directory / REFIT, seed_index)
-    if ctx.progress is not None:  # the bar counts every stage's maximum epochs
-        ctx.progress.update(ctx.epochs_per_fold - ctx.selection_epochs - refit_ctx.selection_epochs)
-    refitted["stages"]["selection"] = selected["stages"]
-    refitted["selected"] = selected
-    return refitted
-
-
-def refit_arguments(args: MiseTrainingArguments, stages: dict) -> MiseTrainingArguments:
-    """The choices a fold made on its validation speakers as fixed settings: each stage trains for its chosen
-    epoch (stage 1 and 3: early stopping, stage 2: the best-MI checkpoint), stage 3 with the kept
-    generated-to-real ratio, nothing left to select."""
-    generator, classifier = stages["generator"], stages["classifier"]
-    ratio = classifier["generated_ratio"]
-    return dataclasses.replace(
-        args,
-        aligner_epochs=max(1, stages["aligner"]["best_epoch"]),
-        generator_epochs=args.generator_epochs if generator is None else max(1, generator["best_epoch"]),
-        classifier_epochs=max(1, classifier["best_epoch"]),
-        generated_ratios=[],
-        generated_ratio=args.generated_ratio if ratio is None else ratio,
-        early_stopping_patience=0,
-    )
-
-
-def _select_stages(
-    ctx: RunContext, fold: Fold, fold_index: int, directory: Path, seed_index: int | None = None
-) -> dict:
-    """Stages 1-3 on `fold.train`, each selected on `fold.validation` (with none: each trains its epochs)."""
-    seed, seed_index = ctx.training_args.seed, fold_index if seed_index is None else seed_index
-    if ctx.model_args.multimodal and ctx.features.text is None:
-        raise ValueError(
-            "multimodal: no usable clip has a transcript (check transcript_column and the text encoder)"
-        )
-    aligner, aligner_summary = _stage_aligner(
-        ctx, fold, fold_index, directory, stage_seed(seed, seed_index, 1)
-    )
-    space = FoldSpace.of(ctx, aligner, fold)
-    generator, generator_summary = None, None
-    if ctx.model_args.uses_generator:  # augmentation gan / mise
-        generator, generator_summary = _stage_generator(
-            ctx, fold, fold_index, directory, space, stage_seed(seed, seed_index, 2)
-        )
-    classifier, classifier_summary = _stage_classifier(
-        ctx, fold, fold_index, directory, space, (aligner, generator), stage_seed(seed, seed_index, 3)
-    )
-    return {
-        "aligner": aligner,
-        "generator": generator,
-        "classifier": classifier,
-        "stages": {
-            "aligner": aligner_summary,
-            "generator": generator_summary,
-            "classifier": classifier_summary,
-        },
-    }
+) -> Trained:
+    """Stages 1-3 of the run's variant on the fold's training speakers, selected on its validation speakers (and,
+    with `refit`, once more on both), through `training.fold.FoldTrainer`, finished stages kept in `directory`.
+    Stage k of the fold draws from the streams of `stage_seed(seed, seed_index, k)` (`seed_index` defaults to
+    the fold's)."""
+    trainer = FoldTrainer(
+        fold_data(ctx), fold, fold_index, ctx.training_args.seed,
+        lambda name, offset: ctx.runtime(name, fold_index, offset), FolderStore(ctx, directory),
+        seed_index=seed_index,
+    )  # fmt: skip
+    trained = trainer.train(Variant.of(ctx.model_args))
+    if (
+        trained.selected is not None and ctx.progress is not None
+    ):  # the bar counts every stage's maximum epochs
+        fixed = refit_arguments(ctx.training_args, trained.selected.stages)
+        refit_epochs = fixed.aligner_epochs + fixed.classifier_epochs
+        refit_epochs += fixed.generator_epochs if ctx.model_args.uses_generator else 0
+        ctx.progress.update(ctx.epochs_per_fold - ctx.selection_epochs - refit_epochs)
+    return trained
 
 
 def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
@@ -448,28 +261,28 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
     trained = train_stages(ctx, fold, fold_index, directory)
     test = fold.test
     num_labels = len(ctx.id2label)
-    z_test = encode_audio(trained["aligner"], ctx.features.audio[test])
+    z_test = encode_audio(trained.aligner, ctx.features.audio[test])
     y_true = ctx.labels[test].numpy()
     extra = {}
     if ctx.model_args.multimodal:  # test clips with their transcripts; also scored as if they had none
-        text_test = _text_codes(ctx, trained["aligner"], fold, test, for_generator=False)
-        y_pred = predict(trained["classifier"], multimodal_features(z_test, text_test))
-        y_null = predict(trained["classifier"], multimodal_features(z_test, text_dim=text_test.shape[1]))
+        transcripts = None if ctx.transcripts is None else [ctx.transcripts[i] for i in test]
+        text = ctx.features.text
+        text_test = text_codes(trained.aligner, text[test], transcripts, reference=text[fold.train])
+        y_pred = predict(trained.classifier, multimodal_features(z_test, text_test))
+        y_null = predict(trained.classifier, multimodal_features(z_test, text_dim=text_test.shape[1]))
         extra["uar_without_transcript"] = classification_metrics(y_true, y_null, num_labels, ctx.id2label)[
             "uar"
         ]
     else:
-        y_pred = predict(trained["classifier"], z_test)
+        y_pred = predict(trained.classifier, z_test)
         if ctx.enrolment is not None:
-            selected = trained.get("selected")  # after a refit: its selection's models choose n0
-            pair = None if selected is None else (selected["aligner"], selected["classifier"])
-            extra.update(ctx.enrolment.evaluate(trained["aligner"], trained["classifier"], fold, pair))
+            selected = trained.selected  # after a refit: its selection's models choose n0
+            pair = None if selected is None else (selected.aligner, selected.classifier)
+            extra.update(ctx.enrolment.evaluate(trained.aligner, trained.classifier, fold, pair))
     metrics = classification_metrics(y_true, y_pred, num_labels, ctx.id2label)
     with torch.no_grad():
-        aligner_logits = (
-            trained["aligner"].classify(z_test.to(ctx.accelerator.device)).argmax(-1).cpu().numpy()
-        )
-    ratio = trained["stages"]["classifier"]["generated_ratio"]
+        aligner_logits = trained.aligner.classify(z_test.to(ctx.accelerator.device)).argmax(-1).cpu().numpy()
+    ratio = trained.stages["classifier"]["generated_ratio"]
     record = {
         "fold": fold.name,
         "test_speakers": fold.test_speakers,
@@ -479,7 +292,7 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
         "aligner_uar": classification_metrics(y_true, aligner_logits, num_labels, ctx.id2label)["uar"],
         "generated_ratio": ratio,  # chosen on the validation speakers (stages.classifier: every candidate's score)
         **extra,
-        "stages": trained["stages"],
+        "stages": trained.stages,
         "y_true": y_true.tolist(),
         "y_pred": y_pred.tolist(),
         "config_hash": ctx.config_hash,
@@ -490,7 +303,7 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
     )  # a finished fold resumes from its metrics
     logger.info(
         f"fold {fold.name}: UAR {metrics['uar']:.4f} WA {metrics['wa']:.4f} F1 {metrics['f1_macro']:.4f}"
-        + ("" if ratio is None else f", generated ratio {ratio:g} ({_candidate_scores(trained['stages'])})")
+        + ("" if ratio is None else f", generated ratio {ratio:g} ({_candidate_scores(trained.stages)})")
     )
     if ctx.accelerator.trackers:
         scalars = {f"eval/fold_{key}": metrics[key] for key in ("uar", "wa", "f1_macro")}
@@ -595,10 +408,15 @@ def train_final_models(
             if speaker_ctx.enrolment is not None:  # enrolment prior, n0 chosen on the validation speakers
                 prior = speaker_ctx.enrolment.calibrate(*selected_pair, speaker_fold, refit=refit)
                 speaker_prior = (prior.mean, prior.var, prior.strength)
-        for kind in ("aligner", "classifier", "generator"):  # folders named as their Hub repositories
-            if trained[kind] is not None:
-                trained[kind].save_pretrained(directory / MODEL_FOLDERS[kind])
-        aligner, classifier = trained["aligner"].to("cpu"), trained["classifier"].to("cpu")
+        models = {
+            "aligner": trained.aligner,
+            "classifier": trained.classifier,
+            "generator": trained.generated.model,
+        }
+        for kind, model in models.items():  # folders named as their Hub repositories
+            if model is not None:
+                model.save_pretrained(directory / MODEL_FOLDERS[kind])
+        aligner, classifier = trained.aligner.to("cpu"), trained.classifier.to("cpu")
         audio_model = MiseForAudioClassification.from_components(
             aligner, classifier, audio_encoder, speaker_pair, speaker_normalization, speaker_prior
         )

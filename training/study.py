@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import shlex
 import sys
 import time
@@ -28,9 +27,7 @@ if __package__ in (None, ""):  # run as a script: make `training` and `modeling_
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from mise.folds import Fold
@@ -43,10 +40,10 @@ from training.arguments import (
     config_hash,
     parse_arguments,
 )
-from training.checkpoint import prepare_output_dir
 from training.engine import NonFiniteLossError
-from training.features import PreparedCorpus, prepare_features
-from training.pipeline import PROCESS_GROUP_KWARGS, build_folds, write_json
+from training.features import PreparedCorpus
+from training.pipeline import build_folds, write_json
+from training.run import Run, start_run, training_threads
 from training.speaker_normalization import NormalizationChoice, SpeakerNormalization, normalization_report
 from training.study_report import write_report
 from training.study_unit import FoldUnit, Study
@@ -165,40 +162,28 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 1. arguments: the training config keys plus the study's own
     data_args, model_args, training_args, study_args = parse_study_arguments(raw_argv)
-    threads, previous_threads = training_args.training_threads, torch.get_num_threads()
-    with threadpool_limits(threads or None):  # one thread: fastest for these sizes, never oversubscribed
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            return _run_study(raw_argv, started, data_args, model_args, training_args, study_args)
-        finally:
-            torch.set_num_threads(previous_threads)
-
-
-def _run_study(
-    raw_argv: list[str],
-    started: float,
-    data_args: DataArguments,
-    model_args: ModelArguments,
-    training_args: MiseTrainingArguments,
-    study_args: StudyArguments,
-) -> dict:
-    output_dir = Path(training_args.output_dir)
     hash_ = study_hash(data_args, model_args, training_args, study_args)
-
-    # 2. accelerator, logging, output folder
-    accelerator = Accelerator(
-        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
-        kwargs_handlers=[PROCESS_GROUP_KWARGS],
+    # 2.-3. accelerator, logging, output folder; corpus and frozen features (cached: a second study on the same
+    # corpus computes nothing)
+    run = start_run(
+        data_args,
+        model_args,
+        training_args,
+        hash_,
+        STUDY_FILES,
+        STUDY_FILES,
+        "study",
+        tracker=False,
+        resume_checks_hash=False,  # each unit's file carries its hash
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    logging.getLogger("mise").setLevel(logging.INFO)
-    resuming = prepare_output_dir(
-        output_dir, training_args, accelerator, STUDY_FILES, STUDY_FILES, what="study"
-    )
+    with training_threads(training_args.training_threads):  # one thread: fastest for these sizes
+        return _run_study(raw_argv, started, run, study_args)
 
-    # 3. corpus and frozen features (cached: a second study on the same corpus computes nothing)
-    prepared = prepare_features(data_args, model_args, output_dir, accelerator)
+
+def _run_study(raw_argv: list[str], started: float, run: Run, study_args: StudyArguments) -> dict:
+    data_args, model_args, training_args = run.data_args, run.model_args, run.training_args
+    accelerator, output_dir, hash_, resuming = run.accelerator, run.output_dir, run.config_hash, run.resuming
+    prepared = run.prepared
     corpus, features = prepared.corpus, prepared.features
     normalization = SpeakerNormalization.from_arguments(data_args, features, corpus)  # all variants alike
     study = Study(

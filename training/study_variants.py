@@ -1,7 +1,8 @@
 """What a comparison study compares: the variants (SPEC §2), the study's own arguments, and the classic baseline.
 
-A variant names its augmentation, the stage-1 setting it shares with others (alignment or not) and the stage-2
-setting (text code, MI terms); variants with equal settings share the trained aligner / generator of a fold.
+A variant (`training.fold.Variant`) names its augmentation, the stage-1 setting it shares with others (alignment
+or not) and the stage-2 setting (text code, MI terms); variants with equal settings share the trained aligner /
+generator of a fold.
 """
 
 from __future__ import annotations
@@ -11,39 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .arguments import ConfigError
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One row group of the study table."""
-
-    name: str
-    description: str
-    augmentation: str  # "classic" or an `ModelArguments.augmentation` value
-    alignment: bool = True
-    text_code: bool = True
-    mi: bool = True
-    class_balanced: bool | None = None  # None: `class_balanced_generation` of the training arguments
-    full_data: bool = False  # class-imbalance study: trained on the training side before the class was cut
-    out_of_fold: bool = False  # stages 2 and 3 on out-of-fold z_a of the training rows (training.out_of_fold)
-    noise_std: float | None = None  # None: `noise_std` of the training arguments; 0: extra rows are copies
-
-    @property
-    def uses_generator(self) -> bool:
-        return self.augmentation in ("gan", "mise")
-
-    @property
-    def aligner_key(self) -> tuple[bool, ...]:
-        """Variants with the same key share one stage-1 space per fold and seed."""
-        return (self.alignment, self.full_data) + ((True,) if self.out_of_fold else ())
-
-    @property
-    def generator_key(self) -> tuple[bool, ...] | None:
-        """Variants with the same key share one stage-2 generator per fold and seed."""
-        if not self.uses_generator:
-            return None
-        return self.aligner_key + (self.text_code, self.mi and self.augmentation == "mise")
-
+from .fold import Variant
 
 VARIANTS: dict[str, Variant] = {
     v.name: v

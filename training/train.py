@@ -11,38 +11,30 @@ Writes `OUT/rejected.csv`, `OUT/folds/<fold>/metrics.json`, `OUT/summary.json`, 
 from __future__ import annotations
 
 import json
-import logging
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script: make `training` and `modeling_mise` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
-from transformers.utils import logging as hf_logging
 
 from mise.folds import Fold
 from mise.hub.push import HubPushError, push_run
 from mise.hub.run_card import write_run_card
 from mise.metrics import summarize_folds
 from training.arguments import arguments_dict, config_hash, parse_arguments
-from training.checkpoint import CheckpointManager, prepare_output_dir
+from training.checkpoint import CheckpointManager
 from training.classifier import chosen_ratio_counts
 from training.engine import NonFiniteLossError
-from training.features import PreparedCorpus, prepare_features
 from training.pipeline import (
     FINAL_FOLD,
-    PROCESS_GROUP_KWARGS,
     SPEAKER_FINAL_FOLD,
     RunContext,
     build_folds,
@@ -53,15 +45,13 @@ from training.pipeline import (
     train_final_models,
     write_json,
 )
+from training.run import Run, start_run, training_threads
 from training.speaker_normalization import (
     Enrolment,
     SpeakerNormalization,
     enrolment_summary,
     normalization_report,
 )
-
-if TYPE_CHECKING:
-    from training.arguments import DataArguments, MiseTrainingArguments, ModelArguments
 
 logger = get_logger("mise.train")
 
@@ -74,56 +64,23 @@ RUN_FILES = (*RUN_MARKERS, "mise", "rejected.csv")
 FINAL_SEED_INDEX = 1_000_000
 
 
-@dataclass
-class Run:
-    """One training run: its arguments, accelerator, output folder and prepared features."""
-
-    data_args: DataArguments
-    model_args: ModelArguments
-    training_args: MiseTrainingArguments
-    accelerator: Accelerator
-    output_dir: Path
-    config_hash: str
-    resuming: bool
-    prepared: PreparedCorpus
+def _start(argv: list[str] | None) -> Run:
+    """Arguments (YAML/JSON config + `--key value` overrides) and the run's set-up (`training.run.start_run`:
+    accelerator, output folder, feature stage), then the tracker."""
+    data_args, model_args, training_args = parse_arguments(argv)
+    hash_ = config_hash(data_args, model_args, training_args)
+    run = start_run(data_args, model_args, training_args, hash_, RUN_MARKERS, RUN_FILES)
+    accelerator = run.accelerator
+    logger.info(f"{accelerator.num_processes} process(es), device {accelerator.device}, config hash {hash_}")
+    if training_args.report_to != "none":
+        all_args = arguments_dict(data_args, model_args, training_args)
+        accelerator.init_trackers("mise", config=_tracker_config(all_args))
+    return run
 
 
 def _tracker_config(values: dict) -> dict:
     """TensorBoard hparams take scalars and strings only."""
     return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in values.items()}
-
-
-def _accelerator(training_args: MiseTrainingArguments, output_dir: Path) -> Accelerator:
-    """The accelerator (tracker, mixed precision, gradient accumulation) and the run's logging."""
-    accelerator = Accelerator(
-        log_with=None if training_args.report_to == "none" else training_args.report_to,
-        project_dir=str(output_dir),
-        mixed_precision=training_args.mixed_precision,
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
-        kwargs_handlers=[PROCESS_GROUP_KWARGS],
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint otherwise
-    hf_logging.disable_progress_bar()  # save/load bars of every fold's models: one progress bar is enough
-    return accelerator
-
-
-def _start(argv: list[str] | None) -> Run:
-    """Arguments (YAML/JSON config + `--key value` overrides), accelerator, output folder, seeds, tracker and the
-    feature stage (usable clips, rejected files -> OUT/rejected.csv, frozen features through the cache)."""
-    data_args, model_args, training_args = parse_arguments(argv)
-    output_dir = Path(training_args.output_dir)
-    hash_ = config_hash(data_args, model_args, training_args)
-    accelerator = _accelerator(training_args, output_dir)
-    logger.info(f"{accelerator.num_processes} process(es), device {accelerator.device}, config hash {hash_}")
-    resuming = prepare_output_dir(output_dir, training_args, accelerator, RUN_MARKERS, RUN_FILES, hash_)
-    set_seed(training_args.seed)
-    if training_args.report_to != "none":
-        all_args = arguments_dict(data_args, model_args, training_args)
-        accelerator.init_trackers("mise", config=_tracker_config(all_args))
-    prepared = prepare_features(data_args, model_args, output_dir, accelerator)
-    return Run(data_args, model_args, training_args, accelerator, output_dir, hash_, resuming, prepared)
 
 
 def _run_info(run: Run, folds: list[Fold]) -> dict:
@@ -197,8 +154,14 @@ def _summary(run: Run, records: list[dict], choices: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     """Run the whole protocol; returns the summary (also written to `OUT/summary.json`)."""
     started = time.perf_counter()
-    # 1.-3. arguments, accelerator, output folder, seeds; corpus -> usable clips -> frozen features
+    # 1.-3. arguments, accelerator, output folder; corpus -> usable clips -> frozen features
     run = _start(argv)
+    with training_threads(run.training_args.training_threads):  # restored when the run ends
+        return _train(run, started)
+
+
+def _train(run: Run, started: float) -> dict:
+    """Steps 4-8 of the run: folds, summary, final models, card, hub."""
     training_args, corpus, features = run.training_args, run.prepared.corpus, run.prepared.features
     seconds = dict(run.prepared.seconds)
 
@@ -220,9 +183,6 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.final_models and final_choice.per_speaker and not run.model_args.multimodal
     )
     ctx = _context(run, len(folds) + (1 + speaker_adaptive if training_args.final_models else 0))
-    if training_args.training_threads:
-        torch.set_num_threads(training_args.training_threads)
-        threadpool_limits(training_args.training_threads)
     tick = time.perf_counter()
     enrolment = Enrolment(
         features.audio, np.asarray(corpus.speakers()), np.asarray(corpus.labels()), training_args.seed

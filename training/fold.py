@@ -1,0 +1,468 @@
+"""One fold's stages, trained in one place: `train.py` trains one variant of a fold through `FoldTrainer` (with
+checkpoints, resume and the tracker), the study every variant of a (seed, fold) unit, the bench the shipped one.
+
+Stage 1 trains once per alignment setting (`Variant.aligner_key`), stage 2 once per generator setting
+(`Variant.generator_key`), stage 3 once per variant and candidate generated-to-real ratio; with `refit` the
+stages then train once more on the training and validation speakers with the choices made (`FoldTrainer.refit`).
+Every stage draws from its own streams, derived from (seed, fold, stage) (`training.engine.stage_seed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mise.folds import Fold
+from modeling_mise import MiseAlignerModel, MiseClassifierModel, MiseGeneratorModel
+from modeling_mise.modeling_audio_classifier import multimodal_features
+
+from .aligner import aligner_config, encode_audio, text_codes, train_aligner
+from .arguments import MiseTrainingArguments, ModelArguments
+from .classifier import (
+    CandidateStore,
+    MultimodalAugmenter,
+    classifier_config,
+    generated_ratio_candidates,
+    train_classifier_choosing_ratio,
+)
+from .engine import StageRuntime, stage_seed
+from .infogan import TextSide, generator_config, train_generator
+from .out_of_fold import out_of_fold_features
+
+Tensor = torch.Tensor
+ALIGNER, GENERATOR, CLASSIFIER = 1, 2, 3  # stage numbers: the streams of stage k derive from (seed, fold, k)
+OUT_OF_FOLD = 10  # out-of-fold aligners: stages 10 (the groups) and 11, 12, ... (one per group)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What one fold trains: the augmentation of stage 3 and the settings of stages 1 and 2 (a row group of the
+    study table; `train.py` trains the one its arguments name, `Variant.of`)."""
+
+    name: str
+    description: str
+    augmentation: str  # "classic" or an `ModelArguments.augmentation` value
+    alignment: bool = True
+    text_code: bool = True
+    mi: bool = True
+    class_balanced: bool | None = None  # None: `class_balanced_generation` of the training arguments
+    full_data: bool = False  # class-imbalance study: trained on the training side before the class was cut
+    out_of_fold: bool = False  # stages 2 and 3 on out-of-fold z_a of the training rows (training.out_of_fold)
+    noise_std: float | None = None  # None: `noise_std` of the training arguments; 0: extra rows are copies
+
+    @classmethod
+    def of(cls, model_args: ModelArguments) -> Variant:
+        """The variant a training run's arguments describe."""
+        return cls(
+            model_args.augmentation, "the run's configuration", model_args.augmentation,
+            alignment=not model_args.no_alignment, text_code=not model_args.no_text_code,
+            mi=not model_args.no_mi and model_args.augmentation != "gan",
+        )  # fmt: skip
+
+    @property
+    def uses_generator(self) -> bool:
+        return self.augmentation in ("gan", "mise")
+
+    @property
+    def aligner_key(self) -> tuple[bool, ...]:
+        """Variants with the same key share one stage-1 space per fold and seed."""
+        return (self.alignment, self.full_data) + ((True,) if self.out_of_fold else ())
+
+    @property
+    def generator_key(self) -> tuple[bool, ...] | None:
+        """Variants with the same key share one stage-2 generator per fold and seed."""
+        if not self.uses_generator:
+            return None
+        return self.aligner_key + (self.text_code, self.mi and self.augmentation == "mise")
+
+    def model_arguments(self, model_args: ModelArguments) -> ModelArguments:
+        """The run's model arguments with this variant's switches."""
+        return dataclasses.replace(
+            model_args, augmentation=self.augmentation, no_alignment=not self.alignment,
+            no_text_code=not self.text_code, no_mi=not self.mi,
+        )  # fmt: skip
+
+    def training_arguments(self, args: MiseTrainingArguments) -> MiseTrainingArguments:
+        """The training arguments with this variant's stage-3 settings."""
+        if self.class_balanced is not None:
+            args = dataclasses.replace(args, class_balanced_generation=self.class_balanced)
+        if self.noise_std is not None:
+            args = dataclasses.replace(args, noise_std=self.noise_std)
+        return args
+
+
+@dataclass
+class FoldData:
+    """What every fold's stages read: the frozen features, labels and transcripts, and the run's arguments."""
+
+    audio: Tensor  # (N, audio_dim)
+    text: Tensor | None  # (N, text_dim), NaN rows without transcript
+    labels: Tensor  # (N,) class ids
+    id2label: dict[int, str]
+    audio_spec: dict | None
+    model_args: ModelArguments
+    training_args: MiseTrainingArguments
+    device: torch.device = torch.device("cpu")
+    transcripts: list[str | None] | None = None  # per row; a LoRA-tuned text encoder reads them
+    speakers: np.ndarray | None = None  # per row; out-of-fold variants group by it
+    out_of_fold_groups: int = 4  # speaker groups of the out-of-fold variants (one extra aligner each)
+
+
+@dataclass
+class Space:
+    """A fold's rows in a trained aligner's space: `z_a` and (multimodal) the `z_t` of the classifier and the
+    text-side generator."""
+
+    aligner: MiseAlignerModel
+    summary: dict  # stage 1's
+    train: np.ndarray  # the rows of z_train
+    val: np.ndarray  # the rows of z_val (none in a refit)
+    z_train: Tensor
+    z_val: Tensor
+    text_train: Tensor | None = None
+    text_val: Tensor | None = None
+
+
+@dataclass
+class Generated:
+    """A trained stage-2 generator with its training text codes and summary (or none of them)."""
+
+    model: MiseGeneratorModel | None = None
+    codes_train: Tensor | None = None
+    summary: dict | None = None
+
+
+@dataclass
+class Trained:
+    """The models of one variant of a fold and the summaries of their stages; after a refit, `selected` holds the
+    selection's models (which never saw the validation speakers)."""
+
+    space: Space
+    generated: Generated
+    classifier: MiseClassifierModel
+    stages: dict
+    selected: Trained | None = None
+
+    @property
+    def aligner(self) -> MiseAlignerModel:
+        return self.space.aligner
+
+
+class StageStore(Protocol):
+    """Where a run keeps a fold's finished stages, so that a resumed run reuses them (`train.py`)."""
+
+    def load(self, name: str, model_class: type) -> tuple[object, dict] | None: ...
+
+    def save(self, name: str, model, summary: dict) -> None: ...
+
+    def child(self, name: str) -> StageStore: ...
+
+
+class GeneratorObserver(Protocol):
+    """What the study adds to a generator's training: a score of every checkpoint and a look at the result."""
+
+    def checkpoint_scorer(self, variant: Variant, space: Space, codes: Tensor | None) -> Callable | None: ...
+
+    def generator_trained(
+        self, variant: Variant, space: Space, generated: Generated, runtime: StageRuntime
+    ) -> None: ...
+
+
+class _Candidates:
+    """Stage 3's finished candidates in a `StageStore` (`classifier_candidates/ratio-<r>`)."""
+
+    def __init__(self, store: StageStore) -> None:
+        self.store = store
+
+    def load(self, ratio: float):
+        return self.store.load(f"classifier_candidates/ratio-{ratio:g}", MiseClassifierModel)
+
+    def save(self, ratio: float, model: MiseClassifierModel, summary: dict) -> None:
+        self.store.save(f"classifier_candidates/ratio-{ratio:g}", model, summary)
+
+
+@dataclass
+class FoldTrainer:
+    """Trains the variants of one fold, sharing stage 1 per alignment setting and stage 2 per generator setting.
+
+    `runtime(fold_name, offset)`: the stage runtime of a stage of the fold named `fold_name` (a refit's is
+    `<fold>/refit`) that starts `offset` epochs into the fold (`train.py` maps it to checkpoints and tracker steps;
+    the study records the epochs). `store`: keeps finished stages for a resumed run.
+    `train_rows`: the fold's training rows (the class-imbalance study cuts them). `seed_index` numbers the fold in
+    the stage seeds (default: `fold_index`).
+    """
+
+    data: FoldData
+    fold: Fold
+    fold_index: int
+    seed: int
+    runtime: Callable[[str, int], StageRuntime]
+    store: StageStore | None = None
+    train_rows: np.ndarray | None = None
+    seed_index: int | None = None
+    observer: GeneratorObserver | None = None
+    args: MiseTrainingArguments | None = None  # a refit's fixed choices; default the run's
+    spaces: dict[tuple, Space] = field(default_factory=dict)
+    generators: dict[tuple, Generated] = field(default_factory=dict)
+    refits: dict[tuple, FoldTrainer] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.args = self.args or self.data.training_args
+        self.seed_index = self.fold_index if self.seed_index is None else self.seed_index
+        if self.train_rows is None:
+            self.train_rows = self.fold.train
+
+    def stage_seed(self, stage: int) -> int:
+        return stage_seed(self.seed, self.seed_index, stage)
+
+    @property
+    def selection_epochs(self) -> int:
+        """Epochs of the fold's stages 1 and 2 (the offset of stage 3's first candidate)."""
+        generator = self.args.generator_epochs if self.data.model_args.uses_generator else 0
+        return self.args.aligner_epochs + generator
+
+    def _store(self, name: str, model_class: type):
+        return None if self.store is None else self.store.load(name, model_class)
+
+    def _runtime(self, offset: int) -> StageRuntime:
+        return self.runtime(self.fold.name, offset)
+
+    # ------------------------------------------------------------------------------------------ stage 1
+    def space(self, variant: Variant) -> Space:
+        """The aligned (or unaligned) space of `variant`, trained once per alignment setting."""
+        key = variant.aligner_key
+        if key not in self.spaces:
+            if variant.out_of_fold:
+                self.spaces[key] = self._out_of_fold_space(variant)
+            else:
+                train = self.fold.train if variant.full_data else self.train_rows
+                self.spaces[key] = self._space(variant, train)
+        return self.spaces[key]
+
+    def _train_aligner(self, variant: Variant, train: np.ndarray, seed: int, name: str | None):
+        """(aligner, summary) of stage 1 on the rows `train`, early-stopped on the fold's validation rows; `name`:
+        where the store keeps it (None: not kept)."""
+        done = None if name is None else self._store(name, MiseAlignerModel)
+        if done is not None:
+            return done
+        data, val = self.data, self.fold.validation
+        model_args = variant.model_arguments(data.model_args)
+        text_dim = None if data.text is None else data.text.shape[1]
+        config = aligner_config(model_args, data.audio.shape[1], text_dim, data.id2label, data.audio_spec)
+        lora = config.text_lora is not None  # the text encoder trains too: tokens, not cached features
+        aligner, summary = train_aligner(
+            self._runtime(0), config, self.args, data.audio[train], data.labels[train], data.audio[val],
+            data.labels[val], text_train=None if data.text is None else data.text[train], seed=seed,
+            transcripts_train=[data.transcripts[i] for i in train] if lora else None,
+        )  # fmt: skip
+        if name is not None and self.store is not None:
+            self.store.save(name, aligner, summary)
+        return aligner, summary
+
+    def _space(self, variant: Variant, train: np.ndarray) -> Space:
+        aligner, summary = self._train_aligner(variant, train, self.stage_seed(ALIGNER), "aligner")
+        return self.encode(aligner, summary, variant, train)
+
+    def encode(self, aligner: MiseAlignerModel, summary: dict, variant: Variant, train: np.ndarray) -> Space:
+        """The fold's training and validation rows in `aligner`'s space."""
+        val, multimodal = self.fold.validation, self.data.model_args.multimodal
+        space = Space(
+            aligner, summary, train, val, encode_audio(aligner, self.data.audio[train]),
+            encode_audio(aligner, self.data.audio[val]),
+        )  # fmt: skip
+        if multimodal:
+            space.text_train = self.text_codes(aligner, train, variant, for_generator=False)
+            space.text_val = self.text_codes(aligner, val, variant, for_generator=False)
+        return space
+
+    def text_codes(
+        self, aligner: MiseAlignerModel, rows: np.ndarray, variant: Variant, for_generator: bool = True
+    ) -> Tensor | None:
+        """`z_t` of `rows` (`training.aligner.text_codes`; without alignment the raw text standardised on the
+        fold's training rows). The multimodal classifier asks with `for_generator=False`: z_t even under the
+        `no_text_code` ablation."""
+        data = self.data
+        if data.text is None or (for_generator and not variant.text_code):
+            return None
+        transcripts = None if data.transcripts is None else [data.transcripts[i] for i in rows]
+        return text_codes(aligner, data.text[rows], transcripts, reference=data.text[self.fold.train])
+
+    def _out_of_fold_space(self, variant: Variant) -> Space:
+        """The in-fold space of `variant` with out-of-fold `z_a` for its training rows (training.out_of_fold)."""
+        base = self.space(dataclasses.replace(variant, out_of_fold=False))
+        if self.data.speakers is None:
+            raise ValueError("out-of-fold features need the speaker of every row (FoldData.speakers)")
+
+        def fit(rows: np.ndarray, index: int) -> MiseAlignerModel:
+            return self._train_aligner(
+                variant, base.train[rows], self.stage_seed(OUT_OF_FOLD + 1 + index), None
+            )[0]
+
+        z_train = out_of_fold_features(
+            base.z_train, self.data.audio[base.train], self.data.speakers[base.train], fit,
+            self.data.out_of_fold_groups, seed=self.stage_seed(OUT_OF_FOLD),
+        )  # fmt: skip
+        return dataclasses.replace(base, z_train=z_train)
+
+    # ------------------------------------------------------------------------------------------ stage 2
+    def generator(self, variant: Variant, space: Space) -> Generated:
+        """The generator of `variant` in `space` (nothing for an augmentation without one), trained once per
+        generator setting."""
+        if not variant.uses_generator:
+            return Generated()
+        key = variant.generator_key
+        if key not in self.generators:
+            self.generators[key] = self._train_generator(variant, space)
+        return self.generators[key]
+
+    def _train_generator(self, variant: Variant, space: Space) -> Generated:
+        data, labels = self.data, self.data.labels
+        codes_train = self.text_codes(space.aligner, space.train, variant)  # the generator's text codes
+        done = self._store("generator", MiseGeneratorModel)
+        if done is not None:
+            return Generated(done[0].to(data.device), codes_train, done[1])
+        codes_val = self.text_codes(space.aligner, space.val, variant)
+        model_args = variant.model_arguments(data.model_args)
+        code_dim = None if codes_train is None else codes_train.shape[1]
+        config = generator_config(model_args, space.z_train.shape[1], code_dim, data.id2label)
+        seed = self.stage_seed(GENERATOR)
+        text_side = None
+        if model_args.multimodal:
+            text_side = TextSide(
+                config, self.args, space.z_train, labels[space.train], space.text_train, seed
+            )
+        scorer = (
+            None if self.observer is None else self.observer.checkpoint_scorer(variant, space, codes_train)
+        )
+        runtime = self._runtime(self.args.aligner_epochs)
+        model, summary = train_generator(
+            runtime, config, self.args, space.z_train, labels[space.train], space.z_val, labels[space.val],
+            text_codes_train=codes_train, text_codes_val=codes_val, seed=seed, text_side=text_side,
+            on_evaluate=scorer,
+        )  # fmt: skip
+        if self.store is not None:
+            self.store.save("generator", model, summary)
+        generated = Generated(model.to(data.device), codes_train, summary)
+        if self.observer is not None:
+            self.observer.generator_trained(variant, space, generated, runtime)
+        return generated
+
+    # ------------------------------------------------------------------------------------------ stage 3
+    def classifier(
+        self, variant: Variant, space: Space, generated: Generated, args: MiseTrainingArguments | None = None
+    ) -> tuple[MiseClassifierModel, dict]:
+        """Stage 3 of `variant`, once per candidate generated-to-real ratio, the best on the validation speakers
+        kept: (classifier, summary)."""
+        data = self.data
+        args = variant.training_arguments(args or self.args)
+        model_args = variant.model_arguments(data.model_args)
+        labels, seed = data.labels, self.stage_seed(CLASSIFIER)
+        features_train, features_val, augmenter_for, text_dim = space.z_train, space.z_val, None, None
+        if model_args.multimodal:  # [z_a; z_t] over the four real/generated combinations
+
+            def augmenter_for(stage_args: MiseTrainingArguments) -> MultimodalAugmenter:
+                return MultimodalAugmenter(
+                    model_args.augmentation, space.z_train, space.text_train, labels[space.train], stage_args,
+                    model_args.multimodal_text_dropout, generated.model, seed=seed,
+                )  # fmt: skip
+
+            features_train = multimodal_features(space.z_train, space.text_train)
+            features_val = multimodal_features(space.z_val, space.text_val)
+            text_dim = space.text_train.shape[1]
+        candidates = len(generated_ratio_candidates(args, model_args.augmentation, model_args.multimodal))
+        first = self.selection_epochs  # tracker offsets of the candidates
+        head = space.aligner.emotion_head if model_args.classifier_init_from_aligner else None
+        store: CandidateStore | None = (
+            None if self.store is None or candidates < 2 else _Candidates(self.store)
+        )
+        classifier, summary = train_classifier_choosing_ratio(
+            lambda index: self._runtime(first + index * args.classifier_epochs),
+            classifier_config(model_args, space.z_train.shape[1], data.id2label, text_dim), args,
+            (features_train, labels[space.train], features_val, labels[space.val]), model_args.augmentation,
+            multimodal=model_args.multimodal, augmenter_for=augmenter_for, store=store,
+            generator=generated.model, text_codes_train=generated.codes_train, seed=seed, head_init=head,
+        )  # fmt: skip
+        return classifier, summary
+
+    # ------------------------------------------------------------------------------------------ a variant
+    def train(self, variant: Variant) -> Trained:
+        """Stages 1-3 of `variant`, selected on the validation speakers; with `refit`, trained once more on the
+        training and validation speakers with those choices (`refit`)."""
+        if self.data.model_args.multimodal and self.data.text is None:
+            raise ValueError(
+                "multimodal: no usable clip has a transcript (check transcript_column and the text encoder)"
+            )
+        trained = self._stages(variant)
+        if not self.args.refit or len(self.fold.validation) == 0 or variant.out_of_fold:
+            return trained
+        return self.refit(variant, trained)
+
+    def _stages(self, variant: Variant) -> Trained:
+        space = self.space(variant)
+        generated = self.generator(variant, space)
+        done = self._store("classifier", MiseClassifierModel) if self.store is not None else None
+        if done is None:
+            classifier, summary = self.classifier(variant, space, generated)
+            if self.store is not None:
+                self.store.save("classifier", classifier, summary)
+        else:
+            classifier, summary = done[0].to(self.data.device), done[1]
+        stages = {"aligner": space.summary, "generator": generated.summary, "classifier": summary}
+        return Trained(space, generated, classifier, stages)
+
+    def refit(self, variant: Variant, selected: Trained) -> Trained:
+        """The stages of `variant` once more on the training and validation rows, each for the epochs the
+        selection chose (stage 3 with the kept ratio); stage 1 and 2 once per setting. `stages.selection` and
+        `selected` keep the selection's."""
+        fixed = refit_arguments(self.args, selected.stages)
+        key = variant.aligner_key
+        if key not in self.refits:
+            self.refits[key] = self._refit_trainer(fixed)
+        child = self.refits[key]
+        child.args = fixed
+        refitted = child._stages(variant)
+        refitted.stages["selection"] = selected.stages
+        refitted.selected = selected
+        return refitted
+
+    def _refit_trainer(self, fixed: MiseTrainingArguments) -> FoldTrainer:
+        fold = dataclasses.replace(
+            self.fold,
+            name=f"{self.fold.name}/{REFIT}",
+            train=np.concatenate([self.train_rows, self.fold.validation]),
+            validation=self.fold.validation[:0],
+        )
+        offset = self.selection_epochs + self.data.training_args.classifier_epochs * len(
+            generated_ratio_candidates(
+                self.data.training_args, self.data.model_args.augmentation, self.data.model_args.multimodal
+            )
+        )
+        return FoldTrainer(
+            self.data, fold, self.fold_index, self.seed, lambda name, start: self.runtime(name, offset + start),
+            None if self.store is None else self.store.child(REFIT), seed_index=self.seed_index, args=fixed,
+        )  # fmt: skip
+
+
+REFIT = "refit"  # a fold's stages trained once more on training + validation speakers: `<fold>/refit/`
+
+
+def refit_arguments(args: MiseTrainingArguments, stages: dict) -> MiseTrainingArguments:
+    """The choices a fold made on its validation speakers as fixed settings: each stage trains for its chosen
+    epoch (stage 1 and 3: early stopping, stage 2: the best-MI checkpoint), stage 3 with the kept
+    generated-to-real ratio, nothing left to select."""
+    generator, classifier = stages["generator"], stages["classifier"]
+    ratio = classifier["generated_ratio"]
+    return dataclasses.replace(
+        args,
+        aligner_epochs=max(1, stages["aligner"]["best_epoch"]),
+        generator_epochs=args.generator_epochs if generator is None else max(1, generator["best_epoch"]),
+        classifier_epochs=max(1, classifier["best_epoch"]),
+        generated_ratios=[],
+        generated_ratio=args.generated_ratio if ratio is None else ratio,
+        early_stopping_patience=0,
+    )
