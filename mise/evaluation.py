@@ -89,6 +89,7 @@ def adapt_statistics(classifier: AudioFileClassifier, corpus, waveforms: Sequenc
     feature cache (``MISE_CACHE``) when training already computed them."""
     from mise.cache import FeatureCache
     from modeling_mise.audio import crop
+    from modeling_mise.layers import feature_statistics
 
     model = classifier.model
     if not (hasattr(model, "aligner") and hasattr(model, "audio_encoder")):
@@ -103,7 +104,7 @@ def adapt_statistics(classifier: AudioFileClassifier, corpus, waveforms: Sequenc
         return model.audio_encoder.encode(clips, show_progress=False)
 
     features = cache.get_or_compute(corpus.fingerprints(), encode, desc="audio").float()
-    model.aligner.set_feature_statistics(features.mean(0), features.std(0))
+    model.aligner.set_feature_statistics(*feature_statistics(features))
 
 
 def evaluate_on_corpus(

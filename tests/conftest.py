@@ -112,6 +112,7 @@ def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps
     )
     from modeling_mise.audio import load_audio
     from modeling_mise.encoders import load_audio_encoder
+    from modeling_mise.layers import feature_statistics
 
     names = sorted({row["emotion"] for row in rows})
     chosen = []
@@ -128,7 +129,7 @@ def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps
             audio_dim=88, projection_dim=32, hidden_sizes=[64], use_text=False, id2label=id2label
         )
     )
-    aligner.set_feature_statistics(hidden.mean(0), hidden.std(0))
+    aligner.set_feature_statistics(*feature_statistics(hidden))
     _fit(aligner, steps, audio_features=hidden, labels=labels)
     with torch.no_grad():
         audio_embeds = aligner.get_audio_features(hidden)

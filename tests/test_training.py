@@ -1028,7 +1028,7 @@ def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_r
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
     from modeling_mise.audio import load_audio
-    from modeling_mise.layers import speaker_normalize, speaker_statistics
+    from modeling_mise.layers import speaker_statistics, standardize
     from training.speaker_normalization import PRIOR_STRENGTHS
 
     summary = read_json(reference_run / "summary.json")
@@ -1069,7 +1069,7 @@ def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_r
         plain = model(**test).logits
         hidden = model.audio_encoder(test["input_values"], attention_mask=test["attention_mask"])
         expected = model.speaker_classifier(
-            features=model.speaker_aligner.get_audio_features(speaker_normalize(hidden, *statistics))
+            features=model.speaker_aligner.get_audio_features(standardize(hidden, *statistics))
         ).logits
         enrol_hidden = model.audio_encoder(enrol["input_values"], attention_mask=enrol["attention_mask"])
     shrunk = speaker_statistics(enrol_hidden, prior, model.config.speaker_prior_strength)
