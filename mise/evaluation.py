@@ -87,7 +87,7 @@ def adapt_statistics(classifier: AudioFileClassifier, corpus, waveforms: Sequenc
     """Re-standardise a MISE model's frozen features with the corpus' own mean and std (no labels used): the
     usual cross-corpus adaptation, since recording conditions shift every feature. Features come from the
     feature cache (``MISE_CACHE``) when training already computed them."""
-    from mise.cache import FeatureCache
+    from mise.cache import FeatureCache, default_cache_dir
     from modeling_mise.audio import crop
     from modeling_mise.layers import feature_statistics
 
@@ -96,8 +96,7 @@ def adapt_statistics(classifier: AudioFileClassifier, corpus, waveforms: Sequenc
         raise ValueError("normalize='corpus': needs a MISE audio classifier (frozen encoder + aligner)")
     longest = float(classifier.feature_extractor.max_duration_s)
     rate = classifier.sampling_rate
-    cache_root = Path(os.environ.get("MISE_CACHE", Path.home() / ".cache" / "mise")) / "features"
-    cache = FeatureCache(cache_root, {**model.audio_encoder.spec(), "max_duration_s": longest})
+    cache = FeatureCache(default_cache_dir(), {**model.audio_encoder.spec(), "max_duration_s": longest})
 
     def encode(indices: list[int]):
         clips = [crop(waveforms[i], rate, longest)[0] for i in indices]
