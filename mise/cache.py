@@ -37,6 +37,12 @@ _REJECTION_KEY = "rejection"
 _READ_ERRORS = (OSError, SafetensorError, KeyError, ValueError, RuntimeError)
 
 
+def default_cache_dir() -> Path:
+    """The feature cache's folder when none is given: ``$MISE_CACHE/features``, by default
+    ``~/.cache/mise/features``."""
+    return Path(os.environ.get("MISE_CACHE", Path.home() / ".cache" / "mise")) / "features"
+
+
 def canonical_spec_json(encoder_spec: dict) -> str:
     """The canonical JSON of an encoder spec: sorted keys, no whitespace, ASCII only."""
     try:

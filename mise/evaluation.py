@@ -87,23 +87,23 @@ def adapt_statistics(classifier: AudioFileClassifier, corpus, waveforms: Sequenc
     """Re-standardise a MISE model's frozen features with the corpus' own mean and std (no labels used): the
     usual cross-corpus adaptation, since recording conditions shift every feature. Features come from the
     feature cache (``MISE_CACHE``) when training already computed them."""
-    from mise.cache import FeatureCache
+    from mise.cache import FeatureCache, default_cache_dir
     from modeling_mise.audio import crop
+    from modeling_mise.layers import feature_statistics
 
     model = classifier.model
     if not (hasattr(model, "aligner") and hasattr(model, "audio_encoder")):
         raise ValueError("normalize='corpus': needs a MISE audio classifier (frozen encoder + aligner)")
     longest = float(classifier.feature_extractor.max_duration_s)
     rate = classifier.sampling_rate
-    cache_root = Path(os.environ.get("MISE_CACHE", Path.home() / ".cache" / "mise")) / "features"
-    cache = FeatureCache(cache_root, {**model.audio_encoder.spec(), "max_duration_s": longest})
+    cache = FeatureCache(default_cache_dir(), {**model.audio_encoder.spec(), "max_duration_s": longest})
 
     def encode(indices: list[int]):
         clips = [crop(waveforms[i], rate, longest)[0] for i in indices]
         return model.audio_encoder.encode(clips, show_progress=False)
 
     features = cache.get_or_compute(corpus.fingerprints(), encode, desc="audio").float()
-    model.aligner.set_feature_statistics(features.mean(0), features.std(0))
+    model.aligner.set_feature_statistics(*feature_statistics(features))
 
 
 def evaluate_on_corpus(

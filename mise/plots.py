@@ -23,6 +23,7 @@ __all__ = [
     "plot_feature_map",
     "plot_quality_curves",
     "plot_study_bars",
+    "save_figure",
 ]
 
 QUALITY_METRICS = {
@@ -34,7 +35,8 @@ QUALITY_METRICS = {
 }
 
 
-def _save(figure: Figure, path: str | Path) -> Path:
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Write `figure` as a PNG at `path` (folders created): every figure of this module ends here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, bbox_inches="tight")
@@ -98,7 +100,7 @@ def plot_quality_curves(records: Sequence[Mapping[str, Any]], path: str | Path, 
     axes[0].legend(fontsize=8)
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _embed(values: np.ndarray, method: str, seed: int) -> np.ndarray:
@@ -158,7 +160,7 @@ def plot_feature_map(
     axis.set_title(title or f"real vs generated features ({method.upper()})", fontsize=10)
     axis.set_xticks([])
     axis.set_yticks([])
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_confusion_matrix(
@@ -185,7 +187,7 @@ def plot_confusion_matrix(
         colour = "white" if value > threshold else "black"
         axis.text(column, row, text, ha="center", va="center", fontsize=7, color=colour)
     axis.set_title(title, fontsize=10)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_study_bars(
@@ -246,7 +248,7 @@ def plot_study_bars(
     axis.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=3, frameon=False)
     if title:
         figure.suptitle(title, fontsize=10)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_cross_corpus(
@@ -277,4 +279,4 @@ def plot_cross_corpus(
     axes[0].set_ylabel("training corpus", fontsize=8)
     bar = figure.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02)
     bar.set_label("UAR [%]" + (f" (chance {100 * chance:.1f})" if chance else ""), fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from modeling_mise.layers import feature_statistics, standardize
 from modeling_mise.losses import emotion_mi_lower_bound, text_mi_lower_bound
 
 __all__ = [
@@ -180,7 +181,7 @@ class MIProbe:
     def _standardise(self, features: np.ndarray, name: str) -> np.ndarray:
         if features.shape[1] != self.mean_.size:
             raise ValueError(f"{name}: feature size {features.shape[1]} != probe's {self.mean_.size}")
-        return (features - self.mean_) / self.scale_
+        return standardize(features, self.mean_, self.scale_)
 
     def fit(self, features: Any, labels: Any, text_codes: Any = None, seed: int = 0) -> MIProbe:
         """Fit ``Q_y`` (and ``Q_t`` when ``text_codes`` are given) on real features (N, D)."""
@@ -191,8 +192,7 @@ class MIProbe:
         if np.unique(y).size < 2:
             raise ValueError("labels: the probe needs at least two classes in the real data")
         self.seed = seed
-        self.mean_ = x.mean(axis=0)
-        self.scale_ = np.where(x.std(axis=0) > 1e-12, x.std(axis=0), 1.0)
+        self.mean_, self.scale_ = feature_statistics(x)
         z = self._standardise(x, "features")
         self.classifier = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=seed).fit(z, y)
         self.text_regressor = None

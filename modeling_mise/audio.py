@@ -39,6 +39,10 @@ except Exception:  # torchcodec raises RuntimeError/OSError, not ImportError, wh
     AudioDecoder = None
 
 
+# the file suffixes taken for audio when a folder is searched for clips (any other file is left alone)
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au", ".m4a", ".webm")
+
+
 class AudioInputError(ValueError):
     """Unusable audio input; the message is ``"<source>: <reason>"``."""
 

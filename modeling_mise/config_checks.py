@@ -47,6 +47,20 @@ def check_choice(config_name: str, field: str, value: object, choices: Sequence[
         raise ValueError(f"{config_name}.{field} must be one of {list(choices)}, got {value!r}")
 
 
+def check_temperature(config_name: str, field: str, value: object) -> None:
+    """Raise unless ``value`` is a real number in (0, 10): an InfoNCE temperature."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10:
+        raise ValueError(f"{config_name}.{field} must be in (0, 10), got {value!r}")
+
+
+def with_default_labels(kwargs: dict) -> dict:
+    """The ``PretrainedConfig`` keyword arguments of an emotion model: 4 classes when neither ``id2label`` nor
+    ``num_labels`` is given."""
+    if "id2label" not in kwargs and "num_labels" not in kwargs:
+        return {**kwargs, "num_labels": 4}
+    return kwargs
+
+
 def check_labels(config_name: str, num_labels: int) -> None:
     """An emotion model needs at least two classes."""
     if num_labels < 2:

@@ -11,6 +11,8 @@ from .config_checks import (
     check_non_negative,
     check_positive_int,
     check_probability,
+    check_temperature,
+    with_default_labels,
 )
 
 TEXT_POOLINGS = ("mean", "last", "cls")
@@ -117,8 +119,7 @@ class MiseAlignerConfig(PretrainedConfig):
         check_probability(name, "dropout", dropout)
         check_probability(name, "input_dropout", input_dropout)
         check_non_negative(name, "lambda_cl", lambda_cl)
-        if not isinstance(tau_init, (int, float)) or isinstance(tau_init, bool) or not 0 < tau_init < 10:
-            raise ValueError(f"{name}.tau_init must be in (0, 10), got {tau_init!r}")
+        check_temperature(name, "tau_init", tau_init)
         if not isinstance(audio_encoder, str) or not audio_encoder:
             raise ValueError(f"{name}.audio_encoder must be a non-empty string, got {audio_encoder!r}")
         self.audio_dim = audio_dim
@@ -144,7 +145,5 @@ class MiseAlignerConfig(PretrainedConfig):
         self.text_lora = check_text_lora(text_lora, f"{name}.text_lora")
         if self.text_lora is not None and not self.use_text:
             raise ValueError(f"{name}.text_lora needs use_text=True (a text projection head to tune for)")
-        if "id2label" not in kwargs and "num_labels" not in kwargs:
-            kwargs["num_labels"] = 4
-        super().__init__(**kwargs)
+        super().__init__(**with_default_labels(kwargs))
         check_labels(name, self.num_labels)

@@ -10,6 +10,8 @@ from .config_checks import (
     check_non_negative,
     check_positive_int,
     check_probability,
+    check_temperature,
+    with_default_labels,
 )
 
 
@@ -70,8 +72,7 @@ class MiseGeneratorConfig(PretrainedConfig):
         check_probability(name, "text_code_dropout", text_code_dropout, allow_one=True)
         check_non_negative(name, "lambda_y", lambda_y)
         check_non_negative(name, "lambda_t", lambda_t)
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < 10:
-            raise ValueError(f"{name}.tau must be in (0, 10), got {tau!r}")
+        check_temperature(name, "tau", tau)
         self.feature_dim = feature_dim
         self.text_code_dim = text_code_dim
         self.noise_dim = noise_dim
@@ -84,7 +85,5 @@ class MiseGeneratorConfig(PretrainedConfig):
         self.lambda_y = float(lambda_y)
         self.lambda_t = float(lambda_t)
         self.tau = float(tau)
-        if "id2label" not in kwargs and "num_labels" not in kwargs:
-            kwargs["num_labels"] = 4
-        super().__init__(**kwargs)
+        super().__init__(**with_default_labels(kwargs))
         check_labels(name, self.num_labels)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -82,15 +83,44 @@ def init_mise_weights(module: nn.Module) -> None:
         module.reset_parameters()
 
 
+STD_FLOOR = 1e-6  # the smallest standard deviation a standardised feature is divided by
+
+
+def feature_statistics(
+    features: torch.Tensor | np.ndarray,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation of rows `(n, dim)`: the statistics of every standardisation in
+    MISE (the aligner's inputs, a speaker's clips, the MI probe, the classic baseline, a corpus' own).
+
+    The std is the unbiased one, 1 for a single row, and floored at `STD_FLOOR` so a constant feature stays
+    finite. A NumPy array gives NumPy arrays of its dtype.
+    """
+    if isinstance(features, np.ndarray):
+        return tuple(value.numpy() for value in feature_statistics(torch.as_tensor(features)))
+    if features.dim() != 2:
+        raise ValueError(f"feature statistics need rows of shape (n, dim), got {tuple(features.shape)}")
+    if features.shape[0] > 1:
+        std = features.std(0)
+    else:
+        std = torch.ones(features.shape[1], dtype=features.dtype, device=features.device)
+    return features.mean(0), std.clamp(min=STD_FLOOR)
+
+
+def standardize(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Features z-normalised with the statistics of [`feature_statistics`] (or [`speaker_statistics`]); tensors or
+    NumPy arrays."""
+    return (features - mean) / std
+
+
 def speaker_statistics(
     features: torch.Tensor,
     prior: tuple[torch.Tensor, torch.Tensor] | None = None,
     prior_strength: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation over one speaker's clips `(n, dim)`: the per-speaker statistics that training,
-    the enrolment evaluation and the released model share (std floored at 1e-6).
+    the enrolment evaluation and the released model share.
 
-    Without `prior`: the speaker's own mean and (unbiased) std; std 1 for a single clip.
+    Without `prior`: the speaker's own [`feature_statistics`].
 
     With `prior = (prior_mean, prior_var)` (the training clips' mean and the training speakers' pooled
     within-speaker variance, per feature) and `prior_strength` n0 > 0, the statistics of n clips are shrunk toward
@@ -106,8 +136,7 @@ def speaker_statistics(
     if features.dim() != 2 or features.shape[0] == 0:
         raise ValueError(f"speaker statistics need clips of shape (n >= 1, dim), got {tuple(features.shape)}")
     if prior is None:
-        std = features.std(0) if features.shape[0] > 1 else torch.ones_like(features[0])
-        return features.mean(0), std.clamp(min=1e-6)
+        return feature_statistics(features)
     if prior_strength < 0:
         raise ValueError(f"prior_strength must be >= 0, got {prior_strength}")
     prior = tuple(tensor.to(features.dtype) for tensor in prior)
@@ -128,7 +157,7 @@ def shrink_statistics(
     prior_mean, prior_var = prior
     mean = (n * own_mean + prior_strength * prior_mean) / (n + prior_strength)
     var = (n * own_var + prior_strength * prior_var) / (n + prior_strength)
-    return mean, var.sqrt().clamp(min=1e-6)
+    return mean, var.sqrt().clamp(min=STD_FLOOR)
 
 
 def speaker_prior(features: torch.Tensor, speakers: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,11 +174,6 @@ def speaker_prior(features: torch.Tensor, speakers: Sequence) -> tuple[torch.Ten
         rows = torch.as_tensor([index for index, name in enumerate(speakers) if name == speaker])
         deviations[rows] = features[rows] - features[rows].mean(0)
     return features.mean(0), deviations.pow(2).mean(0)
-
-
-def speaker_normalize(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Features z-normalised with one speaker's statistics."""
-    return (features - mean) / std
 
 
 class MisePreTrainedModel(PreTrainedModel):

@@ -24,7 +24,7 @@ from .encoders import (
     load_text_encoder,
     load_text_lora,
 )
-from .layers import FastDropout, MisePreTrainedModel, mlp
+from .layers import STD_FLOOR, FastDropout, MisePreTrainedModel, mlp, standardize
 from .losses import soft_cross_entropy, symmetric_info_nce
 
 # in a model folder: the LoRA adapter with peft's own files (adapter_config.json, adapter_model.safetensors)
@@ -126,10 +126,10 @@ class MiseAlignerModel(MisePreTrainedModel):
     ) -> None:
         """Store the standardisation statistics of the frozen features (fit them on training speakers only)."""
         self.audio_mean.copy_(audio_mean)
-        self.audio_std.copy_(torch.clamp(torch.as_tensor(audio_std, dtype=self.audio_std.dtype), min=1e-6))
+        self.audio_std.copy_(torch.as_tensor(audio_std, dtype=self.audio_std.dtype).clamp(min=STD_FLOOR))
         if text_mean is not None and self.config.use_text:
             self.text_mean.copy_(text_mean)
-            self.text_std.copy_(torch.clamp(torch.as_tensor(text_std, dtype=self.text_std.dtype), min=1e-6))
+            self.text_std.copy_(torch.as_tensor(text_std, dtype=self.text_std.dtype).clamp(min=STD_FLOOR))
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -146,7 +146,7 @@ class MiseAlignerModel(MisePreTrainedModel):
     def get_audio_features(self, audio_features: torch.Tensor) -> torch.Tensor:
         """`z_a`: the L2-normalised audio projection of frozen audio features `h` of shape `(batch, audio_dim)`."""
         self._check_features(audio_features, self.config.audio_dim, "audio_features")
-        standardised = (audio_features.to(self.audio_mean.dtype) - self.audio_mean) / self.audio_std
+        standardised = standardize(audio_features.to(self.audio_mean.dtype), self.audio_mean, self.audio_std)
         return F.normalize(self.audio_projection(self.input_dropout(standardised)), dim=-1)
 
     # ------------------------------------------------------------------------------------- text encoder
@@ -228,7 +228,7 @@ class MiseAlignerModel(MisePreTrainedModel):
                 attention_mask = torch.ones_like(input_ids)
             text_features = self.encode_text(input_ids, attention_mask).to(self.text_mean.device)
         self._check_features(text_features, self.config.text_dim, "text_features")
-        standardised = (text_features.to(self.text_mean.dtype) - self.text_mean) / self.text_std
+        standardised = standardize(text_features.to(self.text_mean.dtype), self.text_mean, self.text_std)
         return F.normalize(self.text_projection(standardised), dim=-1)
 
     def classify(self, audio_embeds: torch.Tensor) -> torch.Tensor:

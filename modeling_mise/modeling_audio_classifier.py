@@ -16,7 +16,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .configuration_audio_classifier import PIPELINE_TASK, MiseAudioClassifierConfig
 from .encoders import AudioEncoder, build_audio_encoder, load_audio_encoder
-from .layers import MisePreTrainedModel, speaker_normalize, speaker_statistics
+from .layers import MisePreTrainedModel, speaker_statistics, standardize
 from .losses import soft_cross_entropy
 from .modeling_aligner import MiseAlignerModel, without_text_encoder
 from .modeling_classifier import MiseClassifierModel
@@ -243,7 +243,7 @@ class MiseForAudioClassification(MisePreTrainedModel):
         if speaker_statistics is not None:
             self._check_enrolment()
             aligner, classifier = self.speaker_aligner, self.speaker_classifier
-            hidden = speaker_normalize(hidden.to(aligner.audio_mean.dtype), *speaker_statistics)
+            hidden = standardize(hidden.to(aligner.audio_mean.dtype), *speaker_statistics)
         audio_embeds = aligner.get_audio_features(hidden.to(aligner.audio_mean.dtype))
         features = audio_embeds
         if self.multimodal:

@@ -112,6 +112,7 @@ def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps
     )
     from modeling_mise.audio import load_audio
     from modeling_mise.encoders import load_audio_encoder
+    from modeling_mise.layers import feature_statistics
 
     names = sorted({row["emotion"] for row in rows})
     chosen = []
@@ -128,7 +129,7 @@ def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps
             audio_dim=88, projection_dim=32, hidden_sizes=[64], use_text=False, id2label=id2label
         )
     )
-    aligner.set_feature_statistics(hidden.mean(0), hidden.std(0))
+    aligner.set_feature_statistics(*feature_statistics(hidden))
     _fit(aligner, steps, audio_features=hidden, labels=labels)
     with torch.no_grad():
         audio_embeds = aligner.get_audio_features(hidden)
@@ -209,3 +210,36 @@ def load_file_module(name: str, path: Path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+class FigureRecorder:
+    """Keeps every figure `mise.plots` saves while it is installed, by file name, and still writes it: the tests
+    read what a figure draws (its artists) instead of the size of its PNG."""
+
+    def __init__(self, monkeypatch) -> None:
+        import mise.plots as plots
+
+        self.figures: dict = {}
+        save = plots.save_figure
+
+        def recording(figure, path):
+            self.figures[Path(path).name] = figure
+            return save(figure, path)
+
+        monkeypatch.setattr(plots, "save_figure", recording)
+
+
+def tick_labels(labels) -> list[str]:
+    return [label.get_text() for label in labels]
+
+
+def check_confusion_figure(figure, matrix, names: list[str], title: str) -> None:
+    """A confusion-matrix figure shows `matrix` (counts, rows = true class) as recall per true class, one cell
+    text per entry, the class names on both axes and `title` in its title."""
+    axis = figure.axes[0]  # the second is the colour bar
+    counts = np.asarray(matrix, dtype=np.float64)
+    recall = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
+    np.testing.assert_allclose(np.asarray(axis.images[0].get_array()), recall)
+    assert [text.get_text() for text in axis.texts] == [f"{value:.2f}" for value in recall.ravel()]
+    assert tick_labels(axis.get_xticklabels()) == names and tick_labels(axis.get_yticklabels()) == names
+    assert (axis.get_xlabel(), axis.get_ylabel()) == ("predicted", "true") and title in axis.get_title()

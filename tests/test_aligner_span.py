@@ -9,6 +9,7 @@ from accelerate import Accelerator
 
 from modeling_mise.audio import load_audio
 from modeling_mise.encoders import load_audio_encoder
+from modeling_mise.layers import feature_statistics, standardize
 from training.aligner import aligner_config, encode_audio, train_aligner, training_span
 from training.arguments import MiseTrainingArguments, ModelArguments
 from training.engine import StageRuntime
@@ -43,7 +44,7 @@ def _train(features: torch.Tensor, labels: torch.Tensor, span: bool):
 
 def test_training_span_is_an_orthonormal_basis_of_the_centred_clips(real_features):
     features = real_features[0][:TRAIN_CLIPS]
-    standardised = (features - features.mean(0)) / features.std(0).clamp(min=1e-6)
+    standardised = standardize(features, *feature_statistics(features))
     basis = training_span(standardised)
     assert basis.shape == (88, TRAIN_CLIPS - 1)  # centring removes one direction
     assert torch.allclose(basis.T @ basis, torch.eye(TRAIN_CLIPS - 1), atol=1e-4)
@@ -55,8 +56,8 @@ def test_training_span_is_an_orthonormal_basis_of_the_centred_clips(real_feature
 def test_span_aligner_ignores_directions_no_training_clip_has(real_features):
     features, labels = real_features
     train = features[:TRAIN_CLIPS]
-    mean, std = train.mean(0), train.std(0).clamp(min=1e-6)
-    basis = training_span((train - mean) / std)
+    mean, std = feature_statistics(train)
+    basis = training_span(standardize(train, mean, std))
     unseen = torch.randn(88, generator=torch.Generator().manual_seed(1))
     unseen = (unseen - basis @ (basis.T @ unseen)) * std * 5  # outside the span, in raw feature units
     test = features[TRAIN_CLIPS:]

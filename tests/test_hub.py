@@ -349,6 +349,8 @@ def test_bad_run_folders_and_names(tmp_path, trained_run):
         read_run_card(tmp_path)
     with pytest.raises(ValueError, match="org"):
         repo_ids("bad org!", PREFIX)
+    with pytest.raises(ValueError, match="prefix: 'p+' does not make a valid Hub name.*96"):
+        repo_ids(ORG, "p" * 90)  # "<org>/ppp...-audio-classifier": a repository name over 96 characters
     # a card.json with the results only (no corpus, folds, command): the cards say "not recorded"
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -407,6 +409,26 @@ def test_card_json_is_what_training_tells_the_cards(trained_run, tmp_path):
         f"{augmentation['generated_ratio']:g}:1 generated to real, the ratio chosen on validation speakers among 0.5, 1, 2"
         in context["augmentation_text"]
     )
+
+
+def test_cards_of_an_emodb_run_record_its_licence_and_language(trained_run, tmp_path):
+    """Emo-DB is a known corpus: a run on its manifest states CC0 1.0 and German, as a RAVDESS run states its own."""
+    out, _ = trained_run
+    summary = json.loads((out / "summary.json").read_text())
+    run_info = json.loads((out / "run_info.json").read_text())
+    run_info["corpus"] = {**run_info["corpus"], "source": "corpora/emodb/manifest.csv"}
+    emodb = {"dataset": "corpora/emodb/manifest.csv", "data_dir": None, "dataset_license": None}
+    run_info["config"] = {**run_info["config"], **emodb}
+    write_run_card(tmp_path, summary, run_info, [])
+    stated = read_run_card(tmp_path)
+    assert stated["corpus"] == {**stated["corpus"], "name": "Emo-DB", "license": "cc0-1.0",
+                                "license_source": "known corpus"}  # fmt: skip
+    configs = {
+        kind: json.loads((out / "models" / MODEL_FOLDERS[kind] / "config.json").read_text()) for kind in KINDS
+    }
+    card = render_card("classifier", card_context("classifier", stated, configs, repo_ids(ORG, PREFIX)))
+    assert card.data.license == "cc0-1.0" and card.data.language == ["de"]
+    assert "Emo-DB, released under CC0 1.0" in card.text and "German" in card.text
 
 
 def test_card_for_a_transformers_audio_encoder(trained_run):

@@ -103,6 +103,29 @@ def test_aligner_feature_statistics_are_saved(tmp_path):
     assert torch.allclose(loaded.get_audio_features(x), model.get_audio_features(x))
 
 
+def test_feature_statistics_are_the_one_standardisation():
+    """Unbiased std floored at 1e-6 (a constant feature stays finite), 1 for a single row; a NumPy array gives
+    NumPy arrays of the same numbers (the MI probe and the classic baseline standardise NumPy features)."""
+    import numpy as np
+
+    from modeling_mise.layers import STD_FLOOR, feature_statistics, standardize
+
+    rows = torch.tensor([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0], [5.0, 5.0, 9.0]], dtype=torch.float64)
+    mean, std = feature_statistics(rows)
+    torch.testing.assert_close(mean, torch.tensor([3.0, 5.0, 5.0], dtype=torch.float64))
+    torch.testing.assert_close(std, torch.tensor([2.0, STD_FLOOR, 13.0**0.5], dtype=torch.float64))
+    assert torch.equal(standardize(rows, mean, std)[:, 1], torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(feature_statistics(rows[:1])[1], torch.ones(3, dtype=torch.float64))
+    as_numpy = feature_statistics(rows.numpy())
+    assert all(isinstance(value, np.ndarray) and value.dtype == np.float64 for value in as_numpy)
+    np.testing.assert_array_equal(as_numpy[1], std.numpy())
+    model = tiny_aligner().eval()  # the aligner divides by the same floor whatever std it is given
+    model.set_feature_statistics(torch.zeros(10), torch.zeros(10))
+    assert torch.equal(model.audio_std, torch.full((10,), STD_FLOOR))
+    with pytest.raises(ValueError, match="rows of shape"):
+        feature_statistics(torch.ones(3))
+
+
 def test_aligner_rejects_wrong_feature_size():
     with pytest.raises(ValueError, match="audio_dim"):
         tiny_aligner()(torch.randn(2, 11))

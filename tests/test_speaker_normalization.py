@@ -9,7 +9,7 @@ import torch
 
 from modeling_mise.audio import load_audio
 from modeling_mise.encoders import load_audio_encoder
-from modeling_mise.layers import speaker_normalize, speaker_prior, speaker_statistics
+from modeling_mise.layers import speaker_prior, speaker_statistics, standardize
 
 SPEAKERS = ("Actor_01", "Actor_02", "Actor_03")
 CLIPS_PER_SPEAKER = 8
@@ -71,8 +71,8 @@ def test_three_enrolment_clips_do_not_blow_up_near_constant_features(compare_fea
     prior = speaker_prior(features[train], speakers[train.numpy()])
     own = features[~train]
     test, enrolment = own[0], own[1:4]
-    old = speaker_normalize(test, *speaker_statistics(enrolment))
-    new = speaker_normalize(test, *speaker_statistics(enrolment, prior, 5.0))
+    old = standardize(test, *speaker_statistics(enrolment))
+    new = standardize(test, *speaker_statistics(enrolment, prior, 5.0))
     # the near-constant features are there on real clips: the clips' own statistics blow up
     near_constant = (enrolment.std(0) < 1e-3 * prior[1].sqrt()).sum().item()
     assert near_constant > 10, near_constant
@@ -81,7 +81,7 @@ def test_three_enrolment_clips_do_not_blow_up_near_constant_features(compare_fea
     assert torch.isfinite(new).all()
     assert new.abs().max() < 1e3 and (new.abs() > 10).sum() < 30, (new.abs().max(), (new.abs() > 10).sum())
     # the test clip's features are as spread as the speaker's all-clips normalisation makes them
-    reference = speaker_normalize(test, *speaker_statistics(own))
+    reference = standardize(test, *speaker_statistics(own))
     assert new.abs().median() < 3 * reference.abs().median()
 
 
@@ -104,5 +104,5 @@ def test_enrolment_normalises_each_clip_with_the_statistics_of_its_enrolment_cli
         others = rows[(speakers == speakers[index]) & (rows != index)]
         others = rng.choice(others, size=size, replace=False) if size else others
         statistics = speaker_statistics(features[torch.as_tensor(others)], (prior.mean, prior.var), 5.0)
-        expected.append(speaker_normalize(features[index], *statistics))
+        expected.append(standardize(features[index], *statistics))
     assert torch.equal(enrolment.normalized(rows, moments, prior, 5.0), torch.stack(expected))

@@ -13,17 +13,20 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import yaml
-from conftest import write_manifest
+from conftest import FigureRecorder, check_confusion_figure, tick_labels, write_manifest
+from matplotlib.collections import PathCollection
 
 import training.classifier as classifier
-import training.pipeline as pipeline
 import training.fold as fold_module
+import training.pipeline as pipeline
 import training.study_unit as study_unit
 from mise.folds import make_folds
+from mise.plots import QUALITY_METRICS
 from training.arguments import ConfigError
 from training.study import main, parse_study_arguments
 from training.study_variants import DEFAULT_VARIANTS, VARIANTS, cut_class
@@ -89,14 +92,21 @@ class StageCounter:
         return counted
 
 
+class StudyRun(NamedTuple):
+    output_dir: Path
+    counts: Counter  # stage calls
+    figures: dict  # file name -> the matplotlib figure written there
+
+
 @pytest.fixture(scope="module")
-def study_run(manifest, cache_dir, tmp_path_factory) -> tuple[Path, Counter]:
-    """The default variants, 2 folds x 2 seeds, stage calls counted."""
+def study_run(manifest, cache_dir, tmp_path_factory) -> StudyRun:
+    """The default variants, 2 folds x 2 seeds, stage calls counted, figures kept."""
     output_dir = tmp_path_factory.mktemp("study") / "out"
     with pytest.MonkeyPatch.context() as monkeypatch:
         counter = StageCounter(monkeypatch)
+        recorder = FigureRecorder(monkeypatch)
         main(study_args(manifest, output_dir, cache_dir, "--seeds", *SEEDS))
-    return output_dir, counter.counts
+    return StudyRun(output_dir, counter.counts, recorder.figures)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -105,7 +115,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def test_csv_has_one_row_per_variant_seed_and_fold(study_run):
-    output_dir, _ = study_run
+    output_dir = study_run.output_dir
     rows = read_rows(output_dir / "study.csv")
     assert len(rows) == len(DEFAULT_VARIANTS) * len(SEEDS) * 2
     keys = Counter((row["variant"], row["seed"], row["fold"]) for row in rows)
@@ -122,7 +132,7 @@ def test_csv_has_one_row_per_variant_seed_and_fold(study_run):
 
 
 def test_stage_1_and_2_are_shared_between_variants(study_run):
-    _, counts = study_run
+    counts = study_run.counts
     units = len(SEEDS) * 2
     assert counts["train_aligner"] == 2 * units  # with and without alignment
     assert counts["train_generator"] == len(GENERATOR_VARIANTS) * units
@@ -186,7 +196,7 @@ def test_study_and_training_train_a_fold_in_one_place(tmp_path):
 
 
 def test_json_has_fold_statistics_pooled_uar_and_wilcoxon(study_run):
-    output_dir, _ = study_run
+    output_dir = study_run.output_dir
     report = json.loads((output_dir / "study.json").read_text())
     rows = read_rows(output_dir / "study.csv")
     assert list(report["variants"]) == list(DEFAULT_VARIANTS)
@@ -215,7 +225,7 @@ def test_json_has_fold_statistics_pooled_uar_and_wilcoxon(study_run):
 
 
 def test_markdown_renders_the_table(study_run):
-    output_dir, _ = study_run
+    output_dir = study_run.output_dir
     text = (output_dir / "study.md").read_text()
     report = json.loads((output_dir / "study.json").read_text())
     assert "| variant |" in text and report["info"]["command"] in text
@@ -226,8 +236,52 @@ def test_markdown_renders_the_table(study_run):
         assert any(line.startswith(f"| {name} |") for line in text.split("## Quality")[1].splitlines())
 
 
-def test_figures_are_non_empty_pngs(study_run):
-    output_dir, _ = study_run
+def study_bars(figure) -> tuple[dict[str, tuple[float, float]], tuple[str, float]]:
+    """What a study bar figure draws: variant -> (bar height, pooled diamond) named under the bars, and the label
+    and height of its one dashed reference line."""
+    axis = figure.axes[0]
+    names = tick_labels(axis.get_xticklabels())
+    heights = [patch.get_height() for patch in axis.patches]
+    diamonds = next(c for c in axis.collections if isinstance(c, PathCollection)).get_offsets()[:, 1]
+    dashed = [line for line in axis.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and len(set(dashed[0].get_ydata())) == 1
+    bars = {name: (h, d) for name, h, d in zip(names, heights, diamonds, strict=True)}
+    return bars, (dashed[0].get_label(), float(dashed[0].get_ydata()[0]))
+
+
+def check_quality_curves(figure, records: list[dict]) -> None:
+    """One panel per reported metric, one line per generator variant that reports it, at the mean over folds and
+    seeds per generator step."""
+    metrics = [m for m in QUALITY_METRICS if any(r.get(m) is not None for r in records)]
+    assert sorted({r["variant"] for r in records}) == sorted(GENERATOR_VARIANTS)
+    panels = [axis for axis in figure.axes if axis.get_visible()]
+    assert [axis.get_title() for axis in panels] == [QUALITY_METRICS[m] for m in metrics]
+    for axis, metric in zip(panels, metrics, strict=True):
+        reported = sorted({r["variant"] for r in records if r.get(metric) is not None})  # no_text: no text MI
+        assert sorted(line.get_label() for line in axis.get_lines()) == reported
+        for line in axis.get_lines():
+            rows = [r for r in records if r["variant"] == line.get_label() and r.get(metric) is not None]
+            steps = sorted({r["step"] for r in rows})
+            means = [np.mean([r[metric] for r in rows if r["step"] == step]) for step in steps]
+            assert line.get_xdata().tolist() == steps
+            np.testing.assert_allclose(line.get_ydata(), means)
+
+
+def check_feature_map(figure, data, names: list[str], half: int, title: str) -> None:
+    """Real dots and generated crosses of every class (at most `half` of each set), a legend naming the classes
+    and the two markers."""
+    axis = figure.axes[0]
+    per_class = axis.collections[: 2 * len(names)]  # real, generated for each class; then the two legend keys
+    assert len(axis.collections) == 2 * len(names) + 2
+    shown_real = sum(len(c.get_offsets()) for c in per_class[0::2])
+    shown_generated = sum(len(c.get_offsets()) for c in per_class[1::2])
+    assert (shown_real, shown_generated) == (min(half, len(data["real"])), min(half, len(data["generated"])))
+    legend = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert legend == [*names, "real (dot)", "generated (cross)"] and title in axis.get_title()
+
+
+def test_figures_draw_the_reported_numbers(study_run):
+    output_dir, _, figures = study_run
     report = json.loads((output_dir / "study.json").read_text())
     expected = {
         "study_uar.png",
@@ -238,14 +292,33 @@ def test_figures_are_non_empty_pngs(study_run):
     }
     expected |= {f"confusion_{name}.png" for name in DEFAULT_VARIANTS}
     written = {Path(path).name for path in report["figures"]}
-    assert expected <= written
-    for name in written:
-        data = (output_dir / "figures" / name).read_bytes()
-        assert data.startswith(PNG_SIGNATURE) and len(data) > 5000, name
+    assert expected <= written and written == set(figures)
+    assert all((output_dir / "figures" / name).read_bytes().startswith(PNG_SIGNATURE) for name in written)
+    variants = report["variants"]
+    bars, reference = study_bars(figures["study_uar.png"])
+    assert list(bars) == list(variants) and reference[0] == "none (pooled)"
+    for name, (height, pooled) in bars.items():  # percentages: mean over folds, pooled
+        assert (height, pooled) == pytest.approx(
+            (100 * variants[name]["uar_mean"], 100 * variants[name]["uar_pooled"])
+        )
+    assert reference[1] == pytest.approx(100 * variants["none"]["uar_pooled"])
+    names = list(variants["none"]["per_class_recall_pooled"])
+    for name, summary in variants.items():
+        figure = figures[f"confusion_{name}.png"]
+        check_confusion_figure(figure, summary["confusion_matrix_pooled"], names, f"{name}: pooled confusion")
+    check_quality_curves(
+        figures["quality_vs_step.png"], json.loads((output_dir / "quality.json").read_text())
+    )
+    maps = output_dir / "runs" / "maps" / f"seed-{SEEDS[0]}"
+    for method, name in (("pca", "mise"), ("tsne", "mise"), ("tsne", "cgan")):
+        title = f"{name}: real vs generated, {method.upper()}"
+        check_feature_map(
+            figures[f"map_{method}_{name}.png"], np.load(maps / f"{name}.npz"), names, 60, title
+        )
 
 
 def test_quality_is_recorded_for_every_generator_checkpoint(study_run):
-    output_dir, _ = study_run
+    output_dir = study_run.output_dir
     records = json.loads((output_dir / "quality.json").read_text())
     report = json.loads((output_dir / "study.json").read_text())
     for name in GENERATOR_VARIANTS:
@@ -280,7 +353,7 @@ def test_quality_is_recorded_for_every_generator_checkpoint(study_run):
 def test_each_seed_holds_out_the_validation_speakers_train_py_draws_for_it(study_run, ravdess_rows):
     """Study seed S early-stops and chooses on the validation speakers of `train.py --seed S` (`build_folds` with
     S), so the seeds do not all share the luck of one draw; the test speakers are every seed's."""
-    output_dir, _ = study_run
+    output_dir = study_run.output_dir
     info = json.loads((output_dir / "study.json").read_text())["info"]
     rows = [row for row in ravdess_rows if row["speaker"] in SPEAKERS]
     speakers = [row["speaker"] for row in rows]
@@ -302,7 +375,7 @@ def test_a_seed_of_the_study_predicts_as_train_py_with_that_seed(study_run, mani
     so every fold's test UAR is identical."""
     from training.train import main as train_main
 
-    output_dir, _ = study_run
+    output_dir = study_run.output_dir
     seed = SEEDS[1]
     study_only = ("--map_max_points", "--classic_max_iter")
     shared = [
@@ -325,7 +398,7 @@ def test_bench_splits_a_study_s_time_by_variant(study_run):
     from conftest import REPO_ROOT, load_file_module
 
     bench = load_file_module("bench_train", REPO_ROOT / "bench" / "bench_train.py")
-    output_dir, _ = study_run
+    output_dir = study_run.output_dir
     variants = bench.variant_seconds(output_dir)
     units = [json.loads(path.read_text()) for path in (output_dir / "runs").glob("seed-*/*.json")]
     assert set(variants) == set(DEFAULT_VARIANTS) and min(variants.values()) > 0
@@ -337,7 +410,7 @@ def test_bench_splits_a_study_s_time_by_variant(study_run):
 
 
 def test_resumed_study_trains_nothing_and_reports_the_same(study_run, manifest, cache_dir, monkeypatch):
-    output_dir, _ = study_run
+    output_dir = study_run.output_dir
     before = json.loads((output_dir / "study.json").read_text())
     counter = StageCounter(monkeypatch)
     args = study_args(manifest, output_dir, cache_dir, "--seeds", *SEEDS, "--figures", "false")
@@ -350,7 +423,7 @@ def test_resumed_study_trains_nothing_and_reports_the_same(study_run, manifest, 
 
 def test_one_process_per_seed_then_a_merge_reports_the_same(study_run, manifest, cache_dir, tmp_path):
     """Seeds run as concurrent processes into one OUT (maps kept per seed), then one run writes the tables."""
-    output_dir, _ = study_run
+    output_dir = study_run.output_dir
     merged = tmp_path / "merged"
     args = study_args(manifest, merged, cache_dir, "--figures", "false", "--resume_from_checkpoint", "latest")
     script = Path(__file__).resolve().parents[1] / "training" / "study.py"
@@ -375,8 +448,11 @@ def test_one_process_per_seed_then_a_merge_reports_the_same(study_run, manifest,
     assert report["variants"] == before["variants"]
 
 
-def test_class_imbalance_cuts_the_class_and_reports_its_recall(manifest, cache_dir, tmp_path, ravdess_rows):
+def test_class_imbalance_cuts_the_class_and_reports_its_recall(
+    manifest, cache_dir, tmp_path, ravdess_rows, monkeypatch
+):
     output_dir = tmp_path / "imbalance"
+    recorder = FigureRecorder(monkeypatch)
     extra = ["--seeds", "0", "--variants", "none", "--imbalance_class", "angry", "--imbalance_keep", "0.25"]
     report = main(study_args(manifest, output_dir, cache_dir, *extra))
     rows = [row for row in ravdess_rows if row["speaker"] in SPEAKERS]
@@ -398,6 +474,12 @@ def test_class_imbalance_cuts_the_class_and_reports_its_recall(manifest, cache_d
         assert 0.0 <= value <= 1.0
     assert "Class imbalance: `angry`" in (output_dir / "study.md").read_text()
     assert (output_dir / "figures" / "imbalance_recall.png").read_bytes().startswith(PNG_SIGNATURE)
+    bars, reference = study_bars(recorder.figures["imbalance_recall.png"])
+    assert set(bars) == set(imbalance["recall_pooled"]) and reference[0] == "none (pooled)"
+    for name, (_, pooled) in bars.items():
+        assert pooled == pytest.approx(100 * imbalance["recall_pooled"][name])
+    assert reference[1] == pytest.approx(100 * imbalance["recall_pooled"]["none"])
+    assert "angry" in recorder.figures["imbalance_recall.png"].get_suptitle()  # the title names the class
 
 
 def test_cut_class_keeps_the_other_classes():

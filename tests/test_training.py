@@ -825,7 +825,9 @@ def test_the_code_defaults_are_the_shipped_method():
     assert generator.discriminator_dropout == model.discriminator_dropout
     assert aligner.dropout == model.aligner_dropout and aligner.input_dropout == model.aligner_input_dropout
     assert aligner.lambda_cl == model.lambda_cl and aligner.audio_encoder == model.audio_encoder
-    assert aligner.projection_dim == model.projection_dim and aligner.hidden_sizes == model.aligner_hidden_sizes
+    assert (
+        aligner.projection_dim == model.projection_dim and aligner.hidden_sizes == model.aligner_hidden_sizes
+    )
     assert classifier.dropout == model.classifier_dropout
     assert classifier.hidden_sizes == model.classifier_hidden_sizes
 
@@ -856,9 +858,10 @@ def test_speaker_normalization_uses_each_speakers_own_statistics():
         assert torch.allclose(normalized[rows].std(0), torch.ones(5), atol=1e-5)
 
 
-def test_gradient_accumulation_and_mixed_precision_run(corpus_with_bad_files, cache_dir, tmp_path):
-    """bf16 autocast and 2-step gradient accumulation through all three stages (own process: the accelerator
-    state is per process)."""
+def test_mixed_precision_and_accumulation_flags_reach_every_stage(corpus_with_bad_files, cache_dir, tmp_path):
+    """`--mixed_precision bf16 --gradient_accumulation_steps 2` through train.py: recorded, and all three stages
+    train with them (own process: the accelerator state is per process). What they compute is compared with the
+    unaccumulated float32 training in the two tests below."""
     args = run_args(corpus_with_bad_files[0], tmp_path / "out", cache_dir, "--report_to", "none")
     extra = ["--max_folds", "1", "--final_models", "false", "--mixed_precision", "bf16"]
     extra += ["--gradient_accumulation_steps", "2"]
@@ -867,8 +870,69 @@ def test_gradient_accumulation_and_mixed_precision_run(corpus_with_bad_files, ca
     assert result.returncode == 0, result.stderr[-3000:]
     info = read_json(tmp_path / "out" / "run_info.json")
     assert info["mixed_precision"] == "bf16" and info["gradient_accumulation_steps"] == 2
-    metrics = read_json(tmp_path / "out" / "folds" / "speaker-Actor_01" / "metrics.json")
-    assert 0.0 <= metrics["uar"] <= 1.0 and metrics["stages"]["generator"]["steps"] > 0
+    stages = read_json(tmp_path / "out" / "folds" / "speaker-Actor_01" / "metrics.json")["stages"]
+    assert all(stages[name]["steps"] > 0 for name in ("aligner", "generator", "classifier")), stages
+
+
+def accumulation_fit(accumulation_steps: int, batch_size: int, mixed_precision: str = "no") -> dict:
+    """Stage 1 (cross-entropy only, no dropout) on 64 rows of 4 classes, `batch_size` rows a micro-batch and the
+    optimiser stepping every `accumulation_steps`: the trained aligner's validation logits (float32) and the
+    dtype of its logits under the run's autocast."""
+    from training.aligner import aligner_config, train_aligner
+    from training.arguments import ModelArguments
+
+    rng = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat(24)
+    features = (
+        5.0 + 2.0 * torch.randn(4, 12, generator=rng)[labels] + 1.5 * torch.randn(96, 12, generator=rng)
+    )
+    model_args = ModelArguments(aligner_hidden_sizes=[16], projection_dim=8, aligner_dropout=0.0)
+    config = aligner_config(model_args, 12, None, {index: str(index) for index in range(4)})
+    args = MiseTrainingArguments(
+        output_dir="unused", aligner_epochs=4, aligner_batch_size=batch_size, early_stopping_patience=0
+    )
+    accelerator = Accelerator(
+        cpu=True, gradient_accumulation_steps=accumulation_steps, mixed_precision=mixed_precision
+    )
+    runtime = StageRuntime(accelerator)
+    model, _ = train_aligner(
+        runtime, config, args, features[:64], labels[:64], features[64:], labels[64:], seed=3
+    )
+    with torch.no_grad():
+        with runtime.autocast():
+            dtype = model(audio_features=features[64:]).logits.dtype
+        logits = model(audio_features=features[64:]).logits
+    return {"logits": logits.tolist(), "autocast_dtype": str(dtype)}
+
+
+def test_gradient_accumulation_trains_as_one_batch_of_the_whole_window():
+    """Two accumulated micro-batches of 16 rows train as one batch of their 32 rows (float32: the same model up to
+    rounding); accumulating two batches of 32 is another training, which the comparison tells apart."""
+    accumulated = torch.tensor(accumulation_fit(2, 16)["logits"])
+    wider = torch.tensor(accumulation_fit(2, 32)["logits"])
+    one = torch.tensor(accumulation_fit(1, 32)["logits"])
+    torch.testing.assert_close(accumulated, one, rtol=0.0, atol=1e-6)
+    assert (wider - one).abs().max() > 1e-3
+
+
+def test_bf16_accumulated_training_stays_close_to_the_float32_unaccumulated_one():
+    """bf16 autocast with two accumulated micro-batches of 16 (own process: the mixed precision is per process)
+    against float32 with one batch of 32: the same predictions, logits within bf16 rounding (measured 2e-4;
+    a wrong accumulation window moves them by about 0.09)."""
+    code = (
+        "import json, sys; sys.path.insert(0, 'tests'); from test_training import accumulation_fit; "
+        "print(json.dumps(accumulation_fit(2, 16, 'bf16')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    bf16 = json.loads(result.stdout.strip().splitlines()[-1])
+    assert bf16["autocast_dtype"] == "torch.bfloat16"  # the forward really ran in bf16
+    one = torch.tensor(accumulation_fit(1, 32)["logits"])
+    logits = torch.tensor(bf16["logits"])
+    assert torch.equal(logits.argmax(1), one.argmax(1))
+    torch.testing.assert_close(logits, one, rtol=0.0, atol=0.01)
 
 
 def test_label_outside_the_label_map_names_the_row(ravdess_rows, cache_dir, tmp_path):
@@ -1067,7 +1131,7 @@ def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_r
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
     from modeling_mise.audio import load_audio
-    from modeling_mise.layers import speaker_normalize, speaker_statistics
+    from modeling_mise.layers import speaker_statistics, standardize
     from training.speaker_normalization import PRIOR_STRENGTHS
 
     summary = read_json(reference_run / "summary.json")
@@ -1108,7 +1172,7 @@ def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_r
         plain = model(**test).logits
         hidden = model.audio_encoder(test["input_values"], attention_mask=test["attention_mask"])
         expected = model.speaker_classifier(
-            features=model.speaker_aligner.get_audio_features(speaker_normalize(hidden, *statistics))
+            features=model.speaker_aligner.get_audio_features(standardize(hidden, *statistics))
         ).logits
         enrol_hidden = model.audio_encoder(enrol["input_values"], attention_mask=enrol["attention_mask"])
     shrunk = speaker_statistics(enrol_hidden, prior, model.config.speaker_prior_strength)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from modeling_mise import MiseAlignerConfig, MiseAlignerModel
+from modeling_mise.layers import feature_statistics, standardize
 
 from .arguments import MiseTrainingArguments, ModelArguments
 from .engine import (
@@ -100,12 +101,12 @@ def train_aligner(
     with a LoRA-tuned text encoder attached) and a summary.
     """
     model = initialised(lambda: MiseAlignerModel(config), seed)
-    mean, std = audio_train.mean(0), audio_train.std(0).clamp(min=1e-6)
-    span = training_span((audio_train - mean) / std) if args.aligner_input_span else None
+    mean, std = feature_statistics(audio_train)
+    span = training_span(standardize(audio_train, mean, std)) if args.aligner_input_span else None
     statistics = (mean, std)
     if span is not None:  # the same model restricted to the span: inputs are span coordinates
         model = _in_span(model, span)
-        audio_train, audio_val = ((audio - mean) / std @ span for audio in (audio_train, audio_val))
+        audio_train, audio_val = (standardize(audio, mean, std) @ span for audio in (audio_train, audio_val))
         statistics = (torch.zeros(span.shape[1]), torch.ones(span.shape[1]))
     if config.text_lora is not None:
         if transcripts_train is None or text_train is None:
@@ -186,7 +187,7 @@ def _plain_setup(
     use_text = model.config.use_text and text is not None
     if use_text:
         present = _present_rows(text)
-        text_mean, text_std = present.mean(0), present.std(0)
+        text_mean, text_std = feature_statistics(present)
     model.set_feature_statistics(*statistics, text_mean, text_std)
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -249,7 +250,7 @@ def _lora_setup(
     """
     model.set_text_encoder()
     present = _present_rows(text)
-    model.set_feature_statistics(*statistics, present.mean(0), present.std(0))
+    model.set_feature_statistics(*statistics, *feature_statistics(present))
     lora = [p for name, p in model.named_parameters() if p.requires_grad and name.startswith("text_encoder.")]
     heads = [
         p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("text_encoder.")
@@ -316,7 +317,7 @@ def text_codes(
     if reference is None:
         raise ValueError("text_codes: without alignment the raw text features need the reference rows")
     present = _present_rows(reference)
-    return (text - present.mean(0)) / present.std(0).clamp(min=1e-6)
+    return standardize(text, *feature_statistics(present))
 
 
 def drop_text_codes(

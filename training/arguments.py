@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,6 +17,7 @@ from typing import Literal
 import yaml
 from transformers import HfArgumentParser
 
+from mise.cache import default_cache_dir
 from mise.data import MIN_CLASS_CLIPS, MIN_CLASS_SPEAKERS
 from mise.folds import PROTOCOLS
 from modeling_mise.audio import DEFAULT_POLICY
@@ -224,8 +224,7 @@ class DataArguments:
         _probability("speaker_normalization_threshold", self.speaker_normalization_threshold)
         _positive("feature_batch_size", self.feature_batch_size)
         if self.cache_dir is None:
-            default = Path(os.environ.get("MISE_CACHE", Path.home() / ".cache" / "mise")) / "features"
-            self.cache_dir = str(default)
+            self.cache_dir = str(default_cache_dir())
 
 
 def _parse_label_map(value: str | dict | None) -> str | dict | None:

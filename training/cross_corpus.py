@@ -30,6 +30,7 @@ from mise.evaluation import corpus_source, evaluate_on_corpus
 from mise.hub.cards import MODEL_FOLDERS
 from mise.metrics import classification_metrics
 from mise.plots import plot_cross_corpus
+from modeling_mise.layers import feature_statistics, standardize
 from training.arguments import DataArguments, ModelArguments
 from training.features import prepare_features
 from training.study_variants import classic_baseline
@@ -111,8 +112,8 @@ def classic_cross(train: tuple, test: tuple, classes: list[str], normalize: str)
     """The classic baseline fit on `train`, scored on `test`; `corpus` z-scores each corpus on its own."""
     (x_train, y_train), (x_test, y_test) = train, test
     if normalize == "corpus":
-        x_train = (x_train - x_train.mean(0)) / np.maximum(x_train.std(0), 1e-6)
-        x_test = (x_test - x_test.mean(0)) / np.maximum(x_test.std(0), 1e-6)
+        x_train = standardize(x_train, *feature_statistics(x_train))
+        x_test = standardize(x_test, *feature_statistics(x_test))
     labels = np.asarray([classes.index(label) for label in list(y_train) + list(y_test)])
     rows = np.arange(len(labels))
     predicted = classic_baseline(

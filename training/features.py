@@ -21,7 +21,7 @@ from mise.cache import FeatureCache
 from mise.data import Corpus, Rejection, check_class_sizes, load_corpus, write_rejections
 from modeling_mise.audio import AudioInputError, crop
 from modeling_mise.encoders import AudioEncoder, TextEncoder, load_audio_encoder, load_text_encoder
-from modeling_mise.layers import speaker_normalize, speaker_statistics
+from modeling_mise.layers import speaker_statistics, standardize
 
 from .arguments import DataArguments, ModelArguments
 
@@ -281,5 +281,5 @@ def speaker_normalized(features: CorpusFeatures, speakers: np.ndarray) -> Corpus
     audio = features.audio.clone()
     for speaker in np.unique(speakers):
         rows = torch.as_tensor(speakers == speaker)
-        audio[rows] = speaker_normalize(audio[rows], *speaker_statistics(audio[rows]))
+        audio[rows] = standardize(audio[rows], *speaker_statistics(audio[rows]))
     return replace(features, audio=audio)

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from mise.data import Corpus
 from mise.folds import Fold
 from mise.metrics import classification_metrics
-from modeling_mise.layers import shrink_statistics, speaker_normalize, speaker_prior
+from modeling_mise.layers import shrink_statistics, speaker_prior, standardize
 
 from .aligner import encode_audio
 from .arguments import DataArguments
@@ -229,7 +229,7 @@ class Enrolment:
         `prior` with `strength` (`modeling_mise.layers.speaker_statistics`)."""
         prior_statistics = tuple(tensor.to(self.audio.dtype) for tensor in (prior.mean, prior.var))
         mean, std = shrink_statistics(*moments, prior_statistics, strength)
-        return speaker_normalize(self.audio[torch.as_tensor(rows)], mean, std)
+        return standardize(self.audio[torch.as_tensor(rows)], mean, std)
 
     def prior(self, rows: np.ndarray) -> EnrolmentPrior:
         """The prior of the training clips `rows` (their mean, their speakers' pooled within-speaker variance)."""

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mise.hub.cards import STUDY_REFERENCE
 from mise.hub.run_card import git_commit
 from mise.metrics import paired_wilcoxon, summarize_folds
 
 from .classifier import chosen_ratio_counts
-from .study_variants import REFERENCE, VARIANTS, StudyArguments
+from .study_variants import VARIANTS, StudyArguments
 
 CSV_COLUMNS = (
     "variant", "seed", "fold", "test_speakers", "uar", "wa", "f1_macro", "val_uar", "generated_ratio",
@@ -202,7 +203,7 @@ def _figures(
     figures = output_dir / "figures"
     written = []
     variants = report["variants"]
-    reference = REFERENCE if REFERENCE in variants else None
+    reference = STUDY_REFERENCE if STUDY_REFERENCE in variants else None
     written.append(plot_study_bars(variants, figures / "study_uar.png", reference=reference,
                                    title="UAR per variant (bars: mean ± std over folds; diamonds: pooled)"))  # fmt: skip
     for name, summary in variants.items():
@@ -254,7 +255,7 @@ def _figures(
                 }
         if bars:
             written.append(plot_study_bars(bars, figures / "imbalance_recall.png", metric="recall",
-                                           reference="none" if "none" in bars else None,
+                                           reference=STUDY_REFERENCE if STUDY_REFERENCE in bars else None,
                                            title=f"recall of the cut class {imbalance['class']!r}"))  # fmt: skip
     return [str(Path(p).relative_to(output_dir)) for p in written]
 
@@ -281,10 +282,10 @@ def write_report(
             "description": VARIANTS[name].description,
             **summarize_variant(grouped[name], folds, study_args.seeds, num_labels, id2label),
         }
-    if REFERENCE in variants:
-        reference = variants[REFERENCE]
+    if STUDY_REFERENCE in variants:
+        reference = variants[STUDY_REFERENCE]
         for name, summary in variants.items():
-            if name == REFERENCE:
+            if name == STUDY_REFERENCE:
                 continue
             ours = [summary["uar_by_fold"][f] for f in folds]
             theirs = [reference["uar_by_fold"][f] for f in folds]

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from modeling_mise.layers import feature_statistics, standardize
+
 from .arguments import ConfigError
 from .fold import Variant
 
@@ -71,7 +73,6 @@ DEFAULT_VARIANTS = (
     "mise_no_alignment_no_mi",
 )
 IMBALANCE_VARIANTS = ("none_full_data", "mise_proportional", "mise_balanced")
-REFERENCE = "none"
 
 
 @dataclass
@@ -178,9 +179,8 @@ def classic_baseline(
     It has no model selection, so it trains on the whole training side (training + validation speakers).
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
-    model.fit(features[train], labels[train])
-    return model.predict(features[test])
+    statistics = feature_statistics(features[train])
+    model = LogisticRegression(C=c, max_iter=max_iter)
+    model.fit(standardize(features[train], *statistics), labels[train])
+    return model.predict(standardize(features[test], *statistics))

