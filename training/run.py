@@ -4,6 +4,7 @@ restored when the run ends."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,16 +44,18 @@ def start_run(
     markers: Sequence[str],
     files: Sequence[str],
     what: str = "run",
-    tracker: bool = True,
+    tracker_config: dict | None = None,
     resume_checks_hash: bool = True,
 ) -> Run:
-    """Accelerator (mixed precision, gradient accumulation, the tracker when `tracker` and `report_to` ask for
-    it), logging, the output folder (`markers` mean it holds a `what`; `files` are what an overwrite deletes; a
+    """Accelerator (mixed precision, gradient accumulation, and the tracker with `tracker_config` as its
+    hyper-parameters when that is given and `report_to` asks for one), logging, the output folder (`markers` mean it holds a `what`; `files` are what an overwrite deletes; a
     resumed one must have `config_hash` in its `run_info.json` when `resume_checks_hash`) and the feature stage
     (usable clips, rejected files -> OUT/rejected.csv, frozen features through the cache)."""
     output_dir = Path(training_args.output_dir)
     accelerator = Accelerator(
-        log_with=training_args.report_to if tracker and training_args.report_to != "none" else None,
+        log_with=None
+        if tracker_config is None or training_args.report_to == "none"
+        else training_args.report_to,
         project_dir=str(output_dir),
         mixed_precision=training_args.mixed_precision,
         gradient_accumulation_steps=training_args.gradient_accumulation_steps,
@@ -64,6 +67,12 @@ def start_run(
     hf_logging.disable_progress_bar()  # save/load bars of every fold's models: one progress bar is enough
     hash_ = config_hash if resume_checks_hash else None
     resuming = prepare_output_dir(output_dir, training_args, accelerator, markers, files, hash_, what)
+    if accelerator.log_with:  # TensorBoard hparams take scalars and strings only
+        values = {
+            k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+            for k, v in tracker_config.items()
+        }
+        accelerator.init_trackers("mise", config=values)
     prepared = prepare_features(data_args, model_args, output_dir, accelerator)
     return Run(data_args, model_args, training_args, accelerator, output_dir, config_hash, resuming, prepared)
 

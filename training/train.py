@@ -10,7 +10,6 @@ Writes `OUT/rejected.csv`, `OUT/folds/<fold>/metrics.json`, `OUT/summary.json`, 
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -66,21 +65,16 @@ FINAL_SEED_INDEX = 1_000_000
 
 def _start(argv: list[str] | None) -> Run:
     """Arguments (YAML/JSON config + `--key value` overrides) and the run's set-up (`training.run.start_run`:
-    accelerator, output folder, feature stage), then the tracker."""
+    accelerator and tracker, output folder, feature stage)."""
     data_args, model_args, training_args = parse_arguments(argv)
     hash_ = config_hash(data_args, model_args, training_args)
-    run = start_run(data_args, model_args, training_args, hash_, RUN_MARKERS, RUN_FILES)
+    run = start_run(
+        data_args, model_args, training_args, hash_, RUN_MARKERS, RUN_FILES,
+        tracker_config=arguments_dict(data_args, model_args, training_args),
+    )  # fmt: skip
     accelerator = run.accelerator
     logger.info(f"{accelerator.num_processes} process(es), device {accelerator.device}, config hash {hash_}")
-    if training_args.report_to != "none":
-        all_args = arguments_dict(data_args, model_args, training_args)
-        accelerator.init_trackers("mise", config=_tracker_config(all_args))
     return run
-
-
-def _tracker_config(values: dict) -> dict:
-    """TensorBoard hparams take scalars and strings only."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in values.items()}
 
 
 def _run_info(run: Run, folds: list[Fold]) -> dict:
