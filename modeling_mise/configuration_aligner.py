@@ -11,6 +11,7 @@ from .config_checks import (
     check_non_negative,
     check_positive_int,
     check_probability,
+    label_kwargs,
 )
 
 TEXT_POOLINGS = ("mean", "last", "cls")
@@ -143,7 +144,5 @@ class MiseAlignerConfig(PretrainedConfig):
         self.text_lora = check_text_lora(text_lora, f"{name}.text_lora")
         if self.text_lora is not None and not self.use_text:
             raise ValueError(f"{name}.text_lora needs use_text=True (a text projection head to tune for)")
-        if "id2label" not in kwargs and "num_labels" not in kwargs:
-            kwargs["num_labels"] = 4
-        super().__init__(**kwargs)
+        super().__init__(**label_kwargs(kwargs))
         check_labels(name, self.num_labels)

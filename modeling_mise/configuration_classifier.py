@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .config_checks import check_int_list, check_labels, check_positive_int, check_probability
+from .config_checks import check_int_list, check_labels, check_positive_int, check_probability, label_kwargs
 
 
 class MiseClassifierConfig(PretrainedConfig):
@@ -47,9 +47,7 @@ class MiseClassifierConfig(PretrainedConfig):
         self.dropout = dropout
         self.multimodal = bool(multimodal)
         self.input_scale = float(input_scale)
-        if "id2label" not in kwargs and "num_labels" not in kwargs:
-            kwargs["num_labels"] = 4
-        super().__init__(**kwargs)
+        super().__init__(**label_kwargs(kwargs))
         check_labels(name, self.num_labels)
 
     @property

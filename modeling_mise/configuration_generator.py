@@ -10,6 +10,7 @@ from .config_checks import (
     check_non_negative,
     check_positive_int,
     check_probability,
+    label_kwargs,
 )
 
 
@@ -84,7 +85,5 @@ class MiseGeneratorConfig(PretrainedConfig):
         self.lambda_y = float(lambda_y)
         self.lambda_t = float(lambda_t)
         self.tau = float(tau)
-        if "id2label" not in kwargs and "num_labels" not in kwargs:
-            kwargs["num_labels"] = 4
-        super().__init__(**kwargs)
+        super().__init__(**label_kwargs(kwargs))
         check_labels(name, self.num_labels)
