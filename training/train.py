@@ -31,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
+from mise.console import progress_bars, run_command
 from mise.folds import Fold
 from mise.hub.push import HubPushError, push_run
 from mise.hub.run_card import write_run_card
@@ -155,15 +156,17 @@ def _context(run: Run, total_folds: int) -> RunContext:
         resume_from = checkpoints.resolve(training_args.resume_from_checkpoint)
         where = resume_from.path if resume_from is not None else "each fold's latest checkpoint"
         logger.info(f"resuming from {where}")
-    progress = tqdm(
-        total=0, desc="MISE", unit="epoch", disable=not accelerator.is_local_main_process, dynamic_ncols=True
-    )
     ctx = RunContext(
         accelerator, run.data_args, run.model_args, training_args, run.prepared.features,
         torch.as_tensor(corpus.labels()), dict(corpus.id2label), run.output_dir, run.config_hash, checkpoints,
-        resume_from, run.resuming, progress if not progress.disable else None, corpus.transcripts(),
+        resume_from, run.resuming, None, corpus.transcripts(),
     )  # fmt: skip
-    progress.total = total_folds * ctx.epochs_per_fold
+    if (
+        accelerator.is_local_main_process and progress_bars()
+    ):  # a terminal: one bar; a log file: the log lines
+        ctx.progress = tqdm(
+            total=total_folds * ctx.epochs_per_fold, desc="MISE", unit="epoch", dynamic_ncols=True
+        )
     return ctx
 
 
@@ -275,14 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _cli() -> None:
-    try:
-        main()
-    except (ValueError, NonFiniteLossError) as error:  # bad input / config / NaN loss: a message, not a trace
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except HubPushError as error:  # the run is complete in OUT; `mise push OUT --org ORG` retries
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    # config errors exit 2, bad data and NaN losses 1 (mise.console); a failed push leaves the run complete in
+    # OUT (`mise push OUT --org ORG` retries) and exits 2
+    sys.exit(run_command(main, "error", usage_errors=(HubPushError,), data_errors=(NonFiniteLossError,)))
 
 
 if __name__ == "__main__":
