@@ -26,7 +26,7 @@ Parts (all by default; `--only` picks some, e.g. `--only train`):
 `train` and `study` commands there too, on as many processes, in the same run: the ratio of wall times and whether the
 fold metrics are identical. Extra `--key value` arguments go to every training and study command (e.g.
 `--max_folds 4` for a shorter look; the targets are for the full workload). Prints a table, writes
-`OUT/bench.json` and `OUT/bench.md` (the README's speed table).
+`OUT/bench.json` and `OUT/bench.md` (the speed table of docs/speed.md).
 """
 
 from __future__ import annotations
@@ -457,7 +457,7 @@ def _time_budget_rows(result: dict) -> list[tuple[str, str]]:
 
 
 def table(result: dict) -> list[tuple[str, str]]:
-    """(measurement, value) rows of the README's speed table, from `bench.json`."""
+    """(measurement, value) rows of the speed table of docs/speed.md, from `bench.json`."""
     rows = []
     features = result.get("features")
     if features:

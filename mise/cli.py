@@ -9,12 +9,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mise.console import DEBUG_FLAG, DEBUG_VARIABLE, UsageError, progress_bars, run_command
+
+COMMANDS = ("classify", "evaluate", "push")
+
 
 def resolve_model_source(model: str) -> str:
     """A model argument -> an existing local folder (``~`` expanded) or a Hub id.
 
     Raises:
-        ValueError: ``"<model>: no such folder"`` when the argument looks like a local path (starts with ``.``,
+        UsageError: ``"<model>: no such folder"`` when the argument looks like a local path (starts with ``.``,
             ``/`` or ``~``, or its parent folder exists) and does not exist: no Hub look-up, no retries.
     """
     path = Path(model).expanduser()
@@ -22,7 +26,7 @@ def resolve_model_source(model: str) -> str:
         return str(path)
     parent = os.path.dirname(model.rstrip("/"))
     if model.startswith((".", "/", "~")) or (parent not in ("", ".") and Path(parent).expanduser().is_dir()):
-        raise ValueError(f"{model}: no such folder")
+        raise UsageError(f"{model}: no such folder")
     return model
 
 
@@ -38,10 +42,10 @@ def load_file_classifier(args: argparse.Namespace):
     try:
         model = AutoModelForAudioClassification.from_pretrained(source)
         extractor = AutoFeatureExtractor.from_pretrained(source)
-    except Exception as error:  # Hub / network / format errors from transformers: one line, no traceback
+    except (OSError, ValueError, KeyError, ImportError) as error:  # Hub, network, format: one line
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = "folder" if Path(source).exists() else "Hub id (is the Hub reachable, the id right?)"
-        raise ValueError(f"{args.model}: could not load this {where}: {reason}") from None
+        raise UsageError(f"{args.model}: could not load this {where}: {reason}") from error
     return AudioFileClassifier(model, extractor, args.window_seconds, args.hop_seconds, args.batch_size)
 
 
@@ -49,17 +53,24 @@ def classify(args: argparse.Namespace) -> int:
     """The `classify` subcommand: one result per file (stdout JSON lines or `--output`); 0 when every file was
     classified, 1 when some failed."""
     from mise.file_classification import collect_audio_paths, default_num_workers, write_results
+    from modeling_mise.audio import AudioInputError
 
     if args.output and not args.output.lower().endswith((".csv", ".jsonl")):
-        raise ValueError(f"--output {args.output}: the file name must end in .csv or .jsonl")
+        raise UsageError(f"--output {args.output}: the file name must end in .csv or .jsonl")
     paths = collect_audio_paths(args.paths)
     if not paths:
-        raise ValueError("no audio files found in " + ", ".join(args.paths))
+        raise UsageError("no audio files found in " + ", ".join(args.paths))
+    show_progress = progress_bars(args.quiet)  # before loading: no "Loading weights" bar when quiet
     classifier = load_file_classifier(args)
     if args.enrolment:
-        classifier.enrol(collect_audio_paths(args.enrolment))
+        try:
+            classifier.enrol(collect_audio_paths(args.enrolment))
+        except AudioInputError:  # an unusable enrolment clip: a data error, naming the file
+            raise
+        except ValueError as error:  # the model takes no enrolment, or too few clips
+            raise UsageError(str(error)) from error
     workers = default_num_workers() if args.num_workers is None else args.num_workers
-    results = classifier.classify_files(paths, num_workers=workers, show_progress=not args.quiet)
+    results = classifier.classify_files(paths, num_workers=workers, show_progress=show_progress)
     if args.output:
         written = write_results(results, args.output, classifier.label_names)
         print(f"mise classify: {len(results)} file(s) -> {written}", file=sys.stderr)
@@ -85,6 +96,7 @@ def evaluate(args: argparse.Namespace) -> int:
         resolve_model_source(args.model),
         args.corpus,
         args.output_dir,
+        show_progress=progress_bars(),
         **{name: getattr(args, name) for name in options},
     )
     print(json.dumps({key: report[key] for key in ("uar", "wa", "macro_f1", "classes", "clips")}, indent=2))
@@ -155,7 +167,17 @@ def add_evaluate_parser(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mise", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mise",
+        description=__doc__,
+        epilog="Exit codes: 0 done; 1 a file, clip or corpus row that failed (each named on stderr); 2 a usage "
+        "error (a flag, path or model that is wrong; nothing ran).",
+    )
+    parser.add_argument(
+        DEBUG_FLAG,
+        action="store_true",
+        help=f"on an error, the traceback instead of one line (anywhere on the line; also {DEBUG_VARIABLE}=1)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     classify_parser = commands.add_parser(
         "classify", help="classify audio clips with a trained audio classifier"
@@ -249,26 +271,26 @@ def push(args: argparse.Namespace) -> dict:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `mise` console script."""
+def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("classify", "evaluate"):
-        command = classify if args.command == "classify" else evaluate
-        try:
-            return command(args)
-        except (ValueError, OSError) as error:
-            print(f"mise {args.command}: {error}", file=sys.stderr)
-            return 2
-    elif args.command == "push":
+    if args.command == "push":
         from mise.hub.push import HubPushError
 
         try:
             pushed = push(args)
-        except (HubPushError, ValueError, OSError) as error:
-            print(f"mise push: {error}", file=sys.stderr)
-            return 2
+        except HubPushError as error:  # no token or no Hub: nothing of the run is lost, rerun when fixed
+            raise UsageError(str(error)) from error
         print(json.dumps(pushed, indent=2))
-    return 0
+        return 0
+    return classify(args) if args.command == "classify" else evaluate(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mise` console script: exit 0, 1 (a file or corpus row that failed) or 2 (a usage
+    error), as `mise.console` says; a traceback only with --debug or MISE_DEBUG=1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if arg in COMMANDS), None)
+    return run_command(_run, f"mise {command}" if command else "mise", argv)
 
 
 if __name__ == "__main__":

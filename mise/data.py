@@ -22,6 +22,7 @@ import numpy as np
 import soundfile
 from tqdm.auto import tqdm
 
+from mise.console import UsageError
 from mise.folds import SPLIT_ALIASES, canonical_split
 from modeling_mise.audio import (
     AUDIO_EXTENSIONS,
@@ -390,7 +391,7 @@ def _label_mapper(
         table, strict = None, False
     elif isinstance(label_map, str):
         if label_map.casefold() not in LABEL_MAPS:
-            raise ValueError(f"label_map: unknown preset {label_map!r}; presets: {sorted(LABEL_MAPS)}")
+            raise UsageError(f"label_map: unknown preset {label_map!r}; presets: {sorted(LABEL_MAPS)}")
         table, strict = LABEL_MAPS[label_map.casefold()], False
     elif isinstance(label_map, Mapping):
         table, strict = {str(key).strip(): value for key, value in label_map.items()}, True
@@ -537,15 +538,15 @@ def _open_source(
         if suffix in DATA_FILE_BUILDERS:
             dataset = datasets.load_dataset(DATA_FILE_BUILDERS[suffix], data_files=str(path), split="train")
             return _dataset_table(dataset, str(path), "train", path.parent, audio_column)
-        raise ValueError(
+        raise UsageError(
             f"{source}: unsupported file type {suffix!r} (expected .csv, .tsv, .parquet, .json(l))"
         )
     if source == "audiofolder" or (path.is_dir() and not _is_saved_dataset(path) and _is_audiofolder(path)):
         root = Path(data_dir) if source == "audiofolder" else path
         if source == "audiofolder" and not data_dir:
-            raise ValueError("load_corpus('audiofolder') needs data_dir, the folder of audio files")
+            raise UsageError("load_corpus('audiofolder') needs data_dir, the folder of audio files")
         if not root.is_dir():
-            raise ValueError(f"{root}: audiofolder directory not found")
+            raise UsageError(f"{root}: audiofolder directory not found")
         dataset = datasets.load_dataset("audiofolder", data_dir=str(root), split=split)
         table, audio_column = _dataset_table(dataset, str(root), split, root, audio_column or "audio")
         table.is_audiofolder = True
@@ -558,11 +559,11 @@ def _open_source(
             dataset = dataset[split]
         return _dataset_table(dataset, source, split, path, audio_column)
     if not path.is_dir() and source.lower().endswith((".csv", ".tsv", ".parquet", ".json", ".jsonl")):
-        raise ValueError(f"{source}: file not found")
+        raise UsageError(f"{source}: file not found")
     try:
         dataset = datasets.load_dataset(source, split=split, data_dir=data_dir)
     except (OSError, ConnectionError) as error:
-        raise ValueError(
+        raise UsageError(
             f"{source}: not a manifest CSV, an audiofolder, or a dataset that `datasets` can load ({error})"
         ) from error
     return _dataset_table(dataset, source, split, path if path.is_dir() else None, audio_column)

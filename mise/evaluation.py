@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mise.console import UsageError
 from mise.data import LABEL_MAPS, load_corpus
 from mise.file_classification import AudioFileClassifier, default_num_workers
 from mise.metrics import classification_metrics
@@ -32,12 +33,12 @@ def parse_label_map(value: str | Mapping | None) -> str | dict | None:
     try:
         mapping = json.loads(Path(text).read_text() if Path(text).is_file() else text)
     except (json.JSONDecodeError, OSError) as error:
-        raise ValueError(
+        raise UsageError(
             f"label_map: {text!r} is neither a preset ({sorted(LABEL_MAPS)}), a JSON object nor a JSON file "
             f"({error})"
         ) from error
     if not isinstance(mapping, dict):
-        raise ValueError(f"label_map: expected a JSON object {{raw: mapped}}, got {type(mapping).__name__}")
+        raise UsageError(f"label_map: expected a JSON object {{raw: mapped}}, got {type(mapping).__name__}")
     return mapping
 
 
@@ -133,14 +134,14 @@ def evaluate_on_corpus(
     from mise.plots import plot_confusion_matrix
 
     if normalize not in ("model", "corpus"):
-        raise ValueError(f"normalize: 'model' or 'corpus', got {normalize!r}")
+        raise UsageError(f"normalize: 'model' or 'corpus', got {normalize!r}")
     classifier = AudioFileClassifier(model, None, window_seconds, hop_seconds, batch_size)
     data = load_corpus(
         corpus_source(corpus), label_map=parse_label_map(label_map), drop_labels=drop_labels, **corpus_kwargs
     )
     classes = match_classes(classifier.label_names, data.label_names)
     if not classes["shared"]:
-        raise ValueError(
+        raise UsageError(
             f"the model's classes {classifier.label_names} and the corpus' {data.label_names} share no name; "
             "map the corpus' labels with --label_map"
         )

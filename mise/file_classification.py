@@ -25,10 +25,9 @@ import soundfile
 import torch
 from tqdm.auto import tqdm
 
+from mise.console import UsageError
 from modeling_mise.audio import (
-    DEFAULT_POLICY,
     AudioInputError,
-    AudioPolicy,
     check_waveform,
     load_audio,
     resample,
@@ -98,7 +97,7 @@ def _manifest_paths(manifest: Path) -> list[str]:
         columns = reader.fieldnames or []
         column = next((name for name in AUDIO_COLUMN_CANDIDATES if name in columns), None)
         if column is None:
-            raise ValueError(
+            raise UsageError(
                 f"{manifest}: no audio column (tried {list(AUDIO_COLUMN_CANDIDATES)}); columns: {columns}"
             )
         cells = [(row.get(column) or "").strip() for row in reader]
@@ -128,20 +127,16 @@ def collect_audio_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
         elif path.exists():
             paths.append(str(path))
         else:
-            raise ValueError(f"{path}: no such file or folder")
+            raise UsageError(f"{path}: no such file or folder")
     return paths
 
 
-def read_file(
-    path: str, sampling_rate: int, policy: AudioPolicy = DEFAULT_POLICY
-) -> tuple[np.ndarray, float, list[str]]:
-    """Decode one file to float32 mono at ``sampling_rate``: ``(waveform, seconds, notices)``.
-
-    The input policy's checks apply, except its window: a clip longer than the model's window is cut into
-    windows, not cropped.
+def decode_file(path: str, sampling_rate: int) -> tuple[np.ndarray, float, list[str]]:
+    """Decode one file to float32 mono at ``sampling_rate``: ``(waveform, seconds, notices)``, unchecked (the
+    caller applies its input policy, so that a clip it refuses still has its duration and notices).
 
     Raises:
-        AudioInputError: naming the file, for an unreadable, empty, NaN, silent or too short clip.
+        AudioInputError: naming the file, for a file that cannot be decoded.
     """
     try:
         channels = soundfile.info(path).channels
@@ -155,7 +150,6 @@ def read_file(
         notices.append(f"resampled from {rate} Hz to {sampling_rate} Hz")
     if channels is not None and channels > 1:
         notices.append(f"downmixed {channels} channels to mono")
-    check_waveform(waveform, sampling_rate, path, dataclasses.replace(policy, max_seconds=math.inf))
     return waveform, seconds, notices
 
 
@@ -194,17 +188,19 @@ class AudioFileClassifier:
         if feature_extractor is None:
             raise ValueError("feature_extractor: needed with a loaded model")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
         self.feature_extractor = feature_extractor
         self.sampling_rate = int(feature_extractor.sampling_rate)
         self.policy = input_policy(feature_extractor)
+        # files: the input policy's checks but not its window (a clip longer than the window is cut, not cropped)
+        self.file_policy = dataclasses.replace(self.policy, max_seconds=math.inf)
         self.id2label = {int(index): name for index, name in model.config.id2label.items()}
         self.label_names = [self.id2label[index] for index in sorted(self.id2label)]
         longest = getattr(feature_extractor, "max_duration_s", None) or 30.0
         window = longest if window_seconds is None else window_seconds
         if window > longest:
-            raise ValueError(f"window_seconds ({window:g}) exceeds the {longest:g} s the model takes")
+            raise UsageError(f"window_seconds ({window:g}) exceeds the {longest:g} s the model takes")
         self.window_seconds, self.hop_seconds = check_window(window, hop_seconds)
         self.batch_size = int(batch_size)
         self.speaker_statistics, self.normalization = None, "global"
@@ -280,8 +276,9 @@ class AudioFileClassifier:
             result = FileResult(path=path)
             results.append(result)
             try:
-                waveform, result.duration_s, result.notices = read_file(path, self.sampling_rate, self.policy)
-            except AudioInputError as error:
+                waveform, result.duration_s, result.notices = decode_file(path, self.sampling_rate)
+                check_waveform(waveform, self.sampling_rate, path, self.file_policy)
+            except AudioInputError as error:  # the row keeps what is known: duration, notices
                 result.error = str(error)
                 continue
             pending.append((result, waveform))
@@ -353,7 +350,7 @@ def write_results(results: Sequence[FileResult], path: str | os.PathLike, label_
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
-        raise ValueError(f"--output {path}: the file name must end in .csv or .jsonl")
+        raise UsageError(f"--output {path}: the file name must end in .csv or .jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         if suffix == ".jsonl":

@@ -53,15 +53,19 @@ def check_temperature(config_name: str, field: str, value: object) -> None:
         raise ValueError(f"{config_name}.{field} must be in (0, 10), got {value!r}")
 
 
-def with_default_labels(kwargs: dict) -> dict:
-    """The ``PretrainedConfig`` keyword arguments of an emotion model: 4 classes when neither ``id2label`` nor
-    ``num_labels`` is given."""
-    if "id2label" not in kwargs and "num_labels" not in kwargs:
-        return {**kwargs, "num_labels": 4}
-    return kwargs
-
-
 def check_labels(config_name: str, num_labels: int) -> None:
     """An emotion model needs at least two classes."""
     if num_labels < 2:
         raise ValueError(f"{config_name}.id2label must name at least 2 emotions, got {num_labels}")
+
+
+def label_kwargs(kwargs: dict, default_num_labels: int = 4) -> dict:
+    """A config's keyword arguments with both label maps: `default_num_labels` placeholder classes when neither
+    `id2label` nor `num_labels` is given, and `label2id` filled from `id2label` when missing or null
+    (transformers 5 derives it only from `num_labels`), so every saved `config.json` has both."""
+    if "id2label" not in kwargs and "num_labels" not in kwargs:
+        kwargs["num_labels"] = default_num_labels
+    id2label = kwargs.get("id2label")
+    if id2label and not kwargs.get("label2id"):
+        kwargs["label2id"] = {name: int(index) for index, name in id2label.items()}
+    return kwargs

@@ -12,7 +12,7 @@ from .config_checks import (
     check_positive_int,
     check_probability,
     check_temperature,
-    with_default_labels,
+    label_kwargs,
 )
 
 TEXT_POOLINGS = ("mean", "last", "cls")
@@ -145,5 +145,5 @@ class MiseAlignerConfig(PretrainedConfig):
         self.text_lora = check_text_lora(text_lora, f"{name}.text_lora")
         if self.text_lora is not None and not self.use_text:
             raise ValueError(f"{name}.text_lora needs use_text=True (a text projection head to tune for)")
-        super().__init__(**with_default_labels(kwargs))
+        super().__init__(**label_kwargs(kwargs))
         check_labels(name, self.num_labels)

@@ -6,7 +6,7 @@ import sys
 
 from transformers import PretrainedConfig
 
-from .config_checks import check_non_negative, check_positive_int
+from .config_checks import check_non_negative, check_positive_int, label_kwargs
 from .configuration_aligner import MiseAlignerConfig
 from .configuration_classifier import MiseClassifierConfig
 
@@ -105,7 +105,7 @@ class MiseAudioClassifierConfig(PretrainedConfig):
         kwargs.setdefault("id2label", dict(self.classifier_config.id2label))
         if _pipeline_registered():  # `import modeling_mise` gave the pipeline: no remote code to trust for it
             kwargs.pop("custom_pipelines", None)
-        super().__init__(**kwargs)
+        super().__init__(**label_kwargs(kwargs))
 
     @property
     def speaker_adaptive(self) -> bool:

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .config_checks import (
-    check_int_list,
-    check_labels,
-    check_positive_int,
-    check_probability,
-    with_default_labels,
-)
+from .config_checks import check_int_list, check_labels, check_positive_int, check_probability, label_kwargs
 
 
 class MiseClassifierConfig(PretrainedConfig):
@@ -53,7 +47,7 @@ class MiseClassifierConfig(PretrainedConfig):
         self.dropout = dropout
         self.multimodal = bool(multimodal)
         self.input_scale = float(input_scale)
-        super().__init__(**with_default_labels(kwargs))
+        super().__init__(**label_kwargs(kwargs))
         check_labels(name, self.num_labels)
 
     @property

@@ -11,7 +11,7 @@ from .config_checks import (
     check_positive_int,
     check_probability,
     check_temperature,
-    with_default_labels,
+    label_kwargs,
 )
 
 
@@ -85,5 +85,5 @@ class MiseGeneratorConfig(PretrainedConfig):
         self.lambda_y = float(lambda_y)
         self.lambda_t = float(lambda_t)
         self.tau = float(tau)
-        super().__init__(**with_default_labels(kwargs))
+        super().__init__(**label_kwargs(kwargs))
         check_labels(name, self.num_labels)

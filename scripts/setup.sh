@@ -27,5 +27,7 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch first: a range in pyproject.toml would otherwise pull a multi-GB CUDA build.
 "$VENV/bin/python" -m pip install -q "torch==${TORCH_VERSION}"
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+# the editable install's one notice (setuptools' "Editable installation.": folders named like the package may
+# shadow it) is information, not a problem of this project: filtered so the set-up prints no warning
+PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/python" -m pip install -q -e ".[dev]"
 echo "MISE environment ready in $VENV"

@@ -1,8 +1,9 @@
-"""README result tables cannot drift from the study outputs they quote.
+"""The result tables of README.md and docs/*.md cannot drift from the study outputs they quote.
 
 A table preceded by `<!-- study table: PATH/study.json -->` has one row per variant (`variant: description`)
 with the columns UAR mean ± std over folds, pooled UAR, Δ pooled vs none, Wilcoxon p vs none; every number
-shown must be the study's value rounded as displayed.
+shown must be the study's value rounded as displayed. The README's summary table, the targets table and the
+as-released table are checked against their `study.json` / `summary.json` files the same way.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 MARKER = re.compile(r"<!-- study table: (\S+) -->\n((?:\|.*\|\n)+)")
 NUMBER = re.compile(r"[+\-−]?\d+(?:\.\d+)?(?:e-?\d+)?")
 
 
+def pages_text() -> str:
+    """README.md and the pages under docs/, one text."""
+    return "\n".join(page.read_text() for page in PAGES)
+
+
 def study_tables(readme: str) -> list[tuple[str, list[list[str]]]]:
-    """(study.json path, rows of cells without the header and separator) for every marked README table."""
+    """(study.json path, rows of cells without the header and separator) for every marked table."""
     tables = []
     for path, block in MARKER.findall(readme):
         rows = [
@@ -60,11 +67,12 @@ def check_row(cells: list[str], variants: dict) -> None:
     assert matches(NUMBER.findall(cells[4])[0], variant["wilcoxon_vs_none"]["p_value"], 1.0), (name, cells[4])
 
 
-def test_readme_has_study_tables():
-    assert study_tables((REPO / "README.md").read_text()), "no README table is tied to a study.json"
+def test_pages_have_study_tables():
+    tables = study_tables(pages_text())
+    assert len(tables) >= 5, "the results pages lost their tables tied to a study.json"
 
 
-@pytest.mark.parametrize("path, rows", study_tables((REPO / "README.md").read_text()))
+@pytest.mark.parametrize("path, rows", study_tables(pages_text()))
 def test_readme_table_matches_its_study(path, rows):
     variants = json.loads((REPO / path).read_text())["variants"]
     assert rows, f"empty table for {path}"
@@ -113,8 +121,8 @@ def check_target_row(cells: list[str], variants: dict) -> None:
 
 
 def test_readme_targets_match_their_studies():
-    blocks = TARGETS.findall((REPO / "README.md").read_text())
-    assert len(blocks) == 1, "the README needs one targets table"
+    blocks = TARGETS.findall(pages_text())
+    assert len(blocks) == 1, "the results pages need one targets table"
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in blocks[0].splitlines()][
         2:
     ]
@@ -146,8 +154,8 @@ def released_values(corpus: str) -> list[float]:
 
 
 def test_readme_released_table_matches_its_runs():
-    blocks = RELEASED.findall((REPO / "README.md").read_text())
-    assert len(blocks) == 1, "the README needs one as-released table"
+    blocks = RELEASED.findall(pages_text())
+    assert len(blocks) == 1, "the results pages need one as-released table"
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in blocks[0].splitlines()][
         2:
     ]
@@ -156,3 +164,44 @@ def test_readme_released_table_matches_its_runs():
         corpus = cells[0].split()[0].lower().replace("-", "")
         for display, value in zip(cells[1:], released_values(corpus), strict=True):
             assert matches(display, value), (corpus, display, value)
+
+
+# ------------------------------------------------------------------------------ the README's summary table
+SUMMARY = re.compile(r"<!-- summary table -->\n((?:\|.*\|\n)+)")
+SUMMARY_COLUMNS = {"no augmentation": "none", "Gaussian noise": "noise", "classic baseline": "classic"}
+
+
+def check_summary_row(cells: dict[str, str], variants: dict) -> None:
+    """A row of the README's summary: MISE's pooled UAR with its Δ and p against `none`, and the pooled UAR of
+    `none`, noise and the classic baseline, as the study has them."""
+    mise, delta, p = (n.replace("−", "-") for n in NUMBER.findall(cells["MISE (vs no augmentation, p)"]))
+    assert matches(mise, variants["mise"]["uar_pooled"]), cells
+    assert matches(delta, variants["mise"]["delta_uar_pooled_vs_none"]), cells
+    assert matches(p, variants["mise"]["wilcoxon_vs_none"]["p_value"], 1.0), cells
+    for column, name in SUMMARY_COLUMNS.items():
+        assert matches(NUMBER.findall(cells[column])[0], variants[name]["uar_pooled"]), (column, cells)
+
+
+def test_readme_summary_matches_its_studies():
+    blocks = SUMMARY.findall((REPO / "README.md").read_text())
+    assert len(blocks) == 1, "the README needs one results summary table"
+    lines = blocks[0].splitlines()
+    header = [cell.strip() for cell in lines[0].strip().strip("|").split("|")]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines[2:]]
+    assert len(rows) >= 4, rows
+    for row in rows:
+        cells = dict(zip(header, row, strict=True))
+        study = re.search(r"\]\((docs/results/[^)]+)/study\.md\)", cells["details"]).group(1)
+        check_summary_row(cells, json.loads((REPO / study / "study.json").read_text())["variants"])
+
+
+def test_a_drifted_summary_number_is_caught():
+    variants = {"classic": {"uar_pooled": 0.75}, "none": {"uar_pooled": 0.675}, "noise": {"uar_pooled": 0.70},
+                "mise": {"uar_pooled": 0.697, "delta_uar_pooled_vs_none": 0.022, "wilcoxon_vs_none": {"p_value": 0.055}}}  # fmt: skip
+    cells = {"MISE (vs no augmentation, p)": "**69.7** (+2.2, p = 0.055)", "no augmentation": "67.5",
+             "Gaussian noise": "70.0", "classic baseline": "75.0"}  # fmt: skip
+    check_summary_row(cells, variants)
+    with pytest.raises(AssertionError):
+        check_summary_row({**cells, "Gaussian noise": "70.1"}, variants)
+    with pytest.raises(AssertionError):
+        check_summary_row({**cells, "MISE (vs no augmentation, p)": "**69.7** (+2.2, p = 0.08)"}, variants)

@@ -374,14 +374,16 @@ def test_transcript_box_and_transcript_for_a_multimodal_model(
     assert not np.allclose(expected_with.numpy(), expected_without.numpy(), atol=1e-4)
 
 
-# ---------------------------------------------------------------- the README's bad-input table, every entry point
+# ------------------------------------------------------- the bad-input table of docs/bad_input.md, every entry point
 
 ERROR_WORDS = ("refused", "exit 1", "exit 2", "AudioInputError")
 
 
 def bad_input_table() -> list[dict]:
-    """Rows of the README's bad-input table: case, file, message and what each entry point does with it."""
-    section = (REPO_ROOT / "README.md").read_text().split("\n## Bad input\n", 1)[1].split("\n## ", 1)[0]
+    """Rows of the bad-input table (docs/bad_input.md): case, file, message and what each entry point does."""
+    section = (
+        (REPO_ROOT / "docs" / "bad_input.md").read_text().split("\n## Bad audio\n", 1)[1].split("\n## ", 1)[0]
+    )
     rows = []
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -419,7 +421,7 @@ def test_the_bad_input_table_has_every_case():
 
 @pytest.mark.parametrize("row", BAD_INPUT_TABLE, ids=[row["case"] for row in BAD_INPUT_TABLE])
 def test_bad_input_table_row(row, app, clips, space_model, classify_pipeline, caplog):
-    """One row of the README's table through the Space function, `mise classify` (a subprocess) and `pipeline()`."""
+    """One row of the table through the Space function, `mise classify` (a subprocess) and `pipeline()`."""
     path = next(path for path in clips.values() if path.name == row["file"])
     # the Space
     expected = row["space"]

@@ -18,6 +18,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from mise.cache import default_cache_dir
+from mise.console import UsageError
 from mise.data import MIN_CLASS_CLIPS, MIN_CLASS_SPEAKERS
 from mise.folds import PROTOCOLS
 from modeling_mise.audio import DEFAULT_POLICY
@@ -31,8 +32,8 @@ SPLIT_NEEDS = (
 )
 
 
-class ConfigError(ValueError):
-    """A malformed training configuration; the message names the field."""
+class ConfigError(UsageError):
+    """A malformed training configuration; the message names the field (the flag of the same name). Exit 2."""
 
 
 METHOD_CONFIG = Path(__file__).resolve().parent / "configs" / "mise.yaml"
@@ -197,7 +198,7 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         if not self.dataset:
-            raise ConfigError("dataset: required (a manifest CSV, an audiofolder directory or a dataset id)")
+            raise ConfigError(_missing_dataset(self.data_dir))
         self.transcript_column = none_if_unset(self.transcript_column)
         self.session_column = none_if_unset(self.session_column)
         self.split_column = none_if_unset(self.split_column)
@@ -225,6 +226,14 @@ class DataArguments:
         _positive("feature_batch_size", self.feature_batch_size)
         if self.cache_dir is None:
             self.cache_dir = str(default_cache_dir())
+
+
+def _missing_dataset(data_dir: str | None) -> str:
+    """The one-line error of a run without `--dataset`, with the flag to add when `data_dir` holds a manifest."""
+    hint = "e.g. --dataset my_corpus/manifest.csv, or a corpus config such as training/configs/corpora/ravdess.yaml"
+    if data_dir and (Path(data_dir) / "manifest.csv").is_file():
+        hint = f"{data_dir} holds a manifest.csv: add --dataset manifest.csv"
+    return f"--dataset: required (a manifest CSV, an audiofolder directory or a dataset id); {hint}"
 
 
 def _parse_label_map(value: str | dict | None) -> str | dict | None:
@@ -666,10 +675,17 @@ def parse_arguments(argv: list[str] | None = None, extra_types: tuple[type, ...]
         values.update(read)
     # file values become the parser's defaults, so any `--key value` on the command line overrides them.
     parser.set_defaults(**values)
+    parser.error = _raise_config_error  # a bad flag value: one line naming it, not argparse's usage wall
     try:
         return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    except TypeError as error:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:  # e.g. a flag no argument class has
         raise ConfigError(str(error)) from error
+
+
+def _raise_config_error(message: str):
+    raise ConfigError(message)
 
 
 def _read_config_file(path: Path) -> dict:

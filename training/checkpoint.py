@@ -32,8 +32,9 @@ BEST_STATE_FILE = "best_state.safetensors"
 _NAME = re.compile(r"^checkpoint_(\d+)$")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from; the message names the folder and the reason."""
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be resumed from; the message names the folder and the reason. Exit 2: resume
+    with the settings it was written with, or start a new output_dir."""
 
 
 def prepare_output_dir(

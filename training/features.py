@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 
 from mise.cache import FeatureCache
+from mise.console import progress_bars
 from mise.data import Corpus, Rejection, check_class_sizes, load_corpus, write_rejections
 from modeling_mise.audio import AudioInputError, crop
 from modeling_mise.encoders import AudioEncoder, TextEncoder, load_audio_encoder, load_text_encoder
@@ -163,7 +164,7 @@ def usable_clips(
     misses = [i for i in range(len(corpus)) if i not in reasons]
     judged = corpus.subset(misses).judge(
         sampling_rate, min_seconds=data_args.min_seconds, strict=data_args.strict,
-        show_progress=accelerator.is_local_main_process and bool(misses), silence_dbfs=data_args.silence_dbfs,
+        show_progress=accelerator.is_local_main_process and bool(misses) and progress_bars(), silence_dbfs=data_args.silence_dbfs,
     )  # fmt: skip
     waveforms: dict[int, np.ndarray] = {}
     for index, (waveform, reason) in zip(misses, judged, strict=True):
@@ -213,7 +214,7 @@ def extract_features(
     fingerprint, so a changed file or encoder recomputes only what changed. Misses are split across processes.
     """
     start = time.perf_counter()
-    show = accelerator.is_local_main_process
+    show = accelerator.is_local_main_process and progress_bars()  # bars on a terminal only
     max_seconds, rate = model_args.max_duration_s, audio_encoder.sampling_rate
     spec = audio_spec(audio_encoder, model_args)
     audio_cache = FeatureCache(data_args.cache_dir, spec)

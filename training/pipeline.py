@@ -322,18 +322,18 @@ def _candidate_scores(stages: dict) -> str:
 def run_folds(
     ctx: RunContext,
     folds: list[Fold],
-    final_models: bool = False,
+    final_trainings: int = 0,
     context_for: Callable[[Fold], RunContext] | None = None,
 ) -> list[dict]:
     """Every fold, whole folds spread over the processes (fold i on process i mod world size); every process
-    returns all folds' records, read from their `metrics.json`. `final_models`: the main process trains them
-    after its folds (counted in its progress bar). `context_for(fold)`: the fold's context (e.g. its features),
-    `ctx` when not given."""
+    returns all folds' records, read from their `metrics.json`. `final_trainings`: how many final models (the
+    released pair, the per-speaker pair) the main process trains after its folds (counted in its progress bar).
+    `context_for(fold)`: the fold's context (e.g. its features), `ctx` when not given."""
     accelerator = ctx.accelerator
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = [index for index in range(len(folds)) if index % world == rank]
     if ctx.progress is not None:
-        ctx.progress.total = (len(mine) + int(final_models)) * ctx.epochs_per_fold
+        ctx.progress.total = (len(mine) + final_trainings) * ctx.epochs_per_fold
     context_for = context_for or (lambda fold: ctx)
     records = {index: run_fold(context_for(folds[index]), folds[index], index) for index in mine}
     if world > 1:

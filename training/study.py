@@ -30,6 +30,7 @@ import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
+from mise.console import progress_bars, run_command
 from mise.folds import Fold
 from training.arguments import (
     ConfigError,
@@ -127,7 +128,7 @@ def _run_units(
     rank, world = accelerator.process_index, accelerator.num_processes
     units: dict[int, dict] = {}
     progress = tqdm(total=len(pairs[rank::world]), desc="study", unit="fold",
-                    disable=not accelerator.is_local_main_process)  # fmt: skip
+                    disable=not (accelerator.is_local_main_process and progress_bars()))  # fmt: skip
     for position, (seed, fold_index, fold) in enumerate(pairs):
         if position % world != rank:
             continue
@@ -275,11 +276,7 @@ def _study_info(
 
 
 def _cli() -> None:
-    try:
-        main()
-    except (ValueError, NonFiniteLossError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_command(main, "error", data_errors=(NonFiniteLossError,)))  # the exit codes of mise.console
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
+from mise.console import progress_bars, run_command
 from mise.folds import Fold
 from mise.hub.push import HubPushError, push_run
 from mise.hub.run_card import write_run_card
@@ -46,6 +47,7 @@ from training.pipeline import (
 )
 from training.run import Run, start_run, training_threads
 from training.speaker_normalization import (
+    ENROLMENT_SIZES,
     Enrolment,
     SpeakerNormalization,
     enrolment_summary,
@@ -106,15 +108,15 @@ def _context(run: Run, total_folds: int) -> RunContext:
         resume_from = checkpoints.resolve(training_args.resume_from_checkpoint)
         where = resume_from.path if resume_from is not None else "each fold's latest checkpoint"
         logger.info(f"resuming from {where}")
-    progress = tqdm(
-        total=0, desc="MISE", unit="epoch", disable=not accelerator.is_local_main_process, dynamic_ncols=True
-    )
     ctx = RunContext(
         accelerator, run.data_args, run.model_args, training_args, run.prepared.features,
         torch.as_tensor(corpus.labels()), dict(corpus.id2label), run.output_dir, run.config_hash, checkpoints,
-        resume_from, run.resuming, progress if not progress.disable else None, corpus.transcripts(),
+        resume_from, run.resuming, None, corpus.transcripts(),
     )  # fmt: skip
-    progress.total = total_folds * ctx.epochs_per_fold
+    if accelerator.is_local_main_process and progress_bars():  # a terminal: one bar; a log: the log lines
+        ctx.progress = tqdm(
+            total=total_folds * ctx.epochs_per_fold, desc="MISE", unit="epoch", dynamic_ncols=True
+        )
     return ctx
 
 
@@ -138,11 +140,30 @@ def _summary(run: Run, records: list[dict], choices: dict) -> dict:
         speaker_normalization=normalization_report(choices, run.data_args.speaker_normalization),
         enrolment=enrolment_summary(records, len(corpus.id2label), corpus.id2label),
     )
+    summary["as_released"], note = _as_released(summary)
     logger.info(
         f"pooled UAR {summary['uar_pooled']:.4f}, mean UAR {summary['uar_mean']:.4f} +- {summary['uar_std']:.4f} "
-        f"over {summary['n_folds']} fold(s)"
+        f"over {summary['n_folds']} fold(s); {note}"
     )
     return summary
+
+
+def _as_released(summary: dict) -> tuple[dict, str]:
+    """Which number the released model gives a user, next to the fold number: `summary.json`'s `as_released` and
+    the words of the summary log line. A clip classified without enrolment is normalised with global statistics,
+    so the fold number is that number only where the folds used global statistics too."""
+    if summary["speaker_normalization"]["per_speaker_folds"] == 0:
+        released = {"without_enrolment": summary["uar_pooled"], "statistics": "global"}
+        return released, "global statistics: what the released model gives on a clip without enrolment"
+    enrolment = summary["enrolment"] or {}
+    with_enrolment = {size: enrolment.get(f"uar_pooled_{size}") for size in ENROLMENT_SIZES}
+    released = {"without_enrolment": None, "with_enrolment": with_enrolment, "statistics": "per-speaker"}
+    scores = " / ".join("-" if value is None else f"{value:.4f}" for value in with_enrolment.values())
+    return released, (
+        "per-speaker statistics from all of each test speaker's clips, itself included; the released model "
+        f"gives {scores} with 3 / 10 / all other clips of the speaker as enrolment, and without enrolment uses "
+        "global statistics, not measured by this run (a run with --speaker_normalization false measures it)"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -176,7 +197,11 @@ def _train(run: Run, started: float) -> dict:
     speaker_adaptive = (
         training_args.final_models and final_choice.per_speaker and not run.model_args.multimodal
     )
-    ctx = _context(run, len(folds) + (1 + speaker_adaptive if training_args.final_models else 0))
+    # the main process trains the released pair, and the per-speaker pair too when it is the only process
+    final_trainings = (
+        1 + (speaker_adaptive and run.accelerator.num_processes == 1)
+    ) * training_args.final_models
+    ctx = _context(run, len(folds) + final_trainings)
     tick = time.perf_counter()
     enrolment = Enrolment(
         features.audio, np.asarray(corpus.speakers()), np.asarray(corpus.labels()), training_args.seed
@@ -184,7 +209,7 @@ def _train(run: Run, started: float) -> dict:
     records = run_folds(
         ctx,
         folds,
-        training_args.final_models,
+        final_trainings,
         lambda fold: normalization.fold_context(ctx, choices[fold.name], enrolment),
     )
     seconds["folds"] = time.perf_counter() - tick
@@ -229,14 +254,9 @@ def _train(run: Run, started: float) -> dict:
 
 
 def _cli() -> None:
-    try:
-        main()
-    except (ValueError, NonFiniteLossError) as error:  # bad input / config / NaN loss: a message, not a trace
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except HubPushError as error:  # the run is complete in OUT; `mise push OUT --org ORG` retries
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    # config errors exit 2, bad data and NaN losses 1 (mise.console); a failed push leaves the run complete in
+    # OUT (`mise push OUT --org ORG` retries) and exits 2
+    sys.exit(run_command(main, "error", usage_errors=(HubPushError,), data_errors=(NonFiniteLossError,)))
 
 
 if __name__ == "__main__":

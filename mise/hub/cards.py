@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from mise.console import UsageError
+
 HUB_KINDS = ("aligner", "generator", "classifier", "audio-classifier")
 PIPELINE_TAGS = {
     "aligner": "feature-extraction",
@@ -104,7 +106,7 @@ _CORPUS_PATTERNS = {
 }
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UsageError):
     """A run folder that cannot be published; the message names the file and the reason."""
 
 
