@@ -76,7 +76,8 @@ def test_aligner_shapes_normalised_and_loss_only_when_asked():
     assert model.logit_scale.grad is not None  # the temperature is learned
 
     only_contrastive = model(audio_features=audio, text_features=text, return_loss=True)
-    assert torch.allclose(only_contrastive.loss, only_contrastive.contrastive_loss)
+    weighted = model.config.lambda_cl * only_contrastive.contrastive_loss
+    assert torch.allclose(only_contrastive.loss, weighted)
 
 
 def test_aligner_missing_transcripts_and_audio_only():

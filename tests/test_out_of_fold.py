@@ -134,7 +134,7 @@ def test_copies_control_adds_exact_copies_of_real_rows():
     args = MiseTrainingArguments(
         output_dir="unused", generated_ratio=1.0, noise_std=VARIANTS["copies"].noise_std
     )
-    rows, row_labels = Augmenter("noise", features, labels, 2, args, seed=0).rows(epoch=3)
+    rows, row_labels = Augmenter("noise", features, labels, 2, args).rows(torch.Generator().manual_seed(3))
     extra, extra_labels = rows[30:], row_labels[30:]
     assert len(extra) == len(extra_labels) == 30 and torch.bincount(row_labels).tolist() == [30, 30]
     for row, label in zip(extra, extra_labels, strict=True):

@@ -675,7 +675,7 @@ def test_choosing_the_ratio_keeps_the_validation_best_and_the_first_on_a_tie():
         assert once["generated_ratio"] is None and len(once["generated_ratio_candidates"]) == 1
     assert generated_ratio_candidates(args, "mise", multimodal=True) == [None]  # three pairs per real pair
     assert generated_ratio_candidates(args, "noise", multimodal=True) == [0.5, 1.0, 2.0]
-    fixed = MiseTrainingArguments(output_dir="unused", generated_ratio=2.0)
+    fixed = MiseTrainingArguments(output_dir="unused", generated_ratio=2.0, generated_ratios=[])
     assert generated_ratio_candidates(fixed, "mise") == [2.0]  # no candidates: generated_ratio alone
     with pytest.raises(ConfigError, match="generated_ratios"):
         MiseTrainingArguments(output_dir="unused", generated_ratios=[1.0, 1.0])

@@ -416,8 +416,8 @@ class ModelArguments:
             if not 0.0 < getattr(self, name) < 10.0:
                 raise ConfigError(f"{name}: a temperature must lie in (0, 10), got {getattr(self, name)!r}")
         for name in ("aligner_hidden_sizes", "generator_hidden_sizes", "discriminator_hidden_sizes"):
-            sizes = getattr(self, name)
-            if not sizes or any(size < 1 for size in sizes):
+            sizes = getattr(self, name)  # the projection heads may be linear ([]); G and D need a layer
+            if (not sizes and name != "aligner_hidden_sizes") or any(size < 1 for size in sizes):
                 raise ConfigError(f"{name}: must be a non-empty list of positive sizes, got {sizes}")
         if self.classifier_init_from_aligner and (
             self.classifier_hidden_sizes or self.classifier_input_scale != 1

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     hash_ = study_hash(data_args, model_args, training_args, study_args)
     # 2.-3. accelerator, logging, output folder; corpus and frozen features (cached: a second study on the same
     # corpus computes nothing)
-    run = start_run(
+    run = start_run(  # no tracker; each unit's file carries its hash
         data_args,
         model_args,
         training_args,
@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         STUDY_FILES,
         STUDY_FILES,
         "study",
-        tracker=False,
-        resume_checks_hash=False,  # each unit's file carries its hash
+        resume_checks_hash=False,
     )
     with training_threads(training_args.training_threads):  # one thread: fastest for these sizes
         return _run_study(raw_argv, started, run, study_args)
