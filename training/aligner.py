@@ -100,14 +100,16 @@ def train_aligner(
     validation speakers (`early_stopping_metric`: UAR or cross-entropy); returns the best aligner (eval mode,
     with a LoRA-tuned text encoder attached) and a summary.
     """
-    model = initialised(lambda: MiseAlignerModel(config), seed)
     mean, std = feature_statistics(audio_train)
-    span = training_span(standardize(audio_train, mean, std)) if args.aligner_input_span else None
-    statistics = (mean, std)
-    if span is not None:  # the same model restricted to the span: inputs are span coordinates
-        model = _in_span(model, span)
-        audio_train, audio_val = (standardize(audio, mean, std) @ span for audio in (audio_train, audio_val))
-        statistics = (torch.zeros(span.shape[1]), torch.ones(span.shape[1]))
+    components = args.aligner_input_components
+    basis = principal_basis(standardize(audio_train, mean, std), components) if components else None
+    statistics, trained_config = (mean, std), config
+    if basis is not None:  # stage 1 on principal coordinates of the training clips, folded back afterwards
+        trained_config = copy.deepcopy(config)
+        trained_config.audio_dim = basis.shape[1]
+        audio_train, audio_val = (standardize(audio, mean, std) @ basis for audio in (audio_train, audio_val))
+        statistics = (torch.zeros(basis.shape[1]), torch.ones(basis.shape[1]))
+    model = initialised(lambda: MiseAlignerModel(trained_config), seed)
     if config.text_lora is not None:
         if transcripts_train is None or text_train is None:
             raise ValueError(
@@ -125,49 +127,38 @@ def train_aligner(
         runtime, "aligner", model, optimizer, batches, parameters, args, args.aligner_epochs,
         batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val, seed,
     )  # fmt: skip
-    if span is not None:
-        model = _from_span(model, config, span, mean, std)
+    if basis is not None:
+        model = _unfold(model, config, basis, mean, std)
     summary = stage_summary(state)
-    summary["input_span"] = None if span is None else span.shape[1]
+    summary["input_components"] = None if basis is None else basis.shape[1]
     return model, summary
 
 
-def training_span(standardised: Tensor) -> Tensor | None:
-    """Orthonormal basis `(audio_dim, k)` of the directions the (centred) standardised training features occupy,
-    or None when they occupy every direction (k = audio_dim). From the eigenvectors of the clips' Gram matrix
-    (float64): a clips x clips problem, however wide the features."""
+def principal_basis(standardised: Tensor, components: int) -> Tensor:
+    """The top `components` principal directions of the training clips' standardised (centred) features, as an
+    `(audio_dim, k)` basis scaled so that the clips' coordinates have unit standard deviation on average; a
+    `components` at least the clips' count takes every direction they occupy (their span). From the
+    eigenvectors of the clips' Gram matrix (float64): a clips x clips problem, however wide the features."""
     rows = standardised.double()
-    eigenvalues, vectors = torch.linalg.eigh(rows @ rows.T)
+    eigenvalues, vectors = torch.linalg.eigh(rows @ rows.T)  # ascending
     keep = eigenvalues > eigenvalues.max() * 1e-10  # numerically non-zero (centring removes one direction)
-    if int(keep.sum()) >= rows.shape[1]:
-        return None
-    basis = rows.T @ vectors[:, keep] / eigenvalues[keep].sqrt()
-    return basis.flip(1).to(standardised.dtype).contiguous()  # largest first
+    eigenvalues, vectors = eigenvalues[keep].flip(0)[:components], vectors[:, keep].flip(1)[:, :components]
+    basis = rows.T @ vectors / eigenvalues.sqrt()  # orthonormal columns, largest variance first
+    coordinate_std = (eigenvalues / max(len(rows) - 1, 1)).sqrt().mean()
+    return (basis / coordinate_std).to(standardised.dtype).contiguous()
 
 
-def _in_span(model: MiseAlignerModel, span: Tensor) -> MiseAlignerModel:
-    """`model` restricted to `span`: the first audio layer's weights projected on it (the same initial model on
-    the training clips), every other weight as it is; inputs are then span coordinates, standardised already."""
-    config = copy.deepcopy(model.config)
-    config.audio_dim = span.shape[1]
-    small = MiseAlignerModel(config)
-    state = model.state_dict()
-    state["audio_projection.0.weight"] = state["audio_projection.0.weight"] @ span
-    state["audio_mean"], state["audio_std"] = torch.zeros(span.shape[1]), torch.ones(span.shape[1])
-    small.load_state_dict(state)
-    return small
-
-
-def _from_span(
-    small: MiseAlignerModel, config: MiseAlignerConfig, span: Tensor, mean: Tensor, std: Tensor
+def _unfold(
+    small: MiseAlignerModel, config: MiseAlignerConfig, basis: Tensor, mean: Tensor, std: Tensor
 ) -> MiseAlignerModel:
-    """The full aligner of a model trained on span coordinates: the basis folded into the first audio layer
-    (`W span^T`), the standardisation statistics of the training clips; the same `z_a` for every clip."""
+    """The full aligner of a model trained on the coordinates `standardise(h) @ basis`: the basis folded into the
+    first audio layer (`W basis^T`) and the training clips' standardisation statistics; the same `z_a` for every
+    clip."""
     model = MiseAlignerModel(config)
     if small.text_encoder is not None:  # the tuned encoder (its adapter tensors are in the state dict too)
         model.set_text_encoder(small.text_encoder)
     state = small.state_dict()
-    state["audio_projection.0.weight"] = state["audio_projection.0.weight"] @ span.T
+    state["audio_projection.0.weight"] = state["audio_projection.0.weight"] @ basis.T
     state["audio_mean"], state["audio_std"] = mean, std
     model.load_state_dict(state)
     return model.to(small.audio_mean.device).eval()

@@ -474,12 +474,13 @@ class MiseTrainingArguments:
     aligner_weight_decay: float = field(
         **shipped("aligner_weight_decay"), metadata={"help": "AdamW weight decay of stage 1."}
     )
-    aligner_input_span: bool = field(
-        **shipped("aligner_input_span"),
+    aligner_input_components: int = field(
+        **shipped("aligner_input_components"),
         metadata={
-            "help": "Train stage 1 inside the span of the training clips' standardised features (at most clips "
-            "- 1 directions; input dropout acts on them), then fold that basis into the first layer: the same "
-            "model, far less arithmetic when clips < audio_dim, and no untrained directions for test clips."
+            "help": "Stage 1 on the top-k principal directions of the fold's standardised training clips (fitted on "
+            "its training rows only, coordinates scaled to unit average std), folded back into the first layer "
+            "afterwards, so the saved aligner still reads the full features; a k at least the clips' count takes "
+            "every direction they occupy; 0: the full features."
         },
     )
     text_lora_learning_rate: float = field(
@@ -608,7 +609,12 @@ class MiseTrainingArguments:
             _positive(name, getattr(self, name), allow_zero=True)
         for name in ("generator_mixup_alpha", "mixup_alpha", "noise_std", "generated_ratio", "max_grad_norm"):
             _positive(name, getattr(self, name), allow_zero=True)
-        for name in ("aligner_weight_decay", "classifier_weight_decay", "checkpoint_every"):
+        for name in (
+            "aligner_weight_decay",
+            "classifier_weight_decay",
+            "checkpoint_every",
+            "aligner_input_components",
+        ):
             _positive(name, getattr(self, name), allow_zero=True)
         for ratio in self.generated_ratios:
             _positive("generated_ratios", ratio, allow_zero=True)

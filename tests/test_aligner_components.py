@@ -1,4 +1,5 @@
-"""Stage 1 inside the span of the training clips (`aligner_input_span`), on eGeMAPS features of real RAVDESS clips."""
+"""Stage 1 on principal directions of the training clips (`aligner_input_components`), on eGeMAPS features of real
+RAVDESS clips."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from accelerate import Accelerator
 from modeling_mise.audio import load_audio
 from modeling_mise.encoders import load_audio_encoder
 from modeling_mise.layers import feature_statistics, standardize
-from training.aligner import aligner_config, encode_audio, train_aligner, training_span
+from training.aligner import aligner_config, encode_audio, principal_basis, train_aligner
 from training.arguments import MiseTrainingArguments, ModelArguments
 from training.engine import StageRuntime
 
@@ -29,11 +30,11 @@ def real_features(ravdess_rows) -> tuple[torch.Tensor, torch.Tensor]:
     return features.float(), labels
 
 
-def _train(features: torch.Tensor, labels: torch.Tensor, span: bool):
+def _train(features: torch.Tensor, labels: torch.Tensor, components: int):
     model_args = ModelArguments(aligner_hidden_sizes=[16], projection_dim=8, aligner_input_dropout=0.2)
     config = aligner_config(model_args, features.shape[1], None, {0: "angry", 1: "sad"})
     args = MiseTrainingArguments(
-        output_dir="unused", aligner_epochs=5, aligner_batch_size=16, aligner_input_span=span
+        output_dir="unused", aligner_epochs=5, aligner_batch_size=16, aligner_input_components=components
     )
     train, val = slice(0, TRAIN_CLIPS), slice(TRAIN_CLIPS, None)
     return train_aligner(
@@ -42,32 +43,39 @@ def _train(features: torch.Tensor, labels: torch.Tensor, span: bool):
     )  # fmt: skip
 
 
-def test_training_span_is_an_orthonormal_basis_of_the_centred_clips(real_features):
+def test_principal_basis_spans_the_centred_clips_largest_variance_first(real_features):
     features = real_features[0][:TRAIN_CLIPS]
     standardised = standardize(features, *feature_statistics(features))
-    basis = training_span(standardised)
+    basis = principal_basis(standardised, 1000)  # at least the clips' count: their whole span
     assert basis.shape == (88, TRAIN_CLIPS - 1)  # centring removes one direction
-    assert torch.allclose(basis.T @ basis, torch.eye(TRAIN_CLIPS - 1), atol=1e-4)
-    assert torch.allclose(standardised @ basis @ basis.T, standardised, atol=1e-3)
-    wide = torch.randn(200, 10, generator=torch.Generator().manual_seed(0))
-    assert training_span(wide - wide.mean(0)) is None  # the clips fill every direction: nothing to restrict
+    coordinates = standardised @ basis
+    assert abs(float(coordinates.std(0).mean()) - 1.0) < 1e-4  # unit standard deviation on average
+    unit = basis / basis.norm(dim=0)
+    assert torch.allclose(unit.T @ unit, torch.eye(TRAIN_CLIPS - 1), atol=1e-4)  # orthogonal directions
+    assert torch.allclose(standardised @ unit @ unit.T, standardised, atol=1e-3)  # the clips lie in it
+    variances = coordinates.var(0)
+    assert bool((variances[:-1] >= variances[1:] - 1e-5).all())  # largest variance first
+    top = principal_basis(standardised, 5)
+    assert top.shape == (88, 5)
+    assert torch.allclose(top / top.norm(dim=0), unit[:, :5], atol=1e-4)
 
 
-def test_span_aligner_ignores_directions_no_training_clip_has(real_features):
+def test_the_aligner_reads_the_full_features_and_ignores_unused_directions(real_features):
     features, labels = real_features
     train = features[:TRAIN_CLIPS]
     mean, std = feature_statistics(train)
-    basis = training_span(standardize(train, mean, std))
+    basis = principal_basis(standardize(train, mean, std), 8)
+    unit = basis / basis.norm(dim=0)
     unseen = torch.randn(88, generator=torch.Generator().manual_seed(1))
-    unseen = (unseen - basis @ (basis.T @ unseen)) * std * 5  # outside the span, in raw feature units
+    unseen = (unseen - unit @ (unit.T @ unseen)) * std * 5  # outside the 8 directions, in raw feature units
     test = features[TRAIN_CLIPS:]
 
-    aligner, summary = _train(features, labels, span=True)
-    assert summary["input_span"] == TRAIN_CLIPS - 1
+    aligner, summary = _train(features, labels, components=8)
+    assert summary["input_components"] == 8
     assert aligner.config.audio_dim == 88  # the released shape: the basis is folded into the first layer
     assert torch.allclose(encode_audio(aligner, test + unseen), encode_audio(aligner, test), atol=1e-4)
     assert np.isfinite(summary["best_score"])
 
-    plain, summary = _train(features, labels, span=False)
-    assert summary["input_span"] is None
+    plain, summary = _train(features, labels, components=0)
+    assert summary["input_components"] is None
     assert not torch.allclose(encode_audio(plain, test + unseen), encode_audio(plain, test), atol=1e-2)
