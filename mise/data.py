@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from mise.folds import SPLIT_ALIASES, canonical_split
 from modeling_mise.audio import (
+    AUDIO_EXTENSIONS,
     DEFAULT_POLICY,
     AudioInputError,
     decode_bytes,
@@ -35,7 +36,6 @@ from modeling_mise.audio import (
 logger = logging.getLogger(__name__)
 
 AUDIO_COLUMN_CANDIDATES = ("path", "audio", "file", "file_name", "filename", "wav")
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au", ".m4a", ".webm")
 DATA_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 
