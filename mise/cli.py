@@ -56,8 +56,16 @@ def classify(args: argparse.Namespace) -> int:
     if not paths:
         raise ValueError("no audio files found in " + ", ".join(args.paths))
     classifier = load_file_classifier(args)
+    if args.enrolment and args.adapt:
+        raise ValueError(
+            "give --enrolment (clips of the speaker) or --adapt (of the recording setup), not both"
+        )
     if args.enrolment:
         classifier.enrol(collect_audio_paths(args.enrolment))
+    if args.adapt:
+        for message in classifier.adapt(collect_audio_paths(args.adapt)):
+            print(f"mise classify: adaptation: {message} (skipped)", file=sys.stderr)
+        print(f"mise classify: statistics: {classifier.normalization}", file=sys.stderr)
     workers = default_num_workers() if args.num_workers is None else args.num_workers
     results = classifier.classify_files(paths, num_workers=workers, show_progress=not args.quiet)
     if args.output:
@@ -80,14 +88,15 @@ def evaluate(args: argparse.Namespace) -> int:
     from mise.evaluation import evaluate_on_corpus
 
     options = ("label_map", "drop_labels", "label_column", "speaker_column", "audio_column", "data_dir")
-    options += ("batch_size", "num_workers", "window_seconds", "hop_seconds", "normalize")
+    options += ("batch_size", "num_workers", "window_seconds", "hop_seconds", "normalize", "adaptation_clips")
     report = evaluate_on_corpus(
         resolve_model_source(args.model),
         args.corpus,
         args.output_dir,
         **{name: getattr(args, name) for name in options},
     )
-    print(json.dumps({key: report[key] for key in ("uar", "wa", "macro_f1", "classes", "clips")}, indent=2))
+    keys = ("uar", "wa", "macro_f1", "classes", "clips", "normalization")
+    print(json.dumps({key: report[key] for key in keys}, indent=2))
     return 0
 
 
@@ -97,8 +106,9 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
         "--window_seconds",
         type=float,
         default=None,
-        help="clips longer than this are cut into windows classified one by one; the file's scores are the "
-        "duration-weighted mean (default: the longest clip the model takes, its max_duration_s)",
+        help="cut clips longer than this into windows of this size (at most the model's max_duration_s); "
+        "default: a clip longer than the model's training clips is cut at pauses into utterance-sized segments. "
+        "Each segment is classified; the file's scores are the duration-weighted mean",
     )
     parser.add_argument(
         "--hop_seconds",
@@ -145,11 +155,19 @@ def add_evaluate_parser(commands) -> None:
     evaluate_parser.add_argument("--data_dir", default=None, help="`data_dir` of a Hub or local dataset")
     evaluate_parser.add_argument(
         "--normalize",
-        choices=("model", "corpus"),
-        default="model",
-        help="standardise the frozen features with the training statistics stored in the model (model, as "
-        "released) or with the evaluated corpus' own (corpus: unsupervised adaptation to its recording "
-        "conditions)",
+        choices=("training", "corpus", "speaker"),
+        default="training",
+        help="standardise the frozen features with the training statistics stored in the model (training, as "
+        "released), with the statistics of the corpus' unlabelled clips (corpus: adaptation to its recording "
+        "setup) or of each of its speakers' (speaker: enrolment, models that take it); both shrunk toward the "
+        "training statistics",
+    )
+    evaluate_parser.add_argument(
+        "--adaptation_clips",
+        type=int,
+        default=None,
+        help="with --normalize corpus / speaker: statistics of this many clips of the corpus / of each speaker, "
+        "drawn at random (seed 0); default: all",
     )
     add_classify_arguments(evaluate_parser)
 
@@ -182,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="other clips (files, folders, manifests) of the same speaker as PATHS, unlabelled: the model "
         "normalises with that speaker's statistics (models trained where per-speaker statistics were "
         "label-neutral; others refuse, saying why); each result says which statistics it used",
+    )
+    classify_parser.add_argument(
+        "--adapt",
+        nargs="+",
+        default=None,
+        help="unlabelled clips (files, folders, manifests) of the same recording setup as PATHS: the model "
+        "standardises with their statistics, shrunk toward the training statistics; clips that fail the input "
+        "policy are named and skipped; each result says which statistics it used",
     )
     classify_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_classify_arguments(classify_parser)

@@ -140,7 +140,7 @@ def run_pairs(args: argparse.Namespace, models: dict, drops: dict) -> dict:
                     folder,
                     Path(args.output_dir) / "eval" / f"{train}_to_{test}_{normalize}",
                     drop_labels=drops[test],
-                    normalize=normalize,
+                    normalize="training" if normalize == "model" else normalize,
                     show_progress=False,
                 )
                 results[f"mise_{normalize}"][train][test] = {k: report[k] for k in ("uar", "wa", "macro_f1")}
