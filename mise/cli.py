@@ -74,6 +74,11 @@ def classify(args: argparse.Namespace) -> int:
     else:
         for result in results:
             print(json.dumps(result.to_dict()))
+    if args.timeline:
+        from mise.file_classification import write_timelines
+
+        written = write_timelines(results, args.timeline)
+        print(f"mise classify: {len(written)} timeline(s) -> {args.timeline}", file=sys.stderr)
     for result in results:
         for notice in result.notices:
             print(f"mise classify: {result.path}: {notice}", file=sys.stderr)
@@ -208,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="unlabelled clips (files, folders, manifests) of the same recording setup as PATHS: the model "
         "standardises with their statistics, shrunk toward the training statistics; clips that fail the input "
         "policy are named and skipped; each result says which statistics it used",
+    )
+    classify_parser.add_argument(
+        "--timeline",
+        default=None,
+        metavar="FOLDER",
+        help="write FOLDER/<file>.png for each file cut into several segments: each segment's emotion over time, "
+        "titled with the file's answer (needs matplotlib)",
     )
     classify_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_classify_arguments(classify_parser)

@@ -48,8 +48,10 @@ from modeling_mise.segments import (
     check_window,
     cut_recording,
     duration_weighted_mean,
+    plot_emotion_timeline,
     segment_notice,
     segment_rows,
+    timeline_title,
 )
 
 logger = logging.getLogger(__name__)
@@ -366,6 +368,22 @@ def default_num_workers() -> int:
     """Worker processes for CPU feature extraction: the usable cores, at most 8."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(8, cores))
+
+
+def write_timelines(results: Sequence[FileResult], folder: str | os.PathLike) -> list[Path]:
+    """`folder/<file name>.png`: the timeline of each result cut into several segments (a name taken twice gets
+    its position in front)."""
+    written: list[Path] = []
+    for index, result in enumerate(results):
+        if len(result.segments) < 2:
+            continue
+        path = Path(folder) / f"{Path(result.path).name}.png"
+        if path in written:
+            path = path.with_name(f"{index}_{path.name}")
+        title = timeline_title(Path(result.path).name, result.scores, len(result.segments))
+        written.append(path)
+        plot_emotion_timeline(result.segments, path, title)
+    return written
 
 
 def write_results(results: Sequence[FileResult], path: str | os.PathLike, label_names: Sequence[str]) -> Path:

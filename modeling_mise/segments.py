@@ -360,12 +360,19 @@ def duration_weighted_mean(scores: np.ndarray, segments: list[Segment]) -> np.nd
     return (weights[:, None] * scores).sum(axis=0) / weights.sum()
 
 
+def timeline_title(name: str, scores: Mapping[str, float], segments: int) -> str:
+    """The title of a recording's timeline: its file-level answer, the one its result gives."""
+    label = max(scores, key=scores.get)
+    return f"{name}: {label} ({scores[label]:.0%}, duration-weighted mean of {segments} segments)"
+
+
 def plot_emotion_timeline(
     segments: Sequence[Mapping[str, Any]], path: str | Path | None = None, title: str = ""
 ):
-    """Emotion over time of a long recording (needs `matplotlib`): each class' probability per window, drawn at
-    the window's centre, and the top class as a coloured band. `segments` are `{start_s, end_s, scores}`
-    dicts, as `mise classify` writes them. Returns the figure, also saved when `path` is given."""
+    """Emotion over time of a long recording (needs `matplotlib`): each class' probability per segment, drawn at
+    the segment's centre, and the top class as a coloured band. `segments` are `{start_s, end_s, scores}`
+    dicts (:func:`segment_rows`), as `mise classify` writes them. The one timeline of `mise classify --timeline`
+    and the Space. Returns the figure, also saved when `path` is given."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 

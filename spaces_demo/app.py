@@ -452,11 +452,7 @@ def timeline(
         return hidden
     if len(result.rows) < 2:
         return hidden
-    label = result.label
-    title = (
-        f"{result.clip.name}: {label} ({result.scores[label]:.0%}, duration-weighted mean of "
-        f"{len(result.rows)} segments)"
-    )
+    title = MODEL.segments.timeline_title(result.clip.name, result.scores, len(result.rows))
     return gr.update(value=MODEL.segments.plot_emotion_timeline(result.rows, title=title), visible=True)
 
 

@@ -196,14 +196,11 @@ def test_default_segments_of_a_long_recording(model_dir, joined, reference, tmp_
     speech and some of the silence around it), labelled mostly as the clip alone; `pipeline()` pools the same
     segments. (`bench/bench_segments.py` measures this on every held-out clip, with digital silence and noise.)"""
     path, spans, clips = joined
-    output = tmp_path / "joined.jsonl"
-    assert (
-        mise_main(
-            ["classify", str(model_dir), str(path), "--quiet", "--num_workers", "0", "--output", str(output)]
-        )
-        == 0
-    )
+    output, plots = tmp_path / "joined.jsonl", tmp_path / "timelines"
+    argv = ["classify", str(model_dir), str(path), "--quiet", "--num_workers", "0", "--output", str(output)]
+    assert mise_main([*argv, "--timeline", str(plots)]) == 0
     (result,) = [json.loads(line) for line in output.read_text().splitlines()]
+    assert (plots / "joined_clips.wav.png").stat().st_size > 10_000  # the timeline of its 12 segments
     _, high = AudioFileClassifier(str(model_dir)).utterance_seconds
     assert result["notices"][0].startswith("cut at pauses into 12 segment(s) of ")
     segments = result["segments"]
