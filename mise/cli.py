@@ -131,6 +131,25 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_adaptation_and_timeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """`classify`'s options for a new recording setup (`--adapt`) and for long recordings (`--timeline`)."""
+    parser.add_argument(
+        "--adapt",
+        nargs="+",
+        default=None,
+        help="unlabelled clips (files, folders, manifests) of the same recording setup as PATHS: the model "
+        "standardises with their statistics, shrunk toward the training statistics; clips that fail the input "
+        "policy are named and skipped; each result says which statistics it used",
+    )
+    parser.add_argument(
+        "--timeline",
+        default=None,
+        metavar="FOLDER",
+        help="write FOLDER/<file>.png for each file cut into several segments: each segment's emotion over time, "
+        "titled with the file's answer (needs matplotlib)",
+    )
+
+
 def add_evaluate_parser(commands) -> None:
     """The `evaluate` subcommand's arguments."""
     evaluate_parser = commands.add_parser(
@@ -196,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         default=None,
         help="results.csv (one row per file: path, label, score per class, duration, notices, error) or "
-        "results.jsonl (the same, with the windows of long clips); default: JSON lines on stdout",
+        "results.jsonl (the same, with the segments of long clips); default: JSON lines on stdout",
     )
     classify_parser.add_argument(
         "--enrolment",
@@ -206,21 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "normalises with that speaker's statistics (models trained where per-speaker statistics were "
         "label-neutral; others refuse, saying why); each result says which statistics it used",
     )
-    classify_parser.add_argument(
-        "--adapt",
-        nargs="+",
-        default=None,
-        help="unlabelled clips (files, folders, manifests) of the same recording setup as PATHS: the model "
-        "standardises with their statistics, shrunk toward the training statistics; clips that fail the input "
-        "policy are named and skipped; each result says which statistics it used",
-    )
-    classify_parser.add_argument(
-        "--timeline",
-        default=None,
-        metavar="FOLDER",
-        help="write FOLDER/<file>.png for each file cut into several segments: each segment's emotion over time, "
-        "titled with the file's answer (needs matplotlib)",
-    )
+    add_adaptation_and_timeline_arguments(classify_parser)
     classify_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_classify_arguments(classify_parser)
     add_evaluate_parser(commands)

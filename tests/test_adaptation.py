@@ -72,7 +72,7 @@ def test_adaptation_statistics_shrink_toward_the_training_statistics(loaded, emo
     with torch.no_grad():
         hidden = model.audio_encoder(**inputs)
     n0, n = model.config.adaptation_prior_strength, hidden.shape[0]
-    assert n0 == 10.0
+    assert n0 == 2.0
     mean, std = model.adaptation_statistics(**inputs)
     training_mean, training_var = model.aligner.audio_mean, model.aligner.audio_std.pow(2)
     assert torch.allclose(mean, (n * hidden.mean(0) + n0 * training_mean) / (n + n0), atol=1e-5)
@@ -98,7 +98,7 @@ def test_pipeline_adapts_to_a_folder_and_skips_unusable_clips(
     target = emodb_clips[9]
     with caplog.at_level(logging.WARNING, logger="modeling_mise"):
         adapted = classify(target, top_k=None, adaptation=str(setup_folder))
-    label = "adapted (8 clips, 2 skipped, shrunk toward the training statistics as 10 clips)"
+    label = "adapted (8 clips, 2 skipped, shrunk toward the training statistics as 2 clips)"
     assert {score["normalization"] for score in adapted} == {label}
     warnings = [record.getMessage() for record in caplog.records]
     for name, reason in (("notes.wav", "not a readable audio file"), ("silent.wav", "silent")):
@@ -122,7 +122,7 @@ def test_cli_adapt_names_the_skipped_clips_and_the_statistics(
     argv = ["classify", str(space_model), *emodb_clips[8:], "--quiet", "--num_workers", "0"]
     assert mise_main([*argv, "--output", str(output), "--adapt", str(setup_folder)]) == 0
     err = capsys.readouterr().err
-    label = "adapted (8 clips, 2 skipped, shrunk toward the training statistics as 10 clips)"
+    label = "adapted (8 clips, 2 skipped, shrunk toward the training statistics as 2 clips)"
     assert f"mise classify: statistics: {label}" in err
     assert f"mise classify: adaptation: {setup_folder / 'notes.wav'}: not a readable audio file" in err
     assert f"adaptation: {setup_folder / 'silent.wav'}: silent" in err and err.count("(skipped)") == 2
@@ -139,7 +139,7 @@ def test_cli_adapt_names_the_skipped_clips_and_the_statistics(
 def test_space_adapts_to_uploaded_clips(app, loaded, emodb_clips, clips):  # noqa: F811
     uploads = [*emodb_clips[:8], str(clips["notes"])]
     scores, info = app.classify(emodb_clips[9], "", None, uploads)
-    label = "adapted (8 clips, 1 skipped, shrunk toward the training statistics as 10 clips)"
+    label = "adapted (8 clips, 1 skipped, shrunk toward the training statistics as 2 clips)"
     assert f"Statistics: {label}." in info and "Skipped notes.wav: not a readable audio file" in info
     assert scores == pytest.approx(adapted_scores(loaded, emodb_clips[:8], emodb_clips[9]), abs=1e-4)
     with pytest.warns(UserWarning):

@@ -87,7 +87,7 @@ def test_evaluate_across_corpora(model_dir, emodb_manifest, tmp_path, monkeypatc
     assert mise_main([*argv[:3], "--drop_labels", "angry", "sad", "neutral"]) == 2
 
 
-def test_evaluate_with_a_few_adaptation_clips(model_dir, emodb_manifest, tmp_path):  # noqa: F811
+def test_evaluate_with_a_few_adaptation_clips(model_dir, emodb_manifest, tmp_path, capsys):  # noqa: F811
     """`--normalize corpus --adaptation_clips 4`: the statistics of 4 unlabelled clips of the corpus (drawn with
     seed 0), shrunk toward the training statistics; the predictions are those of `AudioFileClassifier.adapt`
     with the same clips. A model without enrolment refuses `--normalize speaker`, saying why."""
@@ -108,7 +108,7 @@ def test_evaluate_with_a_few_adaptation_clips(model_dir, emodb_manifest, tmp_pat
     argv += ["--label_map", json.dumps(LABEL_MAP)]
     assert mise_main([*argv, "--normalize", "corpus", "--adaptation_clips", "4"]) == 0
     report = json.loads((output / "metrics.json").read_text())
-    assert report["normalization"] == "adapted (4 clips, shrunk toward the training statistics as 10 clips)"
+    assert report["normalization"] == "adapted (4 clips, shrunk toward the training statistics as 2 clips)"
     assert report["adaptation_clips"] == 4 and report["adaptation_skipped"] == []
     corpus = load_corpus(str(emodb_manifest), label_map=LABEL_MAP)
     ((rows, chosen),) = statistics_groups("corpus", corpus.speakers(), 4)
@@ -120,6 +120,7 @@ def test_evaluate_with_a_few_adaptation_clips(model_dir, emodb_manifest, tmp_pat
     for result in classifier.classify_files(list(predicted), show_progress=False):
         assert max(["angry", "sad"], key=result.scores.get) == predicted[result.path]
     assert mise_main([*argv, "--normalize", "speaker", "--output_dir", str(tmp_path / "speaker")]) == 2
+    assert "enrolment: this model does not take enrolment clips" in capsys.readouterr().err
 
 
 def test_cross_corpus_baseline_table_and_figure(tmp_path):

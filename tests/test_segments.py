@@ -52,7 +52,7 @@ def test_utterance_range_is_the_5th_to_95th_percentile_of_known_durations():
 
 def test_the_config_records_the_range_and_older_models_get_a_default(tmp_path):
     config = MiseAudioClassifierConfig(utterance_seconds=[3.2, 4.3])
-    assert config.utterance_range == (3.2, 4.3) and config.adaptation_prior_strength == 10.0
+    assert config.utterance_range == (3.2, 4.3) and config.adaptation_prior_strength == 2.0
     config.save_pretrained(tmp_path)
     assert MiseAudioClassifierConfig.from_pretrained(tmp_path).utterance_range == (3.2, 4.3)
     saved = json.loads((tmp_path / "config.json").read_text())
