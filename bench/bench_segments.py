@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make `mise` and `modeling_mise
 
 from mise.file_classification import AudioFileClassifier
 from modeling_mise.audio import load_audio
+from training.cross_corpus import train_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,36 +64,16 @@ def manifest_rows(corpus: str) -> list[dict]:
 
 
 def train_without(rows: list[dict], held_out: list[str], args: argparse.Namespace) -> Path:
-    """The audio classifier trained on every speaker but the held-out ones (reused when it exists)."""
-    run = Path(args.output_dir) / "train"
-    model = run / "models" / "mise-audio-classifier"
-    if (model / "config.json").is_file():
-        return model
-    run.mkdir(parents=True, exist_ok=True)
-    manifest = run / "manifest.csv"
-    kept = [row for row in rows if row["speaker"] not in held_out]
-    with open(manifest, "w", newline="") as handle:
+    """The audio classifier trained on every speaker but the held-out ones (`OUT/corpus/manifest.csv`, trained as
+    `training/cross_corpus.py` trains a corpus; reused when it exists)."""
+    folder = Path(args.output_dir) / "corpus"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "manifest.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(kept)
-    command = [
-        sys.executable,
-        str(REPO_ROOT / "training" / "train.py"),
-        args.config,
-        "--dataset",
-        str(manifest),
-    ]
-    command += [
-        "--label_column",
-        "emotion",
-        "--speaker_column",
-        "speaker",
-        "--transcript_column",
-        "transcript",
-    ]
-    command += ["--output_dir", str(run), "--max_folds", "1", "--report_to", "none"]
-    subprocess.run(command, check=True, cwd=REPO_ROOT)
-    return model
+        writer.writerows(row for row in rows if row["speaker"] not in held_out)
+    options = argparse.Namespace(output_dir=args.output_dir, config=args.config, max_folds=1)
+    return train_corpus("without_held_out", str(folder), [], options)
 
 
 def build_recordings(

@@ -84,7 +84,8 @@ def train_corpus(name: str, folder: str, drop: list[str], args: argparse.Namespa
         "--output_dir",
         str(run),
     ]
-    command += ["--data_dir", str(Path(folder).resolve()), "--max_folds", str(args.max_folds)]
+    command += ["--dataset", "manifest.csv", "--data_dir", str(Path(folder).resolve())]
+    command += ["--max_folds", str(args.max_folds)]
     command += ["--report_to", "none", "--overwrite_output_dir", "true"]
     if drop:
         command += ["--drop_labels", *drop]
