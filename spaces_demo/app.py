@@ -148,6 +148,11 @@ def load_model(source: str | None = None) -> tuple[LoadedModel | None, str | Non
             str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
         )
         return None, f"Could not load the model `{source}`: {reason}. {hint}"
+    if not hasattr(segments, "cut_recording") or not hasattr(model.config, "utterance_range"):
+        return None, (
+            f"The model `{source}` was saved with code that predates utterance-sized segments and adaptation: "
+            "load it with the current `modeling_mise` and save it again (`save_pretrained`) to update its code."
+        )
     id2label = {int(index): name for index, name in model.config.id2label.items()}
     try:
         hard_limit = env_number("MISE_HARD_LIMIT_SECONDS", 120.0)
