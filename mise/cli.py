@@ -62,6 +62,10 @@ def classify(args: argparse.Namespace) -> int:
         raise UsageError("no audio files found in " + ", ".join(args.paths))
     show_progress = progress_bars(args.quiet)  # before loading: no "Loading weights" bar when quiet
     classifier = load_file_classifier(args)
+    if args.enrolment and args.adapt:
+        raise ValueError(
+            "give --enrolment (clips of the speaker) or --adapt (of the recording setup), not both"
+        )
     if args.enrolment:
         try:
             classifier.enrol(collect_audio_paths(args.enrolment))
@@ -69,6 +73,10 @@ def classify(args: argparse.Namespace) -> int:
             raise
         except ValueError as error:  # the model takes no enrolment, or too few clips
             raise UsageError(str(error)) from error
+    if args.adapt:
+        for message in classifier.adapt(collect_audio_paths(args.adapt)):
+            print(f"mise classify: adaptation: {message} (skipped)", file=sys.stderr)
+        print(f"mise classify: statistics: {classifier.normalization}", file=sys.stderr)
     workers = default_num_workers() if args.num_workers is None else args.num_workers
     results = classifier.classify_files(paths, num_workers=workers, show_progress=show_progress)
     if args.output:
@@ -77,6 +85,11 @@ def classify(args: argparse.Namespace) -> int:
     else:
         for result in results:
             print(json.dumps(result.to_dict()))
+    if args.timeline:
+        from mise.file_classification import write_timelines
+
+        written = write_timelines(results, args.timeline)
+        print(f"mise classify: {len(written)} timeline(s) -> {args.timeline}", file=sys.stderr)
     for result in results:
         for notice in result.notices:
             print(f"mise classify: {result.path}: {notice}", file=sys.stderr)
@@ -91,7 +104,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from mise.evaluation import evaluate_on_corpus
 
     options = ("label_map", "drop_labels", "label_column", "speaker_column", "audio_column", "data_dir")
-    options += ("batch_size", "num_workers", "window_seconds", "hop_seconds", "normalize")
+    options += ("batch_size", "num_workers", "window_seconds", "hop_seconds", "normalize", "adaptation_clips")
     report = evaluate_on_corpus(
         resolve_model_source(args.model),
         args.corpus,
@@ -99,7 +112,8 @@ def evaluate(args: argparse.Namespace) -> int:
         show_progress=progress_bars(),
         **{name: getattr(args, name) for name in options},
     )
-    print(json.dumps({key: report[key] for key in ("uar", "wa", "macro_f1", "classes", "clips")}, indent=2))
+    keys = ("uar", "wa", "macro_f1", "classes", "clips", "normalization")
+    print(json.dumps({key: report[key] for key in keys}, indent=2))
     return 0
 
 
@@ -109,8 +123,9 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
         "--window_seconds",
         type=float,
         default=None,
-        help="clips longer than this are cut into windows classified one by one; the file's scores are the "
-        "duration-weighted mean (default: the longest clip the model takes, its max_duration_s)",
+        help="cut clips longer than this into windows of this size (at most the model's max_duration_s); "
+        "default: a clip longer than the model's training clips is cut at pauses into utterance-sized segments. "
+        "Each segment is classified; the file's scores are the duration-weighted mean",
     )
     parser.add_argument(
         "--hop_seconds",
@@ -125,6 +140,25 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="processes decoding and classifying batches of files (default: the CPU cores, at most 8; "
         "0 or 1: this process only)",
+    )
+
+
+def add_adaptation_and_timeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """`classify`'s options for a new recording setup (`--adapt`) and for long recordings (`--timeline`)."""
+    parser.add_argument(
+        "--adapt",
+        nargs="+",
+        default=None,
+        help="unlabelled clips (files, folders, manifests) of the same recording setup as PATHS: the model "
+        "standardises with their statistics, shrunk toward the training statistics; clips that fail the input "
+        "policy are named and skipped; each result says which statistics it used",
+    )
+    parser.add_argument(
+        "--timeline",
+        default=None,
+        metavar="FOLDER",
+        help="write FOLDER/<file>.png for each file cut into several segments: each segment's emotion over time, "
+        "titled with the file's answer (needs matplotlib)",
     )
 
 
@@ -157,11 +191,19 @@ def add_evaluate_parser(commands) -> None:
     evaluate_parser.add_argument("--data_dir", default=None, help="`data_dir` of a Hub or local dataset")
     evaluate_parser.add_argument(
         "--normalize",
-        choices=("model", "corpus"),
-        default="model",
-        help="standardise the frozen features with the training statistics stored in the model (model, as "
-        "released) or with the evaluated corpus' own (corpus: unsupervised adaptation to its recording "
-        "conditions)",
+        choices=("training", "corpus", "speaker"),
+        default="training",
+        help="standardise the frozen features with the training statistics stored in the model (training, as "
+        "released), with the statistics of the corpus' unlabelled clips (corpus: adaptation to its recording "
+        "setup) or of each of its speakers' (speaker: enrolment, models that take it); both shrunk toward the "
+        "training statistics",
+    )
+    evaluate_parser.add_argument(
+        "--adaptation_clips",
+        type=int,
+        default=None,
+        help="with --normalize corpus / speaker: statistics of this many clips of the corpus / of each speaker, "
+        "drawn at random (seed 0); default: all",
     )
     add_classify_arguments(evaluate_parser)
 
@@ -195,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         default=None,
         help="results.csv (one row per file: path, label, score per class, duration, notices, error) or "
-        "results.jsonl (the same, with the windows of long clips); default: JSON lines on stdout",
+        "results.jsonl (the same, with the segments of long clips); default: JSON lines on stdout",
     )
     classify_parser.add_argument(
         "--enrolment",
@@ -205,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         "normalises with that speaker's statistics (models trained where per-speaker statistics were "
         "label-neutral; others refuse, saying why); each result says which statistics it used",
     )
+    add_adaptation_and_timeline_arguments(classify_parser)
     classify_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_classify_arguments(classify_parser)
     add_evaluate_parser(commands)

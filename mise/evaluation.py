@@ -84,27 +84,63 @@ def score_shared(
     return metrics
 
 
-def adapt_statistics(classifier: AudioFileClassifier, corpus, waveforms: Sequence[np.ndarray]) -> None:
-    """Re-standardise a MISE model's frozen features with the corpus' own mean and std (no labels used): the
-    usual cross-corpus adaptation, since recording conditions shift every feature. Features come from the
-    feature cache (``MISE_CACHE``) when training already computed them."""
-    from mise.cache import FeatureCache, default_cache_dir
-    from modeling_mise.audio import crop
-    from modeling_mise.layers import feature_statistics
+NORMALIZATIONS = ("training", "corpus", "speaker")
 
-    model = classifier.model
-    if not (hasattr(model, "aligner") and hasattr(model, "audio_encoder")):
-        raise ValueError("normalize='corpus': needs a MISE audio classifier (frozen encoder + aligner)")
-    longest = float(classifier.feature_extractor.max_duration_s)
+
+def statistics_groups(
+    normalize: str, speakers: Sequence[str], count: int | None = None, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(rows classified, rows whose unlabelled statistics they use)`` per group of clips: ``training``: all
+    rows, none; ``corpus``: all rows, ``count`` of them drawn at random (all when ``None``); ``speaker``: each
+    speaker's rows, ``count`` of them (or all)."""
+    if normalize not in NORMALIZATIONS:
+        raise UsageError(f"normalize: one of {list(NORMALIZATIONS)}, got {normalize!r}")
+    if count is not None and count < 1:
+        raise UsageError(f"adaptation_clips: must be >= 1, got {count}")
+    rows = np.arange(len(speakers))
+    if normalize == "training":
+        return [(rows, rows[:0])]
+    speakers = np.asarray(speakers)
+    groups = [rows] if normalize == "corpus" else [rows[speakers == name] for name in dict.fromkeys(speakers)]
+    generator = np.random.default_rng(seed)
+    return [
+        (
+            group,
+            np.sort(generator.choice(group, count, replace=False)) if count and count < len(group) else group,
+        )
+        for group in groups
+    ]
+
+
+def classify_corpus(
+    classifier: AudioFileClassifier,
+    clips: Sequence[tuple[str, np.ndarray]],
+    speakers: Sequence[str],
+    normalize: str = "training",
+    adaptation_clips: int | None = None,
+    num_workers: int = 0,
+    show_progress: bool = True,
+) -> tuple[list, list[str]]:
+    """Classify ``(name, waveform)`` clips with the training statistics, the statistics of the corpus' unlabelled
+    clips (``corpus``) or of each speaker's (``speaker``, enrolment) (:func:`statistics_groups`). Returns the
+    results in the clips' order and the adaptation clips skipped as unusable."""
+    results, skipped = [None] * len(clips), []
     rate = classifier.sampling_rate
-    cache = FeatureCache(default_cache_dir(), {**model.audio_encoder.spec(), "max_duration_s": longest})
-
-    def encode(indices: list[int]):
-        clips = [crop(waveforms[i], rate, longest)[0] for i in indices]
-        return model.audio_encoder.encode(clips, show_progress=False)
-
-    features = cache.get_or_compute(corpus.fingerprints(), encode, desc="audio").float()
-    model.aligner.set_feature_statistics(*feature_statistics(features))
+    for rows, reference in statistics_groups(normalize, speakers, adaptation_clips):
+        unlabelled = [{"raw": clips[i][1], "sampling_rate": rate, "path": clips[i][0]} for i in reference]
+        if normalize == "speaker":
+            classifier.enrol(unlabelled)
+        elif normalize == "corpus":
+            skipped += classifier.adapt(unlabelled)
+        group = [clips[i] for i in rows]
+        for row, result in zip(
+            rows,
+            classifier.classify_in_batches("classify_waveforms", group, num_workers, show_progress),
+            strict=True,
+        ):
+            results[row] = result
+    classifier.training_statistics()
+    return results, skipped
 
 
 def evaluate_on_corpus(
@@ -117,24 +153,23 @@ def evaluate_on_corpus(
     num_workers: int | None = None,
     window_seconds: float | None = None,
     hop_seconds: float | None = None,
-    normalize: str = "model",
+    normalize: str = "training",
+    adaptation_clips: int | None = None,
     show_progress: bool = True,
     **corpus_kwargs,
 ) -> dict:
     """Classify every usable clip of ``corpus`` with ``model`` and write the shared-class metrics.
 
     ``corpus_kwargs`` go to :func:`mise.data.load_corpus` (``label_column``, ``speaker_column``,
-    ``audio_column``, ``data_dir``, ...). ``normalize``: ``"model"`` standardises the frozen features with the
-    statistics the model was trained with (as released); ``"corpus"`` with the evaluated corpus' own
-    (:func:`adapt_statistics`). Returns the ``metrics.json`` dict.
+    ``audio_column``, ``data_dir``, ...). ``normalize``: ``"training"`` standardises the frozen features with the
+    statistics the model was trained with (as released); ``"corpus"`` with those of ``adaptation_clips``
+    unlabelled clips of the corpus (all by default), ``"speaker"`` with those of each speaker's clips
+    (:func:`classify_corpus`). Returns the ``metrics.json`` dict.
 
     Raises:
-        ValueError: when the model and the corpus share no class (naming both label sets).
+        UsageError: when the model and the corpus share no class (naming both label sets).
     """
-    from mise.plots import plot_confusion_matrix
-
-    if normalize not in ("model", "corpus"):
-        raise UsageError(f"normalize: 'model' or 'corpus', got {normalize!r}")
+    statistics_groups(normalize, [], adaptation_clips)  # checks both before any work
     classifier = AudioFileClassifier(model, None, window_seconds, hop_seconds, batch_size)
     data = load_corpus(
         corpus_source(corpus), label_map=parse_label_map(label_map), drop_labels=drop_labels, **corpus_kwargs
@@ -146,11 +181,11 @@ def evaluate_on_corpus(
             "map the corpus' labels with --label_map"
         )
     waveforms, usable, rejections = data.load_waveforms(classifier.sampling_rate, show_progress=show_progress)
-    if normalize == "corpus":
-        adapt_statistics(classifier, usable, waveforms)
     clips = [(item.source, waveform) for item, waveform in zip(usable.items, waveforms, strict=True)]
     workers = default_num_workers() if num_workers is None else num_workers
-    results = classifier.classify_in_batches("classify_waveforms", clips, workers, show_progress)
+    results, skipped = classify_corpus(
+        classifier, clips, usable.speakers(), normalize, adaptation_clips, workers, show_progress
+    )
     failed = [{"path": r.path, "row": None, "reason": r.error} for r in results if r.error]
     kept = [i for i, r in enumerate(results) if not r.error]  # e.g. a long clip whose windows are all silent
     clips = [clips[i] for i in kept]
@@ -170,18 +205,29 @@ def evaluate_on_corpus(
         "rejected": [{"path": r.path, "row": r.row, "reason": r.reason} for r in rejections] + failed,
         "dropped_labels": dict(data.dropped),
         "normalize": normalize,
+        "normalization": "; ".join(dict.fromkeys(result.normalization for result in results)),
+        "adaptation_clips": adaptation_clips,
+        "adaptation_skipped": skipped,
         **metrics,
     }
-    output = Path(output_dir)
+    predictions = [
+        (clips[row][0], true_labels[row], classes["shared"][predicted])
+        for row, predicted in zip(rows, y_pred, strict=True)
+    ]
+    title = f"{Path(os.fspath(model)).name} on {Path(data.source).parent.name or data.source}: UAR {report['uar']:.1%}"
+    write_report(Path(output_dir), report, predictions, title)
+    return report
+
+
+def write_report(output: Path, report: dict, predictions: list[tuple[str, str, str]], title: str) -> None:
+    """`metrics.json`, `predictions.csv` (path, label, predicted) and `confusion_matrix.png` in `output`."""
+    from mise.plots import plot_confusion_matrix
+
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(output / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "predicted"])
-        for row, predicted in zip(rows, y_pred, strict=True):
-            writer.writerow([clips[row][0], true_labels[row], classes["shared"][predicted]])
-    title = f"{Path(os.fspath(model)).name} on {Path(data.source).parent.name or data.source}: UAR {report['uar']:.1%}"
-    plot_confusion_matrix(
-        report["confusion_matrix"], dict(enumerate(classes["shared"])), output / "confusion_matrix.png", title
-    )
-    return report
+        writer.writerows(predictions)
+    names = dict(enumerate(report["classes"]))
+    plot_confusion_matrix(report["confusion_matrix"], names, output / "confusion_matrix.png", title)

@@ -1,9 +1,11 @@
 """Classify many audio files with one audio-classification model: files, folders and manifest CSVs in, one
 result row per file out (path, top label, score per class, duration, notices, or the file's error).
 
-Clips are decoded and classified in batches; a clip longer than the window is cut into windows
-(:mod:`modeling_mise.segments`), each window is classified, and the file-level scores are the duration-weighted
-mean of the windows'. With ``num_workers > 1`` batches of files are decoded and classified in worker
+Clips are decoded and classified in batches; a clip longer than the model's training clips is cut at pauses into
+utterance-sized segments (or into windows with ``window_seconds``: :func:`modeling_mise.segments.cut_recording`,
+the segmentation of ``pipeline()`` and the Space), each segment is classified, and the file-level scores are the
+duration-weighted mean of the segments'. Other unlabelled clips give the statistics the model standardises with:
+of the speaker (:meth:`AudioFileClassifier.enrol`) or of the recording setup (:meth:`AudioFileClassifier.adapt`). With ``num_workers > 1`` batches of files are decoded and classified in worker
 processes (openSMILE functionals are computed one clip at a time, on the CPU).
 """
 
@@ -27,17 +29,30 @@ from tqdm.auto import tqdm
 
 from mise.console import UsageError
 from modeling_mise.audio import (
+    AUDIO_EXTENSIONS,
+    DEFAULT_POLICY,
     AudioInputError,
+    audio_files,
     check_waveform,
     load_audio,
     resample,
 )
 from modeling_mise.pipeline_audio_classification import (
+    adaptation_statistics,
     enrolment_statistics,
     input_policy,
-    normalization_label,
+    model_utterance_range,
 )
-from modeling_mise.segments import Segment, check_window, cut_windows, duration_weighted_mean
+from modeling_mise.segments import (
+    Segment,
+    check_window,
+    cut_recording,
+    duration_weighted_mean,
+    plot_emotion_timeline,
+    segment_notice,
+    segment_rows,
+    timeline_title,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +70,7 @@ class FileResult:
     notices: list[str] = field(default_factory=list)
     error: str | None = None
     segments: list[dict] = field(default_factory=list)
-    normalization: str = "global"  # or the model's `normalization_label` of its enrolment clips
+    normalization: str = "training"  # or the model's `normalization_label` of its enrolment/adaptation clips
 
     def to_dict(self) -> dict:
         """JSON-ready dict, segments included (``start_s``, ``end_s``, ``label``, ``scores``)."""
@@ -112,13 +127,11 @@ def collect_audio_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
     Raises:
         ValueError: for a path that does not exist or a manifest without an audio column (usage errors).
     """
-    from mise.data import AUDIO_EXTENSIONS
-
     paths = []
     for entry in inputs:
         path = Path(os.fspath(entry)).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            found = audio_files(path)
             if not found:
                 logger.warning("%s: no audio files (%s) in this folder", path, ", ".join(AUDIO_EXTENSIONS))
             paths += [str(p) for p in found]
@@ -163,8 +176,9 @@ class AudioFileClassifier:
     Args:
         model: a model folder or Hub id (loaded with the Auto classes), or a loaded model.
         feature_extractor: the model's feature extractor; loaded from ``model`` when it is a path or id.
-        window_seconds: windows of long clips; default: the feature extractor's ``max_duration_s`` (the
-            longest clip the model takes), else 30 s.
+        window_seconds: cut long clips into windows of this size instead of utterance-sized segments at pauses
+            (the default, within the model's `config.utterance_range`); at most the feature extractor's
+            ``max_duration_s``.
         hop_seconds: step between windows (default: the window, no overlap).
         batch_size: clips or windows per forward pass.
     """
@@ -197,18 +211,39 @@ class AudioFileClassifier:
         self.file_policy = dataclasses.replace(self.policy, max_seconds=math.inf)
         self.id2label = {int(index): name for index, name in model.config.id2label.items()}
         self.label_names = [self.id2label[index] for index in sorted(self.id2label)]
-        longest = getattr(feature_extractor, "max_duration_s", None) or 30.0
-        window = longest if window_seconds is None else window_seconds
-        if window > longest:
-            raise UsageError(f"window_seconds ({window:g}) exceeds the {longest:g} s the model takes")
-        self.window_seconds, self.hop_seconds = check_window(window, hop_seconds)
+        longest = getattr(feature_extractor, "max_duration_s", None) or DEFAULT_POLICY.max_seconds
+        self.window_seconds = self.hop_seconds = None
+        if window_seconds is not None:
+            if window_seconds > longest:
+                raise UsageError(
+                    f"window_seconds ({window_seconds:g}) exceeds the {longest:g} s the model takes"
+                )
+            self.window_seconds, self.hop_seconds = check_window(window_seconds, hop_seconds)
+        elif hop_seconds is not None:
+            raise UsageError("hop_seconds: give window_seconds too")
+        self.utterance_seconds = model_utterance_range(model, feature_extractor)
         self.batch_size = int(batch_size)
-        self.speaker_statistics, self.normalization = None, "global"
+        self.statistics: dict = {}  # the model's `speaker_statistics` or `adaptation_statistics` argument
+        self.normalization = "training"
 
     def enrol(self, clips: Sequence) -> None:
         """Classify from now on with the per-speaker statistics of `clips`, other clips of the same speaker."""
-        self.speaker_statistics = enrolment_statistics(self.model, self.feature_extractor, clips)
-        self.normalization = normalization_label(self.model, len(clips))
+        self.statistics = {
+            "speaker_statistics": enrolment_statistics(self.model, self.feature_extractor, clips)
+        }
+        self.normalization = self.model.normalization_label(len(clips))
+
+    def adapt(self, clips: Sequence) -> list[str]:
+        """Classify from now on with the statistics of `clips`, unlabelled clips of the recording setup, shrunk
+        toward the training statistics; returns the ``"<clip>: <reason>"`` of each clip skipped as unusable."""
+        statistics, used, skipped = adaptation_statistics(self.model, self.feature_extractor, clips)
+        self.statistics = {"adaptation_statistics": statistics}
+        self.normalization = self.model.normalization_label(adaptation_clips=used, skipped=len(skipped))
+        return skipped
+
+    def training_statistics(self) -> None:
+        """Classify from now on with the training statistics (forget enrolment or adaptation)."""
+        self.statistics, self.normalization = {}, "training"
 
     @torch.inference_mode()
     def probabilities(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
@@ -218,43 +253,32 @@ class AudioFileClassifier:
             batch = list(waveforms[start : start + self.batch_size])
             inputs = self.feature_extractor(batch, sampling_rate=self.sampling_rate, return_tensors="pt")
             inputs = inputs.to(self.model.device)
-            extra = {} if self.speaker_statistics is None else {"speaker_statistics": self.speaker_statistics}
-            rows.append(self.model(**inputs, **extra).logits.float().softmax(dim=-1).cpu().numpy())
+            rows.append(self.model(**inputs, **self.statistics).logits.float().softmax(dim=-1).cpu().numpy())
         return np.concatenate(rows) if rows else np.zeros((0, len(self.label_names)), dtype=np.float32)
 
-    def windows(self, waveform: np.ndarray) -> tuple[list[Segment], int]:
-        """The windows of one clip worth classifying and the number of silent ones skipped."""
-        return cut_windows(waveform, self.sampling_rate, self.window_seconds, self.hop_seconds)
+    def segments(self, waveform: np.ndarray) -> tuple[list[Segment], int]:
+        """The segments of one clip worth classifying and the number of silent pieces skipped."""
+        return cut_recording(
+            waveform, self.sampling_rate, self.utterance_seconds, self.window_seconds, self.hop_seconds
+        )
 
     def _scores(self, probabilities: np.ndarray) -> dict[str, float]:
         return {name: float(p) for name, p in zip(self.label_names, probabilities, strict=True)}
 
-    def _segment_rows(self, segments: list[Segment], probabilities: np.ndarray) -> list[dict]:
-        return [
-            {
-                "start_s": round(segment.start_s, 3),
-                "end_s": round(segment.end_s, 3),
-                "label": self.label_names[int(np.argmax(p))],
-                "scores": self._scores(p),
-            }
-            for segment, p in zip(segments, probabilities, strict=True)
-        ]
-
     def _finish(self, pending: list[tuple[FileResult, np.ndarray]]) -> None:
-        """Cut, classify (all windows of all clips in shared batches) and pool the scores of each result."""
+        """Cut, classify (all segments of all clips in shared batches) and pool the scores of each result."""
         plans = []
         for result, waveform in pending:
             result.normalization = self.normalization
-            segments, skipped = self.windows(waveform)
-            windowed = len(segments) + skipped > 1
-            if windowed:
-                result.notices.append(
-                    f"cut into {len(segments) + skipped} windows of {self.window_seconds:g} s "
-                    f"(hop {self.hop_seconds:g} s); {skipped} silent window(s) skipped"
-                )
+            segments, skipped = self.segments(waveform)
+            notice = segment_notice(
+                segments, skipped, waveform.shape[0], self.window_seconds, self.hop_seconds
+            )
+            if notice is not None:
+                result.notices.append(notice)
             if not segments:
-                result.error = f"{result.path}: every window is silent; nothing to classify"
-            plans.append((result, waveform, segments, windowed))
+                result.error = f"{result.path}: every segment is silent; nothing to classify"
+            plans.append((result, waveform, segments, notice is not None))
         clips = [waveform[s.start : s.end] for _, waveform, segments, _ in plans for s in segments]
         probabilities = self.probabilities(clips)
         offset = 0
@@ -267,7 +291,7 @@ class AudioFileClassifier:
             result.scores = self._scores(mean)
             result.label = self.label_names[int(np.argmax(mean))]
             if windowed:
-                result.segments = self._segment_rows(segments, scores)
+                result.segments = segment_rows(segments, scores, self.label_names)
 
     def classify_batch(self, paths: Sequence[str]) -> list[FileResult]:
         """Decode and classify a batch of files; a file that fails gets its error, the others go on."""
@@ -342,6 +366,22 @@ def default_num_workers() -> int:
     """Worker processes for CPU feature extraction: the usable cores, at most 8."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(8, cores))
+
+
+def write_timelines(results: Sequence[FileResult], folder: str | os.PathLike) -> list[Path]:
+    """`folder/<file name>.png`: the timeline of each result cut into several segments (a name taken twice gets
+    its position in front)."""
+    written: list[Path] = []
+    for index, result in enumerate(results):
+        if len(result.segments) < 2:
+            continue
+        path = Path(folder) / f"{Path(result.path).name}.png"
+        if path in written:
+            path = path.with_name(f"{index}_{path.name}")
+        title = timeline_title(Path(result.path).name, result.scores, len(result.segments))
+        written.append(path)
+        plot_emotion_timeline(result.segments, path, title)
+    return written
 
 
 def write_results(results: Sequence[FileResult], path: str | os.PathLike, label_names: Sequence[str]) -> Path:

@@ -43,6 +43,11 @@ except Exception:  # torchcodec raises RuntimeError/OSError, not ImportError, wh
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au", ".m4a", ".webm")
 
 
+def audio_files(folder: str | os.PathLike) -> list[Path]:
+    """The audio files (by extension, :data:`AUDIO_EXTENSIONS`) under ``folder``, recursively, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
 class AudioInputError(ValueError):
     """Unusable audio input; the message is ``"<source>: <reason>"``."""
 

@@ -9,6 +9,7 @@ from transformers import PretrainedConfig
 from .config_checks import check_non_negative, check_positive_int, label_kwargs
 from .configuration_aligner import MiseAlignerConfig
 from .configuration_classifier import MiseClassifierConfig
+from .segments import check_utterance_range, default_utterance_range
 
 PIPELINE_TASK = "audio-classification"
 # what a sub-config does not take from a dict: the parent's bookkeeping, and the folder a part was loaded from
@@ -43,6 +44,14 @@ class MiseAudioClassifierConfig(PretrainedConfig):
             `speaker_prior_var` buffers: the training clips' mean and the training speakers' pooled
             within-speaker variance), chosen on the validation speakers. `None` (models saved before it existed):
             the enrolment clips' own statistics, as those models were trained and evaluated.
+        utterance_seconds (`list[float]`, *optional*): `[low, high]`, the 5th and 95th percentile of the training
+            clips' durations (`modeling_mise.segments.utterance_range`): a longer recording is cut at pauses into
+            segments of about that size (`modeling_mise.segments.cut_utterances`). `None` (models saved before it
+            existed): `[min(2, max_duration_s), max_duration_s]`, see `utterance_range`.
+        adaptation_prior_strength (`float`, defaults to 2.0): the strength n0 (in clips) of the training
+            statistics that the statistics of unlabelled clips of a new recording setup (adaptation) are shrunk
+            toward, as enrolment's are toward the training speakers' (docs/inference.md: of 2, 10 and 50, 2 did
+            best with 10 clips across RAVDESS and Emo-DB, both ways).
     """
 
     model_type = "mise-audio-classifier"
@@ -64,6 +73,8 @@ class MiseAudioClassifierConfig(PretrainedConfig):
         speaker_classifier_config: dict | MiseClassifierConfig | None = None,
         speaker_normalization: dict | None = None,
         speaker_prior_strength: float | None = None,
+        utterance_seconds: list[float] | None = None,
+        adaptation_prior_strength: float = 2.0,
         **kwargs,
     ):
         name = type(self).__name__
@@ -99,6 +110,16 @@ class MiseAudioClassifierConfig(PretrainedConfig):
             check_non_negative(name, "speaker_prior_strength", speaker_prior_strength)
             speaker_prior_strength = float(speaker_prior_strength)
         self.speaker_prior_strength = speaker_prior_strength
+        if utterance_seconds is not None:
+            low, high = check_utterance_range(utterance_seconds, f"{name}.utterance_seconds")
+            if high > max_duration_s:
+                raise ValueError(
+                    f"{name}.utterance_seconds ({high:g} s) must not exceed max_duration_s ({max_duration_s:g} s)"
+                )
+            utterance_seconds = [low, high]
+        self.utterance_seconds = utterance_seconds
+        check_non_negative(name, "adaptation_prior_strength", adaptation_prior_strength)
+        self.adaptation_prior_strength = float(adaptation_prior_strength)
         self.audio_encoder_spec = audio_encoder_spec
         self.sampling_rate = sampling_rate
         self.max_duration_s = float(max_duration_s)
@@ -111,6 +132,15 @@ class MiseAudioClassifierConfig(PretrainedConfig):
     def speaker_adaptive(self) -> bool:
         """Whether the model holds a per-speaker aligner + classifier (and so accepts enrolment clips)."""
         return self.speaker_aligner_config is not None
+
+    @property
+    def utterance_range(self) -> tuple[float, float]:
+        """`(low, high)` seconds of the training clips (`utterance_seconds`), or, for a model saved before it
+        existed, `(min(2, max_duration_s), max_duration_s)`."""
+        if self.utterance_seconds is None:
+            return default_utterance_range(self.max_duration_s)
+        low, high = self.utterance_seconds
+        return float(low), float(high)
 
     @property
     def multimodal(self) -> bool:

@@ -88,10 +88,12 @@ class MiseForAudioClassification(MisePreTrainedModel):
         speaker_pair: tuple[MiseAlignerModel, MiseClassifierModel] | None = None,
         speaker_normalization: dict | None = None,
         speaker_prior: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+        utterance_seconds: list[float] | None = None,
     ) -> MiseForAudioClassification:
         """Assemble the end-to-end model from a trained aligner, classifier and the frozen audio encoder, plus,
         where training allowed per-speaker statistics, the aligner + classifier trained on them and
-        `speaker_prior = (mean, var, strength)`, the prior enrolment statistics are shrunk toward.
+        `speaker_prior = (mean, var, strength)`, the prior enrolment statistics are shrunk toward;
+        `utterance_seconds`: the training clips' duration range (`modeling_mise.segments.utterance_range`).
 
         A multimodal classifier keeps the aligner's attached text encoder (with its LoRA adapter), if any."""
         if audio_encoder.hidden_size != aligner.config.audio_dim:
@@ -108,6 +110,7 @@ class MiseForAudioClassification(MisePreTrainedModel):
             speaker_classifier_config=None if speaker_pair is None else speaker_pair[1].config,
             speaker_normalization=speaker_normalization,
             speaker_prior_strength=None if speaker_prior is None else speaker_prior[2],
+            utterance_seconds=utterance_seconds,
         )
         model = cls(config, audio_encoder=audio_encoder)
         if speaker_prior is not None:
@@ -153,15 +156,39 @@ class MiseForAudioClassification(MisePreTrainedModel):
         prior = (self.speaker_prior_mean, self.speaker_prior_var)
         return speaker_statistics(hidden, prior, self.config.speaker_prior_strength)
 
-    def normalization_label(self, enrolment_clips: int | None = None) -> str:
-        """What a result says about its statistics: `global` without enrolment clips, else `speaker (N enrolment
-        clips)`, with the prior strength when the statistics are shrunk toward the training speakers'."""
-        if not enrolment_clips:
-            return "global"
-        strength = self.config.speaker_prior_strength
-        shrunk = "" if strength is None else f", shrunk toward the training speakers as {strength:g} clips"
-        clips = f"{enrolment_clips} enrolment clip{'' if enrolment_clips == 1 else 's'}"
-        return f"speaker ({clips}{shrunk})"
+    def adaptation_statistics(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Statistics (mean, std of the frozen features) of unlabelled clips of a new recording setup, for
+        `forward(..., adaptation_statistics=...)`: the clips' own, shrunk toward the training statistics (the
+        aligner's `audio_mean` / `audio_std`) as if those were `config.adaptation_prior_strength` extra clips
+        (`modeling_mise.layers.speaker_statistics`, the shrinkage of enrolment), so a few clips move the
+        statistics a little and many clips replace them."""
+        with torch.no_grad():
+            hidden = self.audio_encoder(input_values, attention_mask=attention_mask)
+        hidden = hidden.to(self.aligner.audio_mean.dtype)
+        prior = (self.aligner.audio_mean, self.aligner.audio_std.pow(2))
+        return speaker_statistics(hidden, prior, self.config.adaptation_prior_strength)
+
+    def normalization_label(
+        self, enrolment_clips: int | None = None, adaptation_clips: int | None = None, skipped: int = 0
+    ) -> str:
+        """What a result says about its statistics: `training` without other clips; `speaker (N clips, ...)` with
+        enrolment clips of the speaker; `adapted (N clips, ...)` with clips of the recording setup (and how many
+        unusable ones were `skipped`); each with the prior strength its statistics are shrunk toward (a model
+        saved without an enrolment prior: none)."""
+        if enrolment_clips:
+            strength = self.config.speaker_prior_strength
+            shrunk = (
+                "" if strength is None else f", shrunk toward the training speakers as {strength:g} clips"
+            )
+            return f"speaker ({enrolment_clips} clip{'' if enrolment_clips == 1 else 's'}{shrunk})"
+        if adaptation_clips:
+            strength = self.config.adaptation_prior_strength
+            clips = f"{adaptation_clips} clip{'' if adaptation_clips == 1 else 's'}"
+            clips += f", {skipped} skipped" if skipped else ""
+            return f"adapted ({clips}, shrunk toward the training statistics as {strength:g} clips)"
+        return "training"
 
     @property
     def multimodal(self) -> bool:
@@ -221,6 +248,7 @@ class MiseForAudioClassification(MisePreTrainedModel):
         labels: torch.Tensor | None = None,
         transcripts: Sequence[str | None] | None = None,
         speaker_statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
+        adaptation_statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> SequenceClassifierOutput:
         """
         Args:
@@ -232,6 +260,9 @@ class MiseForAudioClassification(MisePreTrainedModel):
             speaker_statistics: `(mean, std)` from [`~MiseForAudioClassification.speaker_statistics`] on other
                 clips of the batch's speaker: the clips are normalised with them and classified by the aligner +
                 classifier trained on per-speaker statistics. `None`: global statistics.
+            adaptation_statistics: `(mean, std)` from [`~MiseForAudioClassification.adaptation_statistics`] on
+                unlabelled clips of the recording setup: the clips are standardised with them instead of the
+                training statistics (the same aligner and classifier). Not together with `speaker_statistics`.
         """
         if transcripts is not None and not self.multimodal:
             raise ValueError(
@@ -240,6 +271,12 @@ class MiseForAudioClassification(MisePreTrainedModel):
         with torch.no_grad():
             hidden = self.audio_encoder(input_values, attention_mask=attention_mask)
         aligner, classifier = self.aligner, self.classifier
+        if adaptation_statistics is not None:
+            if speaker_statistics is not None:
+                raise ValueError("give speaker_statistics (enrolment) or adaptation_statistics, not both")
+            # standardised with the adapted statistics, then mapped onto the training statistics the aligner holds
+            hidden = standardize(hidden.to(aligner.audio_mean.dtype), *adaptation_statistics)
+            hidden = hidden * aligner.audio_std + aligner.audio_mean
         if speaker_statistics is not None:
             self._check_enrolment()
             aligner, classifier = self.speaker_aligner, self.speaker_classifier

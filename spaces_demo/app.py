@@ -1,23 +1,25 @@
 """MISE speech emotion recognition Space: upload or record a clip, get the probability of each emotion.
 
 The end-to-end audio classifier (audio -> frozen encoder -> aligned `z_a` -> emotion classifier) is loaded
-once, at import, with `trust_remote_code=True`: the model's own code (shipped next to its weights) classifies
-and checks the audio, so the Space needs neither the `modeling_mise` nor the `mise` package. Settings, all
-optional, from the environment:
+once, at import, with `trust_remote_code=True`: the model's own code (shipped next to its weights) checks,
+cuts and classifies the audio, so the Space needs neither the `modeling_mise` nor the `mise` package. A clip
+longer than the model's training clips is cut at pauses into utterance-sized segments (the model's
+`segments.cut_recording`, as `pipeline()` and `mise classify` cut it); the answer is the duration-weighted mean
+of the segments', and the timeline under it shows each segment, titled with the same answer. Unlabelled clips of
+the same speaker (enrolment) or of the same recording setup (adaptation) give the statistics the model
+standardises with. Settings, all optional, from the environment:
 
 - `MISE_MODEL`: Hub id or local folder of the classifier (default: `DEFAULT_MODEL`, the folder
   `runs/ravdess/models/mise-audio-classifier` that `make train` writes, relative to the repository root; in a
   Space built by `mise push --space`, the pushed `<org>/<prefix>-audio-classifier`).
 - `MISE_EXAMPLES`: folder of example clips (default: `examples/` next to this file; none shown when absent).
-- `MISE_MAX_SECONDS`: longer clips are cropped to their first `MISE_MAX_SECONDS` (default: the model's).
 - `MISE_HARD_LIMIT_SECONDS`: longer clips are refused (default 120).
 - `MISE_CONCURRENCY`: classifications run at once; further requests wait in the queue (default 2).
-- `MISE_WINDOW_SECONDS`, `MISE_HOP_SECONDS`: a clip longer than the window also gets a timeline of emotion over
-  time, one point per window (defaults 4 s and 2 s; silent windows are skipped).
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import importlib
 import inspect
@@ -69,11 +71,15 @@ def model_module(model: torch.nn.Module, name: str) -> ModuleType:
 
 @dataclass
 class LoadedModel:
-    """The classifier, its feature extractor, its audio module and what the page needs to know about them."""
+    """The classifier, its feature extractor, the modules of its code the Space uses (`audio`: input checks,
+    `segments`: how a recording is cut and pooled, `pipeline`: the statistics of other clips) and what the page
+    needs to know about them."""
 
     model: torch.nn.Module
     feature_extractor: object
     audio: ModuleType
+    segments: ModuleType
+    pipeline: ModuleType
     source: str
     sampling_rate: int
     id2label: dict[int, str]
@@ -91,6 +97,16 @@ class LoadedModel:
             hard_limit_seconds=self.hard_limit_seconds,
         )
 
+    @property
+    def utterance_seconds(self) -> tuple[float, float]:
+        """The duration range of the model's training clips: the size of the segments of a long upload."""
+        return self.model.config.utterance_range
+
+    def read(self, path: str, name: str | None = None) -> Clip:
+        """A whole upload (up to the hard limit), read and checked with the model's input policy."""
+        limit = self.hard_limit_seconds
+        return read_clip(path, self.sampling_rate, limit, limit, name, self.policy, self.audio)
+
 
 @dataclass
 class Clip:
@@ -98,7 +114,7 @@ class Clip:
 
     name: str
     waveform: np.ndarray  # (T,) float32 mono at the model's rate
-    seconds: float  # duration of the file, before cropping
+    seconds: float  # duration of the file, before any cropping
     sampling_rate: int  # the file's own rate
     channels: int | None  # None when the decoder does not say
     notices: list[str] = field(default_factory=list)
@@ -123,26 +139,33 @@ def load_model(source: str | None = None) -> tuple[LoadedModel | None, str | Non
         model = AutoModelForAudioClassification.from_pretrained(source, trust_remote_code=True).eval()
         feature_extractor = AutoFeatureExtractor.from_pretrained(source, trust_remote_code=True)
         audio = model_module(model, "audio")
+        segments, pipeline = (
+            model_module(model, "segments"),
+            model_module(model, "pipeline_audio_classification"),
+        )
     except Exception as error:  # the page shows why; any failure to load must not crash the Space
         reason = (
             str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
         )
         return None, f"Could not load the model `{source}`: {reason}. {hint}"
+    if not hasattr(segments, "cut_recording") or not hasattr(model.config, "utterance_range"):
+        return None, (
+            f"The model `{source}` was saved with code that predates utterance-sized segments and adaptation: "
+            "load it with the current `modeling_mise` and save it again (`save_pretrained`) to update its code."
+        )
     id2label = {int(index): name for index, name in model.config.id2label.items()}
     try:
-        max_seconds = env_number(
-            "MISE_MAX_SECONDS",
-            getattr(model.config, "max_duration_s", None) or audio.AudioPolicy().max_seconds,
-        )
         hard_limit = env_number("MISE_HARD_LIMIT_SECONDS", 120.0)
     except ValueError as error:
         return None, str(error)
-    # the feature extractor crops silently: never promise more than it keeps
-    max_seconds = min(max_seconds, float(getattr(feature_extractor, "max_duration_s", None) or np.inf))
+    # the longest segment: the feature extractor crops anything longer
+    max_seconds = float(getattr(feature_extractor, "max_duration_s", None) or audio.AudioPolicy().max_seconds)
     loaded = LoadedModel(
         model=model,
         feature_extractor=feature_extractor,
         audio=audio,
+        segments=segments,
+        pipeline=pipeline,
         source=source,
         sampling_rate=int(feature_extractor.sampling_rate),
         id2label=id2label,
@@ -155,7 +178,7 @@ def load_model(source: str | None = None) -> tuple[LoadedModel | None, str | Non
     if loaded.multimodal:  # load the text side now, not lazily inside the first (concurrent) requests
         try:
             noise = np.random.default_rng(0).normal(0.0, 0.1, loaded.sampling_rate).astype(np.float32)
-            predict(loaded, noise, "warm-up")
+            predict(loaded, [noise], "warm-up")
         except Exception as error:  # e.g. the text encoder cannot be found offline
             return (
                 None,
@@ -237,46 +260,129 @@ def read_clip(
 @torch.inference_mode()
 def predict(
     loaded: LoadedModel,
-    waveform: np.ndarray,
+    waveforms: list[np.ndarray],
     transcript: str | None = None,
-    enrolment: list[str] | None = None,
-) -> dict[str, float]:
-    """Probability of each emotion for a mono waveform at the model's rate; with `enrolment` (other clips of the
-    same speaker) the model normalises with that speaker's statistics."""
-    inputs = loaded.feature_extractor(waveform, sampling_rate=loaded.sampling_rate, return_tensors="pt")
-    extra = {}
-    if enrolment:
-        extra["speaker_statistics"] = enrolment_statistics(loaded, enrolment)
-    if loaded.multimodal and transcript and transcript.strip():
-        extra["transcripts"] = [transcript.strip()]
-    logits = loaded.model(**inputs, **extra).logits[0]
-    probabilities = logits.float().softmax(dim=-1).tolist()
-    return {loaded.id2label[index]: p for index, p in enumerate(probabilities)}
-
-
-def enrolment_statistics(loaded: LoadedModel, paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's per-speaker statistics of other clips of the same speaker, each read and checked as an upload
-    is; ValueError when the model takes no enrolment clips (saying why) or too few are given."""
-    if not hasattr(loaded.model, "speaker_statistics"):
-        raise ValueError("enrolment: MISE audio classifiers only")
-    clips = [
-        read_clip(path, loaded.sampling_rate, loaded.max_seconds, loaded.hard_limit_seconds, None, loaded.policy,
-                  loaded.audio)
-        for path in paths
-    ]  # fmt: skip
-    waveforms = [clip.waveform for clip in clips]
+    statistics: dict | None = None,
+) -> np.ndarray:
+    """Probabilities `(N, C)` of mono waveforms at the model's rate; `statistics`: the model's
+    `speaker_statistics` or `adaptation_statistics` argument; a transcript is used by a multimodal model for a
+    single waveform (one clip) only."""
     inputs = loaded.feature_extractor(waveforms, sampling_rate=loaded.sampling_rate, return_tensors="pt")
-    return loaded.model.speaker_statistics(**inputs)
+    extra = dict(statistics or {})
+    if loaded.multimodal and transcript and transcript.strip() and len(waveforms) == 1:
+        extra["transcripts"] = [transcript.strip()]
+    return loaded.model(**inputs, **extra).logits.float().softmax(dim=-1).numpy()
 
 
-def describe(
-    clip: Clip, scores: dict[str, float], used_transcript: bool, normalization: str = "global"
-) -> str:
-    """Markdown summary of a classified clip: prediction, duration, rate, channels and notices."""
-    label = max(scores, key=scores.get)
+def other_clips(loaded: LoadedModel, paths: list[str], skip_unusable: bool) -> tuple[list[dict], list[str]]:
+    """Uploads of other clips, each read and checked as an upload is: `{raw, sampling_rate, path}` dicts for the
+    model's statistics, and the `"<file>: <reason>"` of each unusable one (skipped, or raised when not
+    `skip_unusable`)."""
+    clips, skipped = [], []
+    for path in paths:
+        try:
+            clip = loaded.read(path)
+        except loaded.audio.AudioInputError as error:
+            if not skip_unusable:
+                raise
+            skipped.append(str(error))
+            continue
+        clips.append({"raw": clip.waveform, "sampling_rate": loaded.sampling_rate, "path": clip.name})
+    return clips, skipped
+
+
+def reference_statistics(
+    loaded: LoadedModel, enrolment: list[str], adaptation: list[str]
+) -> tuple[dict, str, list[str]]:
+    """The model's statistics argument, its label (`training`, `speaker (...)`, `adapted (...)`) and notices of
+    skipped adaptation clips. ValueError for both kinds at once, a model without enrolment (saying why), too few
+    enrolment clips or no usable adaptation clip."""
+    if enrolment and adaptation:
+        raise ValueError("give other clips of the speaker or of the recording setup, not both")
+    if enrolment:
+        clips, _ = other_clips(loaded, enrolment, skip_unusable=False)
+        statistics = loaded.pipeline.enrolment_statistics(loaded.model, loaded.feature_extractor, clips)
+        return {"speaker_statistics": statistics}, loaded.model.normalization_label(len(clips)), []
+    if adaptation:
+        clips, skipped = other_clips(loaded, adaptation, skip_unusable=True)
+        if not clips:
+            raise ValueError("none of the clips of the recording setup is usable: " + "; ".join(skipped))
+        statistics, used, unusable = loaded.pipeline.adaptation_statistics(
+            loaded.model, loaded.feature_extractor, clips
+        )
+        skipped += unusable
+        label = loaded.model.normalization_label(adaptation_clips=used, skipped=len(skipped))
+        return {"adaptation_statistics": statistics}, label, [f"Skipped {message}." for message in skipped]
+    return {}, "training", []
+
+
+@dataclass
+class Analysis:
+    """A classified upload: the file-level answer, the segments it pools and what the page says about them."""
+
+    clip: Clip
+    scores: dict[str, float]  # the duration-weighted mean of the segments' probabilities
+    rows: list[dict]  # one `{start_s, end_s, label, scores}` per segment
+    normalization: str
+    used_transcript: bool
+
+    @property
+    def label(self) -> str:
+        return max(self.scores, key=self.scores.get)
+
+
+def analyse(
+    loaded: LoadedModel, path: str, transcript: str | None, enrolment: list[str], adaptation: list[str]
+) -> Analysis:
+    """Read a whole upload, cut it as `pipeline()` and `mise classify` do (`segments.cut_recording` within the
+    model's training clip durations), classify every segment with the chosen statistics and pool them."""
+    clip = loaded.read(path, Path(path).name)
+    statistics, normalization, notices = reference_statistics(loaded, enrolment, adaptation)
+    segments, skipped = loaded.segments.cut_recording(
+        clip.waveform, loaded.sampling_rate, loaded.utterance_seconds
+    )
+    if not segments:
+        raise loaded.audio.AudioInputError(clip.name, "every segment is silent; nothing to classify")
+    pieces = [clip.waveform[segment.start : segment.end] for segment in segments]
+    probabilities = predict(loaded, pieces, transcript, statistics)
+    names = [loaded.id2label[index] for index in range(len(loaded.id2label))]
+    pooled = loaded.segments.duration_weighted_mean(probabilities, segments)
+    notice = loaded.segments.segment_notice(segments, skipped, len(clip.waveform))
+    if notice is not None:
+        low, high = loaded.utterance_seconds
+        clip.notices.append(
+            f"{notice[0].upper()}{notice[1:]} (the model's training clips: {low:g}-{high:g} s)."
+        )
+    clip.notices += notices
+    used_transcript = bool(loaded.multimodal and transcript and transcript.strip() and len(pieces) == 1)
+    if loaded.multimodal and transcript and transcript.strip() and not used_transcript:
+        clip.notices.append("The transcript was not used: it cannot be split into the recording's segments.")
+    rows = loaded.segments.segment_rows(segments, probabilities, names)
+    scores = {name: float(p) for name, p in zip(names, pooled, strict=True)}
+    return Analysis(clip, scores, rows, normalization, used_transcript)
+
+
+@functools.lru_cache(maxsize=16)
+def _analysis(
+    loaded_id: int, path: str, modified: float, transcript: str, enrolment: tuple, adaptation: tuple
+):
+    """`analyse` of the loaded model, once per upload and choice: `classify` and `timeline` share it."""
+    return analyse(MODEL, path, transcript, list(enrolment), list(adaptation))
+
+
+def analysis(audio: str, transcript: str | None, enrolment, adaptation) -> Analysis:
+    """The analysis of an upload with the current model (cached: the page's answer and timeline are one)."""
+    modified = os.path.getmtime(audio) if os.path.exists(audio) else 0.0
+    enrolment, adaptation = tuple(str(p) for p in enrolment or []), tuple(str(p) for p in adaptation or [])
+    return _analysis(id(MODEL), audio, modified, transcript or "", enrolment, adaptation)
+
+
+def describe(result: Analysis) -> str:
+    """Markdown summary of a classified upload: prediction, duration, rate, channels, statistics and notices."""
+    clip, label = result.clip, result.label
     channels = "?" if clip.channels is None else str(clip.channels)
     lines = [
-        f"**Prediction: {label}** ({scores[label]:.0%})",
+        f"**Prediction: {label}** ({result.scores[label]:.0%})",
         "",
         "| clip | duration | sample rate | channels |",
         "|---|---|---|---|",
@@ -284,10 +390,9 @@ def describe(
         "",
     ]
     lines += [f"- {notice}" for notice in clip.notices]
-    if used_transcript:
+    if result.used_transcript:
         lines.append("- The transcript was used.")
-    if normalization != "global":
-        lines.append(f"- Normalised with this speaker's statistics: {normalization}.")
+    lines.append(f"- Statistics: {result.normalization}.")
     return "\n".join(lines)
 
 
@@ -302,9 +407,13 @@ if LOAD_ERROR:
 
 
 def classify(
-    audio: str | None, transcript: str | None = "", enrolment: list[str] | None = None
+    audio: str | None,
+    transcript: str | None = "",
+    enrolment: list[str] | None = None,
+    adaptation: list[str] | None = None,
 ) -> tuple[dict[str, float] | None, str]:
-    """Classify one clip, given as a file path; `enrolment`: optional other clips of the same speaker.
+    """Classify one upload, given as a file path; `enrolment`: optional other clips of the same speaker,
+    `adaptation`: optional unlabelled clips of the same recording setup (unusable ones are skipped and named).
 
     Returns:
         The probability of each emotion (for `gr.Label`) and a Markdown description of the clip; for an
@@ -316,81 +425,40 @@ def classify(
         return _refuse("Upload or record a clip first.")
     name = Path(audio).name
     try:
-        clip = read_clip(
-            audio, MODEL.sampling_rate, MODEL.max_seconds, MODEL.hard_limit_seconds, name, MODEL.policy
-        )
-        enrolment = [str(path) for path in enrolment or []]
-        scores = predict(MODEL, clip.waveform, transcript, enrolment)
+        result = analysis(audio, transcript, enrolment, adaptation)
     except MODEL.audio.AudioInputError as error:
         return _refuse(f"Could not classify `{error.source}`: {error.reason}.")
-    except ValueError as error:  # enrolment refused: too few clips, or a model trained without it
+    except ValueError as error:  # enrolment refused or too few clips, no usable adaptation clip
         return _refuse(f"Could not classify `{name}`: {error}.")
     except Exception as error:  # keep serving; the server log has the traceback
         logger.exception("classification of %s failed", name)
         return _refuse(f"Could not classify `{name}`: {type(error).__name__}: {error}")
-    used_transcript = bool(MODEL.multimodal and transcript and transcript.strip())
-    normalization = MODEL.model.normalization_label(len(enrolment)) if enrolment else "global"
-    return scores, describe(clip, scores, used_transcript, normalization)
+    return result.scores, describe(result)
 
 
-def window_scores(clip: Clip, window: float, hop: float) -> list[tuple[float, float, dict[str, float]]]:
-    """`(start s, end s, probability of each emotion)` of the windows of a clip, every `hop` seconds; windows
-    the model's input checks refuse (silent, too short) are skipped."""
-    rate, rows = MODEL.sampling_rate, []
-    size, step = round(window * rate), max(1, round(hop * rate))
-    for start in range(0, max(len(clip.waveform) - size, 0) + step, step):
-        piece = clip.waveform[start : start + size]
-        if start and len(piece) < size // 2:  # a short tail is already in the previous window
-            break
-        try:
-            MODEL.audio.check_waveform(piece, rate, clip.name, MODEL.policy)
-        except MODEL.audio.AudioInputError:
-            continue
-        rows.append((start / rate, (start + len(piece)) / rate, predict(MODEL, piece)))
-    return rows
-
-
-def plot_timeline(rows: list[tuple[float, float, dict[str, float]]], title: str):
-    """Each emotion's probability at the centre of each window, as a line per emotion."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(8.0, 3.2), layout="constrained")
-    axis = figure.subplots()
-    centres = [(start + end) / 2 for start, end, _ in rows]
-    for name in rows[0][2]:
-        axis.plot(centres, [scores[name] for _, _, scores in rows], marker="o", ms=3, lw=1.2, label=name)
-    axis.set(xlabel="time [s]", ylabel="probability", ylim=(0, 1))
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, ncols=4, loc="upper right")
-    axis.set_title(title, fontsize=9)
-    return figure
-
-
-def timeline(audio: str | None):
-    """Emotion over time of an upload longer than the window (`MISE_WINDOW_SECONDS`): a plot of each window's
-    probabilities, titled with the mean over the windows; hidden for a short, unusable or missing clip."""
+def timeline(
+    audio: str | None,
+    transcript: str | None = "",
+    enrolment: list[str] | None = None,
+    adaptation: list[str] | None = None,
+):
+    """Emotion over time of an upload cut into several segments: the model's `plot_emotion_timeline` of the
+    analysis `classify` answered from, titled with the same answer; hidden for a clip classified whole, an
+    unusable or a missing one."""
     hidden = gr.update(value=None, visible=False)
     if MODEL is None or not audio:
         return hidden
     try:
-        window = min(env_number("MISE_WINDOW_SECONDS", 4.0), MODEL.max_seconds)
-        hop = min(env_number("MISE_HOP_SECONDS", window / 2), window)
-        limit = MODEL.hard_limit_seconds
-        clip = read_clip(audio, MODEL.sampling_rate, limit, limit, Path(audio).name)
-        if clip.seconds <= window:
-            return hidden
-        rows = window_scores(clip, window, hop)
+        result = analysis(audio, transcript, enrolment, adaptation)
     except ValueError:  # classify() already tells the user what is wrong with the clip
         return hidden
     except Exception:  # keep serving; the server log has the traceback
         logger.exception("timeline of %s failed", audio)
         return hidden
-    if not rows:
+    if len(result.rows) < 2:
         return hidden
-    mean = {name: float(np.mean([scores[name] for _, _, scores in rows])) for name in rows[0][2]}
-    label = max(mean, key=mean.get)
-    title = f"{clip.name}: {label} ({mean[label]:.0%}, mean of {len(rows)} windows of {window:g} s)"
-    return gr.update(value=plot_timeline(rows, title), visible=True)
+    title = MODEL.segments.timeline_title(result.clip.name, result.scores, len(result.rows))
+    return gr.update(value=MODEL.segments.plot_emotion_timeline(result.rows, title=title), visible=True)
 
 
 def find_examples(folder: str | None = None, limit: int = 6) -> list[Path]:
@@ -408,8 +476,10 @@ INTRO = """# MISE: speech emotion recognition
 Upload or record a clip to get the probability of each emotion. The model is the end-to-end classifier of
 [MISE](https://arxiv.org/abs/2510.10078): a frozen audio encoder, the aligned audio-text space and an emotion
 classifier trained on real plus generated features. Any sample rate or channel count is accepted (the clip is
-resampled and downmixed); a clip longer than the model's window is classified on its first seconds, and
-the page says so; a long upload also gets a timeline of emotion over time."""
+resampled and downmixed); a recording longer than the model's training clips is cut at pauses into
+utterance-sized segments, and a timeline shows the emotion of each. Unlabelled clips of the speaker, or of the
+recording setup (microphone, room), let the model standardise with their statistics instead of its training
+ones."""
 
 
 def build_demo() -> gr.Blocks:
@@ -438,6 +508,14 @@ def build_demo() -> gr.Blocks:
                     visible=speaker_adaptive,
                     elem_id="enrolment",
                 )
+                adaptation = gr.File(
+                    file_count="multiple",
+                    file_types=["audio"],
+                    type="filepath",
+                    label="Clips of the same recording setup (optional, unlabelled: the model standardises with "
+                    "their statistics)",
+                    elem_id="adaptation",
+                )
                 button = gr.Button(
                     "Classify", variant="primary", interactive=MODEL is not None, elem_id="classify"
                 )
@@ -449,15 +527,16 @@ def build_demo() -> gr.Blocks:
         plot = gr.Plot(label="Emotion over time", visible=False, elem_id="timeline")
         if MODEL is not None:
             shown = MODEL.source if HUB_ID.match(MODEL.source) else Path(MODEL.source).name
+            low, high = MODEL.utterance_seconds
             limits = (
-                f"Model: `{shown}` · {len(MODEL.id2label)} emotions · clips over "
-                f"{MODEL.max_seconds:g} s are cropped, over {MODEL.hard_limit_seconds:g} s refused."
+                f"Model: `{shown}` · {len(MODEL.id2label)} emotions · clips over {high:g} s are cut at pauses "
+                f"into segments of about {low:g}-{high:g} s (its training clips), over "
+                f"{MODEL.hard_limit_seconds:g} s refused."
             )
             gr.Markdown(limits, elem_id="model-info")
-        event = button.click(
-            classify, inputs=[audio, transcript, enrolment], outputs=[label, info], api_name="classify"
-        )
-        event.then(timeline, inputs=[audio], outputs=[plot], api_name="timeline")
+        inputs = [audio, transcript, enrolment, adaptation]
+        event = button.click(classify, inputs=inputs, outputs=[label, info], api_name="classify")
+        event.then(timeline, inputs=inputs, outputs=[plot], api_name="timeline")
         examples = find_examples()
         if examples:
             inputs = [audio, transcript] if multimodal else [audio]

@@ -99,7 +99,8 @@ def _fit(model, steps: int, **inputs):
 
 
 def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps: int = 80) -> Path:
-    """A real end-to-end classifier: eGeMAPS of `per_class` clips per emotion, aligner + classifier in plain torch."""
+    """A real end-to-end classifier: eGeMAPS of `per_class` clips per emotion, aligner + classifier in plain torch;
+    it records its training clips' duration range (`utterance_seconds`), as a trained model does."""
     import torch
 
     from modeling_mise import (
@@ -113,6 +114,7 @@ def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps
     from modeling_mise.audio import load_audio
     from modeling_mise.encoders import load_audio_encoder
     from modeling_mise.layers import feature_statistics
+    from modeling_mise.segments import utterance_range
 
     names = sorted({row["emotion"] for row in rows})
     chosen = []
@@ -120,7 +122,8 @@ def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps
         of_class = [row for row in rows if row["emotion"] == name]
         chosen += of_class[:: max(1, len(of_class) // per_class)][:per_class]
     encoder = load_audio_encoder("opensmile/eGeMAPSv02")
-    hidden = encoder.encode([load_audio(row["path"], RATE)[0] for row in chosen], show_progress=False)
+    waveforms = [load_audio(row["path"], RATE)[0] for row in chosen]
+    hidden = encoder.encode(waveforms, show_progress=False)
     labels = torch.tensor([names.index(row["emotion"]) for row in chosen])
     id2label = dict(enumerate(names))
     torch.manual_seed(0)
@@ -138,7 +141,10 @@ def train_space_model(rows: list[dict], folder: Path, per_class: int = 12, steps
     with torch.no_grad():
         accuracy = (classifier(features=audio_embeds).logits.argmax(-1) == labels).float().mean().item()
     assert accuracy > 0.5, f"the fixture model did not learn (training accuracy {accuracy:.2f})"
-    model = MiseForAudioClassification.from_components(aligner, classifier, encoder)
+    durations = [len(waveform) / RATE for waveform in waveforms]
+    model = MiseForAudioClassification.from_components(
+        aligner, classifier, encoder, utterance_seconds=utterance_range(durations)
+    )
     model.save_pretrained(folder)
     MiseFeatureExtractor(sampling_rate=model.config.sampling_rate).save_pretrained(folder)
     return folder

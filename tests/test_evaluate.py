@@ -86,8 +86,45 @@ def test_evaluate_across_corpora(model_dir, emodb_manifest, tmp_path, monkeypatc
     assert report["uar"] > 0.5, report  # angry vs sad carries over from English to German
     # the released statistics give another answer on the same clips; no shared class is a usage error
     assert mise_main([*argv[:-4], "--output_dir", str(tmp_path / "as_released"), "--num_workers", "0"]) == 0
-    assert json.loads((tmp_path / "as_released" / "metrics.json").read_text())["normalize"] == "model"
+    released = json.loads((tmp_path / "as_released" / "metrics.json").read_text())
+    assert released["normalize"] == "training" and released["normalization"] == "training"
     assert mise_main([*argv[:3], "--drop_labels", "angry", "sad", "neutral"]) == 2
+
+
+def test_evaluate_with_a_few_adaptation_clips(model_dir, emodb_manifest, tmp_path, capsys):  # noqa: F811
+    """`--normalize corpus --adaptation_clips 4`: the statistics of 4 unlabelled clips of the corpus (drawn with
+    seed 0), shrunk toward the training statistics; the predictions are those of `AudioFileClassifier.adapt`
+    with the same clips. A model without enrolment refuses `--normalize speaker`, saying why."""
+    from mise.data import load_corpus
+    from mise.evaluation import statistics_groups
+    from mise.file_classification import AudioFileClassifier
+
+    output = tmp_path / "four"
+    argv = [
+        "evaluate",
+        str(model_dir),
+        str(emodb_manifest),
+        "--output_dir",
+        str(output),
+        "--num_workers",
+        "0",
+    ]
+    argv += ["--label_map", json.dumps(LABEL_MAP)]
+    assert mise_main([*argv, "--normalize", "corpus", "--adaptation_clips", "4"]) == 0
+    report = json.loads((output / "metrics.json").read_text())
+    assert report["normalization"] == "adapted (4 clips, shrunk toward the training statistics as 2 clips)"
+    assert report["adaptation_clips"] == 4 and report["adaptation_skipped"] == []
+    corpus = load_corpus(str(emodb_manifest), label_map=LABEL_MAP)
+    ((rows, chosen),) = statistics_groups("corpus", corpus.speakers(), 4)
+    assert len(rows) == len(corpus.items) and len(chosen) == 4
+    classifier = AudioFileClassifier(str(model_dir))
+    classifier.adapt([corpus.items[i].path for i in chosen])
+    with open(output / "predictions.csv", newline="") as handle:
+        predicted = {row["path"]: row["predicted"] for row in csv.DictReader(handle)}
+    for result in classifier.classify_files(list(predicted), show_progress=False):
+        assert max(["angry", "sad"], key=result.scores.get) == predicted[result.path]
+    assert mise_main([*argv, "--normalize", "speaker", "--output_dir", str(tmp_path / "speaker")]) == 2
+    assert "enrolment: this model does not take enrolment clips" in capsys.readouterr().err
 
 
 def test_cross_corpus_baseline_table_and_figure(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
-"""Many files and long recordings: `mise classify` on folders, manifests and bad files, windows of a long
-recording built from real RAVDESS clips, `pipeline(..., window_seconds=)` and the Space's timeline.
+"""Many files and long recordings: `mise classify` on folders, manifests and bad files, utterance-sized segments
+(the default) and windows of long recordings built from real RAVDESS clips, the same from `pipeline()`, and the
+Space's timeline.
 
 The model is a real end-to-end classifier (eGeMAPS functionals, aligner + classifier) trained here on the
 angry, neutral and sad clips of 20 RAVDESS actors; the recordings are made of the other four actors' clips.
@@ -171,7 +172,47 @@ def test_long_recording_segments_follow_the_emotions(model_dir, recording, refer
     assert np.all(probabilities.min(axis=0) <= [result["scores"][n] for n in EMOTIONS])
     windowed = reference(str(path), window_seconds=3.0, hop_seconds=1.5)
     assert max(abs(windowed[name] - result["scores"][name]) for name in EMOTIONS) < 2e-3
-    assert reference(str(path)) != pytest.approx(windowed, abs=1e-3)  # without windows: cropped, not pooled
+    assert reference(str(path)) != pytest.approx(windowed, abs=1e-3)  # without windows: segments at pauses
+
+
+@pytest.fixture(scope="module")
+def joined(held_out, tmp_path_factory) -> tuple[Path, list[tuple[float, float]], list[str]]:
+    """12 held-out clips (4 per emotion, interleaved) joined with 0.5 s pauses of digital silence: the file, each
+    clip's (start, end) in seconds and the clips' paths."""
+    rows = [held_out[emotion][index] for index in range(4, 8) for emotion in EMOTIONS]
+    parts, spans, position = [], [], 0.0
+    for row in rows:
+        waveform = load_audio(row["path"], RATE)[0]
+        parts += [waveform, np.zeros(RATE // 2, np.float32)]
+        spans.append((position, position + len(waveform) / RATE))
+        position += len(waveform) / RATE + 0.5
+    path = tmp_path_factory.mktemp("joined") / "joined_clips.wav"
+    sf.write(path, np.concatenate(parts), RATE)
+    return path, spans, [row["path"] for row in rows]
+
+
+def test_default_segments_of_a_long_recording(model_dir, joined, reference, tmp_path):
+    """By default a recording longer than the model's training clips is cut at pauses: one segment per clip (its
+    speech and some of the silence around it), labelled mostly as the clip alone; `pipeline()` pools the same
+    segments. (`bench/bench_segments.py` measures this on every held-out clip, with digital silence and noise.)"""
+    path, spans, clips = joined
+    output, plots = tmp_path / "joined.jsonl", tmp_path / "timelines"
+    argv = ["classify", str(model_dir), str(path), "--quiet", "--num_workers", "0", "--output", str(output)]
+    assert mise_main([*argv, "--timeline", str(plots)]) == 0
+    (result,) = [json.loads(line) for line in output.read_text().splitlines()]
+    assert (plots / "joined_clips.wav.png").stat().st_size > 10_000  # the timeline of its 12 segments
+    _, high = AudioFileClassifier(str(model_dir)).utterance_seconds
+    assert result["notices"][0].startswith("cut at pauses into 12 segment(s) of ")
+    segments = result["segments"]
+    assert len(segments) == len(spans)
+    for segment, (start, end) in zip(segments, spans, strict=True):  # each clip's speech, in order
+        assert start < (segment["start_s"] + segment["end_s"]) / 2 < end and segment["end_s"] > start + 1.0
+        assert segment["end_s"] - segment["start_s"] <= high + 1e-3
+    alone = [max(scores, key=scores.get) for scores in map(reference, clips)]
+    agree = np.mean([segment["label"] == label for segment, label in zip(segments, alone, strict=True)])
+    assert agree >= 0.75, (agree, [s["label"] for s in segments], alone)
+    pooled = reference(str(path))
+    assert max(abs(pooled[name] - result["scores"][name]) for name in EMOTIONS) < 2e-3
 
 
 def test_classifier_object_and_the_space_timeline(model_dir, recording, app, tmp_path):  # noqa: F811
@@ -182,10 +223,16 @@ def test_classifier_object_and_the_space_timeline(model_dir, recording, app, tmp
     assert result.label in EMOTIONS and len(result.segments) > 5
     with pytest.raises(ValueError, match="exceeds"):
         AudioFileClassifier(str(model_dir), window_seconds=60.0)
-    # the Space (its own fixture model) draws emotion over time for a long upload, nothing for a short one
+    # the Space (its own fixture model) draws emotion over time for a long upload, titled with the answer it
+    # gives for the file (one analysis for both), nothing for a short one
     shown = app.timeline(str(path))
     figure = shown["value"] if isinstance(shown, dict) else shown.value
     assert shown["visible"] is True and figure is not None
+    scores, info = app.classify(str(path), "")
+    label = max(scores, key=scores.get)
+    title = figure.axes[0].get_title()
+    assert f"**Prediction: {label}**" in info and f": {label} ({scores[label]:.0%}, " in title, (info, title)
+    assert "Cut at pauses into" in info
     short = tmp_path / "short.wav"
     sf.write(short, waveform[RATE : 3 * RATE], RATE)
     assert app.timeline(str(short))["visible"] is False

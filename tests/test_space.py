@@ -99,7 +99,6 @@ def app(space_model, examples_dir):
         patch.setenv("MISE_MODEL", str(space_model))
         patch.setenv("MISE_EXAMPLES", str(examples_dir))
         patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        patch.delenv("MISE_MAX_SECONDS", raising=False)
         patch.delenv("MISE_HARD_LIMIT_SECONDS", raising=False)
         module = load_file_module("mise_space_app", REPO_ROOT / "spaces_demo" / "app.py")
     assert module.LOAD_ERROR is None, module.LOAD_ERROR
@@ -227,22 +226,21 @@ def test_classify_matches_the_pipeline(app, clips, reference, id2label):
     assert "good.wav" in info and "16000 Hz" in info and "Cropped" not in info and "Resampled" not in info
 
 
-def test_classify_reports_resampling_downmixing_and_cropping(app, clips, reference):
+def test_classify_reports_resampling_downmixing_and_segments(app, clips, reference):
     scores, info = app.classify(str(clips["stereo"]), "")
     assert "44100 Hz" in info and "Resampled from 44100 Hz to 16000 Hz" in info
     assert "Downmixed 2 channels to mono" in info
     good = reference(clips["good"])
     assert max(scores, key=scores.get) == max(good, key=good.get)  # same speech, other rate and layout
+    # 40 s of speech: cut at pauses into segments within the model's training clip durations, every one of
+    # them classified, as `pipeline()` does
     scores, info = app.classify(str(clips["long"]), "")
+    low, high = app.MODEL.utterance_seconds
     assert (
-        scores is not None
-        and "40.0 s is longer than the 30 s window: only the first 30 s are classified" in info
+        scores is not None and "Cut at pauses into " in info and f"training clips: {low:g}-{high:g} s" in info
     )
-    # the model sees exactly the first 30 s
-    first_30s, _ = load_audio(clips["long"])
-    cropped = clips["long"].parent / "first_30s.wav"
-    sf.write(cropped, first_30s[: 30 * RATE], RATE)
-    expected = reference(cropped)
+    assert "only the first" not in info and "Statistics: training." in info
+    expected = reference(clips["long"])
     assert all(abs(scores[name] - expected[name]) < 1e-4 for name in expected)
 
 
@@ -272,13 +270,12 @@ def test_classify_without_a_clip(app):
 
 
 def test_limits_come_from_the_environment(app, clips, space_model, monkeypatch):
-    monkeypatch.setenv("MISE_MAX_SECONDS", "five")
+    monkeypatch.setenv("MISE_HARD_LIMIT_SECONDS", "five")
     model, message = app.load_model(str(space_model))
-    assert model is None and message == "MISE_MAX_SECONDS must be a positive number, got 'five'"
-    monkeypatch.setenv("MISE_MAX_SECONDS", "5")
+    assert model is None and message == "MISE_HARD_LIMIT_SECONDS must be a positive number, got 'five'"
     monkeypatch.setenv("MISE_HARD_LIMIT_SECONDS", "35")
     loaded, error = app.load_model(str(space_model))
-    assert error is None and loaded.max_seconds == 5.0 and loaded.hard_limit_seconds == 35.0
+    assert error is None and loaded.max_seconds == 30.0 and loaded.hard_limit_seconds == 35.0
     clip = app.read_clip(str(clips["stereo"]), loaded.sampling_rate, 2.0, 35.0)
     assert clip.waveform.shape == (2 * RATE,) and clip.waveform.dtype == np.float32
     assert clip.channels == 2 and clip.sampling_rate == 44100 and len(clip.notices) == 3
@@ -626,7 +623,8 @@ def test_browser_bad_files_get_a_message_and_the_page_keeps_working(page, clips,
 @pytest.mark.browser
 def test_browser_reports_cropping_resampling_and_downmixing(page, clips):
     info = upload_and_classify(page, clips["long"])
-    assert "only the first 30 s are classified" in info and shown_label(page) is not None
+    assert "Cut at pauses into" in info and shown_label(page) is not None
+    page.wait_for_selector("#timeline", state="visible", timeout=60000)  # the segments' timeline
     info = upload_and_classify(page, clips["stereo"])
     assert "Resampled from 44100 Hz to 16000 Hz" in info and "Downmixed 2 channels to mono" in info
     assert shown_label(page) is not None

@@ -165,10 +165,12 @@ def test_run_writes_metrics_summary_and_rejections(reference_run, corpus_with_ba
     assert info["world_size"] == 1 and info["corpus"]["clips"] == 120 and info["rejected"] == 2
 
 
-def test_final_models_load_with_auto_classes(reference_run, ravdess_wav):
+def test_final_models_load_with_auto_classes(reference_run, corpus_with_bad_files, ravdess_wav):
+    import soundfile as sf
     from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification, pipeline
 
     import modeling_mise  # noqa: F401  (registers the Auto classes)
+    from modeling_mise.segments import utterance_range
 
     models = reference_run / "models"
     for model_type in ("mise-aligner", "mise-generator", "mise-classifier"):  # folders named as the Hub repos
@@ -177,6 +179,13 @@ def test_final_models_load_with_auto_classes(reference_run, ravdess_wav):
         assert sorted(model.config.id2label.values())[0] == "angry"
     audio_model = AutoModelForAudioClassification.from_pretrained(models / "mise-audio-classifier")
     extractor = AutoFeatureExtractor.from_pretrained(models / "mise-audio-classifier")
+    # the released model records its training clips' duration range: the size of a long recording's segments
+    with open(corpus_with_bad_files[0], newline="") as handle:
+        usable = [
+            row["path"] for row in csv.DictReader(handle) if row["path"] not in corpus_with_bad_files[1]
+        ]
+    expected = utterance_range([sf.info(path).duration for path in usable], 30.0)
+    assert audio_model.config.utterance_seconds == expected and 2.5 < expected[0] < expected[1] < 5.5
     classifier = pipeline("audio-classification", model=audio_model, feature_extractor=extractor)
     from modeling_mise.audio import load_audio
 
@@ -1195,7 +1204,7 @@ def test_released_model_normalises_with_enrolment_clips(reference_run, ravdess_r
     assert legacy.config.speaker_prior_strength is None and not hasattr(legacy, "speaker_prior_mean")
     own = legacy.speaker_statistics(**enrol)
     assert all(torch.allclose(a, b) for a, b in zip(own, speaker_statistics(enrol_hidden), strict=True))
-    assert legacy.normalization_label(5) == "speaker (5 enrolment clips)"
+    assert legacy.normalization_label(5) == "speaker (5 clips)"
     with pytest.raises(ValueError, match="at least 2 clip"):
         legacy.speaker_statistics(**extractor(clips[:1], sampling_rate=16000, return_tensors="pt"))
 
@@ -1213,15 +1222,15 @@ def test_enrolment_through_pipeline_cli_and_space(reference_run, ravdess_rows, t
     classify = pipeline("audio-classification", model=str(folder))
     plain = classify(paths[0], top_k=None)
     adapted = classify(paths[0], top_k=None, enrolment=paths[1:])
-    assert {s["normalization"] for s in plain} == {"global"}
+    assert {s["normalization"] for s in plain} == {"training"}
     label = AutoConfig.from_pretrained(folder).speaker_prior_strength
-    label = f"speaker (5 enrolment clips, shrunk toward the training speakers as {label:g} clips)"
+    label = f"speaker (5 clips, shrunk toward the training speakers as {label:g} clips)"
     assert {s["normalization"] for s in adapted} == {label}
     assert {s["label"]: round(s["score"], 4) for s in plain} != {
         s["label"]: round(s["score"], 4) for s in adapted
     }
     one = classify(paths[0], top_k=None, enrolment=paths[1:2])  # one clip is enough with a prior
-    assert {s["normalization"] for s in one} == {label.replace("5 enrolment clips", "1 enrolment clip")}
+    assert {s["normalization"] for s in one} == {label.replace("5 clips,", "1 clip,")}
 
     output = tmp_path / "rows.jsonl"
     argv = ["classify", str(folder), paths[0], "--quiet", "--num_workers", "0", "--output", str(output)]
@@ -1234,12 +1243,48 @@ def test_enrolment_through_pipeline_cli_and_space(reference_run, ravdess_rows, t
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     app = load_file_module("mise_space_enrolment", REPO / "spaces_demo" / "app.py")
     scores, info = app.classify(paths[0], "", paths[1:])
-    assert f"Normalised with this speaker's statistics: {label}" in info
+    assert f"Statistics: {label}." in info
     assert scores == pytest.approx({s["label"]: s["score"] for s in adapted}, abs=1e-4)
     scores, info = app.classify(paths[0], "")
     assert (
         scores == pytest.approx({s["label"]: s["score"] for s in plain}, abs=1e-4)
-        and "Normalised" not in info
+        and "Statistics: training." in info
+    )
+
+
+def test_evaluate_with_each_speaker_s_statistics(reference_run, ravdess_rows, tmp_path):
+    """`mise evaluate --normalize speaker`: each speaker of the evaluated corpus normalised with the statistics
+    of its own unlabelled clips (enrolment), the predictions those of `pipeline(enrolment=)`; `--adaptation_clips
+    3` takes 3 clips of each speaker."""
+    from transformers import pipeline
+
+    from mise.cli import main as mise_main
+
+    folder = reference_run / "models" / "mise-audio-classifier"
+    rows = [row for row in ravdess_rows if row["speaker"] in ("Actor_07", "Actor_08")]
+    rows = [row for row in rows if row["emotion"] in ("angry", "sad", "happy")]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    argv = ["evaluate", str(folder), str(manifest), "--num_workers", "0", "--normalize", "speaker"]
+    assert mise_main([*argv, "--output_dir", str(tmp_path / "all")]) == 0
+    report = read_json(tmp_path / "all" / "metrics.json")
+    counts = {speaker: sum(row["speaker"] == speaker for row in rows) for speaker in ("Actor_07", "Actor_08")}
+    strength = read_json(folder / "config.json")["speaker_prior_strength"]
+    labels = [
+        f"speaker ({n} clips, shrunk toward the training speakers as {strength:g} clips)"
+        for n in counts.values()
+    ]
+    assert report["normalization"] == "; ".join(dict.fromkeys(labels))  # each label once
+    classify = pipeline("audio-classification", model=str(folder))
+    with open(tmp_path / "all" / "predictions.csv", newline="") as handle:
+        predicted = {row["path"]: row["predicted"] for row in csv.DictReader(handle)}
+    for speaker in counts:
+        paths = [row["path"] for row in rows if row["speaker"] == speaker]
+        for path in paths[:3]:
+            scores = {s["label"]: s["score"] for s in classify(path, top_k=None, enrolment=paths)}
+            assert max(report["classes"], key=scores.get) == predicted[path]
+    assert mise_main([*argv, "--adaptation_clips", "3", "--output_dir", str(tmp_path / "three")]) == 0
+    assert read_json(tmp_path / "three" / "metrics.json")["normalization"] == (
+        f"speaker (3 clips, shrunk toward the training speakers as {strength:g} clips)"
     )
 
 

@@ -85,7 +85,8 @@ def train_corpus(name: str, folder: str, drop: list[str], args: argparse.Namespa
         "--output_dir",
         str(run),
     ]
-    command += ["--data_dir", str(Path(folder).resolve()), "--max_folds", str(args.max_folds)]
+    command += ["--dataset", "manifest.csv", "--data_dir", str(Path(folder).resolve())]
+    command += ["--max_folds", str(args.max_folds)]
     command += ["--report_to", "none", "--overwrite_output_dir", "true"]
     if drop:
         command += ["--drop_labels", *drop]
@@ -141,7 +142,7 @@ def run_pairs(args: argparse.Namespace, models: dict, drops: dict) -> dict:
                     folder,
                     Path(args.output_dir) / "eval" / f"{train}_to_{test}_{normalize}",
                     drop_labels=drops[test],
-                    normalize=normalize,
+                    normalize="training" if normalize == "model" else normalize,
                     show_progress=False,
                 )
                 results[f"mise_{normalize}"][train][test] = {k: report[k] for k in ("uar", "wa", "macro_f1")}

@@ -93,6 +93,9 @@ class CorpusFeatures:
     text_spec: dict | None
     cache_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: float = 0.0
+    durations: list[float | None] = field(
+        default_factory=list
+    )  # seconds per row (file header; None: unknown)
 
 
 def read_corpus(data_args: DataArguments) -> Corpus:
@@ -253,7 +256,8 @@ def extract_features(
     seconds = time.perf_counter() - start
     summary = ", ".join(f"{name} {s['hits']} hits / {s['misses']} misses" for name, s in stats.items())
     logger.info(f"features in {seconds:.1f} s: {summary}")
-    return CorpusFeatures(audio.float(), text, spec, text_spec, stats, seconds)
+    durations = [item.duration_s for item in corpus.items]
+    return CorpusFeatures(audio.float(), text, spec, text_spec, stats, seconds, durations)
 
 
 def reject_nonfinite(
@@ -274,7 +278,8 @@ def reject_nonfinite(
     keep = [i for i in range(len(corpus)) if i not in set(bad)]
     rows = torch.as_tensor(keep)
     text = features.text[rows] if features.text is not None else None
-    return corpus.subset(keep), replace(features, audio=features.audio[rows], text=text)
+    durations = [features.durations[i] for i in keep] if features.durations else []
+    return corpus.subset(keep), replace(features, audio=features.audio[rows], text=text, durations=durations)
 
 
 def speaker_normalized(features: CorpusFeatures, speakers: np.ndarray) -> CorpusFeatures:

@@ -33,6 +33,7 @@ from modeling_mise import (
 )
 from modeling_mise.encoders import AudioEncoder
 from modeling_mise.modeling_audio_classifier import multimodal_features
+from modeling_mise.segments import utterance_range
 
 from .aligner import encode_audio, text_codes
 from .arguments import SPLIT_NEEDS, ConfigError, DataArguments, MiseTrainingArguments, ModelArguments
@@ -421,6 +422,9 @@ def train_final_models(
             aligner, classifier, audio_encoder, speaker_pair, speaker_normalization, speaker_prior
         )
         audio_model.config.max_duration_s = ctx.model_args.max_duration_s
+        audio_model.config.utterance_seconds = utterance_range(
+            ctx.features.durations, audio_model.config.max_duration_s
+        )
         audio_model.save_pretrained(directory / MODEL_FOLDERS["audio-classifier"])
         MiseFeatureExtractor(
             sampling_rate=audio_encoder.sampling_rate, max_duration_s=ctx.model_args.max_duration_s
