@@ -53,7 +53,6 @@ def classify(args: argparse.Namespace) -> int:
     """The `classify` subcommand: one result per file (stdout JSON lines or `--output`); 0 when every file was
     classified, 1 when some failed."""
     from mise.file_classification import collect_audio_paths, default_num_workers, write_results
-    from modeling_mise.audio import AudioInputError
 
     if args.output and not args.output.lower().endswith((".csv", ".jsonl")):
         raise UsageError(f"--output {args.output}: the file name must end in .csv or .jsonl")
@@ -63,16 +62,11 @@ def classify(args: argparse.Namespace) -> int:
     show_progress = progress_bars(args.quiet)  # before loading: no "Loading weights" bar when quiet
     classifier = load_file_classifier(args)
     if args.enrolment and args.adapt:
-        raise ValueError(
+        raise UsageError(
             "give --enrolment (clips of the speaker) or --adapt (of the recording setup), not both"
         )
     if args.enrolment:
-        try:
-            classifier.enrol(collect_audio_paths(args.enrolment))
-        except AudioInputError:  # an unusable enrolment clip: a data error, naming the file
-            raise
-        except ValueError as error:  # the model takes no enrolment, or too few clips
-            raise UsageError(str(error)) from error
+        classifier.enrol(collect_audio_paths(args.enrolment))
     if args.adapt:
         for message in classifier.adapt(collect_audio_paths(args.adapt)):
             print(f"mise classify: adaptation: {message} (skipped)", file=sys.stderr)

@@ -227,10 +227,19 @@ class AudioFileClassifier:
         self.normalization = "training"
 
     def enrol(self, clips: Sequence) -> None:
-        """Classify from now on with the per-speaker statistics of `clips`, other clips of the same speaker."""
-        self.statistics = {
-            "speaker_statistics": enrolment_statistics(self.model, self.feature_extractor, clips)
-        }
+        """Classify from now on with the per-speaker statistics of `clips`, other clips of the same speaker.
+
+        Raises:
+            AudioInputError: an unusable clip (a data error, naming the file).
+            UsageError: a model that takes no enrolment, or too few clips.
+        """
+        try:
+            statistics = enrolment_statistics(self.model, self.feature_extractor, clips)
+        except AudioInputError:
+            raise
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+        self.statistics = {"speaker_statistics": statistics}
         self.normalization = self.model.normalization_label(len(clips))
 
     def adapt(self, clips: Sequence) -> list[str]:

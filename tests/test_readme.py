@@ -101,6 +101,17 @@ RULES = [
         "test_evaluate.py and test_training.py (enrolment) run these on real clips",
     ),
     (
+        r"^python bench/bench_segments\.py|^for (pair|normalize) in |^mise evaluate runs/seg_",
+        "skip",
+        "trains models on held-out splits of both corpora (minutes); tests/test_segments.py, test_adaptation.py "
+        "and test_evaluate.py run segmentation and adaptation on real clips",
+    ),
+    (
+        r"^mise classify MODEL clips/ --adapt ",
+        "skip",
+        "MODEL and clips/ are placeholders; tests/test_adaptation.py runs --adapt on real clips",
+    ),
+    (
         r"^python (training/cross_corpus\.py|bench/bench_classify\.py)",
         "skip",
         "trains models on both corpora / times 200 clips (minutes); tests/test_evaluate.py runs the pieces",
