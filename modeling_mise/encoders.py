@@ -156,7 +156,9 @@ class AudioEncoder(nn.Module):
 
 
 class OpenSmileAudioEncoder(AudioEncoder):
-    """openSMILE functionals (``opensmile/eGeMAPSv02``: 88-d, ``opensmile/ComParE_2016``: 6373-d)."""
+    """openSMILE functionals (``opensmile/eGeMAPSv02``: 88-d, ``opensmile/ComParE_2016``: 6373-d), or several sets
+    side by side (``opensmile/eGeMAPSv02+ComParE_2016``: 6461-d, the sets' columns in that order; `groups` says
+    which columns are whose, so stage 1 can choose a set per fold)."""
 
     def __init__(self, feature_set: str = "eGeMAPSv02", sampling_rate: int = 16000):
         super().__init__()
@@ -164,21 +166,38 @@ class OpenSmileAudioEncoder(AudioEncoder):
             raise ImportError(
                 f"audio encoder '{OPENSMILE_PREFIX}{feature_set}' needs `pip install opensmile`"
             )
-        if feature_set not in opensmile.FeatureSet.__members__:
+        names = feature_set.split("+")
+        unknown = [name for name in names if name not in opensmile.FeatureSet.__members__]
+        if unknown or len(set(names)) != len(names):
             choices = ", ".join(opensmile.FeatureSet.__members__)
             raise ValueError(
-                f"audio encoder '{OPENSMILE_PREFIX}{feature_set}': unknown openSMILE feature set (choose from {choices})"
+                f"audio encoder '{OPENSMILE_PREFIX}{feature_set}': unknown or repeated openSMILE feature set "
+                f"{unknown or names} (choose from {choices}, several joined by '+')"
             )
         self.feature_set = feature_set
         self.name = OPENSMILE_PREFIX + feature_set
         self.sampling_rate = int(sampling_rate)
         self.pooling = "functionals"
-        self.smile = opensmile.Smile(
-            feature_set=opensmile.FeatureSet[feature_set], feature_level=opensmile.FeatureLevel.Functionals
-        )
-        self.feature_names = list(self.smile.feature_names)
+        self.smiles = [
+            opensmile.Smile(
+                feature_set=opensmile.FeatureSet[name], feature_level=opensmile.FeatureLevel.Functionals
+            )
+            for name in names
+        ]
+        self.groups = [
+            [name, len(smile.feature_names)] for name, smile in zip(names, self.smiles, strict=True)
+        ]
+        self.feature_names = [feature for smile in self.smiles for feature in smile.feature_names]
         self.hidden_size = len(self.feature_names)
         self._freeze()
+
+    def _functionals(self, waveform: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [
+                smile.process_signal(waveform, self.sampling_rate).to_numpy(dtype=np.float32)[0]
+                for smile in self.smiles
+            ]
+        )
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Functionals of each row's unpadded samples: (B, T) -> (B, hidden_size)."""
@@ -189,16 +208,14 @@ class OpenSmileAudioEncoder(AudioEncoder):
             else [waveforms.shape[1]] * len(waveforms)
         )
         rows = [
-            self.smile.process_signal(waveform[: int(length)], self.sampling_rate).to_numpy(dtype=np.float32)[
-                0
-            ]
+            self._functionals(waveform[: int(length)])
             for waveform, length in zip(waveforms, lengths, strict=True)
         ]
         return torch.from_numpy(np.stack(rows)).to(input_values.device)
 
     def spec(self) -> dict:
-        """Feature set and rate: openSMILE has no weights."""
-        return {
+        """Feature set(s) and rate: openSMILE has no weights."""
+        spec = {
             "type": "opensmile",
             "name": self.name,
             "feature_set": self.feature_set,
@@ -206,6 +223,21 @@ class OpenSmileAudioEncoder(AudioEncoder):
             "hidden_size": self.hidden_size,
             "pooling": self.pooling,
         }
+        if len(self.groups) > 1:  # a single set's spec is as it was: its cached features stay valid
+            spec["groups"] = self.groups
+        return spec
+
+
+def feature_groups(spec: dict | None) -> list[tuple[str, slice]]:
+    """The named column ranges of an encoder's features: several for a combined openSMILE encoder (`groups`),
+    else one, the encoder's whole output."""
+    spec = spec or {}
+    groups, start = [], 0
+    for name, size in spec.get("groups") or [[spec.get("feature_set") or spec.get("name", "features"), None]]:
+        stop = None if size is None else start + size
+        groups.append((name, slice(start, stop)))
+        start = stop or 0
+    return groups
 
 
 class TransformersAudioEncoder(AudioEncoder):

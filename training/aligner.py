@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -92,8 +93,13 @@ def train_aligner(
     text_train: Tensor | None = None,
     seed: int = 0,
     transcripts_train: Sequence[str | None] | None = None,
+    columns: slice | None = None,
 ) -> tuple[MiseAlignerModel, dict]:
     """Stage 1: CE + lambda_cl * symmetric InfoNCE; standardisation fitted on the training rows only.
+
+    `columns`: the audio features it reads (one set of a combined encoder), with `aligner_input_components` the
+    top principal directions of those (`InputProjection`); the saved aligner reads every feature, with zero weights
+    for the others.
 
     With `config.text_lora` the aligner holds the text encoder (base frozen, LoRA adapter trainable) and trains on
     the tokens of `transcripts_train` instead of the frozen text features (`_lora_setup`). Early stopping on the
@@ -101,14 +107,17 @@ def train_aligner(
     with a LoRA-tuned text encoder attached) and a summary.
     """
     mean, std = feature_statistics(audio_train)
-    components = args.aligner_input_components
-    basis = principal_basis(standardize(audio_train, mean, std), components) if components else None
+    projection = InputProjection.fit(
+        standardize(audio_train, mean, std), columns, args.aligner_input_components
+    )
     statistics, trained_config = (mean, std), config
-    if basis is not None:  # stage 1 on principal coordinates of the training clips, folded back afterwards
+    if projection is not None:  # stage 1 on the projected features of the training clips, unfolded afterwards
         trained_config = copy.deepcopy(config)
-        trained_config.audio_dim = basis.shape[1]
-        audio_train, audio_val = (standardize(audio, mean, std) @ basis for audio in (audio_train, audio_val))
-        statistics = (torch.zeros(basis.shape[1]), torch.ones(basis.shape[1]))
+        trained_config.audio_dim = projection.size
+        audio_train, audio_val = (
+            projection(standardize(audio, mean, std)) for audio in (audio_train, audio_val)
+        )
+        statistics = (torch.zeros(projection.size), torch.ones(projection.size))
     model = initialised(lambda: MiseAlignerModel(trained_config), seed)
     if config.text_lora is not None:
         if transcripts_train is None or text_train is None:
@@ -127,10 +136,10 @@ def train_aligner(
         runtime, "aligner", model, optimizer, batches, parameters, args, args.aligner_epochs,
         batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val, seed,
     )  # fmt: skip
-    if basis is not None:
-        model = _unfold(model, config, basis, mean, std)
+    if projection is not None:
+        model = projection.unfold(model, config, mean, std)
     summary = stage_summary(state)
-    summary["input_components"] = None if basis is None else basis.shape[1]
+    summary["input_components"] = None if projection is None or projection.basis is None else projection.size
     return model, summary
 
 
@@ -148,20 +157,51 @@ def principal_basis(standardised: Tensor, components: int) -> Tensor:
     return (basis / coordinate_std).to(standardised.dtype).contiguous()
 
 
-def _unfold(
-    small: MiseAlignerModel, config: MiseAlignerConfig, basis: Tensor, mean: Tensor, std: Tensor
-) -> MiseAlignerModel:
-    """The full aligner of a model trained on the coordinates `standardise(h) @ basis`: the basis folded into the
-    first audio layer (`W basis^T`) and the training clips' standardisation statistics; the same `z_a` for every
-    clip."""
-    model = MiseAlignerModel(config)
-    if small.text_encoder is not None:  # the tuned encoder (its adapter tensors are in the state dict too)
-        model.set_text_encoder(small.text_encoder)
-    state = small.state_dict()
-    state["audio_projection.0.weight"] = state["audio_projection.0.weight"] @ basis.T
-    state["audio_mean"], state["audio_std"] = mean, std
-    model.load_state_dict(state)
-    return model.to(small.audio_mean.device).eval()
+@dataclass
+class InputProjection:
+    """What stage 1 reads of the standardised audio features: the `columns` of one feature set, and within them
+    the coordinates on `basis` (principal directions, `principal_basis`) when one is fitted."""
+
+    columns: slice
+    basis: Tensor | None  # (columns' width, k)
+    width: int  # the columns' width
+
+    @classmethod
+    def fit(cls, standardised: Tensor, columns: slice | None, components: int) -> InputProjection | None:
+        """The projection of the training clips' standardised features, None when stage 1 reads them all."""
+        if columns is None and not components:
+            return None
+        columns = columns or slice(0, standardised.shape[1])
+        chosen = standardised[:, columns]
+        return cls(columns, principal_basis(chosen, components) if components else None, chosen.shape[1])
+
+    @property
+    def size(self) -> int:
+        return self.width if self.basis is None else self.basis.shape[1]
+
+    def __call__(self, standardised: Tensor) -> Tensor:
+        chosen = standardised[:, self.columns]
+        return chosen if self.basis is None else chosen @ self.basis
+
+    def unfold(
+        self, small: MiseAlignerModel, config: MiseAlignerConfig, mean: Tensor, std: Tensor
+    ) -> MiseAlignerModel:
+        """The full aligner of a model trained on the projected features: the projection folded into the first
+        audio layer (`W basis^T` on the columns, zero elsewhere) and the training clips' standardisation
+        statistics; the same `z_a` for every clip."""
+        model = MiseAlignerModel(config)
+        if (
+            small.text_encoder is not None
+        ):  # the tuned encoder (its adapter tensors are in the state dict too)
+            model.set_text_encoder(small.text_encoder)
+        state = small.state_dict()
+        weight = state["audio_projection.0.weight"]
+        full = torch.zeros(weight.shape[0], config.audio_dim, dtype=weight.dtype)
+        full[:, self.columns] = weight if self.basis is None else weight @ self.basis.T
+        state["audio_projection.0.weight"] = full
+        state["audio_mean"], state["audio_std"] = mean, std
+        model.load_state_dict(state)
+        return model.to(small.audio_mean.device).eval()
 
 
 def _plain_setup(

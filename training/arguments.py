@@ -474,6 +474,14 @@ class MiseTrainingArguments:
     aligner_weight_decay: float = field(
         **shipped("aligner_weight_decay"), metadata={"help": "AdamW weight decay of stage 1."}
     )
+    aligner_feature_sets: list[str] = field(
+        **shipped("aligner_feature_sets"),
+        metadata={
+            "help": "Feature sets of a combined openSMILE encoder (audio_encoder opensmile/A+B) stage 1 chooses from: "
+            "per fold one aligner per set, the best on the validation speakers kept (early_stopping_metric); the "
+            "saved aligner reads every feature, with zero weights for the others. Empty: every feature at once."
+        },
+    )
     aligner_input_components: int = field(
         **shipped("aligner_input_components"),
         metadata={
@@ -683,11 +691,28 @@ def parse_arguments(argv: list[str] | None = None, extra_types: tuple[type, ...]
     parser.set_defaults(**values)
     parser.error = _raise_config_error  # a bad flag value: one line naming it, not argparse's usage wall
     try:
-        return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+        parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except ConfigError:
         raise
     except (TypeError, ValueError) as error:  # e.g. a flag no argument class has
         raise ConfigError(str(error)) from error
+    _check_feature_sets(parsed[1], parsed[2])
+    return parsed
+
+
+def _check_feature_sets(model_args: ModelArguments, training_args: MiseTrainingArguments) -> None:
+    """`aligner_feature_sets` names sets of the combined openSMILE encoder (`opensmile/A+B`), each once."""
+    names = training_args.aligner_feature_sets
+    if not names:
+        return
+    encoder = model_args.audio_encoder
+    sets = encoder.split("/", 1)[1].split("+") if encoder.startswith("opensmile/") else []
+    missing = [name for name in names if name not in sets]
+    if missing or len(set(names)) != len(names):
+        raise ConfigError(
+            f"aligner_feature_sets: {names} must name distinct feature sets of the audio encoder {encoder!r} "
+            f"({sets or 'not a combined openSMILE encoder such as opensmile/eGeMAPSv02+ComParE_2016'})"
+        )
 
 
 def _raise_config_error(message: str):

@@ -10,6 +10,7 @@ Every stage draws from its own streams, derived from (seed, fold, stage) (`train
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,10 +20,11 @@ import torch
 
 from mise.folds import Fold
 from modeling_mise import MiseAlignerModel, MiseClassifierModel, MiseGeneratorModel
+from modeling_mise.encoders import feature_groups
 from modeling_mise.modeling_audio_classifier import multimodal_features
 
 from .aligner import aligner_config, encode_audio, text_codes, train_aligner
-from .arguments import MiseTrainingArguments, ModelArguments
+from .arguments import ConfigError, MiseTrainingArguments, ModelArguments
 from .classifier import (
     CandidateStore,
     MultimodalAugmenter,
@@ -186,6 +188,25 @@ class _Candidates:
         self.store.save(f"classifier_candidates/ratio-{ratio:g}", model, summary)
 
 
+def _score(summary: dict) -> float:
+    """A stage's validation score; one never scored (no validation rows) ranks last."""
+    return -math.inf if summary["best_score"] is None else summary["best_score"]
+
+
+def chosen_feature_sets(audio_spec: dict | None, names: list[str]) -> list[tuple[str | None, slice | None]]:
+    """The candidate feature sets of stage 1 as (name, columns): the named sets of a combined encoder
+    (`aligner_feature_sets`), or every feature at once (`(None, None)`) when none are named."""
+    if not names:
+        return [(None, None)]
+    groups = dict(feature_groups(audio_spec))
+    missing = [name for name in names if name not in groups]
+    if missing:
+        raise ConfigError(
+            f"aligner_feature_sets: {missing} not among the audio encoder's feature sets {list(groups)}"
+        )
+    return [(name, groups[name]) for name in names]
+
+
 @dataclass
 class FoldTrainer:
     """Trains the variants of one fold, sharing stage 1 per alignment setting and stage 2 per generator setting.
@@ -255,11 +276,24 @@ class FoldTrainer:
         text_dim = None if data.text is None else data.text.shape[1]
         config = aligner_config(model_args, data.audio.shape[1], text_dim, data.id2label, data.audio_spec)
         lora = config.text_lora is not None  # the text encoder trains too: tokens, not cached features
-        aligner, summary = train_aligner(
-            self._runtime(0), config, self.args, data.audio[train], data.labels[train], data.audio[val],
-            data.labels[val], text_train=None if data.text is None else data.text[train], seed=seed,
-            transcripts_train=[data.transcripts[i] for i in train] if lora else None,
-        )  # fmt: skip
+        candidates = chosen_feature_sets(data.audio_spec, self.args.aligner_feature_sets)
+        trained = {}
+        for (
+            feature_set,
+            columns,
+        ) in candidates:  # one aligner per candidate feature set, the best on validation kept
+            trained[feature_set] = train_aligner(
+                self._runtime(0), config, self.args, data.audio[train], data.labels[train], data.audio[val],
+                data.labels[val], text_train=None if data.text is None else data.text[train], seed=seed,
+                transcripts_train=[data.transcripts[i] for i in train] if lora else None, columns=columns,
+            )  # fmt: skip
+        chosen = max(trained, key=lambda name: _score(trained[name][1]))  # the first on a tie
+        aligner, summary = trained[chosen]
+        if len(candidates) > 1:
+            summary["feature_set"] = chosen
+            summary["feature_set_scores"] = {
+                name: result[1]["best_score"] for name, result in trained.items()
+            }
         if name is not None and self.store is not None:
             self.store.save(name, aligner, summary)
         return aligner, summary
@@ -452,13 +486,15 @@ REFIT = "refit"  # a fold's stages trained once more on training + validation sp
 
 
 def refit_arguments(args: MiseTrainingArguments, stages: dict) -> MiseTrainingArguments:
-    """The choices a fold made on its validation speakers as fixed settings: each stage trains for its chosen
-    epoch (stage 1 and 3: early stopping, stage 2: the best-MI checkpoint), stage 3 with the kept
-    generated-to-real ratio, nothing left to select."""
+    """The choices a fold made on its validation speakers as fixed settings: stage 1 on its chosen feature set,
+    each stage for its chosen epoch (stage 1 and 3: early stopping, stage 2: the best-MI checkpoint), stage 3
+    with the kept generated-to-real ratio, nothing left to select."""
     generator, classifier = stages["generator"], stages["classifier"]
     ratio = classifier["generated_ratio"]
+    chosen = stages["aligner"].get("feature_set")
     return dataclasses.replace(
         args,
+        aligner_feature_sets=[chosen] if chosen else args.aligner_feature_sets,
         aligner_epochs=max(1, stages["aligner"]["best_epoch"]),
         generator_epochs=args.generator_epochs if generator is None else max(1, generator["best_epoch"]),
         classifier_epochs=max(1, classifier["best_epoch"]),

@@ -20,7 +20,7 @@ from .aligner import encode_audio
 from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
 from .classifier import predict
 from .engine import StageRuntime
-from .fold import GENERATOR, FoldData, FoldTrainer, Generated, Space, Variant
+from .fold import GENERATOR, FoldData, FoldTrainer, Generated, Space, Variant, chosen_feature_sets
 from .study_variants import StudyArguments, classic_baseline
 
 QUALITY_SCALARS = ("frechet_distance", "precision", "recall")
@@ -50,7 +50,7 @@ class Study:
     labels: torch.Tensor  # (N,)
     id2label: dict[int, str]
     audio_spec: dict
-    classic_cache: dict[str, np.ndarray] = field(default_factory=dict)  # fold -> test predictions
+    classic_cache: dict[tuple, np.ndarray] = field(default_factory=dict)  # (fold, validation) -> predictions
     speakers: np.ndarray | None = None  # (N,) speaker of every row: out-of-fold variants group by it
 
     @property
@@ -180,12 +180,17 @@ class FoldUnit:
         """(test predictions, validation UAR, chosen generated-to-real ratio) of `variant`."""
         study, labels, val = self.study, self.study.labels, self.fold.validation
         if variant.augmentation == "classic":
-            if self.fold.name not in study.classic_cache:  # deterministic: shared by the seeds
-                study.classic_cache[self.fold.name] = classic_baseline(
+            key = (
+                self.fold.name,
+                tuple(val),
+            )  # deterministic: shared by the seeds that hold out the same speakers
+            if key not in study.classic_cache:
+                sets = chosen_feature_sets(study.audio_spec, study.training_args.aligner_feature_sets)
+                study.classic_cache[key] = classic_baseline(
                     study.audio.numpy(), labels.numpy(), np.union1d(self.trainer.train_rows, val), self.fold.test,
-                    study.study_args.classic_c, study.study_args.classic_max_iter,
+                    study.study_args.classic_c, study.study_args.classic_max_iter, validation=val, feature_sets=sets,
                 )  # fmt: skip
-            return study.classic_cache[self.fold.name], None, None
+            return study.classic_cache[key], None, None
         trained = self.trainer.train(variant)
         if variant.uses_generator and variant.name not in self.final_quality:  # the same generator, by name
             self.final_quality[variant.name] = self.final_quality[self.owners[variant.generator_key]]

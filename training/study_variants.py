@@ -173,14 +173,45 @@ def classic_baseline(
     test: np.ndarray,
     c: float = 1.0,
     max_iter: int = 2000,
+    validation: np.ndarray | None = None,
+    feature_sets: list[tuple[str | None, slice | None]] = ((None, None),),
 ) -> np.ndarray:
     """SPEC §5's reference: standardised frozen features + multinomial logistic regression; test predictions.
 
-    It has no model selection, so it trains on the whole training side (training + validation speakers).
+    It trains on the whole training side (`train`, the training and `validation` speakers). With several candidate
+    `feature_sets` (name, columns) it first chooses one as stage 1 does (`training.fold.chosen_feature_sets`):
+    fitted on `train` without the validation rows, the set with the lowest validation cross-entropy is kept.
     """
+    if len(feature_sets) > 1 and validation is not None and len(validation):
+        fitted = np.setdiff1d(train, validation)
+        losses = [
+            _log_loss(
+                _logistic(features[:, columns], labels, fitted, c, max_iter),
+                features[:, columns],
+                labels,
+                validation,
+            )
+            for _, columns in feature_sets
+        ]
+        feature_sets = [feature_sets[int(np.argmin(losses))]]
+    columns = feature_sets[0][1] or slice(None)
+    model, statistics = _logistic(features[:, columns], labels, train, c, max_iter)
+    return model.predict(standardize(features[test][:, columns], *statistics))
+
+
+def _logistic(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, c: float, max_iter: int):
+    """Logistic regression on the standardised `rows`, with their standardisation statistics."""
     from sklearn.linear_model import LogisticRegression
 
-    statistics = feature_statistics(features[train])
+    statistics = feature_statistics(features[rows])
     model = LogisticRegression(C=c, max_iter=max_iter)
-    model.fit(standardize(features[train], *statistics), labels[train])
-    return model.predict(standardize(features[test], *statistics))
+    return model.fit(standardize(features[rows], *statistics), labels[rows]), statistics
+
+
+def _log_loss(fitted: tuple, features: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> float:
+    """Cross-entropy of a fitted logistic regression on `rows` (the validation speakers)."""
+    from sklearn.metrics import log_loss
+
+    model, statistics = fitted
+    probabilities = model.predict_proba(standardize(features[rows], *statistics))
+    return float(log_loss(labels[rows], probabilities, labels=model.classes_))
