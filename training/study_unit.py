@@ -131,7 +131,7 @@ class FoldUnit:
         scored = self._scored_codes(generated.codes_train)
         probe, seed = self._probe(variant, space, scored), self.trainer.stage_seed(GENERATOR)
         quality = self.checkpoint_quality.get(variant.generator_key, [])
-        self._record_checkpoints(variant, runtime.records, generated.summary, len(space.train), quality)
+        self._record_checkpoints(variant, runtime.records, generated.summary, quality)
         self.final_quality[variant.name] = generation_quality(
             generated.model, space.z_train, self.study.labels[space.train], scored, seed=seed, probe=probe
         )
@@ -140,12 +140,10 @@ class FoldUnit:
             self._keep_map(variant, generated, space, seed)
 
     def _record_checkpoints(
-        self, variant: Variant, records: list[dict], summary: dict, train_rows: int, quality: list[dict]
+        self, variant: Variant, records: list[dict], summary: dict, quality: list[dict]
     ) -> None:
         """One quality record per generator evaluation: MI bounds always, FD / k-NN where scored."""
-        batches = max(
-            1, round(train_rows / self.study.training_args.generator_batch_size)
-        )  # `Batches`' count
+        batches = summary["steps"] // max(1, summary["epochs_run"])  # the stage's steps per epoch
         evaluations = [record for record in records if "eval/generator_mi_emotion_nats" in record]
         for index, record in enumerate(evaluations):
             entry = {
