@@ -15,7 +15,7 @@ from modeling_mise.encoders import build_audio_encoder, feature_groups, load_aud
 from training.arguments import ConfigError, MiseTrainingArguments, ModelArguments, parse_arguments
 from training.engine import StageRuntime
 from training.fold import FoldData, FoldTrainer, Variant, chosen_feature_sets, refit_arguments
-from training.study_variants import classic_baseline
+from training.study_variants import classic_baseline, classic_feature_set
 
 SPEAKERS = np.repeat(np.arange(6), 24)  # speakers 0-3 train, 4 validates, 5 is tested
 GOOD, BAD = slice(0, 6), slice(6, 12)  # two feature sets of 6 columns each
@@ -102,13 +102,13 @@ def test_the_classic_baseline_chooses_its_feature_set_on_the_validation_speaker(
     audio, labels = [tensor.numpy() for tensor in leaky_corpus]
     fold = _fold()
     sets = chosen_feature_sets(SPEC, ["bad", "good"])
+    assert classic_feature_set(audio, labels, fold.train, fold.validation, sets)[0] == "good"
+    assert (
+        classic_feature_set(audio, labels, fold.train, fold.validation[:0], sets)[0] == "bad"
+    )  # no validation
     training_side = np.union1d(fold.train, fold.validation)
-    chosen = classic_baseline(
-        audio, labels, training_side, fold.test, validation=fold.validation, feature_sets=sets
-    )
-    on_good = classic_baseline(audio, labels, training_side, fold.test, feature_sets=[sets[1]])
-    on_bad = classic_baseline(audio, labels, training_side, fold.test, feature_sets=[sets[0]])
-    assert np.array_equal(chosen, on_good) and not np.array_equal(chosen, on_bad)
+    on_good = classic_baseline(audio, labels, training_side, fold.test, columns=GOOD)
+    on_bad = classic_baseline(audio, labels, training_side, fold.test, columns=BAD)
     assert (on_bad == labels[fold.test]).mean() > (
         on_good == labels[fold.test]
     ).mean()  # `bad` wins on the test

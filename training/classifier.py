@@ -210,6 +210,12 @@ def generated_ratio_candidates(
     return list(args.generated_ratios) or [args.generated_ratio]
 
 
+def chosen_feature_set_counts(names: Iterable[str | None]) -> dict[str, int] | None:
+    """How often stage 1 chose each feature set (`{"ComParE_2016": 23, "eGeMAPSv02": 1}`); None without a choice."""
+    chosen = [name for name in names if name]
+    return {name: chosen.count(name) for name in sorted(set(chosen))} or None
+
+
 def chosen_ratio_counts(ratios: Iterable[float | None]) -> dict[str, int] | None:
     """How often each generated-to-real ratio was chosen (`{"0.5": 3, "1.0": 1}`, ascending); None if none was."""
     chosen = [float(ratio) for ratio in ratios if ratio is not None]

@@ -19,12 +19,12 @@ from mise.hub.cards import STUDY_REFERENCE
 from mise.hub.run_card import git_commit
 from mise.metrics import paired_wilcoxon, summarize_folds
 
-from .classifier import chosen_ratio_counts
+from .classifier import chosen_feature_set_counts, chosen_ratio_counts
 from .study_variants import VARIANTS, StudyArguments
 
 CSV_COLUMNS = (
     "variant", "seed", "fold", "test_speakers", "uar", "wa", "f1_macro", "val_uar", "generated_ratio",
-    "train_clips", "test_clips", "seconds",
+    "feature_set", "train_clips", "test_clips", "seconds",
 )  # fmt: skip
 QUALITY_KEYS = ("mi_emotion_nats", "mi_text_nats", "frechet_distance", "precision", "recall")
 MAP_VARIANTS_TSNE = ("mise", "cgan")
@@ -77,6 +77,7 @@ def summarize_variant(
     }
     summary["val_uar_mean"] = _mean([r["val_uar"] for r in rows])
     summary["generated_ratio_chosen"] = chosen_ratio_counts(r["generated_ratio"] for r in rows)
+    summary["feature_set_chosen"] = chosen_feature_set_counts(r.get("feature_set") for r in rows)
     return summary
 
 

@@ -21,7 +21,7 @@ from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
 from .classifier import predict
 from .engine import StageRuntime
 from .fold import GENERATOR, FoldData, FoldTrainer, Generated, Space, Variant, chosen_feature_sets
-from .study_variants import StudyArguments, classic_baseline
+from .study_variants import StudyArguments, classic_baseline, classic_feature_set
 
 QUALITY_SCALARS = ("frechet_distance", "precision", "recall")
 
@@ -174,21 +174,25 @@ class FoldUnit:
         }
 
     # ------------------------------------------------------------------------------------------ stage 3
-    def classify(self, variant: Variant) -> tuple[np.ndarray, float | None, float | None]:
-        """(test predictions, validation UAR, chosen generated-to-real ratio) of `variant`."""
+    def classify(self, variant: Variant) -> tuple[np.ndarray, dict]:
+        """(test predictions, what the fold chose on its validation speakers: validation UAR, generated-to-real
+        ratio, feature set) of `variant`."""
         study, labels, val = self.study, self.study.labels, self.fold.validation
         if variant.augmentation == "classic":
             key = (
                 self.fold.name,
                 tuple(val),
-            )  # deterministic: shared by the seeds that hold out the same speakers
+            )  # deterministic: shared by seeds that hold out the same speakers
             if key not in study.classic_cache:
+                audio, train = study.audio.numpy(), self.trainer.train_rows
                 sets = chosen_feature_sets(study.audio_spec, study.training_args.aligner_feature_sets)
-                study.classic_cache[key] = classic_baseline(
-                    study.audio.numpy(), labels.numpy(), np.union1d(self.trainer.train_rows, val), self.fold.test,
-                    study.study_args.classic_c, study.study_args.classic_max_iter, validation=val, feature_sets=sets,
-                )  # fmt: skip
-            return study.classic_cache[key], None, None
+                args = study.study_args.classic_c, study.study_args.classic_max_iter
+                name, columns = classic_feature_set(audio, labels.numpy(), train, val, sets, *args)
+                predictions = classic_baseline(
+                    audio, labels.numpy(), np.union1d(train, val), self.fold.test, *args, columns=columns
+                )
+                study.classic_cache[key] = predictions, {"feature_set": name}
+            return study.classic_cache[key]
         trained = self.trainer.train(variant)
         if variant.uses_generator and variant.name not in self.final_quality:  # the same generator, by name
             self.final_quality[variant.name] = self.final_quality[self.owners[variant.generator_key]]
@@ -197,8 +201,11 @@ class FoldUnit:
             labels[val].numpy(), predict(selected.classifier, selected.space.z_val), study.num_labels
         )
         z_test = encode_audio(trained.aligner, study.audio[self.fold.test])
-        ratio = selected.stages["classifier"]["generated_ratio"]
-        return predict(trained.classifier, z_test), val_uar["uar"], ratio
+        return predict(trained.classifier, z_test), {
+            "val_uar": val_uar["uar"],
+            "generated_ratio": selected.stages["classifier"]["generated_ratio"],
+            "feature_set": selected.stages["aligner"].get("feature_set"),
+        }
 
     def run(self) -> dict:
         """Every selected variant; returns the unit's rows, quality records and maps."""
@@ -207,13 +214,14 @@ class FoldUnit:
         rows = []
         for variant in study.study_args.selected:
             tick = time.perf_counter()
-            y_pred, val_uar, ratio = self.classify(variant)
+            y_pred, chosen = self.classify(variant)
             metrics = classification_metrics(y_test, y_pred, study.num_labels, study.id2label)
             train_rows = fold.train if variant.full_data else self.trainer.train_rows
             rows.append({
                 "variant": variant.name, "seed": self.seed, "fold": fold.name,
                 "test_speakers": " ".join(fold.test_speakers), "uar": metrics["uar"], "wa": metrics["wa"],
-                "f1_macro": metrics["f1_macro"], "val_uar": val_uar, "generated_ratio": ratio,
+                "f1_macro": metrics["f1_macro"], "val_uar": chosen.get("val_uar"),
+                "generated_ratio": chosen.get("generated_ratio"), "feature_set": chosen.get("feature_set"),
                 "train_clips": int(len(train_rows)), "test_clips": int(len(fold.test)),
                 "seconds": time.perf_counter() - tick, "per_class_recall": metrics["per_class_recall"],
                 "y_true": y_test.tolist(), "y_pred": np.asarray(y_pred).tolist(),

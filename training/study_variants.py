@@ -173,30 +173,40 @@ def classic_baseline(
     test: np.ndarray,
     c: float = 1.0,
     max_iter: int = 2000,
-    validation: np.ndarray | None = None,
-    feature_sets: list[tuple[str | None, slice | None]] = ((None, None),),
+    columns: slice | None = None,
 ) -> np.ndarray:
-    """SPEC §5's reference: standardised frozen features + multinomial logistic regression; test predictions.
-
-    It trains on the whole training side (`train`, the training and `validation` speakers). With several candidate
-    `feature_sets` (name, columns) it first chooses one as stage 1 does (`training.fold.chosen_feature_sets`):
-    fitted on `train` without the validation rows, the set with the lowest validation cross-entropy is kept.
-    """
-    if len(feature_sets) > 1 and validation is not None and len(validation):
-        fitted = np.setdiff1d(train, validation)
-        losses = [
-            _log_loss(
-                _logistic(features[:, columns], labels, fitted, c, max_iter),
-                features[:, columns],
-                labels,
-                validation,
-            )
-            for _, columns in feature_sets
-        ]
-        feature_sets = [feature_sets[int(np.argmin(losses))]]
-    columns = feature_sets[0][1] or slice(None)
+    """SPEC §5's reference: standardised frozen features (`columns` of them: one feature set) + multinomial
+    logistic regression; test predictions. It trains on the whole training side (`train`: training and
+    validation speakers)."""
+    columns = columns or slice(None)
     model, statistics = _logistic(features[:, columns], labels, train, c, max_iter)
     return model.predict(standardize(features[test][:, columns], *statistics))
+
+
+def classic_feature_set(
+    features: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    validation: np.ndarray,
+    feature_sets: list[tuple[str | None, slice | None]],
+    c: float = 1.0,
+    max_iter: int = 2000,
+) -> tuple[str | None, slice | None]:
+    """The classic baseline's feature set, chosen as stage 1 chooses its own (`training.fold.chosen_feature_sets`):
+    fitted on the training rows `train`, the set with the lowest cross-entropy on the `validation` rows; the one
+    candidate when there is one (or no validation row)."""
+    if len(feature_sets) < 2 or not len(validation):
+        return feature_sets[0]
+    losses = [
+        _log_loss(
+            _logistic(features[:, columns], labels, train, c, max_iter),
+            features[:, columns],
+            labels,
+            validation,
+        )
+        for _, columns in feature_sets
+    ]
+    return feature_sets[int(np.argmin(losses))]
 
 
 def _logistic(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, c: float, max_iter: int):

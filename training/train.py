@@ -31,7 +31,7 @@ from mise.hub.run_card import write_run_card
 from mise.metrics import summarize_folds
 from training.arguments import arguments_dict, config_hash, parse_arguments
 from training.checkpoint import CheckpointManager
-from training.classifier import chosen_ratio_counts
+from training.classifier import chosen_feature_set_counts, chosen_ratio_counts
 from training.engine import NonFiniteLossError
 from training.pipeline import (
     FINAL_FOLD,
@@ -130,6 +130,10 @@ def _summary(run: Run, records: list[dict], choices: dict) -> dict:
         folds={record["fold"]: record["uar"] for record in records},
         generated_ratio_by_fold={record["fold"]: record.get("generated_ratio") for record in records},
         generated_ratio_chosen=chosen_ratio_counts(record.get("generated_ratio") for record in records),
+        feature_set_chosen=chosen_feature_set_counts(
+            record["stages"].get("selection", record["stages"])["aligner"].get("feature_set")
+            for record in records
+        ),
         aligner_uar_mean=float(np.mean([record["aligner_uar"] for record in records])),
         protocol=run.data_args.protocol,
         augmentation=run.model_args.augmentation,
