@@ -19,6 +19,8 @@ class MiseClassifierConfig(PretrainedConfig):
         dropout (`float`, defaults to 0.3): dropout after each hidden layer.
         multimodal (`bool`, defaults to `False`): classify `[z_a; z_t]` instead of `z_a`.
         input_scale (`float`, defaults to 1.0): multiplies the (unit-norm) input features before the MLP.
+        num_heads (`int`, defaults to 1): MLPs trained side by side on the same batches, each with its own initial
+            weights and dropout masks; the classifier's logits are their mean.
     """
 
     model_type = "mise-classifier"
@@ -31,10 +33,12 @@ class MiseClassifierConfig(PretrainedConfig):
         dropout: float = 0.3,
         multimodal: bool = False,
         input_scale: float = 1.0,
+        num_heads: int = 1,
         **kwargs,
     ):
         name = type(self).__name__
         check_positive_int(name, "input_dim", input_dim)
+        check_positive_int(name, "num_heads", num_heads)
         check_positive_int(name, "text_dim", text_dim)
         self.hidden_sizes = (
             [] if hidden_sizes == [] else check_int_list(name, "hidden_sizes", hidden_sizes or [256])
@@ -47,6 +51,7 @@ class MiseClassifierConfig(PretrainedConfig):
         self.dropout = dropout
         self.multimodal = bool(multimodal)
         self.input_scale = float(input_scale)
+        self.num_heads = int(num_heads)
         super().__init__(**label_kwargs(kwargs))
         check_labels(name, self.num_labels)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 from transformers.modeling_outputs import SequenceClassifierOutput
 
@@ -13,7 +14,8 @@ from .losses import soft_cross_entropy
 
 class MiseClassifierModel(MisePreTrainedModel):
     """
-    Stage 3 of MISE: an MLP emotion classifier over `z_a`, or over `[z_a; z_t]` when `config.multimodal`.
+    Stage 3 of MISE: an MLP emotion classifier over `z_a`, or over `[z_a; z_t]` when `config.multimodal`; with
+    `config.num_heads` > 1 several MLPs side by side whose logits are averaged (each learns from its own loss).
     Emotion names live in `config.id2label`.
     """
 
@@ -23,6 +25,10 @@ class MiseClassifierModel(MisePreTrainedModel):
     def __init__(self, config: MiseClassifierConfig):
         super().__init__(config)
         self.mlp = mlp(config.feature_size, config.hidden_sizes, config.num_labels, config.dropout)
+        heads = range(config.num_heads - 1)
+        self.extra_heads = nn.ModuleList(
+            mlp(config.feature_size, config.hidden_sizes, config.num_labels, config.dropout) for _ in heads
+        )
         self.post_init()
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
@@ -36,10 +42,11 @@ class MiseClassifierModel(MisePreTrainedModel):
                 f"features must have shape (batch, {self.config.feature_size}) for this classifier, "
                 f"got {tuple(features.shape)}"
             )
-        logits = self.mlp(features * self.config.input_scale)
+        scaled = features * self.config.input_scale
+        per_head = [head(scaled) for head in (self.mlp, *self.extra_heads)]
+        logits = per_head[0] if len(per_head) == 1 else torch.stack(per_head).mean(0)
         loss = None
-        if labels is not None:
-            loss = (
-                soft_cross_entropy(logits, labels) if labels.dim() == 2 else F.cross_entropy(logits, labels)
-            )
+        if labels is not None:  # each head learns from its own loss
+            criterion = soft_cross_entropy if labels.dim() == 2 else F.cross_entropy
+            loss = torch.stack([criterion(head_logits, labels) for head_logits in per_head]).mean()
         return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -360,6 +360,12 @@ class ModelArguments:
     classifier_input_scale: float = field(
         default=1.0, metadata={"help": "Scale of the unit-norm z_a entering the stage-3 MLP."}
     )
+    classifier_heads: int = field(
+        **shipped("classifier_heads"),
+        metadata={
+            "help": "Stage-3 MLPs trained side by side (own initial weights and dropout), logits averaged."
+        },
+    )
     classifier_init_from_aligner: bool = field(
         default=False,
         metadata={
@@ -403,7 +409,14 @@ class ModelArguments:
             raise ConfigError(f"{needs_text[0]}: needs the aligned text head (no_alignment is set)")
         if self.augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation: must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
-        for name in ("projection_dim", "noise_dim", "tau", "mi_temperature", "classifier_input_scale"):
+        for name in (
+            "projection_dim",
+            "noise_dim",
+            "tau",
+            "mi_temperature",
+            "classifier_input_scale",
+            "classifier_heads",
+        ):
             _positive(name, getattr(self, name))
         _positive("max_duration_s", self.max_duration_s)
         for name in ("lambda_cl", "lambda_y", "lambda_t"):

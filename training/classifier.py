@@ -52,6 +52,7 @@ def classifier_config(
         hidden_sizes=list(model_args.classifier_hidden_sizes),
         dropout=model_args.classifier_dropout,
         input_scale=model_args.classifier_input_scale,
+        num_heads=model_args.classifier_heads,
         id2label=dict(id2label),
         label2id={name: index for index, name in id2label.items()},
     )
@@ -169,9 +170,10 @@ def train_classifier(
         if config.hidden_sizes or config.input_scale != 1:
             raise ValueError("head_init needs a linear classifier on z_a (hidden_sizes=[], input_scale=1)")
         with torch.no_grad():  # multimodal [z_a; z_t]: the z_t weights start at zero
-            model.mlp[-1].weight.zero_()
-            model.mlp[-1].weight[:, : config.input_dim].copy_(head_init.weight)
-            model.mlp[-1].bias.copy_(head_init.bias)
+            for head in (model.mlp, *model.extra_heads):
+                head[-1].weight.zero_()
+                head[-1].weight[:, : config.input_dim].copy_(head_init.weight)
+                head[-1].bias.copy_(head_init.bias)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=args.classifier_learning_rate,
