@@ -426,9 +426,11 @@ def combine_corpora(corpora: Mapping[str, Corpus], keep_unshared_labels: bool = 
             f"set of names (e.g. label_map: shared6 for the six shared emotions {', '.join(SHARED_EMOTIONS)})"
         )
     owners = Counter(label for labels in classes.values() for label in labels)
-    kept = sorted(owners) if keep_unshared_labels else sorted(l for l, n in owners.items() if n >= 2)
+    kept = sorted(owners) if keep_unshared_labels else sorted(label for label, n in owners.items() if n >= 2)
     if len(kept) < 2:
-        raise ValueError(f"the corpora {list(corpora)} share fewer than two classes ({kept}): nothing to train")
+        raise ValueError(
+            f"the corpora {list(corpora)} share fewer than two classes ({kept}): nothing to train"
+        )
     items, parts = [], {}
     for name, corpus in corpora.items():
         unshared = Counter(item.label for item in corpus.items if item.label not in kept)

@@ -61,7 +61,9 @@ def test_stacked_corpus_files_are_trained_together(tmp_path):
     again = parse_arguments([method, str(listed), "--output_dir", "out"])
     assert config_hash(*again) == config_hash(data, model, training)
     # a flag of a corpus key applies to every corpus and changes the run; paths and names stay each file's
-    flagged = parse_arguments([method, str(first), str(second), "--output_dir", "out", "--drop_labels", "sad"])
+    flagged = parse_arguments(
+        [method, str(first), str(second), "--output_dir", "out", "--drop_labels", "sad"]
+    )
     assert [a.drop_labels for a in flagged[0].corpus_args] == [["sad"], ["sad"]]
     assert config_hash(*flagged) != config_hash(data, model, training)
     with pytest.raises(ConfigError, match="--data_dir: with several corpora each corpus file gives its own"):
@@ -97,12 +99,21 @@ def test_two_corpora_on_the_classes_they_share(ravdess_dir, emodb_dir, caplog):
     assert len(speakers) == 34 and {"ravdess.Actor_01", "emodb.spk03"} <= speakers
     assert corpus.corpora().tolist().count("ravdess") == 720 - 192 and len(corpus) == 720 - 192 + 535 - 81
     parts = corpus.parts
-    assert parts["ravdess"]["unshared"] == {"calm": 96, "surprise": 96} and parts["emodb"]["unshared"] == {"bored": 81}
+    assert parts["ravdess"]["unshared"] == {"calm": 96, "surprise": 96} and parts["emodb"]["unshared"] == {
+        "bored": 81
+    }
     warnings = " ".join(record.getMessage() for record in caplog.records)
-    assert "calm (96), surprise (96)" in warnings and "bored (81)" in warnings and "keep_unshared_labels" in warnings
+    assert (
+        "calm (96), surprise (96)" in warnings
+        and "bored (81)" in warnings
+        and "keep_unshared_labels" in warnings
+    )
     assert "corpus emodb: 454 clips, 10 speakers; dropped: bored (81)" in corpus.format_summary()
     kept = read_corpus(two_corpora(ravdess_dir, emodb_dir, keep_unshared_labels=True))
-    assert sorted(kept.label_names) == sorted([*SHARED_EMOTIONS, *RAVDESS_ONLY, *EMODB_ONLY]) and len(kept) == 1255
+    assert (
+        sorted(kept.label_names) == sorted([*SHARED_EMOTIONS, *RAVDESS_ONLY, *EMODB_ONLY])
+        and len(kept) == 1255
+    )
 
 
 def test_label_maps_bring_each_corpus_onto_the_shared_emotions(ravdess_rows, emodb_dir, tmp_path):
@@ -114,9 +125,19 @@ def test_label_maps_bring_each_corpus_onto_the_shared_emotions(ravdess_rows, emo
     corpus = load_corpus(manifest, label_map="shared6")
     assert tuple(corpus.label_names) == SHARED_EMOTIONS and corpus.dropped == {"calm": 96, "surprised": 96}
     emodb = load_corpus(emodb_dir / "manifest.csv")
-    letters = {"angry": "W", "bored": "L", "disgust": "E", "fear": "A", "happy": "F", "neutral": "N", "sad": "T"}
+    letters = {
+        "angry": "W",
+        "bored": "L",
+        "disgust": "E",
+        "fear": "A",
+        "happy": "F",
+        "neutral": "N",
+        "sad": "T",
+    }
     coded = load_corpus(emodb_dir / "manifest.csv", label_map=letters)
-    message = r"corpus 'emodb' \(.*\) has labels \['A', 'E', 'F', 'L', 'N', 'T', 'W'\]: none of them is a label"
+    message = (
+        r"corpus 'emodb' \(.*\) has labels \['A', 'E', 'F', 'L', 'N', 'T', 'W'\]: none of them is a label"
+    )
     with pytest.raises(ValueError, match=message):
         combine_corpora({"ravdess": corpus, "emodb": coded})
     both = combine_corpora({"ravdess": corpus, "emodb": emodb})
@@ -133,7 +154,9 @@ def test_leave_one_corpus_out_folds(ravdess_dir, emodb_dir):
     for fold, held_out in zip(folds, ("emodb", "ravdess"), strict=True):
         assert set(corpora[fold.test]) == {held_out} and len(fold.test) == (corpora == held_out).sum()
         assert set(corpora[fold.train]) == set(corpora[fold.validation]) == {"ravdess", "emodb"} - {held_out}
-        assert len(fold.validation_speakers) == 2 and not set(speakers[fold.train]) & set(fold.validation_speakers)
+        assert len(fold.validation_speakers) == 2 and not set(speakers[fold.train]) & set(
+            fold.validation_speakers
+        )
     # with the classes only one corpus has kept, a held-out corpus is tested on the classes the others have
     kept_args = replace(data_args, keep_unshared_labels=True)
     kept = read_corpus(kept_args)
@@ -186,12 +209,20 @@ def loco_run(corpus_files, tmp_path_factory) -> Path:
 def test_a_loco_run_scores_each_corpus_adapted_and_as_released(loco_run):
     summary = json.loads((loco_run / "summary.json").read_text())
     info = json.loads((loco_run / "run_info.json").read_text())
-    assert info["folds"] == ["corpus-emodb", "corpus-ravdess"] and set(info["corpus"]["corpora"]) == {"ravdess", "emodb"}
+    assert info["folds"] == ["corpus-emodb", "corpus-ravdess"] and set(info["corpus"]["corpora"]) == {
+        "ravdess",
+        "emodb",
+    }
     corpora = summary["corpora"]["corpora"]
-    records = {name: json.loads((loco_run / "folds" / f"corpus-{name}" / "metrics.json").read_text()) for name in corpora}
+    records = {
+        name: json.loads((loco_run / "folds" / f"corpus-{name}" / "metrics.json").read_text())
+        for name in corpora
+    }
     for name, entry in corpora.items():
         record = records[name]
-        assert record["test_speakers"][0].startswith(f"{name}.") and entry["test_clips"] == len(record["y_true"])
+        assert record["test_speakers"][0].startswith(f"{name}.") and entry["test_clips"] == len(
+            record["y_true"]
+        )
         assert all(speaker.split(".")[0] != name for speaker in record["validation_speakers"])
         assert len(record["released_predictions"]) == len(record["y_true"])
         assert entry["own"]["uar"] == pytest.approx(record["uar"])  # one fold per corpus
@@ -235,7 +266,9 @@ def test_the_released_model_reads_raw_features(loco_run, corpus_files, ravdess_r
         z = aligner.get_audio_features(standardize(hidden, mean, std))
         expected = classifier(features=z).logits.softmax(-1)[0]
     scores = {score["label"]: score["score"] for score in classify(clip, top_k=None)}
-    assert [scores[classify.model.config.id2label[i]] for i in range(6)] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert [scores[classify.model.config.id2label[i]] for i in range(6)] == pytest.approx(
+        expected.tolist(), abs=1e-4
+    )
 
 
 def test_the_released_model_adapts_to_a_new_corpus(loco_run, emodb_dir, clips, tmp_path, capsys):

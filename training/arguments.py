@@ -208,7 +208,9 @@ class DataArguments:
     )
     corpus_name: str | None = field(
         default=None,
-        metadata={"help": "Name of a corpus in a run of several (default: its corpus file's name, e.g. ravdess)."},
+        metadata={
+            "help": "Name of a corpus in a run of several (default: its corpus file's name, e.g. ravdess)."
+        },
     )
     keep_unshared_labels: bool = field(
         default=False,
@@ -866,7 +868,8 @@ def config_hash(*arguments: object) -> str:
     values.pop("corpora", None)  # where the corpus files are; what they say is in corpus_args
     if values.get("corpus_args"):  # several corpora: each corpus' settings
         values["corpus_args"] = [
-            {key: value for key, value in corpus.items() if key not in _NOT_HASHED} for corpus in values["corpus_args"]
+            {key: value for key, value in corpus.items() if key not in _NOT_HASHED}
+            for corpus in values["corpus_args"]
         ]
     else:  # one corpus: the hash of a run before several corpora existed
         for key in ("corpus_args", "corpus_name", "keep_unshared_labels"):

@@ -149,7 +149,9 @@ class SpeakerNormalization:
         """The run context of one fold: its features, and its as-released evaluation: with enrolment where the fold
         uses per-speaker statistics, with the training corpora's statistics where several corpora use global
         ones."""
-        released = None if choice.per_speaker or self.corpora is None else TrainingStatistics(self.features.audio)
+        released = (
+            None if choice.per_speaker or self.corpora is None else TrainingStatistics(self.features.audio)
+        )
         return replace(
             ctx, features=self.features_for(choice), enrolment=enrolment if choice.per_speaker else None,
             training_statistics=released,
@@ -162,7 +164,9 @@ class SpeakerNormalization:
             return ctx
         global_ = NormalizationChoice(False, None, "global")
         return replace(
-            ctx, features=self.features_for(global_), training_statistics=TrainingStatistics(self.features.audio)
+            ctx,
+            features=self.features_for(global_),
+            training_statistics=TrainingStatistics(self.features.audio),
         )
 
     def features_for(self, choice: NormalizationChoice) -> CorpusFeatures:
