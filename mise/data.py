@@ -56,7 +56,22 @@ _IEMOCAP4 = {
     "sad": "sad",
     "sadness": "sad",
 }
-LABEL_MAPS: dict[str, dict[str, str]] = {"iemocap4": _IEMOCAP4}
+# The six emotions RAVDESS and Emo-DB share (angry, disgust, fear, happy, neutral, sad), the label space of a model
+# trained on both: common spellings of each (the corpora's own names, RAVDESS' "fearful", Emo-DB's German names,
+# IEMOCAP's and CREMA-D's codes) onto one name; every other label (calm, surprise, bored, ...) is dropped.
+SHARED_EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad")
+_SPELLINGS = {
+    "angry": ("angry", "anger", "ang", "ärger", "wut"),
+    "disgust": ("disgust", "disgusted", "dis", "ekel"),
+    "fear": ("fear", "fearful", "fea", "angst", "anxiety"),
+    "happy": ("happy", "happiness", "hap", "joy", "freude"),
+    "neutral": ("neutral", "neu"),
+    "sad": ("sad", "sadness", "trauer"),
+}
+_SHARED6 = {spelling: name for name, spellings in _SPELLINGS.items() for spelling in spellings}
+LABEL_MAPS: dict[str, dict[str, str]] = {"iemocap4": _IEMOCAP4, "shared6": _SHARED6}
+# a speaker (or session) of a corpus in a run of several corpora is named `<corpus><CORPUS_SEPARATOR><speaker>`
+CORPUS_SEPARATOR = "."
 
 
 @dataclass
@@ -81,6 +96,7 @@ class CorpusItem:
     fingerprint: str
     duration_s: float | None = None
     split: str | None = None
+    corpus: str | None = None  # the corpus' name in a run of several corpora (`combine_corpora`)
 
     @property
     def source(self) -> str:
@@ -146,7 +162,8 @@ class Corpus:
     """Labelled clips with speakers, optional transcripts and sessions, and the label space.
 
     ``label_names`` are the sorted unique labels after mapping (or the ones given); ``id2label`` /
-    ``label2id`` follow them. Subsets keep the label space of the corpus they come from.
+    ``label2id`` follow them. Subsets keep the label space of the corpus they come from. ``parts``: for several
+    corpora trained as one (`combine_corpora`), what each brought, by name; empty for one corpus.
     """
 
     def __init__(
@@ -155,7 +172,9 @@ class Corpus:
         label_names: Sequence[str] | None = None,
         source: str = "",
         dropped: Mapping[str, int] | None = None,
+        parts: Mapping[str, dict] | None = None,
     ):
+        self.parts = dict(parts or {})
         self.items = list(items)
         self.label_names = (
             sorted({item.label for item in self.items}) if label_names is None else list(label_names)
@@ -198,6 +217,12 @@ class Corpus:
             return None
         return np.asarray(values, dtype=object)
 
+    def corpora(self) -> np.ndarray | None:
+        """The corpus of every clip ``(N,)`` in a run of several corpora, ``None`` for one corpus."""
+        if not self.parts:
+            return None
+        return np.asarray([item.corpus for item in self.items], dtype=object)
+
     def transcripts(self) -> list[str | None]:
         """Transcripts, ``None`` where missing."""
         return [item.transcript for item in self.items]
@@ -209,7 +234,7 @@ class Corpus:
     def subset(self, indices: Iterable[int]) -> Corpus:
         """The corpus restricted to ``indices`` (re-indexed from 0, same label space)."""
         items = [replace(self.items[i], index=new) for new, i in enumerate(indices)]
-        return Corpus(items, self.label_names, self.source, self.dropped)
+        return Corpus(items, self.label_names, self.source, self.dropped, self.parts)
 
     def summary(self) -> dict:
         """Clips, speakers, sessions, hours, clips per class, with / without transcript, dropped labels."""
@@ -217,6 +242,7 @@ class Corpus:
         per_class = Counter(item.label for item in self.items)
         sessions = {item.session for item in self.items if item.session is not None}
         with_transcript = sum(item.transcript is not None for item in self.items)
+        several = {"corpora": self.parts} if self.parts else {}
         return {
             "source": self.source,
             "clips": len(self.items),
@@ -228,6 +254,7 @@ class Corpus:
             "with_transcript": with_transcript,
             "without_transcript": len(self.items) - with_transcript,
             "dropped": dict(self.dropped),
+            **several,
         }
 
     def format_summary(self) -> str:
@@ -359,9 +386,73 @@ def format_summary(summary: dict) -> str:
     lines.append(f"{'class':<{width}}  {'clips':>8}")
     lines += [f"{name:<{width}}  {count:>8}" for name, count in per_class.items()]
     if summary.get("dropped"):
-        dropped = ", ".join(f"{label} ({count})" for label, count in sorted(summary["dropped"].items()))
-        lines.append(f"dropped labels: {dropped}")
+        lines.append(f"dropped labels: {_counts(summary['dropped'])}")
+    for name, part in (summary.get("corpora") or {}).items():
+        dropped = {**part["dropped"], **part["unshared"]}
+        lines.append(
+            f"corpus {name}: {part['clips']} clips, {part['speakers']} speakers"
+            + (f"; dropped: {_counts(dropped)}" if dropped else "")
+        )
     return "\n".join(lines)
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{label} ({count})" for label, count in sorted(counts.items()))
+
+
+def combine_corpora(corpora: Mapping[str, Corpus], keep_unshared_labels: bool = False) -> Corpus:
+    """Several corpora as one, for training them together: speakers and sessions named per corpus
+    (``<corpus>.<speaker>``), each clip's ``corpus`` set, one label space.
+
+    Each corpus comes with its labels already mapped (its own ``label_map``). The label space is every class at least
+    two corpora have; a class only one corpus has is dropped (with a warning naming it and its clips, and counted in
+    ``parts[name]["unshared"]``) unless ``keep_unshared_labels``.
+
+    Raises:
+        ValueError: for fewer than two corpora, or a corpus none of whose labels another corpus has (naming its
+            labels and theirs: its labels do not map onto theirs), or fewer than two classes left.
+    """
+    if len(corpora) < 2:
+        raise ValueError(f"combine_corpora: needs at least two corpora, got {list(corpora)}")
+    classes = {name: set(corpus.label_names) for name, corpus in corpora.items()}
+    alone = [
+        f"corpus {name!r} ({corpora[name].source}) has labels {sorted(own)}"
+        for name, own in classes.items()
+        if not own & set().union(*(labels for other, labels in classes.items() if other != name))
+    ]
+    if alone:
+        raise ValueError(
+            f"{'; '.join(alone)}: none of them is a label of another corpus; give each corpus a label_map onto one "
+            f"set of names (e.g. label_map: shared6 for the six shared emotions {', '.join(SHARED_EMOTIONS)})"
+        )
+    owners = Counter(label for labels in classes.values() for label in labels)
+    kept = sorted(owners) if keep_unshared_labels else sorted(label for label, n in owners.items() if n >= 2)
+    if len(kept) < 2:
+        raise ValueError(
+            f"the corpora {list(corpora)} share fewer than two classes ({kept}): nothing to train"
+        )
+    items, parts = [], {}
+    for name, corpus in corpora.items():
+        unshared = Counter(item.label for item in corpus.items if item.label not in kept)
+        if unshared:
+            logger.warning(
+                "%s: %d clip(s) of classes no other corpus has dropped: %s (keep_unshared_labels keeps them)",
+                name, sum(unshared.values()), _counts(unshared),
+            )  # fmt: skip
+        own = [item for item in corpus.items if item.label in kept]
+        for item in own:
+            items.append(
+                replace(item, index=len(items), corpus=name, speaker=_named(name, item.speaker),
+                        session=None if item.session is None else _named(name, item.session))
+            )  # fmt: skip
+        parts[name] = {"source": corpus.source, "clips": len(own), "speakers": len({i.speaker for i in own}),
+                       "classes": sorted({i.label for i in own}), "dropped": dict(corpus.dropped),
+                       "unshared": dict(unshared)}  # fmt: skip
+    return Corpus(items, kept, source=" + ".join(corpora), parts=parts)
+
+
+def _named(corpus: str, name: str) -> str:
+    return f"{corpus}{CORPUS_SEPARATOR}{name}"
 
 
 def write_rejections(rejections: Sequence[Rejection], path: str | os.PathLike) -> None:

@@ -1,7 +1,8 @@
 """Speaker-independent evaluation folds (SPEC §2).
 
 Every fold holds out test speakers, takes validation speakers from the training side (never a test
-speaker) and checks that the training side still covers every class.
+speaker) and checks that the training side still covers every class. With several corpora, `loco` holds out a
+whole corpus (leave one corpus out) and tests on its clips of the classes the other corpora have.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PROTOCOLS = ("loso", "loso_session", "kfold", "split")
+PROTOCOLS = ("loso", "loso_session", "kfold", "split", "loco")
 SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
@@ -201,6 +202,7 @@ def make_folds(
     max_folds: int | None = None,
     seed: int = 0,
     id2label: Mapping | None = None,
+    corpora: Sequence | None = None,
 ) -> list[Fold]:
     """Build speaker-independent folds over items given by their ``speakers`` and integer ``labels``.
 
@@ -208,8 +210,9 @@ def make_folds(
         speakers: one speaker id per item.
         labels: one integer class id per item.
         protocol: ``"loso"`` (leave one speaker out), ``"loso_session"`` (leave one session out),
-            ``"kfold"`` (``k`` speaker-grouped folds with balanced speaker counts) or ``"split"``
-            (a given ``split`` column of train / validation / test per item).
+            ``"kfold"`` (``k`` speaker-grouped folds with balanced speaker counts), ``"split"``
+            (a given ``split`` column of train / validation / test per item) or ``"loco"`` (leave one corpus out:
+            [`corpus_folds`]).
         sessions: one session id per item, required for ``"loso_session"``.
         k: number of folds for ``"kfold"``.
         num_validation_speakers: speakers moved from each fold's training side to its validation side
@@ -217,7 +220,9 @@ def make_folds(
         split: one of train / validation / test (also valid, val, dev) per item, for ``"split"``.
         max_folds: keep only the first ``max_folds`` folds.
         seed: seeds the choice of validation speakers and the ``"kfold"`` speaker assignment.
-        id2label: class names for error messages; its keys are also the classes every training side must hold.
+        id2label: class names for error messages; its keys are also the classes every training side must hold
+            (under ``"loco"``: the classes of the training corpora).
+        corpora: the corpus of every item, for ``"loco"``.
 
     Returns:
         The folds, each with sorted index arrays and disjoint train / validation / test speaker sets.
@@ -232,6 +237,8 @@ def make_folds(
 
     if protocol == "split":
         return _split_fold(speakers, labels, split, num_validation_speakers, seed, classes, id2label)
+    if protocol == "loco":
+        return corpus_folds(speakers, labels, corpora, num_validation_speakers, seed, id2label)[:max_folds]
 
     speaker_sessions = None
     if protocol == "loso_session":
@@ -260,6 +267,61 @@ def make_folds(
         folds.append(
             Fold(name, train, np.flatnonzero(validation_mask), np.flatnonzero(test_mask), list(test_speakers),
                  validation_speakers)
+        )  # fmt: skip
+    return folds
+
+
+def corpus_folds(
+    speakers: np.ndarray,
+    labels: np.ndarray,
+    corpora: Sequence | None,
+    num_validation_speakers: int,
+    seed: int,
+    id2label: Mapping | None = None,
+) -> list[Fold]:
+    """Leave one corpus out: fold `corpus-<name>` (one per corpus, sorted by name) trains on the other corpora's
+    speakers, but `num_validation_speakers` validation speakers drawn from them as any fold's are, and tests on the
+    held-out corpus' clips of the classes the training corpora have (the others are left out, with a warning).
+
+    Raises:
+        ValueError: without `corpora` or with fewer than two, or when a held-out corpus has no class the training
+            corpora have (naming its classes and theirs).
+    """
+    if corpora is None:
+        raise ValueError("make_folds: protocol 'loco' needs corpora (the corpus of every item)")
+    corpora = _as_str_array(corpora, "corpora", len(labels))
+    names = sorted(set(corpora.tolist()))
+    if len(names) < 2:
+        raise ValueError(f"make_folds: protocol 'loco' needs at least two corpora, got {names}")
+    folds = []
+    for fold_index, name in enumerate(names):
+        fold_name, held_out, train_side = f"corpus-{name}", corpora == name, corpora != name
+        classes = sorted(set(labels[train_side].tolist()))
+        test = held_out & np.isin(labels, classes)
+        own = sorted(set(labels[held_out].tolist()))
+        if not test.any():
+            raise ValueError(
+                f"fold {fold_name!r}: the held-out corpus {name!r} has no class the training corpora have (its "
+                f"classes: {[_class_name(c, id2label) for c in own]}; theirs: "
+                f"{[_class_name(c, id2label) for c in classes]}); map its labels onto theirs with its label_map"
+            )
+        left_out = sorted(set(own) - set(classes))
+        if left_out:
+            warnings.warn(
+                f"fold {fold_name!r}: {int((held_out & ~test).sum())} clip(s) of {name!r} of classes the training "
+                f"corpora lack ({', '.join(_class_name(c, id2label) for c in left_out)}) are left out of the test",
+                stacklevel=3,
+            )
+        validation_speakers = pick_validation_speakers(
+            sorted(set(speakers[train_side].tolist())), num_validation_speakers, speakers, labels, train_side,
+            classes, np.random.default_rng([seed, fold_index]),
+        )  # fmt: skip
+        validation = train_side & np.isin(speakers, validation_speakers)
+        train = np.flatnonzero(train_side & ~validation)
+        _check_training_classes(fold_name, labels, train, classes, id2label)
+        folds.append(
+            Fold(fold_name, train, np.flatnonzero(validation), np.flatnonzero(test),
+                 sorted(set(speakers[test].tolist())), validation_speakers)
         )  # fmt: skip
     return folds
 

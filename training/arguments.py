@@ -8,8 +8,10 @@ the method that ships.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -195,9 +197,40 @@ class DataArguments:
         default=None, metadata={"help": "Feature cache; default $MISE_CACHE or ~/.cache/mise/features."}
     )
     feature_batch_size: int = field(default=8, metadata={"help": "Clips per frozen-encoder forward."})
+    corpora: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Several corpora trained together: their corpus files (training/configs/corpora/*.yaml; in a "
+            "YAML config also mappings of corpus keys). Stacking two corpus files after the method config does the "
+            "same. Speakers and sessions are named <corpus>.<speaker>, each corpus' label_map brings its labels "
+            "onto one label space, and with global statistics each corpus is standardised with its own."
+        },
+    )
+    corpus_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of a corpus in a run of several (default: its corpus file's name, e.g. ravdess)."
+        },
+    )
+    keep_unshared_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "Several corpora: keep the classes only one corpus has (default: dropped, with a warning "
+            "naming them and their clips)."
+        },
+    )
+    # one per corpus of `corpora`: this run's arguments with the corpus' own keys (`several_corpora`)
+    corpus_args: list[DataArguments] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.dataset:
+        if self.corpora:
+            if self.dataset:
+                raise ConfigError(
+                    f"dataset / corpora: got dataset {self.dataset!r} and corpora {self.corpora}; give one corpus "
+                    "(dataset) or several (corpora, or corpus files stacked after the method config)"
+                )
+            self.corpus_args = several_corpora(self)
+        elif not self.dataset:
             raise ConfigError(_missing_dataset(self.data_dir))
         self.transcript_column = none_if_unset(self.transcript_column)
         self.session_column = none_if_unset(self.session_column)
@@ -226,6 +259,57 @@ class DataArguments:
         _positive("feature_batch_size", self.feature_batch_size)
         if self.cache_dir is None:
             self.cache_dir = str(default_cache_dir())
+
+
+# what a corpus file holds: where the clips are and what the columns mean (a run of several corpora takes these
+# from each corpus' file; every other key is the run's)
+CORPUS_KEYS = ("dataset", "data_dir", "dataset_license", "split", "audio_column", "label_column", "speaker_column",
+               "transcript_column", "session_column", "split_column", "label_map", "drop_labels", "corpus_name")  # fmt: skip
+CORPUS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def several_corpora(args: DataArguments, overrides: dict | None = None) -> list[DataArguments]:
+    """The arguments of each corpus of `args.corpora`: the run's, with the keys of the corpus' file (or mapping)
+    and then `overrides` (flags given for every corpus).
+
+    Raises:
+        ConfigError: naming the corpus for a key that is not a corpus key, a missing dataset, or a name that is
+            repeated or not made of letters, digits, `_` and `-`.
+    """
+    result = []
+    for entry in args.corpora:
+        values = {**corpus_entry(entry), **(overrides or {})}
+        name = values["corpus_name"]
+        if not CORPUS_NAME.match(name) or any(other.corpus_name == name for other in result):
+            raise ConfigError(
+                f"corpus_name: {name!r} ({entry}) must be unique among the corpora and made of letters, digits, "
+                "_ and - (set corpus_name in its file)"
+            )
+        try:
+            result.append(dataclasses.replace(args, corpora=[], **values))
+        except ConfigError as error:
+            raise ConfigError(f"corpora: {name}: {error}") from error
+    return result
+
+
+def corpus_entry(entry: str | dict) -> dict:
+    """One entry of `corpora` as a mapping of corpus keys with its `corpus_name` (default: the file's name, or the
+    folder of a mapping's dataset)."""
+    if isinstance(entry, dict):
+        values, where = dict(entry), "corpora"
+    else:
+        values, where = _read_config_file(Path(entry)), str(entry)
+    unknown = sorted(set(values) - set(CORPUS_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: {unknown} are not corpus keys; with several corpora a corpus holds only {list(CORPUS_KEYS)}: "
+            "give the others once, in the method config or as flags"
+        )
+    if not values.get("corpus_name"):
+        folder = Path(str(values.get("data_dir") or values.get("dataset") or ""))
+        folder = folder.parent if folder.suffix else folder
+        values["corpus_name"] = Path(entry).stem if isinstance(entry, str) else folder.name
+    return values
 
 
 def _missing_dataset(data_dir: str | None) -> str:
@@ -685,21 +769,24 @@ def parse_arguments(argv: list[str] | None = None, extra_types: tuple[type, ...]
     """Parse `[CONFIG.yaml|.json ...] [--key value ...]` into (data, model, training, *extra) arguments.
 
     Each leading file gives values (a later file overrides an earlier one: hyper-parameters first, then a corpus
-    file with its paths, columns and label map); every flag overrides them all.
+    file with its paths, columns and label map); every flag overrides them all. Two corpus files or more (files
+    with a `dataset`) are not merged but trained together, as the `corpora` key lists them: each keeps its own
+    corpus keys (`CORPUS_KEYS`), and a flag of a corpus key applies to every corpus.
     """
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((*ARGUMENT_TYPES, *extra_types))
     known = {action.dest for action in parser._actions}
-    values: dict = {}
+    files = []
     while argv and not argv[0].startswith("-"):
         config_path = Path(argv.pop(0))
         read = _read_config_file(config_path)
         unknown = sorted(set(read) - known)
         if unknown:
             raise ConfigError(f"{config_path}: unknown key(s) {unknown}")
-        values.update(read)
+        files.append((config_path, read))
+    values = _merged_files(files)
     # file values become the parser's defaults, so any `--key value` on the command line overrides them.
     parser.set_defaults(**values)
     parser.error = _raise_config_error  # a bad flag value: one line naming it, not argparse's usage wall
@@ -710,7 +797,39 @@ def parse_arguments(argv: list[str] | None = None, extra_types: tuple[type, ...]
     except (TypeError, ValueError) as error:  # e.g. a flag no argument class has
         raise ConfigError(str(error)) from error
     _check_feature_sets(parsed[1], parsed[2])
+    _check_corpora(parsed[0], argv)
     return parsed
+
+
+def _merged_files(files: list[tuple[Path, dict]]) -> dict:
+    """The values of the leading config files, a later one overriding an earlier one; with several corpus files
+    (or a `corpora` key) the corpus files go to `corpora` instead, in their order."""
+    stacked = [str(path) for path, read in files if "dataset" in read]
+    several = len(stacked) > 1 or any("corpora" in read for _, read in files)
+    values: dict = {}
+    for _, read in files:
+        if not (several and "dataset" in read):
+            values.update(read)
+    if several:
+        values["corpora"] = [*values.get("corpora", []), *stacked]
+    return values
+
+
+def _check_corpora(data_args: DataArguments, argv: list[str]) -> None:
+    """Protocol loco needs several corpora; with several, a flag of a corpus key applies to every corpus, but
+    their paths and names come from their own files."""
+    if data_args.protocol == "loco" and not data_args.corpora:
+        raise ConfigError(
+            "protocol: loco (leave one corpus out) needs several corpora: stack corpus files after the method "
+            "config or give corpora"
+        )
+    flagged = {token[2:].split("=", 1)[0] for token in argv if token.startswith("--")} & set(CORPUS_KEYS)
+    if not data_args.corpora or not flagged:
+        return
+    own = sorted(flagged & {"dataset", "data_dir", "corpus_name"})
+    if own:
+        raise ConfigError(f"--{own[0]}: with several corpora each corpus file gives its own {own[0]}")
+    data_args.corpus_args = several_corpora(data_args, {key: getattr(data_args, key) for key in flagged})
 
 
 def _check_feature_sets(model_args: ModelArguments, training_args: MiseTrainingArguments) -> None:
@@ -759,4 +878,13 @@ def config_hash(*arguments: object) -> str:
     values = {key: value for key, value in arguments_dict(*arguments).items() if key not in _NOT_HASHED}
     if values.get("protocol") != "split":  # the split column is only read by protocol split
         values.pop("split_column", None)
+    values.pop("corpora", None)  # where the corpus files are; what they say is in corpus_args
+    if values.get("corpus_args"):  # several corpora: each corpus' settings
+        values["corpus_args"] = [
+            {key: value for key, value in corpus.items() if key not in _NOT_HASHED}
+            for corpus in values["corpus_args"]
+        ]
+    else:  # one corpus: the hash of a run before several corpora existed
+        for key in ("corpus_args", "corpus_name", "keep_unshared_labels"):
+            values.pop(key, None)
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -19,7 +19,7 @@ from accelerate.logging import get_logger
 
 from mise.cache import FeatureCache
 from mise.console import progress_bars
-from mise.data import Corpus, Rejection, check_class_sizes, load_corpus, write_rejections
+from mise.data import Corpus, Rejection, check_class_sizes, combine_corpora, load_corpus, write_rejections
 from modeling_mise.audio import AudioInputError, crop
 from modeling_mise.encoders import AudioEncoder, TextEncoder, load_audio_encoder, load_text_encoder
 from modeling_mise.layers import speaker_statistics, standardize
@@ -65,11 +65,8 @@ def prepare_features(
         check_class_sizes(usable, data_args.min_class_clips)
     seconds = {"read_audio": time.perf_counter() - tick}
     text_encoder = None
-    if (
-        model_args.text_encoder is not None
-        and data_args.transcript_column is not None
-        and any(usable.transcripts())
-    ):
+    with_text = any(args.transcript_column for args in data_args.corpus_args or [data_args])
+    if model_args.text_encoder is not None and with_text and any(usable.transcripts()):
         text_encoder = load_text_encoder(
             model_args.text_encoder, model_args.text_pooling, dtype=model_args.text_dtype
         )
@@ -99,13 +96,20 @@ class CorpusFeatures:
 
 
 def read_corpus(data_args: DataArguments) -> Corpus:
-    """The corpus named by the data arguments (manifest CSV, audiofolder or `datasets` source).
+    """The corpus named by the data arguments (manifest CSV, audiofolder or `datasets` source), or with several
+    `corpora` each one read with its own arguments and all combined (`mise.data.combine_corpora`: speakers named
+    per corpus, one label space).
 
     A relative `dataset` path that exists under a local `data_dir` is read from there (e.g. `manifest.csv`
     with `--data_dir ../shared/data/ravdess`); otherwise `data_dir` goes to `datasets.load_dataset`. The split
     column is read (and checked) for protocol split only: other protocols ignore it. A class with fewer than
     `min_class_clips` clips or 2 speakers stops here, before any audio is decoded.
     """
+    if data_args.corpus_args:
+        corpora = {args.corpus_name: read_corpus(args) for args in data_args.corpus_args}
+        corpus = combine_corpora(corpora, data_args.keep_unshared_labels)
+        check_class_sizes(corpus, data_args.min_class_clips)
+        return corpus
     source, data_dir = data_args.dataset, data_args.data_dir
     if data_dir and not Path(source).is_absolute() and (Path(data_dir) / source).exists():
         source, data_dir = str(Path(data_dir) / source), None
@@ -283,7 +287,9 @@ def reject_nonfinite(
 
 
 def speaker_normalized(features: CorpusFeatures, speakers: np.ndarray) -> CorpusFeatures:
-    """Audio features z-normalised per speaker with the speaker's own statistics (labels are not used)."""
+    """Audio features z-normalised per speaker with the speaker's own statistics (labels are not used); with
+    the corpus of every row instead of its speaker, per corpus with the corpus' own (the global regime of
+    several corpora)."""
     audio = features.audio.clone()
     for speaker in np.unique(speakers):
         rows = torch.as_tensor(speakers == speaker)

@@ -58,7 +58,7 @@ def build_folds(data_args: DataArguments, corpus: Corpus, seed: int) -> list[Fol
         corpus.speakers(), corpus.labels(), protocol=data_args.protocol, sessions=corpus.sessions(),
         k=data_args.num_folds, num_validation_speakers=data_args.num_validation_speakers,
         split=given_split(data_args, corpus) if data_args.protocol == "split" else None,
-        max_folds=data_args.max_folds, seed=seed, id2label=corpus.id2label,
+        max_folds=data_args.max_folds, seed=seed, id2label=corpus.id2label, corpora=corpus.corpora(),
     )  # fmt: skip
 
 
@@ -114,6 +114,9 @@ class RunContext:
     progress: object | None = None
     transcripts: list[str | None] | None = None  # per row of `features`; the LoRA text encoder reads them
     enrolment: object | None = None  # `Enrolment` in a per-speaker fold: the as-released evaluation
+    # several corpora with global statistics: the training statistics of the as-released evaluation and of the
+    # released aligner (`training.corpora.TrainingStatistics`)
+    training_statistics: object | None = None
     resume_points: dict[str, ResumePoint | None] = field(default_factory=dict)  # per fold, read once
 
     @property
@@ -280,6 +283,8 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
             selected = trained.selected  # after a refit: its selection's models choose n0
             pair = None if selected is None else (selected.aligner, selected.classifier)
             extra.update(ctx.enrolment.evaluate(trained.aligner, trained.classifier, fold, pair))
+        if ctx.training_statistics is not None:
+            extra.update(ctx.training_statistics.evaluate(trained.aligner, trained.classifier, fold))
     metrics = classification_metrics(y_true, y_pred, num_labels, ctx.id2label)
     with torch.no_grad():
         aligner_logits = trained.aligner.classify(z_test.to(ctx.accelerator.device)).argmax(-1).cpu().numpy()
@@ -397,6 +402,8 @@ def train_final_models(
         train_stages(speaker_ctx, speaker_fold, fold_index + 1, speaker_directory, seed_index)
     if accelerator.is_main_process:
         trained = train_stages(ctx, fold, fold_index, ctx.output_dir / FINAL_FOLD, seed_index)
+        if ctx.training_statistics is not None:  # several corpora: the released aligner reads raw features
+            ctx.training_statistics.release(trained.aligner, np.union1d(fold.train, fold.validation))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         speaker_pair = speaker_prior = None

@@ -30,6 +30,7 @@ from modeling_mise.layers import shrink_statistics, speaker_prior, standardize
 from .aligner import encode_audio
 from .arguments import DataArguments
 from .classifier import predict
+from .corpora import TrainingStatistics
 from .features import CorpusFeatures, speaker_normalized
 
 logger = get_logger(__name__)
@@ -91,18 +92,20 @@ class SpeakerNormalization:
 
     mode: str
     threshold: float
-    features: CorpusFeatures  # global statistics: the frozen features as they are
+    features: CorpusFeatures  # the frozen features as they are (global statistics of one corpus)
     labels: np.ndarray
     speakers: np.ndarray
     id2label: dict[int, str]
+    corpora: np.ndarray | None = None  # (N,) the corpus of every row in a run of several corpora
     _per_speaker: CorpusFeatures | None = None
+    _per_corpus: CorpusFeatures | None = None
 
     @classmethod
     def from_arguments(cls, data_args: DataArguments, features: CorpusFeatures, corpus: Corpus):
         """The run's choice maker: `speaker_normalization` and its threshold over the corpus' usable clips."""
         labels, speakers = np.asarray(corpus.labels()), np.asarray(corpus.speakers())
         return cls(data_args.speaker_normalization, data_args.speaker_normalization_threshold, features, labels,
-                   speakers, dict(corpus.id2label))  # fmt: skip
+                   speakers, dict(corpus.id2label), corpus.corpora())  # fmt: skip
 
     def choose(self, rows: np.ndarray, where: str) -> NormalizationChoice:
         """The choice for a training side `rows` (train + validation speakers of a fold)."""
@@ -143,19 +146,41 @@ class SpeakerNormalization:
         return choices
 
     def fold_context(self, ctx, choice: NormalizationChoice, enrolment: Enrolment):
-        """The run context of one fold: its features, and the as-released enrolment evaluation where the fold
-        uses per-speaker statistics."""
+        """The run context of one fold: its features, and its as-released evaluation: with enrolment where the fold
+        uses per-speaker statistics, with the training corpora's statistics where several corpora use global
+        ones."""
+        released = (
+            None if choice.per_speaker or self.corpora is None else TrainingStatistics(self.features.audio)
+        )
         return replace(
-            ctx, features=self.features_for(choice), enrolment=enrolment if choice.per_speaker else None
+            ctx, features=self.features_for(choice), enrolment=enrolment if choice.per_speaker else None,
+            training_statistics=released,
+        )  # fmt: skip
+
+    def released_context(self, ctx):
+        """The context of the released models with global statistics: as the folds', and with several corpora the
+        training statistics the released aligner is given (`training.corpora.TrainingStatistics.release`)."""
+        if self.corpora is None:
+            return ctx
+        global_ = NormalizationChoice(False, None, "global")
+        return replace(
+            ctx,
+            features=self.features_for(global_),
+            training_statistics=TrainingStatistics(self.features.audio),
         )
 
     def features_for(self, choice: NormalizationChoice) -> CorpusFeatures:
-        """The frozen features as they are (global statistics) or z-normalised per speaker."""
-        if not choice.per_speaker:
+        """The frozen features z-normalised per speaker, or with global statistics: as they are for one corpus,
+        z-normalised per corpus with its own statistics for several."""
+        if choice.per_speaker:
+            if self._per_speaker is None:
+                self._per_speaker = speaker_normalized(self.features, self.speakers)
+            return self._per_speaker
+        if self.corpora is None:
             return self.features
-        if self._per_speaker is None:
-            self._per_speaker = speaker_normalized(self.features, self.speakers)
-        return self._per_speaker
+        if self._per_corpus is None:
+            self._per_corpus = speaker_normalized(self.features, self.corpora)
+        return self._per_corpus
 
 
 def normalization_report(choices: dict[str, NormalizationChoice], mode: str) -> dict:

@@ -32,6 +32,7 @@ from mise.metrics import summarize_folds
 from training.arguments import arguments_dict, config_hash, parse_arguments
 from training.checkpoint import CheckpointManager
 from training.classifier import chosen_feature_set_counts, chosen_ratio_counts
+from training.corpora import corpora_summary, released_uar_pooled
 from training.engine import NonFiniteLossError
 from training.pipeline import (
     FINAL_FOLD,
@@ -120,8 +121,9 @@ def _context(run: Run, total_folds: int) -> RunContext:
     return ctx
 
 
-def _summary(run: Run, records: list[dict], choices: dict) -> dict:
-    """Pooled and mean +- std metrics over the folds, with what the run used and rejected."""
+def _summary(run: Run, records: list[dict], choices: dict, folds: list[Fold]) -> dict:
+    """Pooled and mean +- std metrics over the folds, with what the run used and rejected (and with several
+    corpora, the results per corpus)."""
     corpus, features = run.prepared.corpus, run.prepared.features
     pooled_true = np.concatenate([record["y_true"] for record in records])
     pooled_pred = np.concatenate([record["y_pred"] for record in records])
@@ -144,6 +146,9 @@ def _summary(run: Run, records: list[dict], choices: dict) -> dict:
         speaker_normalization=normalization_report(choices, run.data_args.speaker_normalization),
         enrolment=enrolment_summary(records, len(corpus.id2label), corpus.id2label),
     )
+    if corpus.parts:
+        summary["corpora"] = corpora_summary(folds, records, corpus)
+        summary["released_uar_pooled"] = released_uar_pooled(records, len(corpus.id2label))
     summary["as_released"], note = _as_released(summary)
     logger.info(
         f"pooled UAR {summary['uar_pooled']:.4f}, mean UAR {summary['uar_mean']:.4f} +- {summary['uar_std']:.4f} "
@@ -156,6 +161,13 @@ def _as_released(summary: dict) -> tuple[dict, str]:
     """Which number the released model gives a user, next to the fold number: `summary.json`'s `as_released` and
     the words of the summary log line. A clip classified without enrolment is normalised with global statistics,
     so the fold number is that number only where the folds used global statistics too."""
+    if summary["speaker_normalization"]["per_speaker_folds"] == 0 and "corpora" in summary:
+        released = {"without_enrolment": summary["released_uar_pooled"], "statistics": "training corpora"}
+        value = "-" if released["without_enrolment"] is None else f"{released['without_enrolment']:.4f}"
+        return released, (
+            "each corpus standardised with its own statistics (its unlabelled clips: adapted); the released model on "
+            f"one clip, with the training corpora's statistics, gives {value} (summary.json: corpora)"
+        )
     if summary["speaker_normalization"]["per_speaker_folds"] == 0:
         released = {"without_enrolment": summary["uar_pooled"], "statistics": "global"}
         return released, "global statistics: what the released model gives on a clip without enrolment"
@@ -219,7 +231,7 @@ def _train(run: Run, started: float) -> dict:
     seconds["folds"] = time.perf_counter() - tick
 
     # 6. summary: pooled and mean +- std over folds
-    summary = _summary(run, records, choices)
+    summary = _summary(run, records, choices, folds)
 
     # 7. final models on all speakers (a few validation speakers drive early stopping)
     if training_args.final_models:
@@ -231,8 +243,8 @@ def _train(run: Run, started: float) -> dict:
             if speaker_adaptive
             else None
         )
-        train_final_models(ctx, final, len(folds), run.prepared.audio_encoder, FINAL_SEED_INDEX, speaker_ctx,
-                           {"allowed": speaker_adaptive, **asdict(final_choice)})  # fmt: skip
+        train_final_models(normalization.released_context(ctx), final, len(folds), run.prepared.audio_encoder,
+                           FINAL_SEED_INDEX, speaker_ctx, {"allowed": speaker_adaptive, **asdict(final_choice)})  # fmt: skip
         seconds["final_models"] = time.perf_counter() - tick
         summary["generated_ratio_released"] = {  # chosen on the final models' validation speakers
             name: released_stage_summary(run.output_dir, "classifier", name).get("generated_ratio")
