@@ -21,6 +21,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_cross_corpus",
     "plot_feature_map",
+    "plot_precision_recall_steps",
     "plot_quality_curves",
     "plot_study_bars",
     "save_figure",
@@ -98,6 +99,61 @@ def plot_quality_curves(records: Sequence[Mapping[str, Any]], path: str | Path, 
         axis.set_xlabel("generator step")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return save_figure(figure, path)
+
+
+def _generator_curves(records: Sequence[Mapping[str, Any]], metric: str) -> dict[str, dict[tuple, list]]:
+    """variant -> (seed, fold) -> that generator's `(step, value, selected)` checkpoints of `metric`, by step."""
+    curves: dict[str, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        if record.get(metric) is not None:
+            key = (record.get("seed"), record.get("fold"))
+            point = (int(record["step"]), float(record[metric]), bool(record.get("selected")))
+            curves[str(record["variant"])][key].append(point)
+    return {
+        variant: {key: sorted(points) for key, points in by_key.items()} for variant, by_key in curves.items()
+    }
+
+
+def plot_precision_recall_steps(
+    records: Sequence[Mapping[str, Any]], path: str | Path, title: str = ""
+) -> Path:
+    """k-NN precision and recall of every generator against its training step, its chosen checkpoint marked.
+
+    `records` are generator evaluations `{"variant", "seed", "fold", "step", "precision", "recall", "selected"}`
+    (the study's `quality.json`). One panel per metric; per variant a thin line per generator (seed, fold), a
+    thick line at the mean over generators per step (labelled with the variant), and a star on each generator's
+    chosen checkpoint (`selected`).
+    """
+    metrics = [m for m in ("precision", "recall") if any(r.get(m) is not None for r in records)]
+    if not metrics:
+        raise ValueError("records: no generator evaluation has k-NN precision or recall")
+    variants = sorted({str(r["variant"]) for r in records if r.get(metrics[0]) is not None})
+    colours = dict(zip(variants, _colours(len(variants)), strict=True))
+    figure = Figure(figsize=(5.2 * len(metrics), 4.0), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(metrics)))
+    for axis, metric in zip(axes, metrics, strict=True):
+        for variant, generators in _generator_curves(records, metric).items():
+            colour = colours[variant]
+            for points in generators.values():
+                steps, values, _ = zip(*points, strict=True)
+                axis.plot(steps, values, color=colour, alpha=0.25, lw=0.8, label="_generator")
+            by_step: dict[int, list[float]] = defaultdict(list)
+            for step, value, _ in (point for points in generators.values() for point in points):
+                by_step[step].append(value)
+            steps = sorted(by_step)
+            axis.plot(steps, [np.mean(by_step[s]) for s in steps], color=colour, lw=2.2, label=variant)
+            chosen = [(step, value) for points in generators.values() for step, value, kept in points if kept]
+            if chosen:
+                axis.scatter(*zip(*chosen, strict=True), marker="*", s=90, color=colour, edgecolor="black",
+                             linewidth=0.6, zorder=3, label=f"{variant}: chosen checkpoint")  # fmt: skip
+        axis.set_title(QUALITY_METRICS[metric], fontsize=10)
+        axis.set_xlabel("generator step")
+        axis.set_ylim(-0.03, 1.03)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     if title:
         figure.suptitle(title)
     return save_figure(figure, path)

@@ -29,6 +29,8 @@ class MiseGeneratorConfig(PretrainedConfig):
         discriminator_hidden_sizes (`list[int]`, defaults to `[256, 256]`): hidden layers of the trunk.
         dropout (`float`, defaults to 0.0): dropout in the generator.
         discriminator_dropout (`float`, defaults to 0.2): dropout in the discriminator trunk.
+        discriminator_spectral_norm (`bool`, defaults to `False`): spectral normalisation of every linear layer of
+            the trunk and of the real/fake head (a 1-Lipschitz critic, Miyato et al. 2018).
         use_text_code (`bool`, defaults to `True`): condition on `z_t`; `False` is the "no text code" ablation.
         text_code_dropout (`float`, defaults to 0.2): probability, during training, of replacing a text code
             with the learned null code, so generation also works without a transcript.
@@ -50,6 +52,7 @@ class MiseGeneratorConfig(PretrainedConfig):
         discriminator_hidden_sizes: list[int] | None = None,
         dropout: float = 0.0,
         discriminator_dropout: float = 0.2,
+        discriminator_spectral_norm: bool = False,
         use_text_code: bool = True,
         text_code_dropout: float = 0.2,
         multimodal: bool = False,
@@ -78,6 +81,7 @@ class MiseGeneratorConfig(PretrainedConfig):
         self.noise_dim = noise_dim
         self.dropout = dropout
         self.discriminator_dropout = discriminator_dropout
+        self.discriminator_spectral_norm = bool(discriminator_spectral_norm)
         self.use_text_code = bool(use_text_code)
         self.text_code_dropout = float(text_code_dropout)
         self.multimodal = bool(multimodal)

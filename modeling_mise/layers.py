@@ -61,19 +61,21 @@ def mlp(
     dropout: float = 0.0,
     activation: type[nn.Module] = nn.GELU,
     norm: bool = False,
+    linear: type[nn.Linear] = nn.Linear,
 ) -> nn.Sequential:
-    """Linear -> [LayerNorm] -> activation -> dropout (`FastDropout`) for each hidden size, then a final Linear."""
+    """Linear -> [LayerNorm] -> activation -> dropout (`FastDropout`) for each hidden size, then a final Linear
+    (`linear`: the class of every linear layer, e.g. a spectrally normalised one)."""
     layers: list[nn.Module] = []
     width = input_dim
     for hidden in hidden_sizes:
-        layers.append(nn.Linear(width, hidden))
+        layers.append(linear(width, hidden))
         if norm:
             layers.append(nn.LayerNorm(hidden))
         layers.append(activation())
         if dropout > 0:
             layers.append(FastDropout(dropout))
         width = hidden
-    layers.append(nn.Linear(width, output_dim))
+    layers.append(linear(width, output_dim))
     return nn.Sequential(*layers)
 
 

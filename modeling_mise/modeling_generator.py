@@ -62,6 +62,37 @@ class MiseGeneratorOutput(ModelOutput):
     text_code_pred: torch.FloatTensor | None = None
 
 
+class SpectralLinear(nn.Linear):
+    """A linear layer whose weight is divided by its largest singular value (spectral normalisation, Miyato et al.
+    2018): `y = x W^T / sigma(W) + b`. `sigma` is estimated by one power iteration per training forward pass from
+    the left singular vector kept in the buffer `u` (saved with the weights, so a loaded model scores as the trained
+    one did); outside training `u` is not updated."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs) -> None:
+        super().__init__(in_features, out_features, bias, **kwargs)
+        self.register_buffer("u", torch.full((out_features,), out_features**-0.5))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "u"):  # nn.Linear.__init__ resets before the buffer exists
+            self.u.fill_(self.out_features**-0.5)
+
+    def spectral_norm(self) -> torch.Tensor:
+        """`sigma(W) ~ u^T W v` (differentiable in W; `u`, `v` are constants of the gradient)."""
+        weight = self.weight
+        with torch.no_grad():
+            u = self.u
+            v = F.normalize(weight.t() @ u, dim=0, eps=1e-12)
+            if self.training:
+                u = F.normalize(weight @ v, dim=0, eps=1e-12)
+                self.u.copy_(u)
+                v = F.normalize(weight.t() @ u, dim=0, eps=1e-12)
+        return torch.dot(u, weight @ v)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.linear(input, self.weight / self.spectral_norm(), self.bias)
+
+
 class MiseGeneratorModel(MisePreTrainedModel):
     """
     Stage 2 of MISE: an InfoGAN in the aligned feature space. `generator` maps `(eps, onehot(y), z_t)` to
@@ -83,16 +114,18 @@ class MiseGeneratorModel(MisePreTrainedModel):
             config.dropout,
         )
         self.null_text_code = nn.Parameter(torch.zeros(config.text_code_dim))
+        linear = SpectralLinear if config.discriminator_spectral_norm else nn.Linear
         self.discriminator = mlp(
             config.feature_dim,
             config.discriminator_hidden_sizes[:-1],
             config.discriminator_hidden_sizes[-1],
             config.discriminator_dropout,
             activation=nn.LeakyReLU,
+            linear=linear,
         )
         trunk_dim = config.discriminator_hidden_sizes[-1]
         self.trunk_activation = nn.LeakyReLU()
-        self.adversarial_head = nn.Linear(trunk_dim, 1)
+        self.adversarial_head = linear(trunk_dim, 1)
         self.q_head_y = nn.Linear(trunk_dim, config.num_labels)
         self.q_head_t = nn.Linear(trunk_dim, config.text_code_dim)
         if config.multimodal:

@@ -267,6 +267,33 @@ def check_quality_curves(figure, records: list[dict]) -> None:
             np.testing.assert_allclose(line.get_ydata(), means)
 
 
+def check_precision_recall_figure(figure, records: list[dict]) -> None:
+    """Precision and recall panels; per generator variant a thin line per generator (seed, fold), a thick line at
+    the mean per step, and a star on each generator's chosen checkpoint at its step and value."""
+    scored = [r for r in records if r.get("recall") is not None]
+    assert [axis.get_title() for axis in figure.axes] == [
+        QUALITY_METRICS["precision"],
+        QUALITY_METRICS["recall"],
+    ]
+    for axis, metric in zip(figure.axes, ("precision", "recall"), strict=True):
+        lines = axis.get_lines()
+        means = {line.get_label(): line for line in lines if not line.get_label().startswith("_")}
+        assert sorted(means) == sorted({r["variant"] for r in scored})
+        generators = {(r["variant"], r["seed"], r["fold"]) for r in scored}
+        assert len(lines) - len(means) == len(generators)
+        stars = {collection.get_label(): collection for collection in axis.collections}
+        for name, line in means.items():
+            rows = [r for r in scored if r["variant"] == name]
+            steps = sorted({r["step"] for r in rows})
+            assert line.get_xdata().tolist() == steps
+            expected = [np.mean([r[metric] for r in rows if r["step"] == step]) for step in steps]
+            np.testing.assert_allclose(line.get_ydata(), expected)
+            chosen = sorted((r["step"], r[metric]) for r in rows if r["selected"])
+            assert len(chosen) == len({(r["seed"], r["fold"]) for r in rows})  # one per generator
+            drawn = sorted(map(tuple, stars[f"{name}: chosen checkpoint"].get_offsets().tolist()))
+            np.testing.assert_allclose(drawn, chosen)
+
+
 def check_feature_map(figure, data, names: list[str], half: int, title: str) -> None:
     """Real dots and generated crosses of every class (at most `half` of each set), a legend naming the classes
     and the two markers."""
@@ -286,6 +313,7 @@ def test_figures_draw_the_reported_numbers(study_run):
     expected = {
         "study_uar.png",
         "quality_vs_step.png",
+        "precision_recall_vs_step.png",
         "map_pca_mise.png",
         "map_tsne_mise.png",
         "map_tsne_cgan.png",
@@ -306,9 +334,9 @@ def test_figures_draw_the_reported_numbers(study_run):
     for name, summary in variants.items():
         figure = figures[f"confusion_{name}.png"]
         check_confusion_figure(figure, summary["confusion_matrix_pooled"], names, f"{name}: pooled confusion")
-    check_quality_curves(
-        figures["quality_vs_step.png"], json.loads((output_dir / "quality.json").read_text())
-    )
+    records = json.loads((output_dir / "quality.json").read_text())
+    check_quality_curves(figures["quality_vs_step.png"], records)
+    check_precision_recall_figure(figures["precision_recall_vs_step.png"], records)
     maps = output_dir / "runs" / "maps" / f"seed-{SEEDS[0]}"
     for method, name in (("pca", "mise"), ("tsne", "mise"), ("tsne", "cgan")):
         title = f"{name}: real vs generated, {method.upper()}"

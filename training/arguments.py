@@ -27,6 +27,7 @@ from modeling_mise.audio import DEFAULT_POLICY
 from modeling_mise.configuration_aligner import LORA_DEFAULTS, TEXT_DTYPES, TEXT_POOLINGS
 
 AUGMENTATIONS = ("none", "noise", "mixup", "gan", "mise")
+GENERATOR_SELECTIONS = ("mi", "mi_recall", "classifier")
 SPEAKER_NORMALIZATION_MODES = ("auto", "true", "false")
 SPLIT_NEEDS = (
     "test_speakers / split_column: protocol 'split' needs a split column in the corpus (split_column, a "
@@ -425,6 +426,10 @@ class ModelArguments:
     )
     generator_dropout: float = field(default=0.0, metadata={"help": "Dropout in G."})
     discriminator_dropout: float = field(default=0.2, metadata={"help": "Dropout in the D trunk."})
+    discriminator_spectral_norm: bool = field(
+        default=False,
+        metadata={"help": "Spectral normalisation of every linear layer of D's trunk and real/fake head."},
+    )
     text_code_dropout: float = field(
         default=0.2, metadata={"help": "Probability of replacing the text code by the learned null code."}
     )
@@ -610,6 +615,36 @@ class MiseTrainingArguments:
     generator_mixup_alpha: float = field(
         default=0.2, metadata={"help": "Mix-up alpha of the real features D sees in stage 2 (0 = off)."}
     )
+    discriminator_steps: int = field(
+        default=1, metadata={"help": "Stage 2: D steps (each with fresh noise) before each G step."}
+    )
+    r1_gamma: float = field(
+        default=0.0,
+        metadata={
+            "help": "Stage 2: weight gamma of the R1 penalty gamma/2 * E ||grad_h D(h)||^2 on real rows (0 = off)."
+        },
+    )
+    instance_noise_std: float = field(
+        default=0.0,
+        metadata={
+            "help": "Stage 2: std of Gaussian noise added to every row D sees, annealed linearly to 0 over the "
+            "stage's epochs (0 = off)."
+        },
+    )
+    generator_selection: Literal[GENERATOR_SELECTIONS] = field(
+        default="mi",
+        metadata={
+            "help": "How stage 2 chooses its checkpoint on the validation speakers: `mi` (the sum of the MI "
+            "bounds), `mi_recall` (the MI among checkpoints whose k-NN recall on the training features reaches "
+            "generator_recall_floor, the MI alone where none does) or `classifier` (the validation score of a "
+            "stage-3 classifier trained with that checkpoint's rows at generated_ratio, early_stopping_metric as "
+            "stage 3 uses it)."
+        },
+    )
+    generator_recall_floor: float = field(
+        default=0.3,
+        metadata={"help": "generator_selection mi_recall: the k-NN recall a checkpoint needs (in [0, 1])."},
+    )
     classifier_epochs: int = field(
         **shipped("classifier_epochs"), metadata={"help": "Max epochs of stage 3."}
     )
@@ -714,6 +749,14 @@ class MiseTrainingArguments:
             _positive(name, getattr(self, name), allow_zero=True)
         for name in ("generator_mixup_alpha", "mixup_alpha", "noise_std", "generated_ratio", "max_grad_norm"):
             _positive(name, getattr(self, name), allow_zero=True)
+        for name in ("r1_gamma", "instance_noise_std"):
+            _positive(name, getattr(self, name), allow_zero=True)
+        _positive("discriminator_steps", self.discriminator_steps)
+        _probability("generator_recall_floor", self.generator_recall_floor)
+        if self.generator_selection not in GENERATOR_SELECTIONS:
+            raise ConfigError(
+                f"generator_selection: must be one of {GENERATOR_SELECTIONS}, got {self.generator_selection!r}"
+            )
         for name in (
             "aligner_weight_decay",
             "classifier_weight_decay",

@@ -374,10 +374,13 @@ class FoldTrainer:
             None if self.observer is None else self.observer.checkpoint_scorer(variant, space, codes_train)
         )
         runtime = self._runtime(self.args.aligner_epochs)
+        checkpoint_score = None
+        if self.args.generator_selection == "classifier":
+            checkpoint_score = self._classifier_score(variant, space, codes_train, runtime)
         model, summary = train_generator(
             runtime, config, self.args, space.z_train, labels[space.train], space.z_val, labels[space.val],
             text_codes_train=codes_train, text_codes_val=codes_val, seed=seed, text_side=text_side,
-            on_evaluate=scorer,
+            on_evaluate=scorer, checkpoint_score=checkpoint_score,
         )  # fmt: skip
         if self.store is not None:
             self.store.save("generator", model, summary)
@@ -386,12 +389,36 @@ class FoldTrainer:
             self.observer.generator_trained(variant, space, generated, runtime)
         return generated
 
+    def _classifier_score(
+        self, variant: Variant, space: Space, codes_train: Tensor | None, runtime: StageRuntime
+    ) -> Callable[[MiseGeneratorModel], float]:
+        """`generator_selection: classifier`: a generator checkpoint's score is the validation score of stage 3
+        trained with its rows at the one ratio `generated_ratio` (on a runtime without checkpoints or tracker)."""
+        args = dataclasses.replace(self.args, generated_ratios=[])
+        bare = StageRuntime(
+            runtime.accelerator, fold=runtime.fold, fold_index=runtime.fold_index,
+            max_grad_norm=runtime.max_grad_norm, log_every_epoch=False,
+        )  # fmt: skip
+
+        def score(model: MiseGeneratorModel) -> float:
+            _, summary = self.classifier(
+                variant, space, Generated(model, codes_train), args, lambda index: bare
+            )
+            return summary["best_score"]
+
+        return score
+
     # ------------------------------------------------------------------------------------------ stage 3
     def classifier(
-        self, variant: Variant, space: Space, generated: Generated, args: MiseTrainingArguments | None = None
+        self,
+        variant: Variant,
+        space: Space,
+        generated: Generated,
+        args: MiseTrainingArguments | None = None,
+        runtime: Callable[[int], StageRuntime] | None = None,
     ) -> tuple[MiseClassifierModel, dict]:
         """Stage 3 of `variant`, once per candidate generated-to-real ratio, the best on the validation speakers
-        kept: (classifier, summary)."""
+        kept: (classifier, summary). `runtime(index)`: candidate `index`'s runtime (default: the fold's)."""
         data = self.data
         args = variant.training_arguments(args or self.args)
         model_args = variant.model_arguments(data.model_args)
@@ -415,7 +442,7 @@ class FoldTrainer:
             None if self.store is None or candidates < 2 else _Candidates(self.store)
         )
         classifier, summary = train_classifier_choosing_ratio(
-            lambda index: self._runtime(first + index * args.classifier_epochs),
+            runtime or (lambda index: self._runtime(first + index * args.classifier_epochs)),
             classifier_config(model_args, space.z_train.shape[1], data.id2label, text_dim), args,
             (features_train, labels[space.train], features_val, labels[space.val]), model_args.augmentation,
             multimodal=model_args.multimodal, augmenter_for=augmenter_for, store=store,

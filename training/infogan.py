@@ -42,6 +42,9 @@ from .engine import (
 
 Tensor = torch.Tensor
 BETAS = (0.5, 0.999)  # Adam of both players
+# generator_selection mi_recall: subtracted from the MI of a checkpoint under the recall floor, so that every
+# checkpoint above the floor ranks first (MI bounds are a few nats)
+RECALL_FLOOR_PENALTY = 1e6
 
 
 def generator_config(
@@ -57,6 +60,7 @@ def generator_config(
         discriminator_hidden_sizes=list(model_args.discriminator_hidden_sizes),
         dropout=model_args.generator_dropout,
         discriminator_dropout=model_args.discriminator_dropout,
+        discriminator_spectral_norm=model_args.discriminator_spectral_norm,
         use_text_code=text_code_dim is not None and not model_args.no_text_code,
         text_code_dropout=model_args.text_code_dropout,
         multimodal=model_args.multimodal,
@@ -91,26 +95,45 @@ def _text_mi_term(queries: Tensor, keys: Tensor, text_codes: Tensor | None, tau:
     return info_nce(queries[present], keys[present], tau)
 
 
+def with_instance_noise(rows: Tensor, std: float, generator: torch.Generator | None) -> Tensor:
+    """`rows + N(0, std^2)` drawn from `generator` (instance noise, Sønderby et al. 2017): what D sees of real and
+    generated rows alike, so the two distributions overlap early in training; `std` 0 returns `rows`."""
+    if std <= 0:
+        return rows
+    noise = torch.randn(rows.shape, generator=generator, device="cpu" if generator is not None else None)
+    return rows + std * noise.to(device=rows.device, dtype=rows.dtype)
+
+
 def generator_loss(
     model: MiseGeneratorModel,
     labels: Tensor,
     text_codes: Tensor | None,
     noise: Tensor,
     generator: torch.Generator | None = None,
+    instance_noise_std: float = 0.0,
 ) -> Tensor:
     """`L_G = BCE(D(h_hat), 1) + lambda_y * CE(Q_y(h_hat), y) + lambda_t * InfoNCE(z_t, Q_t(h_hat))` of
     `h_hat = G(noise, y, z_t)`; a fraction `text_code_dropout` of the codes is replaced by the null code first
-    (drawn from `generator`)."""
+    (drawn from `generator`), and D sees `h_hat` with instance noise of `instance_noise_std`."""
     config = model.config
     text_codes = drop_text_codes(text_codes, config.text_code_dropout, generator)
-    output = model(labels=labels, text_codes=text_codes, noise=noise)
-    adversarial = generator_adversarial_loss(output.adversarial_logits)
-    loss = adversarial + config.lambda_y * F.cross_entropy(output.emotion_logits, labels.long())
+    features = model.generate_features(noise, labels, text_codes)
+    heads = model.discriminate(with_instance_noise(features, instance_noise_std, generator))
+    adversarial = generator_adversarial_loss(heads.adversarial_logits)
+    loss = adversarial + config.lambda_y * F.cross_entropy(heads.emotion_logits, labels.long())
     if config.use_text_code:
-        text_mi = _text_mi_term(text_codes, output.text_code_pred, text_codes, config.tau)
+        text_mi = _text_mi_term(text_codes, heads.text_code, text_codes, config.tau)
         if text_mi is not None:
             loss = loss + config.lambda_t * text_mi
     return loss
+
+
+def r1_penalty(adversarial_logits: Tensor, inputs: Tensor) -> Tensor:
+    """R1 (Mescheder et al. 2018): `1/2 * mean_i ||grad_h D(h_i)||^2` over the real rows whose real/fake logits are
+    `adversarial_logits`; `inputs` (requiring grad) are the rows D was given, those real rows among them (D scores
+    each row alone, so the other rows get no gradient). Differentiable in D's parameters."""
+    (gradient,) = torch.autograd.grad(adversarial_logits.sum(), inputs, create_graph=True)
+    return 0.5 * gradient.pow(2).sum() / adversarial_logits.shape[0]
 
 
 # ---------------------------------------------------------------------------------------------- multimodal
@@ -153,11 +176,17 @@ class InfoGANStep(nn.Module):
     """
 
     def __init__(
-        self, model: MiseGeneratorModel, text_discriminator: TextDiscriminator | None = None
+        self,
+        model: MiseGeneratorModel,
+        text_discriminator: TextDiscriminator | None = None,
+        r1_gamma: float = 0.0,
+        instance_noise_std: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.text_discriminator = text_discriminator
+        self.r1_gamma = r1_gamma  # weight of the R1 penalty on D's real rows
+        self.instance_noise_std = instance_noise_std  # the current std (the training loop anneals it)
 
     def forward(
         self,
@@ -172,7 +201,7 @@ class InfoGANStep(nn.Module):
         """The loss of `player`; the noise and the text-code dropout draw from `generator` (the epoch's stream)."""
         noise = self.model.sample_noise(labels.shape[0], generator=generator)
         if player == "generator":
-            return generator_loss(self.model, labels, text_codes, noise, generator)
+            return generator_loss(self.model, labels, text_codes, noise, generator, self.instance_noise_std)
         if player == "discriminator":
             return self._discriminator_loss(noise, real, labels, text_codes, mixed, mixed_labels, generator)
         if player not in ("text_generator", "text_discriminator"):
@@ -199,9 +228,14 @@ class InfoGANStep(nn.Module):
                 noise, labels, drop_text_codes(text_codes, config.text_code_dropout, generator)
             )
         rows = [real, fake] + ([mixed] if mixed is not None else [])
-        heads = model.discriminate(torch.cat(rows))
+        inputs = with_instance_noise(torch.cat(rows), self.instance_noise_std, generator)
+        if self.r1_gamma > 0:
+            inputs.requires_grad_(True)
+        heads = model.discriminate(inputs)
         n = real.shape[0]
         loss = discriminator_loss(heads.adversarial_logits[:n], heads.adversarial_logits[n : 2 * n])
+        if self.r1_gamma > 0:
+            loss = loss + self.r1_gamma * r1_penalty(heads.adversarial_logits[:n], inputs)
         if config.lambda_y > 0:
             emotion = F.cross_entropy(heads.emotion_logits[:n], labels)
             if mixed is not None:
@@ -289,9 +323,9 @@ class TextSide:
             text_codes_train[present], labels_train[present], features_train[present], seed=seed
         )
 
-    def step_module(self, model: MiseGeneratorModel) -> InfoGANStep:
-        """The module of all four players."""
-        return InfoGANStep(model, self.discriminator)
+    def step_module(self, model: MiseGeneratorModel, **stabilisers: float) -> InfoGANStep:
+        """The module of all four players (`stabilisers`: `InfoGANStep`'s R1 weight and instance noise)."""
+        return InfoGANStep(model, self.discriminator, **stabilisers)
 
     def train_step(
         self,
@@ -338,6 +372,12 @@ class TextSide:
 
 
 # ---------------------------------------------------------------------------------------------- stage 2
+def recall_floor_score(mi_score: float, recall: float, floor: float) -> float:
+    """`generator_selection: mi_recall`: a checkpoint's summed MI bounds, less `RECALL_FLOOR_PENALTY` when its k-NN
+    recall is under `floor`: the best MI among the checkpoints that reach the floor, the best MI where none does."""
+    return mi_score if recall >= floor else mi_score - RECALL_FLOOR_PENALTY
+
+
 @torch.no_grad()
 def generation_report(
     model: MiseGeneratorModel,
@@ -386,6 +426,7 @@ class InfoGANTraining:
         seed: int,
         text_side: TextSide | None = None,
         on_evaluate: Callable[[MiseGeneratorModel], dict[str, float]] | None = None,
+        checkpoint_score: Callable[[MiseGeneratorModel], float] | None = None,
     ) -> None:
         features_train, labels_train, codes_train = train
         codes_val = val[2]
@@ -401,7 +442,14 @@ class InfoGANTraining:
             features_train, labels_train, codes_train if self.probe_codes else None, seed=seed
         )
         self.model = model = initialised(lambda: MiseGeneratorModel(config), seed)
-        self.step_module = InfoGANStep(model) if text_side is None else text_side.step_module(model)
+        stabilisers = {"r1_gamma": args.r1_gamma, "instance_noise_std": args.instance_noise_std}
+        self.step_module = (
+            InfoGANStep(model, **stabilisers)
+            if text_side is None
+            else text_side.step_module(model, **stabilisers)
+        )
+        self.train_data = train
+        self.checkpoint_score = checkpoint_score
         self.optimizer_g = torch.optim.Adam(
             model.generator_parameters(), lr=args.generator_learning_rate, betas=BETAS, foreach=True
         )
@@ -439,10 +487,11 @@ class InfoGANTraining:
                 real, labels, model.config.num_labels, args.generator_mixup_alpha, generator
             )
         d_parameters, g_parameters = model.discriminator_parameters(), model.generator_parameters()
-        loss_d = training_step(
-            runtime, lambda: self.step_module("discriminator", real, labels, codes, mixed, mixed_labels, generator),
-            self.optimizer_d, d_parameters, ("generator (D step)", epoch, step),
-        )  # fmt: skip
+        for _ in range(args.discriminator_steps):  # each D step on fresh noise
+            loss_d = training_step(
+                runtime, lambda: self.step_module("discriminator", real, labels, codes, mixed, mixed_labels, generator),
+                self.optimizer_d, d_parameters, ("generator (D step)", epoch, step),
+            )  # fmt: skip
         loss_g = training_step(  # D is fixed while G learns to fool it
             runtime, lambda: self.step_module("generator", real, labels, codes, generator=generator), self.optimizer_g, g_parameters,
             ("generator (G step)", epoch, step), frozen=d_parameters,
@@ -459,6 +508,10 @@ class InfoGANTraining:
         """One epoch over the batches, every draw from `generator`; returns the mean losses of the players."""
         device = self.runtime.device
         self.step_module.train()
+        # instance noise annealed linearly from its std at the first epoch to 0 after the last
+        self.step_module.instance_noise_std = self.args.instance_noise_std * max(
+            0.0, 1.0 - epoch / max(self.args.generator_epochs, 1)
+        )
         totals = torch.zeros(2 if self.text_side is None else 4, device=device)
         use_random_stream(self.step_module, generator)
         epoch_batches = self.batches.epoch(generator)
@@ -494,7 +547,23 @@ class InfoGANTraining:
             text_scores = self.text_side.evaluate(model, features_val, labels_val)
             metrics.update(text_scores)
             score += sum(text_scores.values())
-        return score, metrics
+        return self._selection_score(score, metrics), metrics
+
+    def _selection_score(self, mi_score: float, metrics: dict[str, float]) -> float:
+        """The checkpoint's score under `generator_selection` (higher is better), from its summed MI bounds;
+        adds what it measured to `metrics`."""
+        selection = self.args.generator_selection
+        if selection == "classifier":
+            metrics["classifier_score"] = float(self.checkpoint_score(self.model))
+            return metrics["classifier_score"]
+        if selection == "mi_recall":
+            features, labels, codes = self.train_data
+            quality = generation_report(
+                self.model, self.probe, features, labels, codes if self.use_codes else None, self.seed
+            )
+            metrics.update(precision=quality["precision"], recall=quality["recall"])
+            return recall_floor_score(mi_score, quality["recall"], self.args.generator_recall_floor)
+        return mi_score
 
 
 def train_generator(
@@ -510,19 +579,27 @@ def train_generator(
     seed: int = 0,
     on_evaluate: Callable[[MiseGeneratorModel], dict[str, float]] | None = None,
     text_side: TextSide | None = None,
+    checkpoint_score: Callable[[MiseGeneratorModel], float] | None = None,
 ) -> tuple[MiseGeneratorModel, dict]:
     """Stage 2: InfoGAN on `z_a` with separate Adam optimisers for G and D.
 
     Every `generator_eval_every` epochs an `MIProbe` fitted on the real training features scores features
-    generated for the validation labels and text codes; the best-MI generator is kept (SPEC §1).
+    generated for the validation labels and text codes; the best checkpoint under `generator_selection` is kept:
+    the best MI (SPEC §1), the best MI among those whose k-NN recall on the training features reaches
+    `generator_recall_floor` (`mi_recall`), or the best `checkpoint_score(generator)` (`classifier`: the fold's
+    stage-3 validation score with that checkpoint's rows, which `training.fold` passes).
     `on_evaluate(generator)`, when given, adds scalars to each evaluation's record (logged, not selected on):
     the study scores every checkpoint with Fréchet distance and k-NN precision/recall this way.
     `text_side` (multimodal mode) also trains the text-side generator `G_t` against its discriminator after
     each G step, and adds its MI bounds to the selection score.
     """
+    if args.generator_selection == "classifier" and checkpoint_score is None:
+        raise ValueError(
+            "generator_selection 'classifier' needs a checkpoint_score (the stage-3 validation score)"
+        )
     run = InfoGANTraining(
         runtime, config, args, (features_train, labels_train, text_codes_train),
-        (features_val, labels_val, text_codes_val), seed, text_side, on_evaluate,
+        (features_val, labels_val, text_codes_val), seed, text_side, on_evaluate, checkpoint_score,
     )  # fmt: skip
     state = run_epochs(
         runtime,

@@ -197,6 +197,7 @@ def _figures(
     from mise.plots import (
         plot_confusion_matrix,
         plot_feature_map,
+        plot_precision_recall_steps,
         plot_quality_curves,
         plot_study_bars,
     )
@@ -220,6 +221,10 @@ def _figures(
     if records:
         written.append(plot_quality_curves(records, figures / "quality_vs_step.png",
                                            title="generated-feature quality per generator checkpoint"))  # fmt: skip
+    if any(record.get("recall") is not None for record in records):
+        written.append(plot_precision_recall_steps(records, figures / "precision_recall_vs_step.png",
+                                                   title="k-NN precision and recall of each generator (star: "
+                                                   "its chosen checkpoint)"))  # fmt: skip
     rng = np.random.default_rng(0)
     half = study_args.map_max_points // 2
     for path in sorted((output_dir / "runs" / "maps" / f"seed-{study_args.seeds[0]}").glob("*.npz")):
