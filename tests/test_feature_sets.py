@@ -4,6 +4,8 @@ test speaker would fail here."""
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,14 @@ from accelerate import Accelerator
 from mise.folds import Fold
 from modeling_mise.audio import load_audio
 from modeling_mise.encoders import build_audio_encoder, feature_groups, load_audio_encoder
-from training.arguments import ConfigError, MiseTrainingArguments, ModelArguments, parse_arguments
+from training.arguments import (
+    METHOD,
+    ConfigError,
+    MiseTrainingArguments,
+    ModelArguments,
+    feature_sets_to_choose,
+    parse_arguments,
+)
 from training.engine import StageRuntime
 from training.fold import FoldData, FoldTrainer, Variant, chosen_feature_sets, refit_arguments
 from training.study_variants import classic_baseline, classic_feature_set
@@ -52,6 +61,22 @@ def test_feature_sets_are_checked_at_parse_time():
     parsed = parse_arguments([*flags, "ComParE_2016", "--audio_encoder", "opensmile/eGeMAPSv02+ComParE_2016"])
     assert parsed[2].aligner_feature_sets == ["eGeMAPSv02", "ComParE_2016"]
     assert chosen_feature_sets(SPEC, []) == [(None, None)]
+    # the shipped default's sets (when mise.yaml names some) apply only to an encoder with sets to choose from
+    base = ["--dataset", "x.csv", "--output_dir", "out"]
+    assert feature_sets_to_choose(["eGeMAPSv02", "ComParE_2016"], ["eGeMAPSv02", "ComParE_2016"]) == [
+        "eGeMAPSv02",
+        "ComParE_2016",
+    ]
+    with patch.dict(METHOD, aligner_feature_sets=["eGeMAPSv02", "ComParE_2016"]):
+        for sets in ([], ["ComParE_2016"]):  # a transformers model, one openSMILE set
+            assert feature_sets_to_choose(["eGeMAPSv02", "ComParE_2016"], sets) == []
+        assert feature_sets_to_choose(["eGeMAPSv02"], ["ComParE_2016"]) == ["eGeMAPSv02"]  # named: checked
+    assert (
+        parse_arguments([*base, "--audio_encoder", "MIT/ast-finetuned-audioset-10-10-0.4593"])[
+            2
+        ].aligner_feature_sets
+        == []
+    )
     with pytest.raises(ConfigError, match="'other'"):
         chosen_feature_sets(SPEC, ["good", "other"])
 

@@ -90,6 +90,16 @@ RULES = [
     ),
     (r"^python bench/bench_train\.py( |$)", "skip", "the 24-fold training benchmark (minutes)"),
     (
+        r"^python bench/bench_generator\.py ",
+        "skip",
+        "trains stage 2 under several settings on real folds (minutes); tests/test_generation.py tests each setting",
+    ),
+    (
+        r"^python training/study_compare\.py ",
+        "skip",
+        "rewrites the committed directions table; tests/test_study_compare.py recomputes it from its studies",
+    ),
+    (
         r"^mise evaluate runs/my_corpus/\S+ test_clips/manifest\.csv",
         "skip",
         "test_evaluator_runs_on_the_pipeline runs it on real clips, against evaluate's evaluator",

@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,13 +93,13 @@ def test_a_drifted_number_is_caught():
 
 # ------------------------------------------------------------------------------------------- the targets table
 TARGETS = re.compile(r"<!-- targets table -->\n((?:\|.*\|\n)+)")
-BASELINES = ("classic", "noise", "mixup")
+BASELINES = ("classic", "noise", "mixup", "copies")
 
 
 def target_values(variants: dict) -> dict:
     """The three targets of the results section, from one study's pooled UARs."""
     pooled = {name: variant["uar_pooled"] for name, variant in variants.items()}
-    best = max(BASELINES, key=pooled.get)
+    best = max((name for name in BASELINES if name in pooled), key=pooled.get)
     learned = max((name for name in pooled if name != "classic"), key=pooled.get)
     return {
         "vs_none": pooled["mise"] - pooled["none"],
@@ -197,6 +198,7 @@ def test_readme_summary_matches_its_studies():
 
 def test_a_drifted_summary_number_is_caught():
     variants = {"classic": {"uar_pooled": 0.75}, "none": {"uar_pooled": 0.675}, "noise": {"uar_pooled": 0.70},
+                "copies": {"uar_pooled": 0.701},
                 "mise": {"uar_pooled": 0.697, "delta_uar_pooled_vs_none": 0.022, "wilcoxon_vs_none": {"p_value": 0.055}}}  # fmt: skip
     cells = {"MISE (vs no augmentation, p)": "**69.7** (+2.2, p = 0.055)", "no augmentation": "67.5",
              "Gaussian noise": "70.0", "classic baseline": "75.0"}  # fmt: skip
@@ -205,3 +207,53 @@ def test_a_drifted_summary_number_is_caught():
         check_summary_row({**cells, "Gaussian noise": "70.1"}, variants)
     with pytest.raises(AssertionError):
         check_summary_row({**cells, "MISE (vs no augmentation, p)": "**69.7** (+2.2, p = 0.08)"}, variants)
+
+
+# ------------------------------------------------------------------------------ several corpora (leave one out)
+SEVERAL = re.compile(r"<!-- several corpora table -->\n((?:\|.*\|\n)+)")
+SEVERAL_DIR = REPO / "docs" / "results" / "several_corpora"
+HELD_OUT = {"Emo-DB": "emodb", "RAVDESS": "ravdess"}
+
+
+def several_corpora_values(setting: str, corpus: str) -> list[float]:
+    """The held-out corpus' pooled UAR, adapted (its own statistics) and as released (the training corpus'), mean
+    over the seeds of the committed leave-one-corpus-out runs of `setting`."""
+    runs = sorted((SEVERAL_DIR / setting).glob("seed-*/summary.json"))
+    assert len(runs) == 3, (setting, runs)
+    entries = [json.loads(path.read_text())["corpora"]["corpora"][corpus] for path in runs]
+    return [float(np.mean([entry[key]["uar"] for entry in entries])) for key in ("own", "as_released")]
+
+
+def test_readme_several_corpora_table_matches_its_runs():
+    blocks = SEVERAL.findall((REPO / "README.md").read_text())
+    assert len(blocks) == 1, "the README needs one several-corpora table"
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in blocks[0].splitlines()][
+        2:
+    ]
+    assert [row[0].split()[0] for row in rows] == list(HELD_OUT)
+    for cells in rows:
+        corpus = HELD_OUT[cells[0].split()[0]]
+        shown_values = [NUMBER.findall(cell)[0] for cell in cells[1:5]]
+        expected = several_corpora_values("shipped", corpus) + several_corpora_values("candidate", corpus)
+        for display, value in zip(shown_values, expected, strict=True):
+            assert matches(display, value), (corpus, display, value)
+
+
+# ------------------------------------------------------------------------------ generation quality per corpus
+QUALITY = re.compile(r"<!-- generation quality table -->\n((?:\|.*\|\n)+)")
+
+
+def test_generation_quality_table_matches_its_studies():
+    """k-NN precision and recall of the cGAN's and MISE's chosen checkpoints, per study, as study.json has them."""
+    blocks = QUALITY.findall(pages_text())
+    assert len(blocks) == 1, "the results pages need one generation quality table"
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in blocks[0].splitlines()][
+        2:
+    ]
+    assert len(rows) == 4, rows
+    for cells in rows:
+        path = re.search(r"\(`([^`]+study\.json)`\)", cells[0]).group(1)
+        quality = json.loads((REPO / path).read_text())["quality"]
+        expected = [quality[g][m] for g in ("cgan", "mise") for m in ("precision", "recall")]
+        for display, value in zip(cells[1:5], expected, strict=True):
+            assert matches(display, value, 1.0), (path, display, value)

@@ -827,7 +827,7 @@ def test_the_code_defaults_are_the_shipped_method():
     ).stdout
     for key in ("audio_encoder", "noise_dim", "aligner_epochs", "generator_epochs", "classifier_epochs"):
         option = help_text[help_text.index(f"  --{key} ") :]
-        assert f"(default: {method[key]})" in " ".join(option[: option.index("(default:") + 60].split()), key
+        assert f"(default: {method[key]})" in " ".join(option[: option.index("(default:") + 90].split()), key
     _, model, training = parse_arguments(flags)
     generator, aligner, classifier = MiseGeneratorConfig(), MiseAlignerConfig(), MiseClassifierConfig()
     assert generator.noise_dim == model.noise_dim and generator.hidden_sizes == model.generator_hidden_sizes

@@ -355,7 +355,7 @@ class ModelArguments:
     audio_encoder: str = field(
         **shipped("audio_encoder"),
         metadata={
-            "help": "opensmile/eGeMAPSv02, opensmile/ComParE_2016, or a transformers audio model id/path."
+            "help": "opensmile/eGeMAPSv02, opensmile/ComParE_2016, both (opensmile/eGeMAPSv02+ComParE_2016: the sets side by side, see aligner_feature_sets), or a transformers audio model id/path."
         },
     )
     audio_pooling: str = field(default="mean", metadata={"help": "Pooling over time of the audio encoder."})
@@ -875,13 +875,23 @@ def _check_corpora(data_args: DataArguments, argv: list[str]) -> None:
     data_args.corpus_args = several_corpora(data_args, {key: getattr(data_args, key) for key in flagged})
 
 
+def feature_sets_to_choose(names: list[str], sets: list[str]) -> list[str]:
+    """The sets stage 1 chooses from: `names`, or none when they are the shipped default and the encoder has fewer
+    than two sets `sets` to choose from (one openSMILE set, or a `transformers` model)."""
+    return [] if len(sets) < 2 and names == METHOD["aligner_feature_sets"] else names
+
+
 def _check_feature_sets(model_args: ModelArguments, training_args: MiseTrainingArguments) -> None:
-    """`aligner_feature_sets` names sets of the combined openSMILE encoder (`opensmile/A+B`), each once."""
-    names = training_args.aligner_feature_sets
-    if not names:
-        return
+    """`aligner_feature_sets` names sets of the combined openSMILE encoder (`opensmile/A+B`), each once. With
+    another encoder (one set, or a `transformers` model) the shipped choice has nothing to choose from and is
+    off; sets named that the encoder lacks are an error."""
     encoder = model_args.audio_encoder
     sets = encoder.split("/", 1)[1].split("+") if encoder.startswith("opensmile/") else []
+    names = training_args.aligner_feature_sets = feature_sets_to_choose(
+        training_args.aligner_feature_sets, sets
+    )
+    if not names:
+        return
     missing = [name for name in names if name not in sets]
     if missing or len(set(names)) != len(names):
         raise ConfigError(

@@ -24,7 +24,7 @@ from modeling_mise.encoders import feature_groups
 from modeling_mise.modeling_audio_classifier import multimodal_features
 
 from .aligner import aligner_config, encode_audio, text_codes, train_aligner
-from .arguments import ConfigError, MiseTrainingArguments, ModelArguments
+from .arguments import ConfigError, MiseTrainingArguments, ModelArguments, feature_sets_to_choose
 from .classifier import (
     CandidateStore,
     MultimodalAugmenter,
@@ -195,10 +195,12 @@ def _score(summary: dict) -> float:
 
 def chosen_feature_sets(audio_spec: dict | None, names: list[str]) -> list[tuple[str | None, slice | None]]:
     """The candidate feature sets of stage 1 as (name, columns): the named sets of a combined encoder
-    (`aligner_feature_sets`), or every feature at once (`(None, None)`) when none are named."""
+    (`aligner_feature_sets`, see `feature_sets_to_choose`), or every feature at once (`(None, None)`) when none
+    are named."""
+    groups = dict(feature_groups(audio_spec))
+    names = feature_sets_to_choose(names, list(groups))
     if not names:
         return [(None, None)]
-    groups = dict(feature_groups(audio_spec))
     missing = [name for name in names if name not in groups]
     if missing:
         raise ConfigError(

@@ -5,7 +5,8 @@ variant on the same folds and seeds.
         emodb_global=docs/results/directions/base_emodb_global:docs/results/directions/pca_emodb_global ...
 
 Each `SETTING=BASE:OTHER[:OTHER...]` names a setting (corpus and regime), its base study folder and the studies of
-the directions measured in it (each a `training/study.py` run with the base's command plus the direction's flags).
+the directions measured in it (each a `training/study.py` run with the base's command plus the direction's flags,
+which name the direction; `OTHER#LABEL` names it `LABEL` instead, e.g. a study of another configuration).
 Per direction and setting: the variant's pooled UAR in both, their difference, and the paired Wilcoxon test over
 folds (each fold's UAR averaged over the seeds, as the study pairs variants). Writes `directions.json` and
 `directions.md` (a table: one row per direction, one column per setting) and prints the table.
@@ -80,11 +81,12 @@ def compare_settings(settings: dict[str, list[str]], variant: str) -> dict:
     for setting, (base_folder, *others) in settings.items():
         base = read_study(base_folder)
         bases[setting] = {"study": str(base_folder), "uar_pooled": base["variants"][variant]["uar_pooled"]}
-        for folder in others:
+        for item in others:
+            folder, _, label = item.partition("#")
             other = read_study(folder)
-            flags = direction_flags(base, other)
+            flags = label or direction_flags(base, other)
             entry = results.setdefault(flags, {})
-            entry[setting] = {"study": str(folder), **compare(base, other, variant)}
+            entry[setting] = {"study": item, **compare(base, other, variant)}
     return {"variant": variant, "bases": bases, "directions": results}
 
 
@@ -109,7 +111,8 @@ def markdown(report: dict) -> str:
                 if entry is None
                 else f"{100 * entry['delta_uar_pooled']:+.1f} (p = {entry['p_value']:.2g})"
             )
-        lines.append(f"| `{flags}` | {' | '.join(cells)} |")
+        name = flags if flags.startswith("`") else f"`{flags}`"
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
