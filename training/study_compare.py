@@ -111,8 +111,7 @@ def markdown(report: dict) -> str:
                 if entry is None
                 else f"{100 * entry['delta_uar_pooled']:+.1f} (p = {entry['p_value']:.2g})"
             )
-        name = flags if flags.startswith("`") else f"`{flags}`"
-        lines.append(f"| {name} | {' | '.join(cells)} |")
+        lines.append(f"| `{flags}` | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
