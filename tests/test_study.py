@@ -178,6 +178,25 @@ def test_refit_trains_each_setting_once_more_on_training_and_validation_rows(man
     assert sorted(row["variant"] for row in rows) == ["classic", "mise", "none"]
 
 
+def test_the_diagnostic_classic_leaves_out_the_validation_speakers(manifest, cache_dir, tmp_path, monkeypatch):
+    """`classic` fits on the training and validation speakers; `classic_without_validation` on the training
+    speakers alone (the rows `none` learns from), the same feature set and test rows."""
+    fits: dict[int, tuple[int, np.ndarray]] = {}
+    original = study_unit.classic_baseline
+
+    def recorded(features, labels, rows, test, *args, **kwargs):
+        fits[len(rows)] = (len(test), np.asarray(rows))
+        return original(features, labels, rows, test, *args, **kwargs)
+
+    monkeypatch.setattr(study_unit, "classic_baseline", recorded)
+    extra = ("--seeds", "3", "--max_folds", "1", "--variants", "classic", "classic_without_validation")
+    main(study_args(manifest, tmp_path / "out", cache_dir, *extra))
+    (small, (test_a, without)), (large, (test_b, with_validation)) = sorted(fits.items())
+    assert test_a == test_b and small < large and set(without) < set(with_validation)
+    rows = read_rows(tmp_path / "out" / "study.csv")
+    assert sorted(row["variant"] for row in rows) == ["classic", "classic_without_validation"]
+
+
 def test_study_and_training_train_a_fold_in_one_place(tmp_path):
     """A fold of the study and of train.py trains through one `FoldTrainer` (stage 3 through
     `train_classifier_choosing_ratio`); the candidates are a training argument of mise.yaml (an old study config

@@ -56,6 +56,7 @@ class Variant:
     full_data: bool = False  # class-imbalance study: trained on the training side before the class was cut
     out_of_fold: bool = False  # stages 2 and 3 on out-of-fold z_a of the training rows (training.out_of_fold)
     noise_std: float | None = None  # None: `noise_std` of the training arguments; 0: extra rows are copies
+    without_validation: bool = False  # classic only: fitted on the training speakers alone, as `none` learns
 
     @classmethod
     def of(cls, model_args: ModelArguments) -> Variant:

@@ -50,7 +50,7 @@ class Study:
     labels: torch.Tensor  # (N,)
     id2label: dict[int, str]
     audio_spec: dict
-    classic_cache: dict[tuple, np.ndarray] = field(default_factory=dict)  # (fold, validation) -> predictions
+    classic_cache: dict[tuple, tuple] = field(default_factory=dict)  # (fold, validation, variant) -> predictions
     speakers: np.ndarray | None = None  # (N,) speaker of every row: out-of-fold variants group by it
 
     @property
@@ -179,17 +179,16 @@ class FoldUnit:
         ratio, feature set) of `variant`."""
         study, labels, val = self.study, self.study.labels, self.fold.validation
         if variant.augmentation == "classic":
-            key = (
-                self.fold.name,
-                tuple(val),
-            )  # deterministic: shared by seeds that hold out the same speakers
+            # deterministic: shared by seeds that hold out the same speakers
+            key = (self.fold.name, tuple(val), variant.without_validation)
             if key not in study.classic_cache:
                 audio, train = study.audio.numpy(), self.trainer.train_rows
                 sets = chosen_feature_sets(study.audio_spec, study.training_args.aligner_feature_sets)
                 args = study.study_args.classic_c, study.study_args.classic_max_iter
                 name, columns = classic_feature_set(audio, labels.numpy(), train, val, sets, *args)
+                rows = train if variant.without_validation else np.union1d(train, val)
                 predictions = classic_baseline(
-                    audio, labels.numpy(), np.union1d(train, val), self.fold.test, *args, columns=columns
+                    audio, labels.numpy(), rows, self.fold.test, *args, columns=columns
                 )
                 study.classic_cache[key] = predictions, {"feature_set": name}
             return study.classic_cache[key]

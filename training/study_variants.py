@@ -21,6 +21,12 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant("classic", "openSMILE functionals + standardised logistic regression", "classic"),
         Variant("none", "no augmentation (aligned space)", "none"),
+        Variant(
+            "classic_without_validation",
+            "diagnostic: the classic baseline fitted without the validation speakers (the rows `none` learns from)",
+            "classic",
+            without_validation=True,
+        ),
         Variant("noise", "Gaussian feature noise", "noise"),
         Variant("mixup", "mix-up only", "mixup"),
         Variant("cgan", "conditional GAN without MI (lambda_y = lambda_t = 0)", "gan", mi=False),
