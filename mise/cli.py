@@ -271,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder written by training/study.py (with study.json): each card quotes its comparison table",
     )
     push_parser.add_argument(
+        "--held_out",
+        default=None,
+        help="folder with the summary.json of leave-one-corpus-out runs (training/train.py --protocol loco; one "
+        "per sub-folder, e.g. per seed): each card quotes their UAR per held-out corpus, adapted and as released",
+    )
+    push_parser.add_argument(
         "--space",
         action="store_true",
         help="build (and upload) the Gradio Space OUT/hub/space instead of the models (push those first)",
@@ -294,7 +300,12 @@ def push(args: argparse.Namespace) -> dict:
         return push_space(args.output_dir, args.org, args.prefix, token=args.token, private=args.private)
     if args.dry_run:
         folders = build_hub_folders(
-            args.output_dir, args.org, args.prefix, license=args.license, study=args.study
+            args.output_dir,
+            args.org,
+            args.prefix,
+            license=args.license,
+            study=args.study,
+            held_out=args.held_out,
         )
         return {kind: str(folder) for kind, folder in folders.items()}
     return push_run(
@@ -305,6 +316,7 @@ def push(args: argparse.Namespace) -> dict:
         private=args.private,
         license=args.license,
         study=args.study,
+        held_out=args.held_out,
     )
 
 

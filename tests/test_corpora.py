@@ -197,9 +197,15 @@ def corpus_files(ravdess_rows, emodb_dir, tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def loco_run(corpus_files, tmp_path_factory) -> Path:
+def corpus_cache(tmp_path_factory) -> Path:
+    """One feature cache for the runs of this module."""
+    return tmp_path_factory.mktemp("two_corpora_cache")
+
+
+@pytest.fixture(scope="module")
+def loco_run(corpus_files, corpus_cache, tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("loco") / "out"
-    cache = tmp_path_factory.mktemp("loco_cache")
+    cache = corpus_cache
     argv = [*map(str, corpus_files), "--output_dir", str(output_dir), "--cache_dir", str(cache), *TINY,
             "--protocol", "loco", "--speaker_normalization", "false", "--report_to", "none"]  # fmt: skip
     main(argv)
@@ -297,6 +303,89 @@ def test_the_released_model_adapts_to_a_new_corpus(loco_run, emodb_dir, clips, t
     assert f"adaptation: {setup / 'silent.wav'}: silent" in err and f"statistics: {label}" in err
     row = json.loads(output.read_text().splitlines()[0])
     assert row["scores"] == pytest.approx({s["label"]: s["score"] for s in adapted}, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def union_run(corpus_files, corpus_cache, tmp_path_factory) -> Path:
+    """Leave-one-speaker-out over the union of both corpora, with the released models: the first 4 folds (the 3
+    Emo-DB speakers, then RAVDESS' first), so that each corpus has test speakers."""
+    output_dir = tmp_path_factory.mktemp("union") / "out"
+    argv = [*map(str, corpus_files), "--output_dir", str(output_dir), "--cache_dir", str(corpus_cache), *TINY,
+            "--max_folds", "4", "--speaker_normalization", "false", "--report_to", "none"]  # fmt: skip
+    main(argv)
+    return output_dir
+
+
+def test_leave_one_speaker_out_over_the_union_is_scored_per_corpus(union_run):
+    """`summary.json` → `corpora`: each corpus' pooled UAR over the folds that test its speakers, adapted (its own
+    statistics) and as released, and card.json carries both for the cards."""
+    from mise.metrics import classification_metrics
+
+    summary = json.loads((union_run / "summary.json").read_text())
+    records = [json.loads(path.read_text()) for path in sorted(union_run.glob("folds/*/metrics.json"))]
+    assert summary["protocol"] == "loso" and len(records) == 4
+    corpora, card = summary["corpora"]["corpora"], json.loads((union_run / "card.json").read_text())
+    assert set(corpora) == set(card["corpora"]) == {"ravdess", "emodb"}
+    for name, entry in corpora.items():
+        mine = [record for record in records if record["test_speakers"][0].startswith(f"{name}.")]
+        assert len(mine) == {"emodb": 3, "ravdess": 1}[name]
+        truth = np.concatenate([record["y_true"] for record in mine])
+        for key, predictions in (("own", "y_pred"), ("as_released", "released_predictions")):
+            predicted = np.concatenate([record[predictions] for record in mine])
+            expected = classification_metrics(truth, predicted, len(SHARED_EMOTIONS))["uar"]
+            assert entry[key]["uar"] == pytest.approx(expected)
+        assert entry["test_clips"] == len(truth) == card["corpora"][name]["test_clips"]
+        assert card["corpora"][name]["uar_own"] == entry["own"]["uar"]
+        assert card["corpora"][name]["uar_as_released"] == entry["as_released"]["uar"]
+
+
+def test_the_card_of_a_two_corpus_model_names_each_corpus_uar(union_run):
+    """The released model of two corpora: its cards name each corpus with its LOSO UAR, adapted and as released,
+    and (`mise push --held_out`) the committed leave-one-corpus-out runs' UAR per held-out corpus."""
+    from mise.hub.push import build_hub_folders
+
+    card = json.loads((union_run / "card.json").read_text())
+    held_out = REPO / "docs" / "results" / "several_corpora" / "shipped"
+    folders = build_hub_folders(
+        union_run, "mise-test", "mise-general", check_remote_code=False, held_out=held_out
+    )
+    text = (folders["audio-classifier"] / "README.md").read_text()
+    assert (
+        "leave-one-speaker-out, 4 fold(s)" in text
+        and "each corpus' test speakers over the folds above" in text
+    )
+    for name, label in (("ravdess", "RAVDESS"), ("emodb", "Emo-DB")):
+        entry = card["corpora"][name]
+        row = (
+            f"| {label} (`{name}`) | {entry['clips']} | {entry['speakers']} | {entry['test_clips']} | "
+            f"{100 * entry['uar_own']:.2f} % | {100 * entry['uar_as_released']:.2f} % |"
+        )
+        assert row in text
+        runs = [json.loads(path.read_text()) for path in sorted(held_out.glob("seed-*/summary.json"))]
+        uar = [
+            [run["corpora"]["corpora"][name][key]["uar"] for run in runs] for key in ("own", "as_released")
+        ]
+        other = "Emo-DB" if name == "ravdess" else "RAVDESS"
+        assert (
+            f"| {label} | {other} | {100 * np.mean(uar[0]):.2f} % | {100 * np.mean(uar[1]):.2f} % |" in text
+        )
+    assert f"3 run(s) from `{held_out}`" in text
+    # the training data is both corpora: both named and cited, both languages, RAVDESS' terms (Emo-DB is CC0)
+    assert (
+        "Trained on RAVDESS + Emo-DB (" in text and "Language: English (North American) and German." in text
+    )
+    assert "they carry the terms of RAVDESS (CC BY-NC-SA 4.0)" in text and "Burkhardt et al. (2005)" in text
+    metadata = yaml.safe_load(text.split("---")[1])
+    assert metadata["license"] == "cc-by-nc-sa-4.0" and metadata["language"] == ["en", "de"]
+
+
+def test_held_out_corpora_of_the_cards_come_from_leave_one_corpus_out_runs(union_run, tmp_path):
+    from mise.hub.cards import RunFolderError, read_held_out_corpora
+
+    with pytest.raises(RunFolderError, match="no summary.json of a leave-one-corpus-out run"):
+        read_held_out_corpora(tmp_path)
+    with pytest.raises(RunFolderError, match="not the summary of a leave-one-corpus-out run"):
+        read_held_out_corpora(union_run)  # protocol loso
 
 
 # ------------------------------------------------------------------------------------- one corpus: untouched

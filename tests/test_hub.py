@@ -376,7 +376,8 @@ def test_card_json_is_what_training_tells_the_cards(trained_run, tmp_path):
     out, _ = trained_run
     card = json.loads((out / CARD_FILE).read_text())
     assert set(card) == {"format", "command", "commit", "date", "corpus", "protocol", "augmentation", "metrics",
-                         "folds", "final_generator_quality", "config", "study"}  # fmt: skip
+                         "folds", "final_generator_quality", "corpora", "config", "study"}  # fmt: skip
+    assert card["corpora"] is None  # one corpus
     summary = json.loads((out / "summary.json").read_text())
     assert (
         card["metrics"] == {key: summary[key] for key in card["metrics"]} and card["metrics"]["n_folds"] == 1

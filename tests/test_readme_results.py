@@ -239,6 +239,68 @@ def test_readme_several_corpora_table_matches_its_runs():
             assert matches(display, value), (corpus, display, value)
 
 
+# ------------------------------------------------------------------------ several corpora (one speaker out)
+UNION = re.compile(r"<!-- union table -->\n((?:\|.*\|\n)+)")
+TARGET_POINTS = 1.0  # the union's LOSO on a corpus within 1 point of its single-corpus LOSO, or better
+
+
+def union_values(corpus: str) -> tuple[list[float], list[float], list[float]]:
+    """Per seed, the corpus' pooled LOSO UAR (six shared classes) trained alone (the committed runs under
+    `single_shared6/<corpus>`) and trained on the union of both corpora (its speakers' folds of `union`), with its
+    own statistics and as released."""
+    single = sorted((SEVERAL_DIR / "single_shared6" / corpus).glob("seed-*/summary.json"))
+    union = sorted((SEVERAL_DIR / "union").glob("seed-*/summary.json"))
+    assert (
+        [path.parent.name for path in single]
+        == [path.parent.name for path in union]
+        == [
+            "seed-0",
+            "seed-1",
+            "seed-2",
+        ]
+    )
+    alone = [json.loads(path.read_text()) for path in single]
+    together = [json.loads(path.read_text()) for path in union]
+    shared = ["angry", "disgust", "fear", "happy", "neutral", "sad"]
+    assert all(sorted(run["per_class_recall_pooled"]) == shared for run in alone + together)
+    assert all(run["protocol"] == "loso" and "corpora" not in run for run in alone)
+    assert all(run["protocol"] == "loso" and run["n_folds"] == 34 for run in together)
+    entries = [run["corpora"]["corpora"][corpus] for run in together]
+    return (
+        [run["uar_pooled"] for run in alone],
+        [entry["own"]["uar"] for entry in entries],
+        [entry["as_released"]["uar"] for entry in entries],
+    )
+
+
+def test_readme_union_table_matches_its_runs():
+    readme = (REPO / "README.md").read_text()
+    blocks = UNION.findall(readme)
+    assert len(blocks) == 1, "the README needs one union table"
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in blocks[0].splitlines()][
+        2:
+    ]
+    assert [row[0] for row in rows] == list(HELD_OUT)
+    for cells in rows:
+        single, union, _ = (float(np.mean(values)) for values in union_values(HELD_OUT[cells[0]]))
+        shown = [NUMBER.findall(cell)[0] for cell in cells[1:4]]
+        for display, value in zip(shown, (single, union, union - single), strict=True):
+            assert matches(display, value), (cells[0], display, value)
+        assert cells[4] == ("met" if 100 * (union - single) >= -TARGET_POINTS else "missed"), cells
+    # the prose under the table: each seed's difference, and the union's folds as released
+    seeds = re.search(r"its seeds differ by (\S+), (\S+) and (\S+)\s+\(Emo-DB: (\S+), (\S+), (\S+)\)", readme)
+    released = re.search(r"the union's folds give (\S+) on\s+Emo-DB and (\S+) on RAVDESS", readme)
+    assert seeds and released, "the README names each seed's difference and the union's folds as released"
+    expected = {corpus: union_values(corpus) for corpus in ("ravdess", "emodb")}
+    differences = [
+        u - a for corpus in ("ravdess", "emodb") for a, u in zip(*expected[corpus][:2], strict=True)
+    ]
+    for display, value in zip(seeds.groups(), differences, strict=True):
+        assert matches(display, value), (display, value)
+    for display, corpus in zip(released.groups(), ("emodb", "ravdess"), strict=True):
+        assert matches(display, float(np.mean(expected[corpus][2]))), (display, corpus)
+
+
 # ------------------------------------------------------------------------------ generation quality per corpus
 QUALITY = re.compile(r"<!-- generation quality table -->\n((?:\|.*\|\n)+)")
 

@@ -198,6 +198,9 @@ def _corpus_details(corpus: dict) -> list[str]:
 def _dataset(card: dict, license: str | None) -> dict:
     """Name, id, licence and language of the training data, from card.json's `corpus` and known corpora."""
     corpus = card["corpus"]
+    several = _several_corpora(card, license)
+    if several is not None:
+        return several
     source = corpus.get("source")
     facts = known_corpus(source, corpus.get("name"))
     if source is None:
@@ -236,6 +239,50 @@ def _dataset(card: dict, license: str | None) -> dict:
     }
 
 
+def _several_corpora(card: dict, license: str | None) -> dict | None:
+    """`_dataset` of a run of several known corpora (card.json's `corpora`): each named, their languages, and the
+    licence of the one whose terms bind (the others' CC0 adds none); None for one corpus or an unknown one."""
+    entries = card.get("corpora") or {}
+    facts = [known_corpus(name, (entry or {}).get("source")) for name, entry in entries.items()]
+    if len(facts) < 2 or any(fact is None for fact in facts):
+        return None
+    names = " + ".join(fact.name for fact in facts)
+    terms = ", ".join(f"{fact.name} ({fact.license_label})" for fact in facts)
+    binding = list(dict.fromkeys(fact.license for fact in facts if fact.license != "cc0-1.0")) or ["cc0-1.0"]
+    given = card["corpus"].get("license") if card["corpus"].get("license_source") == "argument" else None
+    chosen = license or given
+    if chosen:
+        license_text = f"The weights are released under `{chosen}` (given for this run); trained on {terms}."
+    elif len(binding) == 1:
+        bound = [fact for fact in facts if fact.license == binding[0]]
+        license_text = (
+            f"The weights are derived from {terms}; they carry the terms of {' and '.join(f.name for f in bound)} "
+            f"({bound[0].license_label}). The MISE code in this repository is Apache-2.0."
+        )
+    else:
+        license_text = (
+            f"The weights are derived from {terms}, whose terms all apply: check them before using or "
+            "redistributing these weights. The MISE code in this repository is Apache-2.0."
+        )
+    languages = list(dict.fromkeys(code for fact in facts for code in fact.language))
+    details = ", ".join(filter(None, _corpus_details(card["corpus"])))
+    return {
+        "name": names,
+        "id": "+".join(fact.name.lower().replace("-", "") for fact in facts),
+        "hub_id": None,
+        "license": chosen or (binding[0] if len(binding) == 1 else "other"),
+        "license_text": license_text,
+        "language": languages,
+        "language_text": " and ".join(fact.language_text for fact in facts),
+        "speech": "; ".join(f"{fact.name}: {fact.speech}" for fact in facts),
+        "acted": all(fact.acted for fact in facts),
+        "description": "; ".join(
+            [*(f"{fact.name}: {fact.description}" for fact in facts), *([details] if details else [])]
+        ),
+        "citation": " ".join(fact.citation for fact in facts),
+    }
+
+
 def _protocol_name(protocol: str, num_folds: object) -> str:
     """Readable name of a fold protocol (`DataArguments.protocol`)."""
     return {
@@ -243,6 +290,7 @@ def _protocol_name(protocol: str, num_folds: object) -> str:
         "loso_session": "leave-one-session-out",
         "kfold": f"{num_folds or 'k'} speaker-grouped folds",
         "split": "a fixed speaker split",
+        "loco": "leave-one-corpus-out",
     }.get(protocol, protocol)
 
 
@@ -393,6 +441,64 @@ def _fold_rows(card: dict) -> list[dict]:
             "mi_text": _nats(quality.get("mi_text_nats")),
         })  # fmt: skip
     return rows
+
+
+def _corpus_rows(card: dict) -> list[dict]:
+    """Per corpus of a run of several corpora (card.json's `corpora`), the pooled UAR of its test clips with its
+    own statistics (adapted) and as released; [] for a run of one corpus."""
+    rows = []
+    for name, entry in (card.get("corpora") or {}).items():
+        entry = entry if isinstance(entry, dict) else {}
+        facts = known_corpus(name, entry.get("source"))
+        rows.append({
+            "name": f"{facts.name} (`{name}`)" if facts else f"`{name}`",
+            "clips": entry.get("clips", NOT_RECORDED),
+            "speakers": entry.get("speakers", NOT_RECORDED),
+            "test_clips": entry.get("test_clips", NOT_RECORDED),
+            "uar_own": _percent(entry.get("uar_own")),
+            "uar_as_released": _percent(entry.get("uar_as_released")),
+        })  # fmt: skip
+    return rows
+
+
+def read_held_out_corpora(folder: str | os.PathLike) -> dict:
+    """The "leave one corpus out" section of the cards: `folder` holds the `summary.json` of one run of
+    `--protocol loco`, or its sub-folders one each (one per seed); per held-out corpus, the mean over the runs of
+    its pooled UAR adapted (its own statistics) and as released (the training corpora's). Raises
+    `RunFolderError` naming the folder or file when there is no such run."""
+    folder = Path(folder)
+    own = folder / "summary.json"
+    paths = [own] if own.is_file() else sorted(folder.glob("*/summary.json"))
+    if not paths:
+        raise RunFolderError(
+            f"{folder}: no summary.json of a leave-one-corpus-out run (training/train.py --protocol loco), in it "
+            "or in its sub-folders"
+        )
+    runs = []
+    for path in paths:
+        summary = _read_json(path) or {}
+        corpora = (summary.get("corpora") or {}).get("corpora")
+        if summary.get("protocol") != "loco" or not isinstance(corpora, dict) or len(corpora) < 2:
+            raise RunFolderError(f"{path}: not the summary of a leave-one-corpus-out run of several corpora")
+        runs.append(corpora)
+    names = list(runs[0])
+    if any(sorted(run) != sorted(names) for run in runs):
+        raise RunFolderError(
+            f"{folder}: its runs hold out different corpora ({[sorted(run) for run in runs]})"
+        )
+
+    def mean(name: str, key: str) -> float | None:
+        values = [(run[name].get(key) or {}).get("uar") for run in runs]
+        return sum(values) / len(values) if all(is_finite_number(v) for v in values) else None
+
+    def label(name: str) -> str:
+        facts = known_corpus(name, runs[0][name].get("source"))
+        return facts.name if facts else name
+
+    rows = [{"name": label(name), "trained_on": ", ".join(label(other) for other in names if other != name),
+             "adapted": _percent(mean(name, "own")), "as_released": _percent(mean(name, "as_released"))}
+            for name in names]  # fmt: skip
+    return {"folder": str(folder), "runs": len(runs), "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------------ the study
@@ -555,10 +661,11 @@ def _results(metrics: dict) -> dict:
 
 
 def card_context(kind: str, card: dict, configs: dict[str, dict], repos: dict[str, str],
-                 license: str | None = None, study: dict | None = None) -> dict:  # fmt: skip
+                 license: str | None = None, study: dict | None = None,
+                 held_out: dict | None = None) -> dict:  # fmt: skip
     """Every value a card template uses, preformatted (missing values read "not recorded"), from the run's
     card.json (`mise.hub.run_card.read_run_card`) and the models' configs (`{kind: config dict}`); `study` is
-    a [`read_study`] section, or None for cards without one."""
+    a [`read_study`] section and `held_out` a [`read_held_out_corpora`] one, or None for cards without one."""
     from modeling_mise import __version__
 
     aligner, generator = configs["aligner"], configs.get("generator")
@@ -596,6 +703,9 @@ def card_context(kind: str, card: dict, configs: dict[str, dict], repos: dict[st
         "protocol_text": protocol_text,
         "results": _results(card["metrics"]),
         "folds": _fold_rows(card),
+        "corpora": _corpus_rows(card),
+        "held_out_corpora": card["protocol"].get("name") == "loco",
+        "held_out": held_out,
         "mi": _mi_context(card, labels, generator),
         "audio_encoder": audio,
         "text_encoder": text,

@@ -28,6 +28,7 @@ from .cards import (
     RunFolderError,
     card_context,
     is_finite_number,
+    read_held_out_corpora,
     read_study,
     render_card,
     repo_ids,
@@ -44,6 +45,7 @@ __all__ = [
     "push_run",
     "push_space",
     "read_run_card",
+    "read_held_out_corpora",
     "read_study",
     "repo_ids",
     "run_without_package",
@@ -102,6 +104,7 @@ def build_hub_folders(
     license: str | None = None,
     check_remote_code: bool = True,
     study: str | os.PathLike | None = None,
+    held_out: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Write and validate `OUT/hub/<prefix>-<kind>/` for the kinds `HUB_KINDS`; returns `{kind: folder}`.
 
@@ -113,12 +116,15 @@ def build_hub_folders(
     (`<org>/<prefix>-<kind>`). With `check_remote_code` the folders are also loaded in a clean Python process in
     which neither `modeling_mise` nor `mise` can be imported. The generator is left out when the run trained none (augmentation `none`, `noise` or `mixup`). `study`, a
     folder written by `training/study.py`, adds a "Comparison study" section quoting its `study.json` to
-    every card ([`read_study`]); without it, the study `card.json` names, if any.
+    every card ([`read_study`]); without it, the study `card.json` names, if any. `held_out`, a folder of
+    leave-one-corpus-out runs' `summary.json` (one per seed), adds their UAR per held-out corpus, adapted and as
+    released ([`read_held_out_corpora`]).
     """
     output_dir = Path(output_dir)
     card = read_run_card(output_dir)
     study = study if study is not None else card["study"]
     study_section = read_study(study) if study is not None else None
+    held_out_section = read_held_out_corpora(held_out) if held_out is not None else None
     models_dir = output_dir / "models"
     kinds = tuple(k for k in HUB_KINDS if (models_dir / MODEL_FOLDERS[k]).is_dir())
     for required in ("aligner", "classifier", "audio-classifier"):
@@ -140,9 +146,9 @@ def build_hub_folders(
             model.save_pretrained(folder)
             if extractor is not None:
                 extractor.save_pretrained(folder)
-            render_card(kind, card_context(kind, card, configs, repos, license, study_section)).save(
-                folder / "README.md"
-            )
+            render_card(
+                kind, card_context(kind, card, configs, repos, license, study_section, held_out_section)
+            ).save(folder / "README.md")
             validate_hub_folder(folder, kind, card)
         if check_remote_code:
             check_remote_code_loading(staging)
@@ -387,13 +393,14 @@ def push_run(
     private: bool = False,
     license: str | None = None,
     study: str | os.PathLike | None = None,
+    held_out: str | os.PathLike | None = None,
 ) -> dict[str, str]:
     """Build, validate and upload `OUT/hub/*` to `<org>/<prefix>-<kind>` for each kind of `HUB_KINDS`.
 
     Returns `{kind: commit URL}` (also written to `OUT/hub/pushed.json`). Raises `HubPushError` with what to do
     when there is no token, the Hub is unreachable (or `HF_HUB_OFFLINE=1`) or refuses; the run folder is never
     modified beyond `OUT/hub/`, so the same call can be repeated. Repositories are created if needed
-    (`exist_ok`), so a rerun after a partial upload continues where it stopped. `study`: see
+    (`exist_ok`), so a rerun after a partial upload continues where it stopped. `study`, `held_out`: see
     [`build_hub_folders`].
     """
     from huggingface_hub import constants
@@ -401,9 +408,10 @@ def push_run(
     output_dir = Path(output_dir)
     repos = repo_ids(org, prefix)
     options = (f" --prefix {prefix}" if prefix else "") + (f" --study {study}" if study is not None else "")
+    options += f" --held_out {held_out}" if held_out is not None else ""
     rerun = f"rerun `mise push {output_dir} --org {org}{options}`"
     api = _hub_api(output_dir, rerun, token)
-    folders = build_hub_folders(output_dir, org, prefix, license=license, study=study)
+    folders = build_hub_folders(output_dir, org, prefix, license=license, study=study, held_out=held_out)
     pushed: dict[str, str] = {}
     for kind, folder in folders.items():
         repo_id = repos[kind]

@@ -10,7 +10,7 @@ present (`null` when the run did not record it):
 - `corpus`: `source` (the manifest, folder or Hub id read), `name` (a known corpus' name: RAVDESS, CREMA-D,
   IEMOCAP, MSP-Podcast), `clips`, `speakers`, `hours`, `license` (the `dataset_license` argument, else the
   known corpus' licence) and `license_source` (`argument`, `known corpus` or `null`).
-- `protocol`: `name` (`loso`, `loso_session`, `kfold`, `split`), `num_folds` (of `kfold`), `max_folds`,
+- `protocol`: `name` (`loso`, `loso_session`, `kfold`, `split`, `loco`), `num_folds` (of `kfold`), `max_folds`,
   `num_validation_speakers`.
 - `augmentation`: `method` (`none`, `noise`, `mixup`, `gan`, `mise`), `generated_ratio` (the released
   classifier's, chosen on the final models' validation speakers; the run's one ratio without final models, `null`
@@ -21,6 +21,10 @@ present (`null` when the run did not record it):
 - `folds`: one object per fold: `name`, `test_speakers`, `uar`, `wa`, `f1_macro`, `generator_quality`.
 - `final_generator_quality`: the released generator's quality (`mi_emotion_nats`, `mi_text_nats`,
   `frechet_distance`, `precision`, `recall`, `per_class`), `null` without one.
+- `corpora`: a run of several corpora, per corpus (`summary.json` → `corpora`): `source`, `clips`, `speakers`,
+  `test_clips` (its clips the folds tested), `uar_own` (pooled UAR of those clips standardised with the corpus'
+  own statistics: the adapted number) and `uar_as_released` (with the fold's training clips' statistics: a
+  released model on one clip); `null` for a run of one corpus.
 - `config`: the run's complete, flat configuration (every argument), quoted by the cards.
 - `study`: a folder written by `training/study.py` whose comparison the cards quote, or `null`
   (`mise push --study` sets it for one push).
@@ -78,6 +82,21 @@ def _fold(record: dict) -> dict:
             "generator_quality": quality}  # fmt: skip
 
 
+def _corpora(summary: dict) -> dict | None:
+    """Per corpus of a run of several corpora, what it brought and the pooled UAR of its test clips."""
+    corpora = (summary.get("corpora") or {}).get("corpora")
+    if not corpora:
+        return None
+
+    def uar(entry: dict, key: str) -> float | None:
+        return (entry.get(key) or {}).get("uar")
+
+    return {name: {"source": entry.get("source"), "clips": entry.get("clips"), "speakers": entry.get("speakers"),
+                   "test_clips": entry.get("test_clips"), "uar_own": uar(entry, "own"),
+                   "uar_as_released": uar(entry, "as_released")}
+            for name, entry in corpora.items()}  # fmt: skip
+
+
 def _augmentation(config: dict, summary: dict) -> dict:
     candidates = list(config.get("generated_ratios") or [])
     ratio = (summary.get("generated_ratio_released") or {}).get("final")
@@ -113,6 +132,7 @@ def write_run_card(
         "metrics": {key: summary.get(key) for key in METRIC_KEYS},
         "folds": [_fold(record) for record in fold_records],
         "final_generator_quality": final_generator_quality,
+        "corpora": _corpora(summary),
         "config": config,
         "study": None if study is None else str(study),
     }  # fmt: skip
@@ -142,6 +162,6 @@ def read_run_card(output_dir: str | os.PathLike) -> dict:
     for key in ("corpus", "protocol", "augmentation", "config"):
         card[key] = card.get(key) or {}
     card["folds"] = [fold for fold in card.get("folds") or [] if isinstance(fold, dict)]
-    for key in ("command", "commit", "date", "final_generator_quality", "study"):
+    for key in ("command", "commit", "date", "final_generator_quality", "corpora", "study"):
         card.setdefault(key, None)
     return card
