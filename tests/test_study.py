@@ -178,7 +178,9 @@ def test_refit_trains_each_setting_once_more_on_training_and_validation_rows(man
     assert sorted(row["variant"] for row in rows) == ["classic", "mise", "none"]
 
 
-def test_the_diagnostic_classic_leaves_out_the_validation_speakers(manifest, cache_dir, tmp_path, monkeypatch):
+def test_the_diagnostic_classic_leaves_out_the_validation_speakers(
+    manifest, cache_dir, tmp_path, monkeypatch
+):
     """`classic` fits on the training and validation speakers; `classic_without_validation` on the training
     speakers alone (the rows `none` learns from), the same feature set and test rows."""
     fits: dict[int, tuple[int, np.ndarray]] = {}

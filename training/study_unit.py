@@ -50,7 +50,9 @@ class Study:
     labels: torch.Tensor  # (N,)
     id2label: dict[int, str]
     audio_spec: dict
-    classic_cache: dict[tuple, tuple] = field(default_factory=dict)  # (fold, validation, variant) -> predictions
+    classic_cache: dict[tuple, tuple] = field(
+        default_factory=dict
+    )  # (fold, validation, variant) -> predictions
     speakers: np.ndarray | None = None  # (N,) speaker of every row: out-of-fold variants group by it
 
     @property
