@@ -202,6 +202,51 @@ def add_evaluate_parser(commands) -> None:
     add_classify_arguments(evaluate_parser)
 
 
+def add_push_parser(commands) -> None:
+    """The `push` subcommand's arguments."""
+    push_parser = commands.add_parser(
+        "push",
+        help="publish a training run: its models with model cards, or (--space) its Gradio Space",
+        description="Build the upload-ready folders OUT/hub/<prefix>-{aligner,generator,classifier,"
+        "audio-classifier} (weights, code, config with auto_map, model card from OUT/card.json), validate them "
+        "offline, then create <org>/<prefix>-<model> on the Hub and upload. With --space: build OUT/hub/space "
+        "(app.py, requirements.txt, README.md), the Gradio Space that loads <org>/<prefix>-audio-classifier "
+        "through remote code, and upload it as the Space <org>/<prefix>-demo. Nothing of the run is deleted: "
+        "a failed push can be rerun.",
+    )
+    push_parser.add_argument("output_dir", help="run folder written by training/train.py (--output_dir)")
+    push_parser.add_argument("--org", required=True, help="Hub user or organisation that receives the repos")
+    push_parser.add_argument(
+        "--prefix", default=None, help="repository name prefix: <prefix>-aligner, ... (default: mise)"
+    )
+    push_parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or `hf auth login`)")
+    push_parser.add_argument("--private", action="store_true", help="create the repositories as private")
+    push_parser.add_argument(
+        "--license", default=None, help="licence id for the cards (default: the training corpus' licence)"
+    )
+    push_parser.add_argument(
+        "--study",
+        default=None,
+        help="folder written by training/study.py (with study.json): each card quotes its comparison table",
+    )
+    push_parser.add_argument(
+        "--held_out",
+        default=None,
+        help="folder with the summary.json of leave-one-corpus-out runs (training/train.py --protocol loco; one "
+        "per sub-folder, e.g. per seed): each card quotes their UAR per held-out corpus, adapted and as released",
+    )
+    push_parser.add_argument(
+        "--space",
+        action="store_true",
+        help="build (and upload) the Gradio Space OUT/hub/space instead of the models (push those first)",
+    )
+    push_parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="only build and validate OUT/hub/* (no token, no network)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mise",
@@ -245,47 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_classify_arguments(classify_parser)
     add_evaluate_parser(commands)
-    push_parser = commands.add_parser(
-        "push",
-        help="publish a training run: its models with model cards, or (--space) its Gradio Space",
-        description="Build the upload-ready folders OUT/hub/<prefix>-{aligner,generator,classifier,"
-        "audio-classifier} (weights, code, config with auto_map, model card from OUT/card.json), validate them "
-        "offline, then create <org>/<prefix>-<model> on the Hub and upload. With --space: build OUT/hub/space "
-        "(app.py, requirements.txt, README.md), the Gradio Space that loads <org>/<prefix>-audio-classifier "
-        "through remote code, and upload it as the Space <org>/<prefix>-demo. Nothing of the run is deleted: "
-        "a failed push can be rerun.",
-    )
-    push_parser.add_argument("output_dir", help="run folder written by training/train.py (--output_dir)")
-    push_parser.add_argument("--org", required=True, help="Hub user or organisation that receives the repos")
-    push_parser.add_argument(
-        "--prefix", default=None, help="repository name prefix: <prefix>-aligner, ... (default: mise)"
-    )
-    push_parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or `hf auth login`)")
-    push_parser.add_argument("--private", action="store_true", help="create the repositories as private")
-    push_parser.add_argument(
-        "--license", default=None, help="licence id for the cards (default: the training corpus' licence)"
-    )
-    push_parser.add_argument(
-        "--study",
-        default=None,
-        help="folder written by training/study.py (with study.json): each card quotes its comparison table",
-    )
-    push_parser.add_argument(
-        "--held_out",
-        default=None,
-        help="folder with the summary.json of leave-one-corpus-out runs (training/train.py --protocol loco; one "
-        "per sub-folder, e.g. per seed): each card quotes their UAR per held-out corpus, adapted and as released",
-    )
-    push_parser.add_argument(
-        "--space",
-        action="store_true",
-        help="build (and upload) the Gradio Space OUT/hub/space instead of the models (push those first)",
-    )
-    push_parser.add_argument(
-        "--dry_run",
-        action="store_true",
-        help="only build and validate OUT/hub/* (no token, no network)",
-    )
+    add_push_parser(commands)
     return parser
 
 
