@@ -50,9 +50,8 @@ class Study:
     labels: torch.Tensor  # (N,)
     id2label: dict[int, str]
     audio_spec: dict
-    classic_cache: dict[tuple, tuple] = field(
-        default_factory=dict
-    )  # (fold, validation, variant) -> predictions
+    # (fold, validation rows, without_validation) -> (test predictions, the feature set chosen)
+    classic_cache: dict[tuple, tuple] = field(default_factory=dict)
     speakers: np.ndarray | None = None  # (N,) speaker of every row: out-of-fold variants group by it
 
     @property
