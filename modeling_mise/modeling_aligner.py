@@ -85,9 +85,11 @@ class MiseAlignerModel(MisePreTrainedModel):
         self.register_buffer("audio_mean", torch.zeros(config.audio_dim))
         self.register_buffer("audio_std", torch.ones(config.audio_dim))
         self.input_dropout = FastDropout(config.input_dropout)
+        columns = config.audio_columns
         self.audio_projection = mlp(
-            config.audio_dim, config.hidden_sizes, config.projection_dim, config.dropout
-        )
+            config.audio_dim if columns is None else columns[1] - columns[0],
+            config.hidden_sizes, config.projection_dim, config.dropout,
+        )  # fmt: skip
         if config.use_text:
             self.register_buffer("text_mean", torch.zeros(config.text_dim))
             self.register_buffer("text_std", torch.ones(config.text_dim))
@@ -147,6 +149,8 @@ class MiseAlignerModel(MisePreTrainedModel):
         """`z_a`: the L2-normalised audio projection of frozen audio features `h` of shape `(batch, audio_dim)`."""
         self._check_features(audio_features, self.config.audio_dim, "audio_features")
         standardised = standardize(audio_features.to(self.audio_mean.dtype), self.audio_mean, self.audio_std)
+        if self.config.audio_columns is not None:  # one feature set of a combined encoder
+            standardised = standardised[:, self.config.audio_columns[0] : self.config.audio_columns[1]]
         return F.normalize(self.audio_projection(self.input_dropout(standardised)), dim=-1)
 
     # ------------------------------------------------------------------------------------- text encoder

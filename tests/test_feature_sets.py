@@ -1,9 +1,10 @@
-"""A combined openSMILE encoder (`opensmile/eGeMAPSv02+ComParE_2016`) and the choice of a feature set per fold on
-the validation speakers (`aligner_feature_sets`), for stage 1 and for the classic baseline; a choice that read the
-test speaker would fail here."""
+"""A combined openSMILE encoder (`opensmile/eGeMAPSv02+ComParE_2016`) and the choice of a feature set per fold by
+speaker cross-validation on the fold's training side (`aligner_feature_sets`, `training.feature_choice`), for
+stage 1 and for the classic baseline; a choice that read the test speaker would fail here."""
 
 from __future__ import annotations
 
+import dataclasses
 from unittest.mock import patch
 
 import numpy as np
@@ -23,8 +24,8 @@ from training.arguments import (
     parse_arguments,
 )
 from training.engine import StageRuntime
+from training.feature_choice import choose_feature_set, speaker_cv_uar, speaker_folds
 from training.fold import FoldData, FoldTrainer, Variant, chosen_feature_sets, refit_arguments
-from training.study_variants import classic_baseline, classic_feature_set
 
 SPEAKERS = np.repeat(np.arange(6), 24)  # speakers 0-3 train, 4 validates, 5 is tested
 GOOD, BAD = slice(0, 6), slice(6, 12)  # two feature sets of 6 columns each
@@ -83,15 +84,15 @@ def test_feature_sets_are_checked_at_parse_time():
 
 @pytest.fixture(scope="module")
 def leaky_corpus() -> tuple[torch.Tensor, torch.Tensor]:
-    """Set `good` carries the emotion a little (one column) for every speaker; set `bad` carries it strongly for the training
-    and test speakers but the other way round for the validation speaker: it wins on the test speaker and loses
-    on the validation speaker, so only a choice that looked at the test speaker would take it."""
+    """Set `good` carries the emotion (one column) for the training and validation speakers and not for the test
+    speaker; set `bad` carries it strongly for the test speaker only: a choice that read the test speaker would
+    take `bad`, one on the training side takes `good`."""
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(len(SPEAKERS)) % 2
     audio = torch.randn(len(SPEAKERS), 12, generator=generator)
-    audio[:, 0] += 0.7 * labels  # one column of `good`
-    sign = torch.where(torch.from_numpy(SPEAKERS == 4), -1.0, 1.0)[:, None]
-    audio[:, BAD] += 3.0 * sign * labels[:, None]
+    tested = torch.from_numpy(SPEAKERS == 5)
+    audio[:, 0] += torch.where(tested, 0.0, 1.5) * labels
+    audio[:, BAD] += torch.where(tested, 4.0, 0.0)[:, None] * labels[:, None]
     return audio, labels
 
 
@@ -100,7 +101,36 @@ def _fold() -> Fold:
     return Fold("speaker-5", rows[SPEAKERS < 4], rows[SPEAKERS == 4], rows[SPEAKERS == 5], ["5"], ["4"])
 
 
-def test_stage_1_chooses_its_feature_set_on_the_validation_speaker(leaky_corpus):
+def test_speaker_cross_validation_deals_speakers_into_groups_and_scores_uar():
+    speakers = np.array(["b", "a", "c", "a", "d", "e", "b"])
+    folds = speaker_folds(speakers, 2)
+    assert [speakers[mask].tolist() for mask in folds] == [["a", "c", "a", "e"], ["b", "d", "b"]]
+    assert len(speaker_folds(speakers, 9)) == 5 and speaker_folds(speakers[:1], 5)[0].all()
+    rng = np.random.default_rng(0)
+    labels = np.tile([0, 1, 2], 40)
+    groups = np.repeat(np.arange(6), 20)
+    informative = rng.normal(size=(120, 30)) + 3.0 * np.eye(3)[labels].repeat(10, axis=1)
+    assert speaker_cv_uar(informative, labels, groups) == pytest.approx(1.0)
+    noise = rng.normal(size=(120, 300))  # more columns than rows: the dual solution
+    assert speaker_cv_uar(noise, labels, groups) < 0.6
+    assert speaker_cv_uar(noise, labels, np.zeros(120)) is None  # one speaker: nothing to cross-validate
+
+
+def test_the_feature_set_is_chosen_on_the_training_side_and_never_reads_the_test_speaker(leaky_corpus):
+    audio, labels = [tensor.numpy() for tensor in leaky_corpus]
+    fold, sets = _fold(), chosen_feature_sets(SPEC, ["bad", "good"])
+    training_side = np.union1d(fold.train, fold.validation)
+    name, columns, scores = choose_feature_set(audio, labels, SPEAKERS, training_side, sets)
+    assert (name, columns) == ("good", GOOD) and scores["good"] > 0.7 > 0.6 > scores["bad"]
+    changed = audio.copy()
+    changed[fold.test] = np.random.default_rng(1).normal(size=(len(fold.test), 12))
+    assert choose_feature_set(changed, labels, SPEAKERS, training_side, sets) == (name, columns, scores)
+    # a choice that read the test speaker's clips would take `bad`
+    assert choose_feature_set(audio, labels, np.arange(len(SPEAKERS)) % 4, fold.test, sets)[0] == "bad"
+    assert choose_feature_set(audio, labels, SPEAKERS, training_side, sets[:1]) == ("bad", BAD, None)
+
+
+def test_stage_1_reads_the_chosen_feature_set(leaky_corpus):
     audio, labels = leaky_corpus
     model_args = ModelArguments(
         projection_dim=4, aligner_hidden_sizes=[8], text_encoder="none", augmentation="none",
@@ -110,30 +140,35 @@ def test_stage_1_chooses_its_feature_set_on_the_validation_speaker(leaky_corpus)
         output_dir="unused", aligner_epochs=6, aligner_batch_size=16, classifier_epochs=2, generated_ratios=[],
         aligner_feature_sets=["bad", "good"], early_stopping_patience=0,
     )  # fmt: skip
-    data = FoldData(audio, None, labels, {0: "a", 1: "b"}, SPEC, model_args, args)
+    data = FoldData(audio, None, labels, {0: "a", 1: "b"}, SPEC, model_args, args, speakers=SPEAKERS)
     runtime = StageRuntime(Accelerator(cpu=True))
     trainer = FoldTrainer(data, _fold(), 0, 7, lambda name, offset: runtime)
     trained = trainer.train(Variant.of(model_args))
     summary = trained.stages["aligner"]
     assert summary["feature_set"] == "good" and set(summary["feature_set_scores"]) == {"bad", "good"}
     assert summary["feature_set_scores"]["good"] > summary["feature_set_scores"]["bad"]
-    weight = trained.aligner.audio_projection[0].weight
-    assert weight.shape[1] == 12 and torch.count_nonzero(weight[:, BAD]) == 0  # the other set has zero weight
-    assert torch.count_nonzero(weight[:, GOOD]) > 0
+    aligner = trained.aligner  # reads the chosen columns of the standardised features, and only those
+    assert aligner.config.audio_columns == [0, 6] and aligner.audio_projection[0].weight.shape[1] == 6
+    changed = audio.clone()
+    changed[:, BAD] = torch.randn(len(audio), 6)
+    assert torch.equal(aligner.get_audio_features(changed), aligner.get_audio_features(audio))
+    assert not torch.equal(
+        aligner.get_audio_features(audio[:, [*range(6, 12), *range(6)]]), aligner.get_audio_features(audio)
+    )
     assert refit_arguments(args, trained.stages).aligner_feature_sets == ["good"]  # a refit keeps the choice
+    unnamed = FoldTrainer(
+        dataclasses.replace(data, speakers=None), _fold(), 0, 7, lambda name, offset: runtime
+    )
+    with pytest.raises(ValueError, match="speaker of every row"):
+        unnamed.train(Variant.of(model_args))
 
 
-def test_the_classic_baseline_chooses_its_feature_set_on_the_validation_speaker(leaky_corpus):
-    audio, labels = [tensor.numpy() for tensor in leaky_corpus]
-    fold = _fold()
-    sets = chosen_feature_sets(SPEC, ["bad", "good"])
-    assert classic_feature_set(audio, labels, fold.train, fold.validation, sets)[0] == "good"
-    assert (
-        classic_feature_set(audio, labels, fold.train, fold.validation[:0], sets)[0] == "bad"
-    )  # no validation
-    training_side = np.union1d(fold.train, fold.validation)
-    on_good = classic_baseline(audio, labels, training_side, fold.test, columns=GOOD)
-    on_bad = classic_baseline(audio, labels, training_side, fold.test, columns=BAD)
-    assert (on_bad == labels[fold.test]).mean() > (
-        on_good == labels[fold.test]
-    ).mean()  # `bad` wins on the test
+def test_the_model_card_names_the_set_a_combined_encoder_read():
+    from mise.hub.cards import _encoders
+
+    spec = load_audio_encoder("opensmile/eGeMAPSv02+ComParE_2016").spec()
+    audio = _encoders({"audio_encoder_spec": spec, "audio_columns": [88, 6461]})[0]
+    assert audio["feature_set"] == "ComParE_2016" and audio["description"].startswith(
+        "openSMILE ComParE_2016"
+    )
+    assert _encoders({"audio_encoder_spec": spec})[0]["feature_set"] == "eGeMAPSv02+ComParE_2016"

@@ -97,9 +97,9 @@ def train_aligner(
 ) -> tuple[MiseAlignerModel, dict]:
     """Stage 1: CE + lambda_cl * symmetric InfoNCE; standardisation fitted on the training rows only.
 
-    `columns`: the audio features it reads (one set of a combined encoder), with `aligner_input_components` the
-    top principal directions of those (`InputProjection`); the saved aligner reads every feature, with zero weights
-    for the others.
+    `columns`: the audio features it reads (one set of a combined encoder: the saved aligner's `audio_columns`),
+    with `aligner_input_components` the top principal directions of those (`InputProjection`, folded into the
+    first layer of the saved aligner).
 
     With `config.text_lora` the aligner holds the text encoder (base frozen, LoRA adapter trainable) and trains on
     the tokens of `transcripts_train` instead of the frozen text features (`_lora_setup`). Early stopping on the
@@ -186,19 +186,20 @@ class InputProjection:
     def unfold(
         self, small: MiseAlignerModel, config: MiseAlignerConfig, mean: Tensor, std: Tensor
     ) -> MiseAlignerModel:
-        """The full aligner of a model trained on the projected features: the projection folded into the first
-        audio layer (`W basis^T` on the columns, zero elsewhere) and the training clips' standardisation
-        statistics; the same `z_a` for every clip."""
+        """The full aligner of a model trained on the projected features: it reads the chosen columns
+        (`audio_columns`, when not all), the basis folded into the first audio layer (`W basis^T`), with the
+        training clips' standardisation statistics; the same `z_a` for every clip."""
+        config = copy.deepcopy(config)
+        if (self.columns.start, self.columns.stop) != (0, config.audio_dim):
+            config.audio_columns = [self.columns.start, self.columns.stop]
         model = MiseAlignerModel(config)
         if (
             small.text_encoder is not None
         ):  # the tuned encoder (its adapter tensors are in the state dict too)
             model.set_text_encoder(small.text_encoder)
         state = small.state_dict()
-        weight = state["audio_projection.0.weight"]
-        full = torch.zeros(weight.shape[0], config.audio_dim, dtype=weight.dtype)
-        full[:, self.columns] = weight if self.basis is None else weight @ self.basis.T
-        state["audio_projection.0.weight"] = full
+        if self.basis is not None:
+            state["audio_projection.0.weight"] = state["audio_projection.0.weight"] @ self.basis.T
         state["audio_mean"], state["audio_std"] = mean, std
         model.load_state_dict(state)
         return model.to(small.audio_mean.device).eval()

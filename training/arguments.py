@@ -580,8 +580,9 @@ class MiseTrainingArguments:
         **shipped("aligner_feature_sets"),
         metadata={
             "help": "Feature sets of a combined openSMILE encoder (audio_encoder opensmile/A+B) stage 1 chooses from: "
-            "per fold one aligner per set, the best on the validation speakers kept (early_stopping_metric); the "
-            "saved aligner reads every feature, with zero weights for the others. Empty: every feature at once."
+            "per fold the set a ridge classifier scores best by speaker cross-validation on the training side "
+            "(training and validation speakers); the classic baseline reads the same set. The saved aligner reads "
+            "every feature, with zero weights for the others. Empty: every feature at once."
         },
     )
     aligner_input_components: int = field(

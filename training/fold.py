@@ -10,7 +10,7 @@ Every stage draws from its own streams, derived from (seed, fold, stage) (`train
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -33,6 +33,7 @@ from .classifier import (
     train_classifier_choosing_ratio,
 )
 from .engine import StageRuntime, stage_seed
+from .feature_choice import choose_feature_set
 from .infogan import TextSide, generator_config, train_generator
 from .out_of_fold import out_of_fold_features
 
@@ -189,11 +190,6 @@ class _Candidates:
         self.store.save(f"classifier_candidates/ratio-{ratio:g}", model, summary)
 
 
-def _score(summary: dict) -> float:
-    """A stage's validation score; one never scored (no validation rows) ranks last."""
-    return -math.inf if summary["best_score"] is None else summary["best_score"]
-
-
 def chosen_feature_sets(audio_spec: dict | None, names: list[str]) -> list[tuple[str | None, slice | None]]:
     """The candidate feature sets of stage 1 as (name, columns): the named sets of a combined encoder
     (`aligner_feature_sets`, see `feature_sets_to_choose`), or every feature at once (`(None, None)`) when none
@@ -279,27 +275,30 @@ class FoldTrainer:
         text_dim = None if data.text is None else data.text.shape[1]
         config = aligner_config(model_args, data.audio.shape[1], text_dim, data.id2label, data.audio_spec)
         lora = config.text_lora is not None  # the text encoder trains too: tokens, not cached features
-        candidates = chosen_feature_sets(data.audio_spec, self.args.aligner_feature_sets)
-        trained = {}
-        for (
-            feature_set,
-            columns,
-        ) in candidates:  # one aligner per candidate feature set, the best on validation kept
-            trained[feature_set] = train_aligner(
-                self._runtime(0), config, self.args, data.audio[train], data.labels[train], data.audio[val],
-                data.labels[val], text_train=None if data.text is None else data.text[train], seed=seed,
-                transcripts_train=[data.transcripts[i] for i in train] if lora else None, columns=columns,
-            )  # fmt: skip
-        chosen = max(trained, key=lambda name: _score(trained[name][1]))  # the first on a tie
-        aligner, summary = trained[chosen]
-        if len(candidates) > 1:
-            summary["feature_set"] = chosen
-            summary["feature_set_scores"] = {
-                name: result[1]["best_score"] for name, result in trained.items()
-            }
+        feature_set, columns, scores = self.feature_set
+        aligner, summary = train_aligner(
+            self._runtime(0), config, self.args, data.audio[train], data.labels[train], data.audio[val],
+            data.labels[val], text_train=None if data.text is None else data.text[train], seed=seed,
+            transcripts_train=[data.transcripts[i] for i in train] if lora else None, columns=columns,
+        )  # fmt: skip
+        if scores is not None:
+            summary["feature_set"], summary["feature_set_scores"] = feature_set, scores
         if name is not None and self.store is not None:
             self.store.save(name, aligner, summary)
         return aligner, summary
+
+    @functools.cached_property
+    def feature_set(self) -> tuple[str | None, slice | None, dict | None]:
+        """`(name, columns, scores)` of the feature set every stage 1 of the fold reads: of the candidates
+        (`aligner_feature_sets`), the one with the best speaker cross-validated UAR on the fold's training side,
+        its training and validation speakers (`training.feature_choice`); scores are None where there is
+        nothing to choose."""
+        candidates = chosen_feature_sets(self.data.audio_spec, self.args.aligner_feature_sets)
+        if len(candidates) > 1 and self.data.speakers is None:
+            raise ValueError("aligner_feature_sets: choosing a feature set needs the speaker of every row")
+        training_side = np.union1d(self.train_rows, self.fold.validation)
+        audio, labels = self.data.audio.cpu().numpy(), self.data.labels.cpu().numpy()
+        return choose_feature_set(audio, labels, self.data.speakers, training_side, candidates)
 
     def _space(self, variant: Variant, train: np.ndarray) -> Space:
         aligner, summary = self._train_aligner(variant, train, self.stage_seed(ALIGNER), "aligner")

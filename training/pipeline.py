@@ -113,6 +113,7 @@ class RunContext:
     resuming: bool = False
     progress: object | None = None
     transcripts: list[str | None] | None = None  # per row of `features`; the LoRA text encoder reads them
+    speakers: np.ndarray | None = None  # per row of `features`; the feature-set choice groups by them
     enrolment: object | None = None  # `Enrolment` in a per-speaker fold: the as-released evaluation
     # several corpora with global statistics: the training statistics of the as-released evaluation and of the
     # released aligner (`training.corpora.TrainingStatistics`)
@@ -224,7 +225,7 @@ def fold_data(ctx: RunContext) -> FoldData:
     features = ctx.features
     return FoldData(
         features.audio, features.text, ctx.labels, ctx.id2label, features.audio_spec, ctx.model_args,
-        ctx.training_args, ctx.accelerator.device, ctx.transcripts,
+        ctx.training_args, ctx.accelerator.device, ctx.transcripts, ctx.speakers,
     )  # fmt: skip
 
 

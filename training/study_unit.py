@@ -20,8 +20,8 @@ from .aligner import encode_audio
 from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
 from .classifier import predict
 from .engine import StageRuntime
-from .fold import GENERATOR, FoldData, FoldTrainer, Generated, Space, Variant, chosen_feature_sets
-from .study_variants import StudyArguments, classic_baseline, classic_feature_set
+from .fold import GENERATOR, FoldData, FoldTrainer, Generated, Space, Variant
+from .study_variants import StudyArguments, classic_baseline
 
 QUALITY_SCALARS = ("frechet_distance", "precision", "recall")
 
@@ -184,9 +184,8 @@ class FoldUnit:
             key = (self.fold.name, tuple(val), variant.without_validation)
             if key not in study.classic_cache:
                 audio, train = study.audio.numpy(), self.trainer.train_rows
-                sets = chosen_feature_sets(study.audio_spec, study.training_args.aligner_feature_sets)
+                name, columns, _ = self.trainer.feature_set  # stage 1's choice, on the same training side
                 args = study.study_args.classic_c, study.study_args.classic_max_iter
-                name, columns = classic_feature_set(audio, labels.numpy(), train, val, sets, *args)
                 rows = train if variant.without_validation else np.union1d(train, val)
                 predictions = classic_baseline(
                     audio, labels.numpy(), rows, self.fold.test, *args, columns=columns

@@ -189,32 +189,6 @@ def classic_baseline(
     return model.predict(standardize(features[test][:, columns], *statistics))
 
 
-def classic_feature_set(
-    features: np.ndarray,
-    labels: np.ndarray,
-    train: np.ndarray,
-    validation: np.ndarray,
-    feature_sets: list[tuple[str | None, slice | None]],
-    c: float = 1.0,
-    max_iter: int = 2000,
-) -> tuple[str | None, slice | None]:
-    """The classic baseline's feature set, chosen as stage 1 chooses its own (`training.fold.chosen_feature_sets`):
-    fitted on the training rows `train`, the set with the lowest cross-entropy on the `validation` rows; the one
-    candidate when there is one (or no validation row)."""
-    if len(feature_sets) < 2 or not len(validation):
-        return feature_sets[0]
-    losses = [
-        _log_loss(
-            _logistic(features[:, columns], labels, train, c, max_iter),
-            features[:, columns],
-            labels,
-            validation,
-        )
-        for _, columns in feature_sets
-    ]
-    return feature_sets[int(np.argmin(losses))]
-
-
 def _logistic(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, c: float, max_iter: int):
     """Logistic regression on the standardised `rows`, with their standardisation statistics."""
     from sklearn.linear_model import LogisticRegression
@@ -222,12 +196,3 @@ def _logistic(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, c: flo
     statistics = feature_statistics(features[rows])
     model = LogisticRegression(C=c, max_iter=max_iter)
     return model.fit(standardize(features[rows], *statistics), labels[rows]), statistics
-
-
-def _log_loss(fitted: tuple, features: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> float:
-    """Cross-entropy of a fitted logistic regression on `rows` (the validation speakers)."""
-    from sklearn.metrics import log_loss
-
-    model, statistics = fitted
-    probabilities = model.predict_proba(standardize(features[rows], *statistics))
-    return float(log_loss(labels[rows], probabilities, labels=model.classes_))

@@ -112,7 +112,7 @@ def _context(run: Run, total_folds: int) -> RunContext:
     ctx = RunContext(
         accelerator, run.data_args, run.model_args, training_args, run.prepared.features,
         torch.as_tensor(corpus.labels()), dict(corpus.id2label), run.output_dir, run.config_hash, checkpoints,
-        resume_from, run.resuming, None, corpus.transcripts(),
+        resume_from, run.resuming, None, corpus.transcripts(), speakers=np.asarray(corpus.speakers()),
     )  # fmt: skip
     if accelerator.is_local_main_process and progress_bars():  # a terminal: one bar; a log: the log lines
         ctx.progress = tqdm(

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from mise.console import UsageError
+from modeling_mise.encoders import feature_groups
 
 HUB_KINDS = ("aligner", "generator", "classifier", "audio-classifier")
 PIPELINE_TAGS = {
@@ -323,12 +324,20 @@ def _encoders(aligner_config: dict) -> tuple[dict, dict | None, list[str]]:
     base_models = []
     if spec.get("type") == "opensmile" or str(name).startswith("opensmile/"):
         feature_set = spec.get("feature_set") or str(name).split("/", 1)[-1]
+        description = f"openSMILE {feature_set} functionals"
+        columns = aligner_config.get("audio_columns")
+        for group, span in feature_groups(spec) if columns else ():
+            if [span.start, span.stop] == list(columns):  # one set of a combined encoder, chosen per run
+                feature_set = group
+                description = (
+                    f"openSMILE {group} functionals (of `{name}`, chosen by speaker cross-validation)"
+                )
         audio = {
             "type": "opensmile",
             "name": name,
             "feature_set": feature_set,
             "pooling": "functionals",
-            "description": f"openSMILE {feature_set} functionals",
+            "description": description,
             "note": "computed by the `opensmile` package: not a Hub model, so not listed as a base model",
         }
     else:
