@@ -1303,3 +1303,32 @@ def test_bench_splits_a_run_s_time_by_stage(reference_run):
     assert label == "leave-one-speaker-out run: where the time goes"
     assert f"{sum(stages.values()) / 2:.0f} s on 2 process(es) before any other cost (target 90 s)" in value
     assert f"{stages['generator'] / 2:.0f} s of it is stage 2" in value
+
+
+def test_weight_averaging_keeps_the_mean_of_the_second_half_and_its_own_score():
+    """`weight_averaging`: every epoch runs (no early stopping), the kept weights are the mean of those after
+    epochs 3, 4, 5 and 6 of 6, and the stage's score is that mean's own validation score."""
+    from training.engine import run_epochs
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    scores = iter([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])  # worse every epoch: early stopping would stop at once
+
+    def train_epoch(epoch, state, generator):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch + 1))
+        return {"loss": 0.0}
+
+    def evaluate():
+        score = next(scores, None)
+        return (float(model.weight) if score is None else score), {}
+
+    runtime = StageRuntime(Accelerator(cpu=True))
+    common = {"num_epochs": 6, "train_epoch": train_epoch, "evaluate": evaluate, "best_module": model}
+    state = run_epochs(
+        runtime, "test", **common, objects={"model": model}, seed=0, patience=1, average_from=2
+    )
+    assert float(model.weight) == pytest.approx((3 + 4 + 5 + 6) / 4) and state.epoch == 6
+    assert state.best_score == pytest.approx(4.5) and state.best_epoch == 6
+    scores = iter([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    state = run_epochs(runtime, "test", **common, objects={"model": model}, seed=0, patience=1)
+    assert float(model.weight) == 1.0 and state.epoch == 2  # without: the best epoch, stopped early

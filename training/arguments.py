@@ -660,6 +660,14 @@ class MiseTrainingArguments:
         **shipped("early_stopping_patience"),
         metadata={"help": "Evaluations without validation improvement before a stage stops (0 = off)."},
     )
+    weight_averaging: bool = field(
+        default=False,
+        metadata={
+            "help": "Stages 1 and 3 keep the mean of their weights after each epoch of the second half of their "
+            "epochs instead of the epoch the validation speakers chose (no early stopping; the validation "
+            "speakers are still scored, and still choose the ratio and the generator checkpoint)."
+        },
+    )
     early_stopping_metric: Literal["uar", "loss"] = field(
         **shipped("early_stopping_metric"),
         metadata={

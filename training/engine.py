@@ -165,6 +165,16 @@ def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu", copy=True) for key, value in module.state_dict().items()}
 
 
+def mean_state(mean: dict | None, state: dict, count: int) -> dict:
+    """The running mean of `count` states, `state` the newest (floating tensors; the others are the newest's)."""
+    if mean is None:
+        return state
+    return {
+        key: mean[key] + (value - mean[key]) / count if value.is_floating_point() else value
+        for key, value in state.items()
+    }
+
+
 def run_epochs(
     runtime: StageRuntime,
     stage: str,
@@ -177,6 +187,7 @@ def run_epochs(
     seed: int,
     eval_every: int = 1,
     patience: int = 0,
+    average_from: int | None = None,
 ) -> LoopState:
     """Train `num_epochs` epochs, evaluating every `eval_every`; keep the best-scoring weights in `best_module`.
 
@@ -185,6 +196,8 @@ def run_epochs(
     the global stream meanwhile is seeded from it too and restored after the epoch, so nothing leaks in or out.
     `evaluate()` returns (score, metrics) with higher scores better. With `patience` > 0 the loop stops after that many evaluations without improvement.
     Without `evaluate` (a refit: nothing left to select on) every epoch runs and the last weights are kept.
+    With `average_from` every epoch runs and the mean of the weights after epochs `average_from + 1 ...
+    num_epochs` is kept (stochastic weight averaging); `evaluate` is still logged.
     Checkpoints (`objects`: the stage's models and optimisers, with the RNG states) every
     `runtime.checkpoint_every` epochs, resumes from `runtime.resume_from`. A finished stage needs no checkpoint:
     the run saves its model and marks it done.
@@ -205,12 +218,17 @@ def run_epochs(
             losses = train_epoch(epoch, state, epoch_stream(seed, epoch))
         state.epoch += 1
         record = {f"train/{stage}_{key}": value for key, value in losses.items()}
+        if average_from is not None and state.epoch > average_from:  # the running mean is the kept state
+            best_state = mean_state(best_state, clone_state(best_module), state.epoch - average_from)
+            state.best_epoch = state.epoch
         if evaluate is None:
             state.best_epoch = state.epoch
         elif state.epoch % eval_every == 0 or state.epoch == num_epochs:
             score, metrics = evaluate()
             record.update({f"eval/{stage}_{key}": value for key, value in metrics.items()})
-            if score > state.best_score:
+            if average_from is not None:
+                state.best_score = score
+            elif score > state.best_score:
                 state.best_score, state.best_epoch = score, state.epoch
                 state.evaluations_without_improvement = 0
                 best_state = clone_state(best_module)
@@ -230,6 +248,8 @@ def run_epochs(
         runtime.progress.update(max(num_epochs - state.epoch, 0))
     if best_state is not None:
         best_module.load_state_dict(best_state)
+        if average_from is not None and evaluate is not None:  # the kept weights' own validation score
+            state.best_score = evaluate()[0]
     state.stopped = True
     return state
 
@@ -399,6 +419,7 @@ def fit_supervised(
         objects={"model": model, "optimizer": optimizer},
         seed=seed,
         patience=args.early_stopping_patience,
+        average_from=num_epochs // 2 if args.weight_averaging else None,
     )
     return model.eval(), state
 
