@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-PENALTIES = np.logspace(
-    -4, 2, 13
-)  # ridge penalties, times the set's width (a standardised row's squared norm)
+from mise.metrics import uar
+
+# ridge penalties, times the set's width (a standardised row's squared norm)
+PENALTIES = np.logspace(-4, 2, 13)
 MAX_ROWS = 4000  # rows the choice reads at most (every k-th row of the training side beyond that)
 
 
@@ -32,10 +33,6 @@ def speaker_folds(speakers: np.ndarray, num_groups: int) -> list[np.ndarray]:
     names = np.array(sorted(set(speakers.tolist())))
     groups = min(num_groups, len(names))
     return [np.isin(speakers, names[index::groups]) for index in range(groups)]
-
-
-def _uar(truth: np.ndarray, predicted: np.ndarray) -> float:
-    return float(np.mean([np.mean(predicted[truth == label] == label) for label in np.unique(truth)]))
 
 
 def _ridge_predictions(
@@ -72,7 +69,7 @@ def speaker_cv_uar(
         )
         for index, score in enumerate(scores):
             predicted[index, held_out] = classes[np.argmax(score, axis=1)]
-    return max(_uar(labels, row) for row in predicted)
+    return max(uar(labels, row) for row in predicted)
 
 
 def choose_feature_set(
