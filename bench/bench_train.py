@@ -198,11 +198,15 @@ def study_predictions(output_dir: Path) -> list[tuple]:
 
 
 def stage_seconds(output_dir: Path) -> dict[str, float]:
-    """Seconds per stage of a `train.py` run, summed over its folds (`folds/*/metrics.json` -> `stages`)."""
+    """Seconds per stage of a `train.py` run, summed over its folds (`folds/*/metrics.json` -> `stages`, and after a
+    refit `stages.selection` too: a stage's time is its selection's and its refit's)."""
     totals: dict[str, float] = {}
     for path in sorted((output_dir / "folds").glob("*/metrics.json")):
-        for stage, record in json.loads(path.read_text())["stages"].items():
-            totals[stage] = totals.get(stage, 0.0) + record["seconds"]
+        stages = json.loads(path.read_text())["stages"]
+        for records in (stages, stages.get("selection", {})):
+            for stage, record in records.items():
+                if stage != "selection":
+                    totals[stage] = totals.get(stage, 0.0) + record["seconds"]
     return totals
 
 

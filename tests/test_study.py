@@ -44,6 +44,7 @@ TINY = [
     "--aligner_batch_size", "32", "--generator_batch_size", "32", "--classifier_batch_size", "32",
     "--generated_ratios", "0.5", "1.0", "--map_max_points", "120", "--classic_max_iter", "200",
     "--min_class_clips", "2",
+    "--weight_averaging", "false", "--refit", "false",  # each stage trained once; the shipped method: refit test
 ]  # fmt: skip
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GENERATOR_VARIANTS = [name for name in DEFAULT_VARIANTS if VARIANTS[name].uses_generator]
@@ -141,8 +142,8 @@ def test_stage_1_and_2_are_shared_between_variants(study_run):
 
 
 def test_refit_trains_each_setting_once_more_on_training_and_validation_rows(manifest, cache_dir, tmp_path):
-    """`--refit true`: after its selection, each aligner and generator setting of a unit trains once more on the
-    training and validation rows (without validation rows), and every learned variant's classifier too."""
+    """`--refit true` (with weight averaging: the shipped method): after its selection, each aligner and generator
+    setting of a unit trains once more on the training and validation rows (without validation rows), and every learned variant's classifier too."""
     sizes: list[tuple[str, int, int]] = []
     with pytest.MonkeyPatch.context() as monkeypatch:
         counter = StageCounter(monkeypatch)
@@ -164,6 +165,8 @@ def test_refit_trains_each_setting_once_more_on_training_and_validation_rows(man
             "none",
             "mise",
             "--refit",
+            "true",
+            "--weight_averaging",
             "true",
         )
         main(study_args(manifest, tmp_path / "refit", cache_dir, *extra))

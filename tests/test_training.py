@@ -24,6 +24,8 @@ import yaml
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
+from mise.hub.cards import HUB_KINDS, MODEL_FOLDERS, card_context, repo_ids
+from mise.hub.run_card import read_run_card
 from modeling_mise import MiseClassifierConfig
 from training.arguments import ConfigError, MiseTrainingArguments, config_hash, parse_arguments
 from training.checkpoint import CheckpointManager
@@ -47,6 +49,7 @@ TINY = [
     "--classifier_epochs", "4", "--early_stopping_patience", "0", "--checkpoint_every", "2",
     "--aligner_batch_size", "32", "--generator_batch_size", "32", "--classifier_batch_size", "32",
     "--seed", "7", "--min_class_clips", "2", "--generated_ratios", "0.5", "1.0",
+    "--weight_averaging", "false", "--refit", "false",  # each stage's own choices, visible; the shipped: below
 ]  # fmt: skip
 
 
@@ -100,7 +103,8 @@ def run_args(manifest: Path, output_dir: Path, cache: Path, *extra: str) -> list
 
 @pytest.fixture(scope="session")
 def reference_run(corpus_with_bad_files, cache_dir, tmp_path_factory) -> Path:
-    """One complete run: 2 LOSO folds of MISE with text codes, final models, TensorBoard."""
+    """One complete run: 2 LOSO folds of MISE with text codes, final models, TensorBoard; the stages keep their
+    best-scoring epoch and nothing is refitted (the shipped method does both: `shipped_run`)."""
     output_dir = tmp_path_factory.mktemp("run") / "out"
     main(run_args(corpus_with_bad_files[0], output_dir, cache_dir, "--report_to", "tensorboard"))
     return output_dir
@@ -575,6 +579,55 @@ def test_refit_trains_the_chosen_epochs_on_training_and_validation_speakers(refe
     assert not all(torch.equal(released[key], selected[key]) for key in selected)
     card = read_json(output_dir / "card.json")
     assert card["config"]["refit"] is True
+
+
+@pytest.fixture(scope="session")
+def shipped_run(corpus_with_bad_files, cache_dir, tmp_path_factory) -> Path:
+    """The reference run's sizes with the shipped method of mise.yaml: weight averaging and refit."""
+    output_dir = tmp_path_factory.mktemp("shipped") / "out"
+    extra = ("--report_to", "none", "--weight_averaging", "true", "--refit", "true")
+    main(run_args(corpus_with_bad_files[0], output_dir, cache_dir, *extra))
+    return output_dir
+
+
+def test_the_shipped_method_averages_every_epoch_then_refits_on_all_training_speakers(
+    reference_run, shipped_run
+):
+    """mise.yaml's method: stages 1 and 3 run every epoch and keep their weights' mean over the second half
+    (scored on the validation speakers, which still choose the generator checkpoint and the ratio; without averaging
+    a stage keeps its best-scoring epoch), then the three stages train again on training and validation speakers for the
+    same schedules; those models are evaluated and released."""
+    for fold in ("speaker-Actor_01", "speaker-Actor_02"):
+        record = read_json(shipped_run / "folds" / fold / "metrics.json")
+        reference = read_json(reference_run / "folds" / fold / "metrics.json")
+        selection, refit = record["stages"]["selection"], record["stages"]
+        rows = record["clips"]["train"] + record["clips"]["validation"]
+        for stage in ("aligner", "classifier"):
+            assert selection[stage]["epochs_run"] == selection[stage]["best_epoch"] == 4, stage  # every epoch
+            assert selection[stage]["best_score"] is not None, stage  # the mean's own validation score
+            assert refit[stage]["epochs_run"] == 4 and refit[stage]["best_score"] is None, stage
+        # stage 1 trains as in the reference run, which keeps its best epoch (the 4th): the mean scores otherwise
+        kept = reference["stages"]["aligner"]
+        assert kept["best_epoch"] == 4 and selection["aligner"]["best_score"] != pytest.approx(
+            kept["best_score"]
+        )
+        assert refit["aligner"]["steps"] == 4 * round(rows / 32)
+        assert refit["generator"]["best_epoch"] == selection["generator"]["best_epoch"]
+        assert refit["classifier"]["generated_ratio"] == selection["classifier"]["generated_ratio"]
+    released = load_file(shipped_run / "models" / "mise-classifier" / "model.safetensors")
+    refitted = load_file(shipped_run / "final" / "refit" / "classifier" / "model.safetensors")
+    assert all(torch.equal(released[key], refitted[key]) for key in refitted)
+    config = read_json(shipped_run / "card.json")["config"]
+    assert config["weight_averaging"] is True and config["refit"] is True
+    configs = {
+        kind: read_json(shipped_run / "models" / MODEL_FOLDERS[kind] / "config.json") for kind in HUB_KINDS
+    }
+    context = card_context("classifier", read_run_card(shipped_run), configs, repo_ids("org", "mise"))
+    assert context["final_training_text"].endswith(
+        "generator checkpoint and generated-to-real ratio were chosen with 1 validation speaker(s) held out, then "
+        "every stage was trained again on all speakers; stages 1 and 3 keep the mean of their weights over the "
+        "second half of their epochs"
+    )
 
 
 def test_run_killed_in_a_refit_resumes_to_the_same_result(

@@ -661,7 +661,7 @@ class MiseTrainingArguments:
         metadata={"help": "Evaluations without validation improvement before a stage stops (0 = off)."},
     )
     weight_averaging: bool = field(
-        default=False,
+        **shipped("weight_averaging"),
         metadata={
             "help": "Stages 1 and 3 keep the mean of their weights after each epoch of the second half of their "
             "epochs instead of the epoch the validation speakers chose (no early stopping; the validation "

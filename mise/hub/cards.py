@@ -687,15 +687,19 @@ def card_context(kind: str, card: dict, configs: dict[str, dict], repos: dict[st
     model_name = repos[kind].split("/", 1)[1]
     config = card["config"]
     validation = card["protocol"].get("num_validation_speakers")
+    averaged = config.get("weight_averaging")
+    chosen = ("" if averaged else "epochs, ") + "generator checkpoint and generated-to-real ratio"
     final_text = (
-        f"all speakers but {validation} validation speaker(s) kept for early stopping"
-        if validation else f"all speakers ({NOT_RECORDED} which were kept for early stopping)"
+        f"all speakers but {validation} validation speaker(s) kept for model selection"
+        if validation else f"all speakers ({NOT_RECORDED} which were kept for model selection)"
     )  # fmt: skip
     if config.get("refit") and validation:
         final_text = (
-            f"all speakers: the epochs, generator checkpoint and generated-to-real ratio were chosen with "
-            f"{validation} validation speaker(s) held out, then every stage was trained again on all speakers"
+            f"all speakers: the {chosen} were chosen with {validation} validation speaker(s) held out, then "
+            "every stage was trained again on all speakers"
         )
+    if averaged:
+        final_text += "; stages 1 and 3 keep the mean of their weights over the second half of their epochs"
     return {
         "card_data": _card_data(kind, card, dataset, split, audio, base_models, model_name),
         "kind": kind,
