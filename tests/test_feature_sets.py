@@ -144,7 +144,7 @@ def test_stage_1_reads_the_chosen_feature_set(leaky_corpus):
     runtime = StageRuntime(Accelerator(cpu=True))
     trainer = FoldTrainer(data, _fold(), 0, 7, lambda name, offset: runtime)
     trained = trainer.train(Variant.of(model_args))
-    summary = trained.stages["aligner"]
+    summary = trained.stages["selection"]["aligner"]  # the choice; the refit (shipped) trains on it again
     assert summary["feature_set"] == "good" and set(summary["feature_set_scores"]) == {"bad", "good"}
     assert summary["feature_set_scores"]["good"] > summary["feature_set_scores"]["bad"]
     aligner = trained.aligner  # reads the chosen columns of the standardised features, and only those
@@ -155,7 +155,9 @@ def test_stage_1_reads_the_chosen_feature_set(leaky_corpus):
     assert not torch.equal(
         aligner.get_audio_features(audio[:, [*range(6, 12), *range(6)]]), aligner.get_audio_features(audio)
     )
-    assert refit_arguments(args, trained.stages).aligner_feature_sets == ["good"]  # a refit keeps the choice
+    assert refit_arguments(args, trained.stages["selection"]).aligner_feature_sets == [
+        "good"
+    ]  # a refit keeps it
     unnamed = FoldTrainer(
         dataclasses.replace(data, speakers=None), _fold(), 0, 7, lambda name, offset: runtime
     )

@@ -353,8 +353,10 @@ def test_multimodal_run_with_a_lora_tuned_llama_end_to_end(ravdess_rows, tiny_ll
         generator = record["stages"]["generator"]
         assert {"text_side_mi_emotion_nats", "text_side_mi_audio_nats"} <= set(generator["text_side_quality"])
         assert generator["quality"]["mi_emotion_nats"] is not None
-        # the generated stage-3 rows: three per real training row, whatever the ratio (stage 3 trains once)
-        assert record["stages"]["classifier"]["generated_rows_per_epoch"] == 3 * record["clips"]["train"]
+        # the generated stage-3 rows: three per real row, whatever the ratio (stage 3 trains once), in the refit
+        # on the training and validation speakers
+        real_rows = record["clips"]["train"] + record["clips"]["validation"]
+        assert record["stages"]["classifier"]["generated_rows_per_epoch"] == 3 * real_rows
         assert (
             record["generated_ratio"] is None
             and len(record["stages"]["classifier"]["generated_ratio_candidates"]) == 1

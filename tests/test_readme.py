@@ -99,6 +99,7 @@ RULES = [
         "skip",
         "rewrites the committed directions table; tests/test_study_compare.py recomputes it from its studies",
     ),
+    (r"^python training/study_targets\.py ", "run", "repo"),
     (
         r"^mise evaluate runs/my_corpus/\S+ test_clips/manifest\.csv",
         "skip",

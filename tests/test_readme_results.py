@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training import study_targets
+
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 MARKER = re.compile(r"<!-- study table: (\S+) -->\n((?:\|.*\|\n)+)")
@@ -93,52 +95,40 @@ def test_a_drifted_number_is_caught():
 
 # ------------------------------------------------------------------------------------------- the targets table
 TARGETS = re.compile(r"<!-- targets table -->\n((?:\|.*\|\n)+)")
-BASELINES = ("classic", "noise", "mixup", "copies")
-
-
-def target_values(variants: dict) -> dict:
-    """The three targets of the results section, from one study's pooled UARs."""
-    pooled = {name: variant["uar_pooled"] for name, variant in variants.items()}
-    best = max((name for name in BASELINES if name in pooled), key=pooled.get)
-    learned = max((name for name in pooled if name != "classic"), key=pooled.get)
-    return {
-        "vs_none": pooled["mise"] - pooled["none"],
-        "p": variants["mise"]["wilcoxon_vs_none"]["p_value"],
-        "best": best,
-        "vs_best": pooled["mise"] - pooled[best],
-        "learned": learned,
-        "learned_vs_classic": pooled[learned] - pooled["classic"],
-    }
-
-
-def check_target_row(cells: list[str], variants: dict) -> None:
-    values = target_values(variants)
-    delta, p = (n.replace("−", "-") for n in NUMBER.findall(cells[1]))
-    assert matches(delta, values["vs_none"]) and matches(p, values["p"], 1.0), cells[1]
-    assert matches(NUMBER.findall(cells[2])[0].replace("−", "-"), values["vs_best"]), cells[2]
-    assert f"`{values['best']}`" in cells[2], (cells[2], values["best"])
-    assert matches(NUMBER.findall(cells[3])[0].replace("−", "-"), values["learned_vs_classic"]), cells[3]
-    assert f"`{values['learned']}`" in cells[3], (cells[3], values["learned"])
+SETTING = re.compile(r"^\| \[([^\]]+)\]\(([^)]+)/study\.md\)", re.M)
 
 
 def test_readme_targets_match_their_studies():
-    blocks = TARGETS.findall(pages_text())
-    assert len(blocks) == 1, "the results pages need one targets table"
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in blocks[0].splitlines()][
-        2:
-    ]
-    assert len(rows) >= 4, rows
-    for cells in rows:
-        path = re.search(r"\(`?([^`)]+study\.json)`?\)", cells[0]).group(1)
-        check_target_row(cells, json.loads((REPO / path).read_text())["variants"])
+    """The README's targets table is what `training/study_targets.py` prints for the studies its rows link."""
+    blocks = TARGETS.findall((REPO / "README.md").read_text())
+    assert len(blocks) == 1, "the README needs one targets table"
+    settings = SETTING.findall(blocks[0])
+    assert len(settings) >= 4, blocks[0]
+    assert blocks[0].strip() == study_targets.markdown(study_targets.read_settings(settings, REPO))
 
 
-def test_a_drifted_target_is_caught():
-    variants = {"classic": {"uar_pooled": 0.75}, "none": {"uar_pooled": 0.675}, "noise": {"uar_pooled": 0.70},
-                "mixup": {"uar_pooled": 0.685}, "mise": {"uar_pooled": 0.697, "wilcoxon_vs_none": {"p_value": 0.055}}}  # fmt: skip
-    check_target_row(["x", "+2.2 (p = 0.055)", "−5.3 vs `classic`", "−5.0 (`noise`)"], variants)
-    with pytest.raises(AssertionError):
-        check_target_row(["x", "+2.2 (p = 0.055)", "−5.3 vs `noise`", "−5.0 (`noise`)"], variants)
+def test_targets_say_met_only_past_the_margin_and_below_the_p_threshold():
+    folds = [f"f{i}" for i in range(8)]
+
+    def variant(pooled: float, offset: float) -> dict:
+        return {
+            "uar_pooled": pooled,
+            "uar_by_fold": {f: 0.6 + offset + 0.01 * i for i, f in enumerate(folds)},
+        }
+
+    study = {"folds": folds, "variants": {
+        "classic": variant(0.700, 0.0), "none": variant(0.696, -0.004), "noise": variant(0.705, 0.005),
+        "mixup": variant(0.69, -0.01), "copies": variant(0.704, 0.004), "mise": variant(0.716, 0.016)}}  # fmt: skip
+    values = study_targets.target_values(study)
+    assert values["none − classic"]["met"] and values["none − classic"]["p"] is None  # −0.4 ≥ −0.5
+    assert values["best learned − classic"]["name"] == "mise" and values["best learned − classic"]["met"]
+    assert values["MISE − noise"]["difference"] == pytest.approx(1.1) and values["MISE − noise"]["p"] < 0.05
+    assert values["MISE − noise"]["met"] and not values["MISE − none"]["met"]  # +2.0 < 2.6
+    assert values["MISE − best of classic, noise, mixup, copies"]["name"] == "noise"
+    study["variants"]["none"] = variant(0.694, -0.006)
+    assert not study_targets.target_values(study)["none − classic"]["met"]  # −0.6
+    study["variants"]["noise"]["uar_by_fold"] = dict(study["variants"]["mise"]["uar_by_fold"])
+    assert not study_targets.target_values(study)["MISE − noise"]["met"]  # the same folds: p = 1
 
 
 RELEASED = re.compile(r"<!-- released table -->\n((?:\|.*\|\n)+)")

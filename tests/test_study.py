@@ -179,6 +179,21 @@ def test_refit_trains_each_setting_once_more_on_training_and_validation_rows(man
     assert none == 0 and refit_rows == selection_rows + validation_rows and validation_rows > 0
     rows = read_rows(tmp_path / "refit" / "study.csv")
     assert sorted(row["variant"] for row in rows) == ["classic", "mise", "none"]
+    # MISE's unit is `train.py --seed 3` with the same flags, fold for fold, the refit included
+    from training.train import main as train_main
+
+    study_only = ("--map_max_points", "--classic_max_iter")
+    shared = [
+        value for i, value in enumerate(TINY) if value not in study_only and TINY[i - 1] not in study_only
+    ]
+    summary = train_main(
+        ["--dataset", str(manifest), "--cache_dir", str(cache_dir), "--output_dir", str(tmp_path / "train"),
+         *shared, *extra[2:4], "--refit", "true", "--weight_averaging", "true", "--seed", "3",
+         "--final_models", "false", "--report_to", "none"]
+    )  # fmt: skip
+    assert summary["folds"] == pytest.approx(
+        {row["fold"]: float(row["uar"]) for row in rows if row["variant"] == "mise"}, abs=1e-12
+    )
 
 
 def test_the_diagnostic_classic_leaves_out_the_validation_speakers(
