@@ -548,6 +548,7 @@ def main() -> None:
         "--scale_encoders", nargs="+", default=["opensmile/eGeMAPSv02", "opensmile/ComParE_2016"]
     )
     args, extra = parser.parse_known_args()
+    args.output_dir = str(Path(args.output_dir).resolve())  # the baseline's runs start in its own checkout
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="mise-bench-cache-")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

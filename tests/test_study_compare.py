@@ -79,5 +79,5 @@ def test_the_committed_directions_table_is_computed_from_its_studies():
         {k: [str(REPO / p) for p in v] for k, v in settings.items()}, report["variant"]
     )
     assert markdown(recomputed) == (DIRECTIONS / "directions.md").read_text()
-    page = (REPO / "docs" / "results.md").read_text()
-    assert (DIRECTIONS / "directions.md").read_text() in page, "docs/results.md shows the directions table"
+    page = (REPO / "README.md").read_text()
+    assert (DIRECTIONS / "directions.md").read_text() in page, "the README shows the directions table"
