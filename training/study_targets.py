@@ -79,12 +79,14 @@ def target_values(study: dict) -> dict[str, dict]:
     return values
 
 
-def _number(value: float, sign: bool = True) -> str:
-    return (f"{value:+.1f}" if sign else f"{value:.1f}").replace("-", "−")
+def _number(value: float) -> str:
+    text = f"{value:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text.replace("-", "−")
 
 
 def _p(value: float) -> str:
-    return f"{value:.2g}" if value >= 0.001 else f"{value:.1g}"
+    text = f"{value:.2g}" if value >= 0.001 else f"{value:.1g}"
+    return f"{value:.3g}" if (float(text) < ALPHA) != (value < ALPHA) else text  # no rounding across 0.05
 
 
 def cell(value: dict, named: bool) -> str:
