@@ -46,6 +46,10 @@ TINY = [
     "--min_class_clips", "2",
     "--weight_averaging", "false", "--refit", "false",  # each stage trained once; the shipped method: refit test
 ]  # fmt: skip
+STUDY_ONLY = ("--map_max_points", "--classic_max_iter")
+TRAIN_TINY = [
+    value for i, value in enumerate(TINY) if value not in STUDY_ONLY and TINY[i - 1] not in STUDY_ONLY
+]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GENERATOR_VARIANTS = [name for name in DEFAULT_VARIANTS if VARIANTS[name].uses_generator]
 
@@ -182,13 +186,9 @@ def test_refit_trains_each_setting_once_more_on_training_and_validation_rows(man
     # MISE's unit is `train.py --seed 3` with the same flags, fold for fold, the refit included
     from training.train import main as train_main
 
-    study_only = ("--map_max_points", "--classic_max_iter")
-    shared = [
-        value for i, value in enumerate(TINY) if value not in study_only and TINY[i - 1] not in study_only
-    ]
     summary = train_main(
         ["--dataset", str(manifest), "--cache_dir", str(cache_dir), "--output_dir", str(tmp_path / "train"),
-         *shared, *extra[2:4], "--refit", "true", "--weight_averaging", "true", "--seed", "3",
+         *TRAIN_TINY, *extra[2:4], "--refit", "true", "--weight_averaging", "true", "--seed", "3",
          "--final_models", "false", "--report_to", "none"]
     )  # fmt: skip
     assert summary["folds"] == pytest.approx(
@@ -444,13 +444,9 @@ def test_a_seed_of_the_study_predicts_as_train_py_with_that_seed(study_run, mani
 
     output_dir = study_run.output_dir
     seed = SEEDS[1]
-    study_only = ("--map_max_points", "--classic_max_iter")
-    shared = [
-        value for i, value in enumerate(TINY) if value not in study_only and TINY[i - 1] not in study_only
-    ]
     summary = train_main(
         ["--dataset", str(manifest), "--cache_dir", str(cache_dir), "--output_dir", str(tmp_path / "train"),
-         *shared, "--seed", seed, "--final_models", "false", "--report_to", "none"]
+         *TRAIN_TINY, "--seed", seed, "--final_models", "false", "--report_to", "none"]
     )  # fmt: skip
     rows = read_rows(output_dir / "study.csv")
     study = {
@@ -629,14 +625,10 @@ def test_kfold_study_chooses_statistics_per_seed_as_train_py_does(ravdess_rows, 
             test = info["folds"][index]["test"]  # by seed where the seeds' test groups differ
             assert (test[seed] if isinstance(test, dict) else test) == fold.test_speakers
     study_uar = {(row["seed"], row["fold"]): float(row["uar"]) for row in read_rows(output_dir / "study.csv")}
-    study_only = ("--map_max_points", "--classic_max_iter")
-    shared = [
-        value for i, value in enumerate(TINY) if value not in study_only and TINY[i - 1] not in study_only
-    ]
     for seed in seeds:
         summary = train_main(
             ["--dataset", str(path), "--cache_dir", str(cache_dir), "--output_dir", str(tmp_path / f"train-{seed}"),
-             *shared, *kfold, "--seed", seed, "--final_models", "false", "--report_to", "none"]
+             *TRAIN_TINY, *kfold, "--seed", seed, "--final_models", "false", "--report_to", "none"]
         )  # fmt: skip
         assert summary["folds"] == pytest.approx(
             {fold: uar for (s, fold), uar in study_uar.items() if s == seed}, abs=1e-12

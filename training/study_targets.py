@@ -20,7 +20,6 @@ Prints the markdown table (each cell the difference, its p where there is a test
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,53 +27,49 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from mise.console import run_command  # noqa: E402
 from mise.metrics import paired_wilcoxon  # noqa: E402
+from training.study_compare import read_study  # noqa: E402
 
+BEST, LEARNED = (
+    "best baseline",
+    "best learned",
+)  # sides picked per study: of BASELINES, of every variant but classic
 BASELINES = ("classic", "noise", "mixup", "copies")  # what MISE must beat by a margin
-# (column, target in points, p must be below 0.05)
-TARGETS = {
-    "none − classic": (-0.5, False),
-    "best learned − classic": (1.0, False),
-    "MISE − none": (2.6, True),
-    "MISE − noise": (1.0, True),
-    "MISE − copies": (1.0, True),
-    "MISE − best of classic, noise, mixup, copies": (1.0, False),
-}
 ALPHA = 0.05
-
-
-def _versus(variants: dict, folds: list[str], ours: str, theirs: str) -> tuple[float, float]:
-    """Pooled UAR difference of `ours` over `theirs` in points, and the paired Wilcoxon p over folds."""
-    difference = 100 * (variants[ours]["uar_pooled"] - variants[theirs]["uar_pooled"])
-    pairs = [[variants[name]["uar_by_fold"][fold] for fold in folds] for name in (ours, theirs)]
-    return difference, paired_wilcoxon(*pairs)["p_value"]
+# (column, ours, theirs, target in points, whether p must also be below ALPHA)
+TARGETS = (
+    ("none − classic", "none", "classic", -0.5, False),
+    ("best learned − classic", LEARNED, "classic", 1.0, False),
+    ("MISE − none", "mise", "none", 2.6, True),
+    ("MISE − noise", "mise", "noise", 1.0, True),
+    ("MISE − copies", "mise", "copies", 1.0, True),
+    ("MISE − best of classic, noise, mixup, copies", "mise", BEST, 1.0, False),
+)
 
 
 def target_values(study: dict) -> dict[str, dict]:
-    """Per target column: the difference in points, the compared variant (`name`), p where tested, and `met`."""
+    """Per target column: the difference of the pooled UARs in points, p (the paired Wilcoxon test over folds)
+    where tested, `met`, and `name`: the variant picked for a best-of side (None otherwise)."""
     variants, folds = study["variants"], study["folds"]
     pooled = {name: variant["uar_pooled"] for name, variant in variants.items()}
-    best = max((name for name in BASELINES if name in pooled), key=pooled.get)
-    learned = max((name for name in pooled if name != "classic"), key=pooled.get)
-    pairs = {
-        "none − classic": ("none", "classic"),
-        "best learned − classic": (learned, "classic"),
-        "MISE − none": ("mise", "none"),
-        "MISE − noise": ("mise", "noise"),
-        "MISE − copies": ("mise", "copies"),
-        "MISE − best of classic, noise, mixup, copies": ("mise", best),
+    picked = {
+        BEST: max((name for name in BASELINES if name in pooled), key=pooled.get),
+        LEARNED: max((name for name in pooled if name != "classic"), key=pooled.get),
     }
     values = {}
-    for column, (ours, theirs) in pairs.items():
-        if ours not in variants or theirs not in variants:
+    for column, ours, theirs, margin, tested in TARGETS:
+        first, second = picked.get(ours, ours), picked.get(theirs, theirs)
+        if first not in variants or second not in variants:
             continue
-        difference, p = _versus(variants, folds, ours, theirs)
-        margin, tested = TARGETS[column]
+        difference = 100 * (pooled[first] - pooled[second])
+        pairs = [[variants[name]["uar_by_fold"][fold] for fold in folds] for name in (first, second)]
+        p = paired_wilcoxon(*pairs)["p_value"] if tested else None
         values[column] = {
             "difference": difference,
-            "name": learned if column.startswith("best learned") else theirs,
-            "p": p if tested else None,
-            "met": round(difference, 1) >= margin and (not tested or p < ALPHA),
+            "name": picked.get(ours) or picked.get(theirs),
+            "p": p,
+            "met": round(difference, 1) >= margin and (p is None or p < ALPHA),
         }
     return values
 
@@ -89,9 +84,9 @@ def _p(value: float) -> str:
     return f"{value:.3g}" if (float(text) < ALPHA) != (value < ALPHA) else text  # no rounding across 0.05
 
 
-def cell(value: dict, named: bool) -> str:
+def cell(value: dict) -> str:
     text = _number(value["difference"])
-    if named:
+    if value["name"]:
         text += f" (`{value['name']}`)"
     if value["p"] is not None:
         text += f", p = {_p(value['p'])}"
@@ -100,14 +95,12 @@ def cell(value: dict, named: bool) -> str:
 
 def markdown(settings: dict[str, dict]) -> str:
     """The targets table: one row per setting, one column per target."""
-    header = ["setting", *(f"{column} (≥ {_number(m[0])})" for column, m in TARGETS.items())]
+    header = ["setting", *(f"{column} (≥ {_number(margin)})" for column, _, _, margin, _ in TARGETS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, (folder, study) in settings.items():
         values = target_values(study)
         row = [f"[{label}]({folder}/study.md)"]
-        for column in TARGETS:
-            named = column.startswith(("best learned", "MISE − best"))
-            row.append(cell(values[column], named) if column in values else "–")
+        row += [cell(values[column]) if column in values else "–" for column, *_ in TARGETS]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -120,13 +113,7 @@ def parse_setting(text: str) -> tuple[str, str]:
 
 
 def read_settings(pairs: list[tuple[str, str]], root: Path = Path(".")) -> dict[str, tuple[str, dict]]:
-    settings = {}
-    for label, folder in pairs:
-        path = root / folder / "study.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no study.json (a finished training/study.py output folder)")
-        settings[label] = (folder, json.loads(path.read_text()))
-    return settings
+    return {label: (folder, read_study(root / folder)) for label, folder in pairs}
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -138,4 +125,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, "study_targets"))
