@@ -63,6 +63,10 @@ class MiseAlignerConfig(PretrainedConfig):
         audio_columns (`list[int]`, *optional*): `[start, stop]`: the columns of the standardised `h` the audio head
             reads (one feature set of a combined encoder such as `opensmile/eGeMAPSv02+ComParE_2016`, the one a
             training run chose); `None`: all of them.
+        audio_limit (`float`, *optional*, defaults to 10.0): the standardised `h` is clamped to `[-audio_limit,
+            audio_limit]`, and a feature that did not vary on the training clips (its std at the floor) reads 0:
+            such a feature of a new clip is otherwise millions of standard deviations out and decides the class
+            alone. `None`: read as standardised.
         text_dim (`int`, defaults to 384): size of the frozen text feature `t` (384 for MiniLM).
         projection_dim (`int`, defaults to 128): size `d` of the shared space (`z_a`, `z_t`).
         hidden_sizes (`list[int]`, defaults to `[256]`): hidden layers of both projection heads.
@@ -113,6 +117,7 @@ class MiseAlignerConfig(PretrainedConfig):
         text_dtype: str | None = None,
         text_lora: dict | None = None,
         audio_columns: list[int] | None = None,
+        audio_limit: float | None = 10.0,
         **kwargs,
     ):
         name = type(self).__name__
@@ -136,7 +141,12 @@ class MiseAlignerConfig(PretrainedConfig):
                 f"{name}.audio_columns must be [start, stop] with 0 <= start < stop <= audio_dim ({audio_dim}), "
                 f"got {audio_columns!r}"
             )
+        if audio_limit is not None:
+            check_non_negative(name, "audio_limit", audio_limit)
+            if audio_limit == 0:
+                raise ValueError(f"{name}.audio_limit must be > 0 or None, got {audio_limit!r}")
         self.audio_dim = audio_dim
+        self.audio_limit = None if audio_limit is None else float(audio_limit)
         self.audio_columns = None if audio_columns is None else list(audio_columns)
         self.text_dim = text_dim
         self.projection_dim = projection_dim

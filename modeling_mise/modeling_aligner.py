@@ -24,7 +24,7 @@ from .encoders import (
     load_text_encoder,
     load_text_lora,
 )
-from .layers import STD_FLOOR, FastDropout, MisePreTrainedModel, mlp, standardize
+from .layers import STD_FLOOR, FastDropout, MisePreTrainedModel, bounded, mlp, standardize
 from .losses import soft_cross_entropy, symmetric_info_nce
 
 # in a model folder: the LoRA adapter with peft's own files (adapter_config.json, adapter_model.safetensors)
@@ -148,7 +148,11 @@ class MiseAlignerModel(MisePreTrainedModel):
     def get_audio_features(self, audio_features: torch.Tensor) -> torch.Tensor:
         """`z_a`: the L2-normalised audio projection of frozen audio features `h` of shape `(batch, audio_dim)`."""
         self._check_features(audio_features, self.config.audio_dim, "audio_features")
-        standardised = standardize(audio_features.to(self.audio_mean.dtype), self.audio_mean, self.audio_std)
+        standardised = bounded(
+            standardize(audio_features.to(self.audio_mean.dtype), self.audio_mean, self.audio_std),
+            self.audio_std,
+            self.config.audio_limit,
+        )
         if self.config.audio_columns is not None:  # one feature set of a combined encoder
             standardised = standardised[:, self.config.audio_columns[0] : self.config.audio_columns[1]]
         return F.normalize(self.audio_projection(self.input_dropout(standardised)), dim=-1)

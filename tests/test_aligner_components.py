@@ -30,9 +30,11 @@ def real_features(ravdess_rows) -> tuple[torch.Tensor, torch.Tensor]:
     return features.float(), labels
 
 
-def _train(features: torch.Tensor, labels: torch.Tensor, components: int):
+def _train(features: torch.Tensor, labels: torch.Tensor, components: int, audio_limit: float | None = None):
+    """`audio_limit` None: the standardised features unclamped, so the folded basis is the only thing read."""
     model_args = ModelArguments(aligner_hidden_sizes=[16], projection_dim=8, aligner_input_dropout=0.2)
     config = aligner_config(model_args, features.shape[1], None, {0: "angry", 1: "sad"})
+    config.audio_limit = audio_limit
     args = MiseTrainingArguments(
         output_dir="unused", aligner_epochs=5, aligner_batch_size=16, aligner_input_components=components
     )
@@ -79,3 +81,27 @@ def test_the_aligner_reads_the_full_features_and_ignores_unused_directions(real_
     plain, summary = _train(features, labels, components=0)
     assert summary["input_components"] is None
     assert not torch.allclose(encode_audio(plain, test + unseen), encode_audio(plain, test), atol=1e-2)
+
+
+def test_a_feature_the_training_clips_never_varied_on_is_read_as_zero_and_the_others_clamped(real_features):
+    """A ComParE functional constant on every training clip but not on a new speaker's put that speaker's clips
+    millions of standard deviations out, and every one of them into one class; the aligner reads such a feature
+    as 0 and clamps the others to +-audio_limit, in the released (unfolded) model as in the one trained whole."""
+    features, labels = real_features
+    features = features.clone()
+    features[:, 0] = 1.0  # constant on the training clips (and on these test clips)
+    test = features[TRAIN_CLIPS:]
+    far = test.clone()
+    far[:, 0] = 1.0 + 1e-2  # a new clip where it moves a little: 1e4 floored stds out
+    std = feature_statistics(features[:TRAIN_CLIPS])[1]
+    farther = test.clone()
+    farther[:, 1] = test[:, 1] + 1e3 * std[1]  # 1000 stds out: as far as 10 once clamped
+    clamped = test.clone()
+    clamped[:, 1] = feature_statistics(features[:TRAIN_CLIPS])[0][1] + 10.0 * std[1]
+    for components in (0, 8):
+        aligner, _ = _train(features, labels, components, audio_limit=10.0)
+        assert aligner.config.audio_limit == 10.0
+        assert torch.allclose(encode_audio(aligner, far), encode_audio(aligner, test), atol=1e-5)
+        assert torch.allclose(encode_audio(aligner, farther), encode_audio(aligner, clamped), atol=1e-5)
+    unclamped, _ = _train(features, labels, 0)
+    assert not torch.allclose(encode_audio(unclamped, far), encode_audio(unclamped, test), atol=1e-2)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from modeling_mise import MiseAlignerConfig, MiseAlignerModel
-from modeling_mise.layers import feature_statistics, standardize
+from modeling_mise.layers import bounded, feature_statistics, standardize
 
 from .arguments import MiseTrainingArguments, ModelArguments
 from .engine import (
@@ -107,16 +107,16 @@ def train_aligner(
     with a LoRA-tuned text encoder attached) and a summary.
     """
     mean, std = feature_statistics(audio_train)
-    projection = InputProjection.fit(
-        standardize(audio_train, mean, std), columns, args.aligner_input_components
-    )
+
+    def read(audio: Tensor) -> Tensor:  # the standardised features as the saved aligner reads them
+        return bounded(standardize(audio, mean, std), std, config.audio_limit)
+
+    projection = InputProjection.fit(read(audio_train), columns, args.aligner_input_components)
     statistics, trained_config = (mean, std), config
     if projection is not None:  # stage 1 on the projected features of the training clips, unfolded afterwards
         trained_config = copy.deepcopy(config)
-        trained_config.audio_dim = projection.size
-        audio_train, audio_val = (
-            projection(standardize(audio, mean, std)) for audio in (audio_train, audio_val)
-        )
+        trained_config.audio_dim, trained_config.audio_limit = projection.size, None
+        audio_train, audio_val = (projection(read(audio)) for audio in (audio_train, audio_val))
         statistics = (torch.zeros(projection.size), torch.ones(projection.size))
     model = initialised(lambda: MiseAlignerModel(trained_config), seed)
     if config.text_lora is not None:
