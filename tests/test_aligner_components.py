@@ -30,11 +30,15 @@ def real_features(ravdess_rows) -> tuple[torch.Tensor, torch.Tensor]:
     return features.float(), labels
 
 
-def _train(features: torch.Tensor, labels: torch.Tensor, components: int, audio_limit: float | None = None):
-    """`audio_limit` None: the standardised features unclamped, so the folded basis is the only thing read."""
-    model_args = ModelArguments(aligner_hidden_sizes=[16], projection_dim=8, aligner_input_dropout=0.2)
+def _train(features: torch.Tensor, labels: torch.Tensor, components: int, audio_limit: float = 0.0):
+    """`audio_limit` 0: the standardised features unclamped, so the folded basis is the only thing read."""
+    model_args = ModelArguments(
+        aligner_hidden_sizes=[16],
+        projection_dim=8,
+        aligner_input_dropout=0.2,
+        aligner_audio_limit=audio_limit,
+    )
     config = aligner_config(model_args, features.shape[1], None, {0: "angry", 1: "sad"})
-    config.audio_limit = audio_limit
     args = MiseTrainingArguments(
         output_dir="unused", aligner_epochs=5, aligner_batch_size=16, aligner_input_components=components
     )
@@ -99,8 +103,8 @@ def test_a_feature_the_training_clips_never_varied_on_is_read_as_zero_and_the_ot
     clamped = test.clone()
     clamped[:, 1] = feature_statistics(features[:TRAIN_CLIPS])[0][1] + 10.0 * std[1]
     for components in (0, 8):
-        aligner, _ = _train(features, labels, components, audio_limit=10.0)
-        assert aligner.config.audio_limit == 10.0
+        aligner, summary = _train(features, labels, components, audio_limit=10.0)
+        assert aligner.config.audio_limit == 10.0 and summary["constant_features"] == 1  # said in the log
         assert torch.allclose(encode_audio(aligner, far), encode_audio(aligner, test), atol=1e-5)
         assert torch.allclose(encode_audio(aligner, farther), encode_audio(aligner, clamped), atol=1e-5)
     unclamped, _ = _train(features, labels, 0)

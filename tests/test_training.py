@@ -886,6 +886,7 @@ def test_the_code_defaults_are_the_shipped_method():
     assert generator.noise_dim == model.noise_dim and generator.hidden_sizes == model.generator_hidden_sizes
     assert generator.discriminator_dropout == model.discriminator_dropout
     assert aligner.dropout == model.aligner_dropout and aligner.input_dropout == model.aligner_input_dropout
+    assert aligner.audio_limit == model.aligner_audio_limit
     assert aligner.lambda_cl == model.lambda_cl and aligner.audio_encoder == model.audio_encoder
     assert (
         aligner.projection_dim == model.projection_dim and aligner.hidden_sizes == model.aligner_hidden_sizes

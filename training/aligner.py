@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from accelerate.logging import get_logger
 from torch import nn
 
 from modeling_mise import MiseAlignerConfig, MiseAlignerModel
-from modeling_mise.layers import bounded, feature_statistics, standardize
+from modeling_mise.layers import STD_FLOOR, bounded, feature_statistics, standardize
 
 from .arguments import MiseTrainingArguments, ModelArguments
 from .engine import (
@@ -32,6 +33,7 @@ from .engine import (
 )
 
 Tensor = torch.Tensor
+logger = get_logger(__name__)
 
 
 def aligner_config(
@@ -61,6 +63,7 @@ def aligner_config(
         hidden_sizes=list(model_args.aligner_hidden_sizes),
         dropout=model_args.aligner_dropout,
         input_dropout=model_args.aligner_input_dropout,
+        audio_limit=model_args.aligner_audio_limit or None,
         lambda_cl=model_args.effective_lambda_cl if use_text else 0.0,
         tau_init=model_args.tau,
         learn_temperature=model_args.learn_temperature,
@@ -139,8 +142,23 @@ def train_aligner(
     if projection is not None:
         model = projection.unfold(model, config, mean, std)
     summary = stage_summary(state)
+    summary["constant_features"] = _constant_features(std, columns, config.audio_limit)
     summary["input_components"] = None if projection is None or projection.basis is None else projection.size
     return model, summary
+
+
+def _constant_features(std: Tensor, columns: slice | None, audio_limit: float | None) -> int:
+    """How many of the features stage 1 reads did not vary on its training clips (std at the floor), said in the
+    log: the aligner reads them as 0 (`audio_limit`); without it a new clip's value would decide its class."""
+    constant = int((std[columns or slice(None)] <= STD_FLOOR).sum())
+    if constant:
+        reading = (
+            "reads them as 0 (audio_limit)" if audio_limit is not None else "divides them by the std floor"
+        )
+        logger.info(
+            f"stage 1: {constant} feature(s) did not vary on the training clips; the aligner {reading}"
+        )
+    return constant
 
 
 def principal_basis(standardised: Tensor, components: int) -> Tensor:

@@ -412,6 +412,13 @@ class ModelArguments:
     aligner_input_dropout: float = field(
         **shipped("aligner_input_dropout"), metadata={"help": "Dropout on the standardised h."}
     )
+    aligner_audio_limit: float = field(
+        **shipped("aligner_audio_limit"),
+        metadata={
+            "help": "Stage 1 reads the standardised h clamped to +-this many standard deviations, and a feature "
+            "that did not vary on the training clips as 0 (the aligner's audio_limit); 0 = as standardised."
+        },
+    )
     lambda_cl: float = field(
         **shipped("lambda_cl"), metadata={"help": "Weight of the audio-text InfoNCE in stage 1."}
     )
@@ -508,6 +515,7 @@ class ModelArguments:
         ):
             _positive(name, getattr(self, name))
         _positive("max_duration_s", self.max_duration_s)
+        _positive("aligner_audio_limit", self.aligner_audio_limit, allow_zero=True)
         for name in ("lambda_cl", "lambda_y", "lambda_t"):
             _positive(name, getattr(self, name), allow_zero=True)
         _probability("text_code_dropout", self.text_code_dropout)  # 1: always the null code
