@@ -35,7 +35,7 @@ from training.classifier import (
     train_classifier,
     train_classifier_choosing_ratio,
 )
-from training.engine import NonFiniteLossError, StageRuntime
+from training.engine import Batches, NonFiniteLossError, StageRuntime
 from training.train import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1386,3 +1386,21 @@ def test_weight_averaging_keeps_the_mean_of_the_second_half_and_its_own_score():
     scores = iter([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
     state = run_epochs(runtime, "test", **common, objects={"model": model}, seed=0, patience=1)
     assert float(model.weight) == 1.0 and state.epoch == 2  # without: the best epoch, stopped early
+
+
+def test_class_balanced_batches_draw_every_class_equally_often():
+    """`class_balanced_batches`: an epoch of 600 rows of a 500 / 100 split draws each class about 300 times (with
+    replacement); without it an epoch is a permutation, the split as it is."""
+    labels = torch.tensor([0] * 500 + [1] * 100)
+    rows = torch.arange(600)
+    generator = torch.Generator().manual_seed(0)
+    balanced = torch.cat(
+        [batch[1] for batch in Batches((rows, labels), 50, class_balanced=True).epoch(generator)]
+    )
+    assert len(balanced) == 600 and abs(int((balanced == 1).sum()) - 300) < 45
+    plain = Batches((rows, labels), 50).epoch(generator)
+    assert sorted(torch.cat([batch[0] for batch in plain]).tolist()) == list(range(600))
+    assert int(sum((batch[1] == 1).sum() for batch in plain)) == 100
+    assert (
+        MiseTrainingArguments(output_dir="unused").class_balanced_batches is False
+    )  # off in the shipped method

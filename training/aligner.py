@@ -245,7 +245,10 @@ def _plain_setup(
         weight_decay=args.aligner_weight_decay,
         foreach=True,
     )
-    batches = Batches((audio, labels) + ((text,) if use_text else ()), args.aligner_batch_size)
+    batches = Batches(
+        (audio, labels) + ((text,) if use_text else ()), args.aligner_batch_size,
+        class_balanced=args.class_balanced_batches,
+    )  # fmt: skip
 
     def batch_loss(model: nn.Module, batch: tuple, generator: torch.Generator) -> Tensor:
         return model(
@@ -313,7 +316,10 @@ def _lora_setup(
         foreach=True,
     )
     input_ids, attention_mask = tokenize_transcripts(model, transcripts)
-    batches = Batches((audio, labels, input_ids, attention_mask), args.aligner_batch_size)
+    batches = Batches(
+        (audio, labels, input_ids, attention_mask), args.aligner_batch_size,
+        class_balanced=args.class_balanced_batches,
+    )  # fmt: skip
 
     def batch_loss(model: nn.Module, batch: tuple, generator: torch.Generator) -> Tensor:
         audio, labels, ids, mask = batch  # the adapter's dropout draws from the epoch's global stream

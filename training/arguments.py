@@ -714,6 +714,13 @@ class MiseTrainingArguments:
         **shipped("class_balanced_generation"),
         metadata={"help": "Generate more for minority classes so every class ends equally large."},
     )
+    class_balanced_batches: bool = field(
+        default=False,
+        metadata={
+            "help": "Stages 1 and 3 draw the rows of an epoch with probability inversely proportional to their "
+            "class's count (with replacement), so every class weighs equally in the loss, as UAR weighs them."
+        },
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 = off)."})
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "Micro-batches per optimizer step."}

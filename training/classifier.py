@@ -180,7 +180,12 @@ def train_classifier(
         weight_decay=args.classifier_weight_decay,
         foreach=True,
     )
-    batches = Batches((), args.classifier_batch_size, rows=augmenter.rows_per_epoch)
+    batches = Batches(
+        (),
+        args.classifier_batch_size,
+        rows=augmenter.rows_per_epoch,
+        class_balanced=args.class_balanced_batches,
+    )
     use_mixup = augmentation == "mixup" and args.mixup_alpha > 0
 
     def batch_loss(model: nn.Module, batch: tuple, generator: torch.Generator) -> Tensor:

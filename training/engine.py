@@ -271,9 +271,18 @@ class Batches:
     most a few rows an epoch are left out. An epoch's order is a permutation drawn from the epoch's stream.
     """
 
-    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int, rows: int | None = None) -> None:
-        """`rows`: the row count when `tensors` are set later, epoch by epoch (stage 3's real + generated rows)."""
+    def __init__(
+        self,
+        tensors: tuple[Tensor, ...],
+        batch_size: int,
+        rows: int | None = None,
+        class_balanced: bool = False,
+    ) -> None:
+        """`rows`: the row count when `tensors` are set later, epoch by epoch (stage 3's real + generated rows).
+        `class_balanced`: an epoch's rows are drawn with replacement, each with probability inversely proportional
+        to the count of its class (the labels are `tensors[1]`), instead of a permutation."""
         self.tensors = tensors
+        self.class_balanced = class_balanced
         self.rows = len(tensors[0]) if rows is None else rows
         self.size = max(1, self.rows // max(1, round(self.rows / batch_size)))
 
@@ -284,7 +293,12 @@ class Batches:
         """The batches of one epoch, in the order `generator` draws."""
         if len(self.tensors[0]) != self.rows:
             raise ValueError(f"Batches: {len(self.tensors[0])} rows, expected {self.rows}")
-        order = torch.randperm(self.rows, generator=generator)
+        if self.class_balanced:
+            labels = self.tensors[1].long().cpu()
+            weights = 1.0 / torch.bincount(labels).double()[labels]
+            order = torch.multinomial(weights, self.rows, replacement=True, generator=generator)
+        else:
+            order = torch.randperm(self.rows, generator=generator)
         count = len(self)
         return [
             tuple(tensor[index] for tensor in self.tensors)
