@@ -114,13 +114,18 @@ def standardize(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -
     return (features - mean) / std
 
 
+def unvarying(std: torch.Tensor) -> torch.Tensor:
+    """Which features did not vary on the rows their `std` came from (at `STD_FLOOR`)."""
+    return std <= STD_FLOOR
+
+
 def bounded(standardised: torch.Tensor, std: torch.Tensor, limit: float | None) -> torch.Tensor:
     """Standardised features as a model reads them (`MiseAlignerConfig.audio_limit`): clamped to `[-limit, limit]`,
     and 0 where the training std `std` is at `STD_FLOOR` (a feature the training clips never varied on carries
     nothing learnt, and a new clip's value of it is millions of standard deviations out). `None`: unchanged."""
     if limit is None:
         return standardised
-    return torch.where(std > STD_FLOOR, standardised.clamp(-limit, limit), torch.zeros_like(standardised))
+    return torch.where(unvarying(std), torch.zeros_like(standardised), standardised.clamp(-limit, limit))
 
 
 def speaker_statistics(

@@ -19,7 +19,7 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from modeling_mise import MiseAlignerConfig, MiseAlignerModel
-from modeling_mise.layers import STD_FLOOR, bounded, feature_statistics, standardize
+from modeling_mise.layers import bounded, feature_statistics, standardize, unvarying
 
 from .arguments import MiseTrainingArguments, ModelArguments
 from .engine import (
@@ -150,7 +150,7 @@ def train_aligner(
 def _constant_features(std: Tensor, columns: slice | None, audio_limit: float | None) -> int:
     """How many of the features stage 1 reads did not vary on its training clips (std at the floor), said in the
     log: the aligner reads them as 0 (`audio_limit`); without it a new clip's value would decide its class."""
-    constant = int((std[columns or slice(None)] <= STD_FLOOR).sum())
+    constant = int(unvarying(std[columns or slice(None)]).sum())
     if constant:
         reading = (
             "reads them as 0 (audio_limit)" if audio_limit is not None else "divides them by the std floor"
