@@ -29,7 +29,7 @@ from mise.folds import make_folds
 from mise.plots import QUALITY_METRICS
 from training.arguments import ConfigError
 from training.study import main, parse_study_arguments
-from training.study_variants import DEFAULT_VARIANTS, VARIANTS, cut_class
+from training.study_variants import DEFAULT_VARIANTS, VARIANTS, classic_baseline, cut_class
 
 REPO = Path(__file__).resolve().parents[1]
 SPEAKERS = ("Actor_01", "Actor_02", "Actor_03", "Actor_04")
@@ -200,12 +200,15 @@ def test_the_diagnostic_classic_leaves_out_the_validation_speakers(
     manifest, cache_dir, tmp_path, monkeypatch
 ):
     """`classic` fits on the training and validation speakers; `classic_without_validation` on the training
-    speakers alone (the rows `none` learns from), the same feature set and test rows."""
+    speakers alone (the rows `none` learns from), the same feature set and test rows; both weigh the classes as
+    the learned arms do (`class_balanced_batches`, on in the shipped method)."""
     fits: dict[int, tuple[int, np.ndarray]] = {}
+    balanced = []
     original = study_unit.classic_baseline
 
     def recorded(features, labels, rows, test, *args, **kwargs):
         fits[len(rows)] = (len(test), np.asarray(rows))
+        balanced.append(kwargs["balanced"])
         return original(features, labels, rows, test, *args, **kwargs)
 
     monkeypatch.setattr(study_unit, "classic_baseline", recorded)
@@ -213,6 +216,7 @@ def test_the_diagnostic_classic_leaves_out_the_validation_speakers(
     main(study_args(manifest, tmp_path / "out", cache_dir, *extra))
     (small, (test_a, without)), (large, (test_b, with_validation)) = sorted(fits.items())
     assert test_a == test_b and small < large and set(without) < set(with_validation)
+    assert balanced == [True, True]
     rows = read_rows(tmp_path / "out" / "study.csv")
     assert sorted(row["variant"] for row in rows) == ["classic", "classic_without_validation"]
 
@@ -633,3 +637,16 @@ def test_kfold_study_chooses_statistics_per_seed_as_train_py_does(ravdess_rows, 
         assert summary["folds"] == pytest.approx(
             {fold: uar for (s, fold), uar in study_uar.items() if s == seed}, abs=1e-12
         )
+
+
+def test_a_balanced_classic_baseline_recalls_a_minority_class_more():
+    """`classic_baseline(balanced=True)` weights each row inversely to its class's count: on two overlapping
+    classes of 300 and 30 rows it predicts the small class for more of the test rows than the unweighted fit."""
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0.0, 1.0, (300, 4)), rng.normal(0.8, 1.0, (30, 4))])
+    labels = np.array([0] * 300 + [1] * 30)
+    train, test = np.arange(0, 330, 2), np.arange(1, 330, 2)
+    plain = classic_baseline(features, labels, train, test)
+    weighted = classic_baseline(features, labels, train, test, balanced=True)
+    minority = labels[test] == 1
+    assert (weighted[minority] == 1).mean() > (plain[minority] == 1).mean() + 0.3

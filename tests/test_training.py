@@ -1401,6 +1401,4 @@ def test_class_balanced_batches_draw_every_class_equally_often():
     plain = Batches((rows, labels), 50).epoch(generator)
     assert sorted(torch.cat([batch[0] for batch in plain]).tolist()) == list(range(600))
     assert int(sum((batch[1] == 1).sum() for batch in plain)) == 100
-    assert (
-        MiseTrainingArguments(output_dir="unused").class_balanced_batches is False
-    )  # off in the shipped method
+    assert MiseTrainingArguments(output_dir="unused").class_balanced_batches is True  # the shipped method

@@ -715,10 +715,11 @@ class MiseTrainingArguments:
         metadata={"help": "Generate more for minority classes so every class ends equally large."},
     )
     class_balanced_batches: bool = field(
-        default=False,
+        **shipped("class_balanced_batches"),
         metadata={
             "help": "Stages 1 and 3 draw the rows of an epoch with probability inversely proportional to their "
-            "class's count (with replacement), so every class weighs equally in the loss, as UAR weighs them."
+            "class's count (with replacement), so every class weighs equally in the loss, as UAR weighs them; "
+            "the study's classic baseline then weights its classes the same way."
         },
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 = off)."})

@@ -180,19 +180,28 @@ def classic_baseline(
     c: float = 1.0,
     max_iter: int = 2000,
     columns: slice | None = None,
+    balanced: bool = False,
 ) -> np.ndarray:
     """SPEC §5's reference: standardised frozen features (`columns` of them: one feature set) + multinomial
     logistic regression; test predictions. It trains on the whole training side (`train`: training and
-    validation speakers)."""
+    validation speakers). `balanced`: each row's loss weighted inversely to its class's count, as the learned
+    variants weigh classes under `class_balanced_batches`."""
     columns = columns or slice(None)
-    model, statistics = _logistic(features[:, columns], labels, train, c, max_iter)
+    model, statistics = _logistic(features[:, columns], labels, train, c, max_iter, balanced)
     return model.predict(standardize(features[test][:, columns], *statistics))
 
 
-def _logistic(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, c: float, max_iter: int):
+def _logistic(
+    features: np.ndarray,
+    labels: np.ndarray,
+    rows: np.ndarray,
+    c: float,
+    max_iter: int,
+    balanced: bool = False,
+):
     """Logistic regression on the standardised `rows`, with their standardisation statistics."""
     from sklearn.linear_model import LogisticRegression
 
     statistics = feature_statistics(features[rows])
-    model = LogisticRegression(C=c, max_iter=max_iter)
+    model = LogisticRegression(C=c, max_iter=max_iter, class_weight="balanced" if balanced else None)
     return model.fit(standardize(features[rows], *statistics), labels[rows]), statistics
