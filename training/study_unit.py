@@ -187,12 +187,11 @@ class FoldUnit:
                 name, columns, _ = self.trainer.feature_set  # stage 1's choice, on the same training side
                 args = study.study_args.classic_c, study.study_args.classic_max_iter
                 rows = train if variant.without_validation else np.union1d(train, val)
-                balanced = (
-                    study.training_args.class_balanced_batches
-                )  # the classes weigh as in the learned arms
+                # the classes weigh as in the learned arms
                 predictions = classic_baseline(
-                    audio, labels.numpy(), rows, self.fold.test, *args, columns=columns, balanced=balanced
-                )
+                    audio, labels.numpy(), rows, self.fold.test, *args, columns=columns,
+                    balanced=study.training_args.class_balanced_batches,
+                )  # fmt: skip
                 study.classic_cache[key] = predictions, {"feature_set": name}
             return study.classic_cache[key]
         trained = self.trainer.train(variant)
