@@ -208,7 +208,8 @@ def _run_study(raw_argv: list[str], started: float, run: Run, study_args: StudyA
     units = _run_units(
         study, folds, output_dir, hash_, resuming,
         lambda seed, fold: dataclasses.replace(
-            study, audio=normalization.features_for(choices[seed][fold.name]).audio
+            study, audio=normalization.features_for(choices[seed][fold.name]).audio,
+            test_speaker_clips=choices[seed][fold.name].per_speaker,
         ),
     )  # fmt: skip
 
