@@ -379,32 +379,29 @@ def test_speaker_aware_generation_asks_for_the_test_speaker_only_where_the_fold_
     reads_test_clips,
 ):
     trainer, speakers = _speaker_trainer(reads_test_clips)
-    variant = VARIANTS["mise_test_speaker"]
-    space = trainer.space(variant)
-    generated = trainer.generator(variant, space)
-    test = trainer.fold.test
+    space = trainer.space(VARIANTS["mise"])
+    by_training = trainer.generator(VARIANTS["mise_speaker"], space)
+    by_test = trainer.generator(VARIANTS["mise_test_speaker"], space)
+    assert by_test.model is by_training.model  # one generator, two pools
+    test, train = trainer.fold.test, space.train
     # G reads [c_s] (no transcripts here): every training row's code is its speaker's
-    codes = SpeakerCodes(space.z_train, speakers[space.train])
-    torch.testing.assert_close(generated.codes_train, codes.of_rows(space.z_train, speakers[space.train]))
-    assert generated.model.config.text_code_dim == space.z_train.shape[1]
+    codes = SpeakerCodes(space.z_train, speakers[train])
+    torch.testing.assert_close(by_training.codes_train, codes.of_rows(space.z_train, speakers[train]))
+    assert by_training.model.config.text_code_dim == space.z_train.shape[1]
+    training_pool = codes.of_speakers(space.z_train, speakers[train])
+    torch.testing.assert_close(by_training.speaker_pool, training_pool)
     if reads_test_clips:
         z_test = encode_audio(space.aligner, trainer.data.audio[test])
-        torch.testing.assert_close(generated.speaker_pool, codes.of_speakers(z_test, speakers[test]))
-        assert generated.summary["speaker_pool"] == "test"
+        torch.testing.assert_close(by_test.speaker_pool, codes.of_speakers(z_test, speakers[test]))
     else:
-        torch.testing.assert_close(
-            generated.speaker_pool, codes.of_speakers(space.z_train, speakers[space.train])
-        )
-        assert generated.summary["speaker_pool"] == "training"
+        torch.testing.assert_close(by_test.speaker_pool, training_pool)
     # the training pool never reads the test rows: changing them changes nothing
     other, _ = _speaker_trainer(reads_test_clips)
     other.data = dataclasses.replace(other.data, audio=other.data.audio.clone())
     other.data.audio[test] += 3.0
-    training_pool = other.generator(VARIANTS["mise_speaker"], other.space(VARIANTS["mise_speaker"]))
-    torch.testing.assert_close(
-        training_pool.speaker_pool, codes.of_speakers(space.z_train, speakers[space.train])
-    )
-    _, summary = trainer.classifier(variant, space, generated)
+    moved = other.generator(VARIANTS["mise_speaker"], other.space(VARIANTS["mise"]))
+    torch.testing.assert_close(moved.speaker_pool, training_pool)
+    _, summary = trainer.classifier(VARIANTS["mise_test_speaker"], space, by_test)
     assert summary["generated_rows_per_epoch"] > 0
 
 

@@ -359,6 +359,8 @@ class FoldTrainer:
         key = variant.generator_key
         if key not in self.generators:
             self.generators[key] = self._train_generator(variant, space)
+        if variant.speaker_code:  # one generator, each variant's voices
+            return dataclasses.replace(self.generators[key], speaker_pool=self._speaker_pool(variant, space))
         return self.generators[key]
 
     def _train_generator(self, variant: Variant, space: Space) -> Generated:
@@ -366,10 +368,11 @@ class FoldTrainer:
         codes_train = self.text_codes(space.aligner, space.train, variant)  # the generator's text codes
         codes_val, pool = self.text_codes(space.aligner, space.val, variant), None
         if variant.speaker_code:
-            codes_train, codes_val, pool = self._speaker_side(variant, space, codes_train, codes_val)
+            codes_train, codes_val = self._speaker_codes(space, codes_train, codes_val)
+            pool = self._speaker_pool(dataclasses.replace(variant, speaker_code="training"), space)
         done = self._store("generator", MiseGeneratorModel)
         if done is not None:
-            return Generated(done[0].to(data.device), codes_train, done[1], pool)
+            return Generated(done[0].to(data.device), codes_train, done[1])
         model_args = variant.model_arguments(data.model_args)
         code_dim = None if codes_train is None else codes_train.shape[1]
         config = generator_config(model_args, space.z_train.shape[1], code_dim, data.id2label)
@@ -391,39 +394,38 @@ class FoldTrainer:
             text_codes_train=codes_train, text_codes_val=codes_val, seed=seed, text_side=text_side,
             on_evaluate=scorer, checkpoint_score=checkpoint_score,
         )  # fmt: skip
-        if pool is not None:
-            summary["speaker_pool"] = self._pool_name(variant)
         if self.store is not None:
             self.store.save("generator", model, summary)
-        generated = Generated(model.to(data.device), codes_train, summary, pool)
+        generated = Generated(model.to(data.device), codes_train, summary)
         if self.observer is not None:
             self.observer.generator_trained(variant, space, generated, runtime)
         return generated
 
-    def _speaker_side(
-        self, variant: Variant, space: Space, codes_train: Tensor | None, codes_val: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def _speaker_codes(
+        self, space: Space, codes_train: Tensor | None, codes_val: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         """Speaker-aware generation (`training.speaker_codes`): the generator's training and validation codes with
-        each row's speaker code appended, and the pool of codes stage 3 draws voices from (the training speakers',
-        or the test speakers' from their unlabelled clips where the fold reads them)."""
+        each row's speaker code appended."""
         speakers = self.data.speakers
         if speakers is None:
             raise ValueError("speaker-aware generation needs the speaker of every row (FoldData.speakers)")
         if self.data.model_args.multimodal:
             raise ConfigError("speaker-aware generation: stage 3 reads z_a alone (multimodal: false)")
         codes = SpeakerCodes(space.z_train, speakers[space.train])
-        codes_train = with_speaker_codes(codes_train, codes.of_rows(space.z_train, speakers[space.train]))
-        codes_val = with_speaker_codes(codes_val, codes.of_rows(space.z_val, speakers[space.val]))
-        if self._pool_name(variant) == "test":
-            test = self.fold.test
-            voices = (encode_audio(space.aligner, self.data.audio[test]), speakers[test])
-        else:
-            voices = (space.z_train, speakers[space.train])
-        return codes_train, codes_val, codes.of_speakers(*voices)
+        return (
+            with_speaker_codes(codes_train, codes.of_rows(space.z_train, speakers[space.train])),
+            with_speaker_codes(codes_val, codes.of_rows(space.z_val, speakers[space.val])),
+        )
 
-    def _pool_name(self, variant: Variant) -> str:
-        """Whose voices stage 3 asks for: the test speakers' only where the fold already reads their clips."""
-        return "test" if variant.speaker_code == "test" and self.data.test_speaker_clips else "training"
+    def _speaker_pool(self, variant: Variant, space: Space) -> Tensor:
+        """The codes of the voices stage 3 asks for: the test speakers', from their unlabelled clips, only where
+        the fold already reads those clips (per-speaker statistics); else the training speakers'."""
+        speakers, train = self.data.speakers, space.train
+        codes = SpeakerCodes(space.z_train, speakers[train])
+        if variant.speaker_code == "test" and self.data.test_speaker_clips:
+            test = self.fold.test
+            return codes.of_speakers(encode_audio(space.aligner, self.data.audio[test]), speakers[test])
+        return codes.of_speakers(space.z_train, speakers[train])
 
     def _classifier_score(
         self,
