@@ -16,9 +16,8 @@ from mise.folds import Fold
 from mise.quality import knn_precision_recall
 from modeling_mise import MiseGeneratorConfig, MiseGeneratorModel
 from modeling_mise.modeling_generator import SpectralLinear
-from training.aligner import drop_text_codes, encode_audio
+from training.aligner import drop_text_codes
 from training.arguments import ConfigError, MiseTrainingArguments, ModelArguments, parse_arguments
-from training.classifier import Augmenter
 from training.engine import LoopState
 from training.fold import FoldData, FoldTrainer, Generated, Variant
 from training.infogan import (
@@ -32,9 +31,7 @@ from training.infogan import (
     train_generator,
     with_instance_noise,
 )
-from training.speaker_codes import SpeakerCodes, with_speaker_codes
 from training.study_unit import StudyRuntime
-from training.study_variants import VARIANTS
 
 CLASSES = 4
 
@@ -263,7 +260,7 @@ def test_under_the_recall_floor_a_checkpoint_ranks_below_every_one_above_it():
     assert recall_floor_score(2.0, 0.1, 0.3) > recall_floor_score(1.0, 0.2, 0.3)
 
 
-def _fold_trainer(selection: str) -> tuple[FoldTrainer, Variant]:
+def fold_trainer(selection: str) -> tuple[FoldTrainer, Variant]:
     speakers = np.repeat(np.arange(6), 24)
     rng = torch.Generator().manual_seed(0)
     labels = torch.arange(len(speakers)) % CLASSES
@@ -286,7 +283,7 @@ def _fold_trainer(selection: str) -> tuple[FoldTrainer, Variant]:
 
 
 def test_classifier_selection_keeps_the_checkpoint_with_the_best_stage_3_validation_score():
-    trainer, variant = _fold_trainer("classifier")
+    trainer, variant = fold_trainer("classifier")
     space = trainer.space(variant)
     generated = trainer.generator(variant, space)
     evaluations = _evaluations(trainer.runtime("speaker-5", 0).records)
@@ -299,7 +296,7 @@ def test_classifier_selection_keeps_the_checkpoint_with_the_best_stage_3_validat
     assert stage_3["generated_ratio"] == single.generated_ratio
     assert stage_3["best_score"] == pytest.approx(scores[generated.summary["best_epoch"]])
     # the MI criterion, on the same training, keeps the best-MI checkpoint
-    by_mi, _ = _fold_trainer("mi")
+    by_mi, _ = fold_trainer("mi")
     mi_generated = by_mi.generator(variant, by_mi.space(variant))
     mi = {r["epoch"]: r["eval/generator_mi_emotion_nats"] for r in _evaluations(by_mi.runtime("", 0).records)}
     assert mi_generated.summary["best_epoch"] == max(mi, key=mi.get)
@@ -327,84 +324,3 @@ def test_discriminator_loss_is_unchanged_without_stabilisers():
     )
     logits = model.discriminate(torch.cat([features, fake])).adversarial_logits
     assert loss.item() == pytest.approx(discriminator_loss(logits[:32], logits[32:]).item(), rel=1e-5)
-
-
-# ---------------------------------------------------------------------------------------------- speaker-aware G
-def _speaker_trainer(test_speaker_clips: bool) -> tuple[FoldTrainer, np.ndarray]:
-    trainer, _ = _fold_trainer("mi")
-    speakers = np.repeat(np.arange(6), 24)
-    trainer.data = dataclasses.replace(trainer.data, speakers=speakers, test_speaker_clips=test_speaker_clips)
-    return trainer, speakers
-
-
-def test_a_speaker_code_is_the_standardised_mean_of_the_speaker_s_rows():
-    z = torch.randn(30, 5, generator=torch.Generator().manual_seed(1))
-    speakers = np.repeat(["a", "b", "c"], 10)
-    codes = SpeakerCodes(z, speakers)
-    per_speaker = codes.of_speakers(z, speakers)
-    means = torch.stack([z[speakers == s].mean(0) for s in ("a", "b", "c")])
-    scale = (means - z.mean(0)).pow(2).sum(1).mean().sqrt()
-    torch.testing.assert_close(per_speaker, (means - z.mean(0)) / scale)
-    assert per_speaker.pow(2).sum(1).mean().item() == pytest.approx(1.0)
-    torch.testing.assert_close(codes.of_rows(z, speakers), per_speaker[[0] * 10 + [1] * 10 + [2] * 10])
-    torch.testing.assert_close(with_speaker_codes(None, per_speaker), per_speaker)
-    assert with_speaker_codes(torch.zeros(3, 2), per_speaker).shape == (3, 7)
-
-
-def test_stage_3_draws_the_voice_of_a_generated_row_from_the_speaker_pool(monkeypatch):
-    features, labels, codes = clustered()
-    torch.manual_seed(0)
-    model = MiseGeneratorModel(tiny_config(text_code_dim=8 + 3)).eval()
-    codes = with_speaker_codes(codes, torch.randn(len(labels), 3, generator=torch.Generator().manual_seed(2)))
-    asked, generate = [], MiseGeneratorModel.generate
-    monkeypatch.setattr(
-        MiseGeneratorModel,
-        "generate",
-        lambda self, **kw: asked.append(kw["text_codes"]) or generate(self, **kw),
-    )
-    extra = []
-    for pool in (None, torch.zeros(1, 3), torch.full((1, 3), 5.0)):
-        augmenter = Augmenter("mise", features, labels, CLASSES, arguments(), model, codes, pool)
-        rows, row_labels = augmenter.rows(torch.Generator().manual_seed(3))
-        extra.append(rows[len(labels) :])
-        assert torch.equal(row_labels[: len(labels)], labels)
-    # the same stream, three voices: the rows' own speakers', then the one code of each pool
-    assert not torch.allclose(extra[0], extra[1]) and not torch.allclose(extra[1], extra[2])
-    assert torch.equal(asked[2][:, -3:], torch.full((len(asked[2]), 3), 5.0))
-    assert torch.equal(asked[0][:, :8], asked[2][:, :8])  # the text part is drawn as without a pool
-
-
-@pytest.mark.parametrize("reads_test_clips", [False, True])
-def test_speaker_aware_generation_asks_for_the_test_speaker_only_where_the_fold_reads_their_clips(
-    reads_test_clips,
-):
-    trainer, speakers = _speaker_trainer(reads_test_clips)
-    space = trainer.space(VARIANTS["mise"])
-    by_training = trainer.generator(VARIANTS["mise_speaker"], space)
-    by_test = trainer.generator(VARIANTS["mise_test_speaker"], space)
-    assert by_test.model is by_training.model  # one generator, two pools
-    test, train = trainer.fold.test, space.train
-    # G reads [c_s] (no transcripts here): every training row's code is its speaker's
-    codes = SpeakerCodes(space.z_train, speakers[train])
-    torch.testing.assert_close(by_training.codes_train, codes.of_rows(space.z_train, speakers[train]))
-    assert by_training.model.config.text_code_dim == space.z_train.shape[1]
-    training_pool = codes.of_speakers(space.z_train, speakers[train])
-    torch.testing.assert_close(by_training.speaker_pool, training_pool)
-    if reads_test_clips:
-        z_test = encode_audio(space.aligner, trainer.data.audio[test])
-        torch.testing.assert_close(by_test.speaker_pool, codes.of_speakers(z_test, speakers[test]))
-    else:
-        torch.testing.assert_close(by_test.speaker_pool, training_pool)
-    # the training pool never reads the test rows: changing them changes nothing
-    other, _ = _speaker_trainer(reads_test_clips)
-    other.data = dataclasses.replace(other.data, audio=other.data.audio.clone())
-    other.data.audio[test] += 3.0
-    moved = other.generator(VARIANTS["mise_speaker"], other.space(VARIANTS["mise"]))
-    torch.testing.assert_close(moved.speaker_pool, training_pool)
-    _, summary = trainer.classifier(VARIANTS["mise_test_speaker"], space, by_test)
-    assert summary["generated_rows_per_epoch"] > 0
-
-
-def test_speaker_aware_variants_share_one_generator_of_their_own():
-    keys = {name: VARIANTS[name].generator_key for name in ("mise", "mise_speaker", "mise_test_speaker")}
-    assert keys["mise_speaker"] == keys["mise_test_speaker"] != keys["mise"]
