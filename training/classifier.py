@@ -104,9 +104,8 @@ class Augmenter:
         speaker_codes: Tensor | None = None,
     ) -> None:
         self.kind, self.features, self.labels = kind, features, labels
-        self.speaker_codes = (
-            speaker_codes  # the pool the last columns of a generated row's code are drawn from
-        )
+        # speaker-aware generation: the pool a generated row's voice (its code's last columns) is drawn from
+        self.speaker_codes = speaker_codes
         self.generator, self.noise_std = generator, args.noise_std
         self.text_codes = text_codes if generator is not None and generator.config.use_text_code else None
         self.extra_labels = (

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 Tensor = torch.Tensor
-SPEAKER_CODE_POOLS = ("training", "test")
 
 
 class SpeakerCodes:
