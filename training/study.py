@@ -85,6 +85,8 @@ def _load_unit(path: Path, hash_: str, variants: list[str]) -> dict | None:
     if not set(variants) <= {row["variant"] for row in unit["rows"]}:
         return None
     unit["rows"] = [row for row in unit["rows"] if row["variant"] in variants]
+    unit["quality"] = [record for record in unit.get("quality", []) if record["variant"] in variants]
+    unit["final_quality"] = {name: q for name, q in unit.get("final_quality", {}).items() if name in variants}
     return unit
 
 
