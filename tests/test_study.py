@@ -495,11 +495,14 @@ def test_a_resumed_subset_of_variants_reports_only_those_variants(
     subset = tmp_path / "subset"
     shutil.copytree(study_run.output_dir, subset)
     counter = StageCounter(monkeypatch)
-    args = study_args(manifest, subset, cache_dir, "--seeds", *SEEDS, "--figures", "false")
+    recorder = FigureRecorder(monkeypatch)
+    args = study_args(manifest, subset, cache_dir, "--seeds", *SEEDS)
     report = main(args + ["--variants", "none", "mise", "--resume_from_checkpoint", "latest"])
     assert sum(counter.counts.values()) == 0
     assert set(report["variants"]) == {"none", "mise"}
     assert set(report["quality"]) == {"mise"}  # not the other generators of the same units
+    maps = {name for name in recorder.figures if name.startswith("map_")}
+    assert maps and all(name.endswith("_mise.png") for name in maps), maps
 
 
 def test_one_process_per_seed_then_a_merge_reports_the_same(study_run, manifest, cache_dir, tmp_path):
