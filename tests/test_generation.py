@@ -260,7 +260,7 @@ def test_under_the_recall_floor_a_checkpoint_ranks_below_every_one_above_it():
     assert recall_floor_score(2.0, 0.1, 0.3) > recall_floor_score(1.0, 0.2, 0.3)
 
 
-def _fold_trainer(selection: str) -> tuple[FoldTrainer, Variant]:
+def fold_trainer(selection: str) -> tuple[FoldTrainer, Variant]:
     speakers = np.repeat(np.arange(6), 24)
     rng = torch.Generator().manual_seed(0)
     labels = torch.arange(len(speakers)) % CLASSES
@@ -283,7 +283,7 @@ def _fold_trainer(selection: str) -> tuple[FoldTrainer, Variant]:
 
 
 def test_classifier_selection_keeps_the_checkpoint_with_the_best_stage_3_validation_score():
-    trainer, variant = _fold_trainer("classifier")
+    trainer, variant = fold_trainer("classifier")
     space = trainer.space(variant)
     generated = trainer.generator(variant, space)
     evaluations = _evaluations(trainer.runtime("speaker-5", 0).records)
@@ -296,7 +296,7 @@ def test_classifier_selection_keeps_the_checkpoint_with_the_best_stage_3_validat
     assert stage_3["generated_ratio"] == single.generated_ratio
     assert stage_3["best_score"] == pytest.approx(scores[generated.summary["best_epoch"]])
     # the MI criterion, on the same training, keeps the best-MI checkpoint
-    by_mi, _ = _fold_trainer("mi")
+    by_mi, _ = fold_trainer("mi")
     mi_generated = by_mi.generator(variant, by_mi.space(variant))
     mi = {r["epoch"]: r["eval/generator_mi_emotion_nats"] for r in _evaluations(by_mi.runtime("", 0).records)}
     assert mi_generated.summary["best_epoch"] == max(mi, key=mi.get)

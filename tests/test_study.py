@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -486,6 +487,22 @@ def test_resumed_study_trains_nothing_and_reports_the_same(study_run, manifest, 
     assert after["variants"] == before["variants"]
     with pytest.raises(ConfigError, match="already holds a study"):
         main(args)
+
+
+def test_a_resumed_subset_of_variants_reports_only_those_variants(
+    study_run, manifest, cache_dir, tmp_path, monkeypatch
+):
+    subset = tmp_path / "subset"
+    shutil.copytree(study_run.output_dir, subset)
+    counter = StageCounter(monkeypatch)
+    recorder = FigureRecorder(monkeypatch)
+    args = study_args(manifest, subset, cache_dir, "--seeds", *SEEDS)
+    report = main(args + ["--variants", "none", "mise", "--resume_from_checkpoint", "latest"])
+    assert sum(counter.counts.values()) == 0
+    assert set(report["variants"]) == {"none", "mise"}
+    assert set(report["quality"]) == {"mise"}  # not the other generators of the same units
+    maps = {name for name in recorder.figures if name.startswith("map_")}
+    assert maps and all(name.endswith("_mise.png") for name in maps), maps
 
 
 def test_one_process_per_seed_then_a_merge_reports_the_same(study_run, manifest, cache_dir, tmp_path):

@@ -87,7 +87,9 @@ def _sample_codes(codes: Tensor, labels: Tensor, wanted: Tensor, generator: torc
 class Augmenter:
     """Extra stage-3 rows per epoch: feature noise, or features from a trained generator (cGAN / MISE).
 
-    Rows are drawn anew every epoch from the epoch's stream, so a resumed run sees the same.
+    Rows are drawn anew every epoch from the epoch's stream, so a resumed run sees the same. A generated row's
+    code is the text code of a random real row of its class; with `speaker_codes` (speaker-aware generation,
+    `training.speaker_codes`) its last columns are then replaced by a code drawn from that pool.
     """
 
     def __init__(
@@ -99,8 +101,11 @@ class Augmenter:
         args: MiseTrainingArguments,
         generator: MiseGeneratorModel | None = None,
         text_codes: Tensor | None = None,
+        speaker_codes: Tensor | None = None,
     ) -> None:
         self.kind, self.features, self.labels = kind, features, labels
+        # speaker-aware generation: the pool a generated row's voice (its code's last columns) is drawn from
+        self.speaker_codes = speaker_codes
         self.generator, self.noise_std = generator, args.noise_std
         self.text_codes = text_codes if generator is not None and generator.config.use_text_code else None
         self.extra_labels = (
@@ -127,6 +132,9 @@ class Augmenter:
             codes = None
             if self.text_codes is not None:
                 codes = _sample_codes(self.text_codes, self.labels, self.extra_labels, rng)
+                if self.speaker_codes is not None:  # any voice of the pool, whatever the emotion
+                    pick = torch.randint(len(self.speaker_codes), (len(codes),), generator=rng)
+                    codes[:, -self.speaker_codes.shape[1] :] = self.speaker_codes[pick]
             device = self.generator.null_text_code.device
             output = self.generator.generate(
                 labels=self.extra_labels.to(device),
@@ -150,21 +158,23 @@ def train_classifier(
     text_codes_train: Tensor | None = None,
     seed: int = 0,
     augmenter: Augmenter | None = None,
+    speaker_codes: Tensor | None = None,
     head_init: nn.Linear | None = None,
 ) -> tuple[MiseClassifierModel, dict]:
     """Stage 3: the MLP on real `z_a` plus augmentation (`none`, `noise`, `mixup`, `gan`, `mise`).
 
     Early stopping on the validation speakers (`early_stopping_metric`); returns the best classifier (eval mode).
     A given `augmenter` (anything with `rows(epoch)` and `extra_labels`, e.g. the multimodal one)
-    replaces the default.
+    replaces the default; `speaker_codes`: the default's pool of speaker codes (`Augmenter`).
     `head_init` (the aligner's emotion head, "the classifier's last layer" of the paper) initialises a linear
     classifier (`hidden_sizes=[]`, `input_scale=1`), so stage 3 starts from stage 1's decision on `z_a` (a
     multimodal classifier's `z_t` weights start at zero).
     """
     if augmenter is None:
         augmenter = Augmenter(
-            augmentation, features_train, labels_train, config.num_labels, args, generator, text_codes_train
-        )
+            augmentation, features_train, labels_train, config.num_labels, args, generator, text_codes_train,
+            speaker_codes,
+        )  # fmt: skip
     model = initialised(lambda: MiseClassifierModel(config), seed)
     if head_init is not None:
         if config.hidden_sizes or config.input_scale != 1:

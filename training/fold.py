@@ -36,6 +36,7 @@ from .engine import StageRuntime, stage_seed
 from .feature_choice import choose_feature_set
 from .infogan import TextSide, generator_config, train_generator
 from .out_of_fold import out_of_fold_features
+from .speaker_codes import SpeakerCodes, with_speaker_codes
 
 Tensor = torch.Tensor
 ALIGNER, GENERATOR, CLASSIFIER = 1, 2, 3  # stage numbers: the streams of stage k derive from (seed, fold, k)
@@ -58,6 +59,7 @@ class Variant:
     out_of_fold: bool = False  # stages 2 and 3 on out-of-fold z_a of the training rows (training.out_of_fold)
     noise_std: float | None = None  # None: `noise_std` of the training arguments; 0: extra rows are copies
     without_validation: bool = False  # classic only: fitted on the training speakers alone, as `none` learns
+    speaker_code: str | None = None  # speaker-aware G: whose voices stage 3 asks for (training.speaker_codes)
 
     @classmethod
     def of(cls, model_args: ModelArguments) -> Variant:
@@ -82,7 +84,8 @@ class Variant:
         """Variants with the same key share one stage-2 generator per fold and seed."""
         if not self.uses_generator:
             return None
-        return self.aligner_key + (self.text_code, self.mi and self.augmentation == "mise")
+        key = self.aligner_key + (self.text_code, self.mi and self.augmentation == "mise")
+        return key + (("speaker",) if self.speaker_code else ())
 
     def model_arguments(self, model_args: ModelArguments) -> ModelArguments:
         """The run's model arguments with this variant's switches."""
@@ -115,6 +118,7 @@ class FoldData:
     transcripts: list[str | None] | None = None  # per row; a LoRA-tuned text encoder reads them
     speakers: np.ndarray | None = None  # per row; out-of-fold variants group by it
     out_of_fold_groups: int = 4  # speaker groups of the out-of-fold variants (one extra aligner each)
+    test_speaker_clips: bool = False  # the fold reads its test speakers' clips (per-speaker statistics)
 
 
 @dataclass
@@ -139,6 +143,7 @@ class Generated:
     model: MiseGeneratorModel | None = None
     codes_train: Tensor | None = None
     summary: dict | None = None
+    speaker_pool: Tensor | None = None  # speaker-aware generation: the codes of the voices stage 3 asks for
 
 
 @dataclass
@@ -354,15 +359,20 @@ class FoldTrainer:
         key = variant.generator_key
         if key not in self.generators:
             self.generators[key] = self._train_generator(variant, space)
+        if variant.speaker_code:  # one generator, each variant's voices
+            return dataclasses.replace(self.generators[key], speaker_pool=self._speaker_pool(variant, space))
         return self.generators[key]
 
     def _train_generator(self, variant: Variant, space: Space) -> Generated:
         data, labels = self.data, self.data.labels
         codes_train = self.text_codes(space.aligner, space.train, variant)  # the generator's text codes
+        codes_val, pool = self.text_codes(space.aligner, space.val, variant), None
+        if variant.speaker_code:
+            codes_train, codes_val = self._speaker_codes(space, codes_train, codes_val)
+            pool = self._speaker_pool(dataclasses.replace(variant, speaker_code="training"), space)
         done = self._store("generator", MiseGeneratorModel)
         if done is not None:
             return Generated(done[0].to(data.device), codes_train, done[1])
-        codes_val = self.text_codes(space.aligner, space.val, variant)
         model_args = variant.model_arguments(data.model_args)
         code_dim = None if codes_train is None else codes_train.shape[1]
         config = generator_config(model_args, space.z_train.shape[1], code_dim, data.id2label)
@@ -378,7 +388,7 @@ class FoldTrainer:
         runtime = self._runtime(self.args.aligner_epochs)
         checkpoint_score = None
         if self.args.generator_selection == "classifier":
-            checkpoint_score = self._classifier_score(variant, space, codes_train, runtime)
+            checkpoint_score = self._classifier_score(variant, space, codes_train, runtime, pool)
         model, summary = train_generator(
             runtime, config, self.args, space.z_train, labels[space.train], space.z_val, labels[space.val],
             text_codes_train=codes_train, text_codes_val=codes_val, seed=seed, text_side=text_side,
@@ -391,8 +401,39 @@ class FoldTrainer:
             self.observer.generator_trained(variant, space, generated, runtime)
         return generated
 
+    def _speaker_codes(
+        self, space: Space, codes_train: Tensor | None, codes_val: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Speaker-aware generation (`training.speaker_codes`): the generator's training and validation codes with
+        each row's speaker code appended."""
+        speakers = self.data.speakers
+        if speakers is None:
+            raise ValueError("speaker-aware generation needs the speaker of every row (FoldData.speakers)")
+        if self.data.model_args.multimodal:
+            raise ConfigError("speaker-aware generation: stage 3 reads z_a alone (multimodal: false)")
+        codes = SpeakerCodes(space.z_train, speakers[space.train])
+        return (
+            with_speaker_codes(codes_train, codes.of_rows(space.z_train, speakers[space.train])),
+            with_speaker_codes(codes_val, codes.of_rows(space.z_val, speakers[space.val])),
+        )
+
+    def _speaker_pool(self, variant: Variant, space: Space) -> Tensor:
+        """The codes of the voices stage 3 asks for: the test speakers', from their unlabelled clips, only where
+        the fold already reads those clips (per-speaker statistics); else the training speakers'."""
+        speakers, train = self.data.speakers, space.train
+        codes = SpeakerCodes(space.z_train, speakers[train])
+        if variant.speaker_code == "test" and self.data.test_speaker_clips:
+            test = self.fold.test
+            return codes.of_speakers(encode_audio(space.aligner, self.data.audio[test]), speakers[test])
+        return codes.of_speakers(space.z_train, speakers[train])
+
     def _classifier_score(
-        self, variant: Variant, space: Space, codes_train: Tensor | None, runtime: StageRuntime
+        self,
+        variant: Variant,
+        space: Space,
+        codes_train: Tensor | None,
+        runtime: StageRuntime,
+        pool: Tensor | None = None,
     ) -> Callable[[MiseGeneratorModel], float]:
         """`generator_selection: classifier`: a generator checkpoint's score is the validation score of stage 3
         trained with its rows at the one ratio `generated_ratio` (on a runtime without checkpoints or tracker)."""
@@ -404,7 +445,7 @@ class FoldTrainer:
 
         def score(model: MiseGeneratorModel) -> float:
             _, summary = self.classifier(
-                variant, space, Generated(model, codes_train), args, lambda index: bare
+                variant, space, Generated(model, codes_train, speaker_pool=pool), args, lambda index: bare
             )
             return summary["best_score"]
 
@@ -449,6 +490,7 @@ class FoldTrainer:
             (features_train, labels[space.train], features_val, labels[space.val]), model_args.augmentation,
             multimodal=model_args.multimodal, augmenter_for=augmenter_for, store=store,
             generator=generated.model, text_codes_train=generated.codes_train, seed=seed, head_init=head,
+            speaker_codes=generated.speaker_pool,
         )  # fmt: skip
         return classifier, summary
 

@@ -85,6 +85,8 @@ def _load_unit(path: Path, hash_: str, variants: list[str]) -> dict | None:
     if not set(variants) <= {row["variant"] for row in unit["rows"]}:
         return None
     unit["rows"] = [row for row in unit["rows"] if row["variant"] in variants]
+    unit["quality"] = [record for record in unit.get("quality", []) if record["variant"] in variants]
+    unit["final_quality"] = {name: q for name, q in unit.get("final_quality", {}).items() if name in variants}
     return unit
 
 
@@ -208,7 +210,8 @@ def _run_study(raw_argv: list[str], started: float, run: Run, study_args: StudyA
     units = _run_units(
         study, folds, output_dir, hash_, resuming,
         lambda seed, fold: dataclasses.replace(
-            study, audio=normalization.features_for(choices[seed][fold.name]).audio
+            study, audio=normalization.features_for(choices[seed][fold.name]).audio,
+            test_speaker_clips=choices[seed][fold.name].per_speaker,
         ),
     )  # fmt: skip
 

@@ -228,6 +228,8 @@ def _figures(
     rng = np.random.default_rng(0)
     half = study_args.map_max_points // 2
     for path in sorted((output_dir / "runs" / "maps" / f"seed-{study_args.seeds[0]}").glob("*.npz")):
+        if path.stem not in study_args.variants:  # a unit's map of a variant this report leaves out
+            continue
         data = np.load(path)
         real = rng.permutation(len(data["real"]))[:half]
         generated = rng.permutation(len(data["generated"]))[:half]

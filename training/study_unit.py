@@ -53,6 +53,9 @@ class Study:
     # (fold, validation rows, without_validation) -> (test predictions, the feature set chosen)
     classic_cache: dict[tuple, tuple] = field(default_factory=dict)
     speakers: np.ndarray | None = None  # (N,) speaker of every row: out-of-fold variants group by it
+    test_speaker_clips: bool = (
+        False  # the unit's fold reads its test speakers' clips (per-speaker statistics)
+    )
 
     @property
     def num_labels(self) -> int:
@@ -62,7 +65,7 @@ class Study:
         return FoldData(
             self.audio, self.text, self.labels, self.id2label, self.audio_spec, self.model_args,
             self.training_args, self.accelerator.device, speakers=self.speakers,
-            out_of_fold_groups=self.study_args.out_of_fold_groups,
+            out_of_fold_groups=self.study_args.out_of_fold_groups, test_speaker_clips=self.test_speaker_clips,
         )  # fmt: skip
 
 
@@ -92,7 +95,7 @@ class FoldUnit:
     # ------------------------------------------------------------------------------------------ stage 2
     def _probe(self, variant: Variant, space: Space, scored_codes: torch.Tensor | None) -> MIProbe:
         """The real-data MI probe of a space (with or without text codes), shared by its generators."""
-        key = (variant.aligner_key, scored_codes is not None)
+        key = (variant.aligner_key, None if scored_codes is None else scored_codes.shape[1])
         if key not in self.probes:  # Q is trained on real data only
             seed = self.trainer.stage_seed(GENERATOR)
             labels = self.study.labels[space.train]

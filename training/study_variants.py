@@ -46,6 +46,20 @@ VARIANTS: dict[str, Variant] = {
             "noise",
             noise_std=0.0,
         ),
+        # speaker-aware generation (training.speaker_codes): G also reads a speaker code; one generator for both
+        Variant(
+            "mise_speaker",
+            "MISE with G also conditioned on a speaker code; extra rows in the voices of the training speakers",
+            "mise",
+            speaker_code="training",
+        ),
+        Variant(
+            "mise_test_speaker",
+            "MISE with G also conditioned on a speaker code; extra rows in the test speaker's voice, from their "
+            "unlabelled clips (where per-speaker statistics read them; else the training speakers')",
+            "mise",
+            speaker_code="test",
+        ),
         # out-of-fold z_a for stages 2 and 3 (training/out_of_fold.py), each with its in-fold counterpart above
         Variant("none_oof", "no augmentation, out-of-fold training features", "none", out_of_fold=True),
         Variant(
