@@ -366,10 +366,9 @@ class FoldTrainer:
     def _train_generator(self, variant: Variant, space: Space) -> Generated:
         data, labels = self.data, self.data.labels
         codes_train = self.text_codes(space.aligner, space.train, variant)  # the generator's text codes
-        codes_val, pool = self.text_codes(space.aligner, space.val, variant), None
+        codes_val = self.text_codes(space.aligner, space.val, variant)
         if variant.speaker_code:
             codes_train, codes_val = self._speaker_codes(space, codes_train, codes_val)
-            pool = self._speaker_pool(dataclasses.replace(variant, speaker_code="training"), space)
         done = self._store("generator", MiseGeneratorModel)
         if done is not None:
             return Generated(done[0].to(data.device), codes_train, done[1])
@@ -388,6 +387,9 @@ class FoldTrainer:
         runtime = self._runtime(self.args.aligner_epochs)
         checkpoint_score = None
         if self.args.generator_selection == "classifier":
+            # a generator shared by both speaker-aware variants is scored with the training voices
+            training_voices = dataclasses.replace(variant, speaker_code="training")
+            pool = self._speaker_pool(training_voices, space) if variant.speaker_code else None
             checkpoint_score = self._classifier_score(variant, space, codes_train, runtime, pool)
         model, summary = train_generator(
             runtime, config, self.args, space.z_train, labels[space.train], space.z_val, labels[space.val],
