@@ -4,11 +4,14 @@ study's out-of-fold variants and its `copies` control on a 4-speaker RAVDESS sub
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
 from conftest import FigureRecorder, check_confusion_figure
+from test_generation import fold_trainer
 from test_study import StageCounter, cache_dir, manifest, read_rows, study_args  # noqa: F401 (fixtures)
 
 from modeling_mise import MiseAlignerConfig
@@ -140,3 +143,22 @@ def test_copies_control_adds_exact_copies_of_real_rows():
     for row, label in zip(extra, extra_labels, strict=True):
         matches = (features == row).all(dim=1)
         assert matches.any() and (labels[matches] == label).all()
+
+
+def test_an_out_of_fold_variant_is_refit_on_out_of_fold_features_of_every_training_speaker():
+    """With refit, stages 2 and 3 train again on the training and validation speakers, each row encoded by an
+    aligner that never saw its speaker (not the refit's in-fold aligner)."""
+    trainer, _ = fold_trainer("mi")
+    speakers = np.repeat(np.arange(6), 24)
+    args = dataclasses.replace(trainer.data.training_args, refit=True)
+    trainer.data = dataclasses.replace(trainer.data, speakers=speakers, out_of_fold_groups=2, training_args=args)
+    trainer.args = args
+    variant = VARIANTS["none_oof"]
+    trained = trainer.train(variant)
+    assert trained.selected is not None and "selection" in trained.stages
+    fold = trainer.fold
+    assert sorted(trained.space.train) == sorted(np.concatenate([fold.train, fold.validation]))
+    refit = trainer.refits[variant.aligner_key]
+    in_fold = refit.space(dataclasses.replace(variant, out_of_fold=False))
+    np.testing.assert_array_equal(trained.space.train, in_fold.train)
+    assert not torch.allclose(trained.space.z_train, in_fold.z_train, atol=1e-3)

@@ -505,7 +505,7 @@ class FoldTrainer:
                 "multimodal: no usable clip has a transcript (check transcript_column and the text encoder)"
             )
         trained = self._stages(variant)
-        if not self.args.refit or len(self.fold.validation) == 0 or variant.out_of_fold:
+        if not self.args.refit or len(self.fold.validation) == 0:
             return trained
         return self.refit(variant, trained)
 

@@ -68,6 +68,13 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "mise_oof", "full MISE, generator on out-of-fold training features", "mise", out_of_fold=True
         ),
+        Variant(
+            "copies_oof",
+            "control: copies of real rows as extra rows (as `copies`), out-of-fold training features",
+            "noise",
+            noise_std=0.0,
+            out_of_fold=True,
+        ),
         # class-imbalance study only
         Variant(
             "none_full_data", "no augmentation, before the class was cut (reference)", "none", full_data=True
