@@ -151,7 +151,9 @@ def test_an_out_of_fold_variant_is_refit_on_out_of_fold_features_of_every_traini
     trainer, _ = fold_trainer("mi")
     speakers = np.repeat(np.arange(6), 24)
     args = dataclasses.replace(trainer.data.training_args, refit=True)
-    trainer.data = dataclasses.replace(trainer.data, speakers=speakers, out_of_fold_groups=2, training_args=args)
+    trainer.data = dataclasses.replace(
+        trainer.data, speakers=speakers, out_of_fold_groups=2, training_args=args
+    )
     trainer.args = args
     variant = VARIANTS["none_oof"]
     trained = trainer.train(variant)
