@@ -131,6 +131,31 @@ def test_targets_say_met_only_past_the_margin_and_below_the_p_threshold():
     assert not study_targets.target_values(study)["MISE − noise"]["met"]  # the same folds: p = 1
 
 
+def test_targets_of_a_family_read_its_variants_in_the_place_of_the_plain_ones():
+    folds = [f"f{i}" for i in range(8)]
+
+    def variant(pooled: float, offset: float) -> dict:
+        return {
+            "uar_pooled": pooled,
+            "uar_by_fold": {f: 0.6 + offset + 0.01 * i for i, f in enumerate(folds)},
+        }
+
+    study = {"folds": folds, "variants": {
+        "classic": variant(0.700, 0.0), "none": variant(0.60, -0.1), "mise": variant(0.60, -0.1),
+        "none_oof": variant(0.696, -0.004), "noise_oof": variant(0.705, 0.005), "copies_oof": variant(0.71, 0.01),
+        "mise_oof": variant(0.722, 0.022)}}  # fmt: skip
+    plain = study_targets.target_values(study)
+    assert plain["MISE − none"]["difference"] == pytest.approx(0.0) and "MISE − noise" not in plain
+    values = study_targets.target_values(study, "_oof")
+    assert values["none − classic"]["difference"] == pytest.approx(-0.4)
+    assert values["MISE − noise"]["difference"] == pytest.approx(1.7) and values["MISE − noise"]["p"] < 0.05
+    assert values["MISE − copies"]["difference"] == pytest.approx(1.2)
+    assert values["MISE − best of classic, noise, mixup, copies"]["name"] == "copies_oof"
+    assert values["best learned − classic"]["name"] == "mise_oof"
+    table = study_targets.markdown({"toy": ("toy", study)}, "_oof")
+    assert "+1.7, p = " in table and "(`copies_oof`)" in table
+
+
 RELEASED = re.compile(r"<!-- released table -->\n((?:\|.*\|\n)+)")
 RELEASED_DIR = REPO / "docs" / "results" / "released"
 

@@ -14,7 +14,8 @@ the seeds, as the study pairs variants):
 - MISE ≥ the best of classic, noise, mix-up and copies + 1.0.
 
 Prints the markdown table (each cell the difference, its p where there is a test, and whether the target holds);
-`tests/test_readme_results.py` checks the README's table against it.
+`tests/test_readme_results.py` checks the README's table against it. `--suffix _oof` reads the same targets off a
+family of variants (`none_oof`, `noise_oof`, `copies_oof`, `mise_oof` in the place of `none`, ...; classic stays).
 """
 
 from __future__ import annotations
@@ -48,18 +49,24 @@ TARGETS = (
 )
 
 
-def target_values(study: dict) -> dict[str, dict]:
+def target_values(study: dict, suffix: str = "") -> dict[str, dict]:
     """Per target column: the difference of the pooled UARs in points, p (the paired Wilcoxon test over folds)
-    where tested, `met`, and `name`: the variant picked for a best-of side (None otherwise)."""
+    where tested, `met`, and `name`: the variant picked for a best-of side (None otherwise). `suffix`: each
+    variant but classic read as the variant of that name plus `suffix` (a family such as `_oof`)."""
     variants, folds = study["variants"], study["folds"]
     pooled = {name: variant["uar_pooled"] for name, variant in variants.items()}
+
+    def named(name: str) -> str:
+        return name if name in ("classic", BEST, LEARNED) else name + suffix
+
+    baselines = [named(name) for name in BASELINES if named(name) in pooled]
     picked = {
-        BEST: max((name for name in BASELINES if name in pooled), key=pooled.get),
+        BEST: max(baselines, key=pooled.get),
         LEARNED: max((name for name in pooled if name != "classic"), key=pooled.get),
     }
     values = {}
     for column, ours, theirs, margin, tested in TARGETS:
-        first, second = picked.get(ours, ours), picked.get(theirs, theirs)
+        first, second = picked.get(named(ours), named(ours)), picked.get(named(theirs), named(theirs))
         if first not in variants or second not in variants:
             continue
         difference = 100 * (pooled[first] - pooled[second])
@@ -93,12 +100,12 @@ def cell(value: dict) -> str:
     return f"{text}, {'met' if value['met'] else 'missed'}"
 
 
-def markdown(settings: dict[str, dict]) -> str:
-    """The targets table: one row per setting, one column per target."""
+def markdown(settings: dict[str, dict], suffix: str = "") -> str:
+    """The targets table: one row per setting, one column per target (`suffix`: `target_values`)."""
     header = ["setting", *(f"{column} (≥ {_number(margin)})" for column, _, _, margin, _ in TARGETS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, (folder, study) in settings.items():
-        values = target_values(study)
+        values = target_values(study, suffix)
         row = [f"[{label}]({folder}/study.md)"]
         row += [cell(values[column]) if column in values else "–" for column, *_ in TARGETS]
         lines.append("| " + " | ".join(row) + " |")
@@ -119,7 +126,13 @@ def read_settings(pairs: list[tuple[str, str]], root: Path = Path(".")) -> dict[
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("settings", nargs="+", type=parse_setting, help="LABEL=FOLDER, one per setting")
-    table = markdown(read_settings(parser.parse_args(argv).settings))
+    parser.add_argument(
+        "--suffix",
+        default="",
+        help="Read each variant but classic as NAME + SUFFIX (e.g. _oof): that family's targets.",
+    )
+    args = parser.parse_args(argv)
+    table = markdown(read_settings(args.settings), args.suffix)
     print(table)
     return table
 
