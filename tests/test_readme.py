@@ -100,6 +100,7 @@ RULES = [
         "rewrites the committed directions table; tests/test_study_compare.py recomputes it from its studies",
     ),
     (r"^python training/study_targets\.py ", "run", "repo"),
+    (r"^python \.\./training/study_targets\.py ", "run", "docs"),
     (
         r"^mise evaluate runs/my_corpus/\S+ test_clips/manifest\.csv",
         "skip",
@@ -265,7 +266,7 @@ def test_readme_command(page, command, request, tmp_path):
     if command.startswith(("make", ". .venv")) and not (REPO / ".venv" / "bin" / "activate").is_file():
         pytest.skip("no .venv in the repository (make setup creates it)")
     where, expected_code, expected_message = detail if kind == "error" else (detail, 0, None)
-    cwd = REPO
+    cwd = REPO / "docs" if where == "docs" else REPO
     if where == "scratch":  # the README's paths point at the test model, the data copy and a real clip
         cwd = tmp_path
         (cwd / "runs").mkdir()

@@ -107,6 +107,18 @@ def test_readme_targets_match_their_studies():
     assert blocks[0].strip() == study_targets.markdown(study_targets.read_settings(settings, REPO))
 
 
+def test_the_out_of_fold_targets_match_their_studies():
+    """docs/results.md's targets of the out-of-fold family are what `study_targets.py --suffix _oof` prints."""
+    blocks = re.findall(
+        r"<!-- oof targets table -->\n((?:\|.*\|\n)+)", (REPO / "docs" / "results.md").read_text()
+    )
+    assert len(blocks) == 1, "docs/results.md needs its out-of-fold targets table"
+    settings = SETTING.findall(blocks[0])
+    assert len(settings) == 4, blocks[0]
+    table = study_targets.markdown(study_targets.read_settings(settings, REPO / "docs"), "_oof")
+    assert blocks[0].strip() == table
+
+
 def test_targets_say_met_only_past_the_margin_and_below_the_p_threshold():
     folds = [f"f{i}" for i in range(8)]
 
