@@ -119,43 +119,38 @@ def test_the_out_of_fold_targets_match_their_studies():
     assert blocks[0].strip() == table
 
 
+TOY_FOLDS = [f"f{i}" for i in range(8)]
+
+
+def toy_variant(pooled: float, offset: float) -> dict:
+    """A toy study variant: its pooled UAR, and fold UARs shifted by `offset` from a shared ramp."""
+    return {
+        "uar_pooled": pooled,
+        "uar_by_fold": {f: 0.6 + offset + 0.01 * i for i, f in enumerate(TOY_FOLDS)},
+    }
+
+
 def test_targets_say_met_only_past_the_margin_and_below_the_p_threshold():
-    folds = [f"f{i}" for i in range(8)]
-
-    def variant(pooled: float, offset: float) -> dict:
-        return {
-            "uar_pooled": pooled,
-            "uar_by_fold": {f: 0.6 + offset + 0.01 * i for i, f in enumerate(folds)},
-        }
-
-    study = {"folds": folds, "variants": {
-        "classic": variant(0.700, 0.0), "none": variant(0.696, -0.004), "noise": variant(0.705, 0.005),
-        "mixup": variant(0.69, -0.01), "copies": variant(0.704, 0.004), "mise": variant(0.716, 0.016)}}  # fmt: skip
+    study = {"folds": TOY_FOLDS, "variants": {
+        "classic": toy_variant(0.700, 0.0), "none": toy_variant(0.696, -0.004), "noise": toy_variant(0.705, 0.005),
+        "mixup": toy_variant(0.69, -0.01), "copies": toy_variant(0.704, 0.004), "mise": toy_variant(0.716, 0.016)}}  # fmt: skip
     values = study_targets.target_values(study)
     assert values["none − classic"]["met"] and values["none − classic"]["p"] is None  # −0.4 ≥ −0.5
     assert values["best learned − classic"]["name"] == "mise" and values["best learned − classic"]["met"]
     assert values["MISE − noise"]["difference"] == pytest.approx(1.1) and values["MISE − noise"]["p"] < 0.05
     assert values["MISE − noise"]["met"] and not values["MISE − none"]["met"]  # +2.0 < 2.6
     assert values["MISE − best of classic, noise, mixup, copies"]["name"] == "noise"
-    study["variants"]["none"] = variant(0.694, -0.006)
+    study["variants"]["none"] = toy_variant(0.694, -0.006)
     assert not study_targets.target_values(study)["none − classic"]["met"]  # −0.6
     study["variants"]["noise"]["uar_by_fold"] = dict(study["variants"]["mise"]["uar_by_fold"])
     assert not study_targets.target_values(study)["MISE − noise"]["met"]  # the same folds: p = 1
 
 
 def test_targets_of_a_family_read_its_variants_in_the_place_of_the_plain_ones():
-    folds = [f"f{i}" for i in range(8)]
-
-    def variant(pooled: float, offset: float) -> dict:
-        return {
-            "uar_pooled": pooled,
-            "uar_by_fold": {f: 0.6 + offset + 0.01 * i for i, f in enumerate(folds)},
-        }
-
-    study = {"folds": folds, "variants": {
-        "classic": variant(0.700, 0.0), "none": variant(0.60, -0.1), "mise": variant(0.60, -0.1),
-        "none_oof": variant(0.696, -0.004), "noise_oof": variant(0.705, 0.005), "copies_oof": variant(0.71, 0.01),
-        "mise_oof": variant(0.722, 0.022)}}  # fmt: skip
+    study = {"folds": TOY_FOLDS, "variants": {
+        "classic": toy_variant(0.700, 0.0), "none": toy_variant(0.60, -0.1), "mise": toy_variant(0.60, -0.1),
+        "none_oof": toy_variant(0.696, -0.004), "noise_oof": toy_variant(0.705, 0.005), "copies_oof": toy_variant(0.71, 0.01),
+        "mise_oof": toy_variant(0.722, 0.022)}}  # fmt: skip
     plain = study_targets.target_values(study)
     assert plain["MISE − none"]["difference"] == pytest.approx(0.0) and "MISE − noise" not in plain
     values = study_targets.target_values(study, "_oof")

@@ -66,7 +66,7 @@ def target_values(study: dict, suffix: str = "") -> dict[str, dict]:
     }
     values = {}
     for column, ours, theirs, margin, tested in TARGETS:
-        first, second = picked.get(named(ours), named(ours)), picked.get(named(theirs), named(theirs))
+        first, second = (picked.get(side, named(side)) for side in (ours, theirs))
         if first not in variants or second not in variants:
             continue
         difference = 100 * (pooled[first] - pooled[second])
