@@ -451,6 +451,36 @@ def combine_corpora(corpora: Mapping[str, Corpus], keep_unshared_labels: bool = 
     return Corpus(items, kept, source=" + ".join(corpora), parts=parts)
 
 
+def keep_emotions_per_speaker(corpus: Corpus, count: int) -> Corpus:
+    """The corpus with each speaker heard in at most ``count`` emotions: a corpus of speakers heard in few
+    emotions (as in natural speech), made from one that has them all, to measure what that does to a method.
+
+    Speakers in sorted order each keep the ``count`` of their emotions that the fewest speakers before them kept
+    (ties: the first in label order), so every emotion stays heard from as many speakers as the corpus allows;
+    no seed, so every run of a study sees the same clips. The label space is unchanged.
+
+    Raises:
+        ValueError: for ``count`` < 1.
+    """
+    if count < 1:
+        raise ValueError(f"emotions_per_speaker: must be >= 1, got {count}")
+    heard = Counter()  # emotion -> speakers kept in it so far
+    kept: set[tuple[str, str]] = set()
+    for speaker in sorted({item.speaker for item in corpus.items}):
+        own = sorted(
+            {item.label for item in corpus.items if item.speaker == speaker}, key=corpus.label2id.get
+        )
+        for label in sorted(own, key=lambda name: heard[name])[:count]:
+            heard[label] += 1
+            kept.add((speaker, label))
+    keep = [i for i, item in enumerate(corpus.items) if (item.speaker, item.label) in kept]
+    logger.info(
+        "%s: each speaker heard in at most %d emotion(s): %d of %d clips kept; speakers per emotion: %s",
+        corpus.source, count, len(keep), len(corpus), _counts(heard),
+    )  # fmt: skip
+    return corpus.subset(keep)
+
+
 def _named(corpus: str, name: str) -> str:
     return f"{corpus}{CORPUS_SEPARATOR}{name}"
 

@@ -88,6 +88,10 @@ def test_one_corpus_file_is_the_run_it_always_was():
     assert data.corpora == [] and data.corpus_args == [] and data.data_dir.endswith("ravdess")
     extra = parse_arguments([*files, "--output_dir", "out", "--keep_unshared_labels", "true"])
     assert config_hash(*extra) == config_hash(data, model, training)
+    # so does the option that cuts a corpus to few emotions per speaker, until it is given
+    assert data.emotions_per_speaker is None
+    cut = parse_arguments([*files, "--output_dir", "out", "--emotions_per_speaker", "2"])
+    assert cut[0].emotions_per_speaker == 2 and config_hash(*cut) != config_hash(data, model, training)
 
 
 # ------------------------------------------------------------------------------- the label space (real clips)

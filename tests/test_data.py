@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -14,7 +16,7 @@ import pytest
 import soundfile
 from conftest import corpus_dir
 
-from mise.data import format_summary, load_corpus, write_rejections
+from mise.data import format_summary, keep_emotions_per_speaker, load_corpus, write_rejections
 from modeling_mise.audio import AudioInputError, load_audio
 
 
@@ -376,3 +378,44 @@ def test_corrupt_embedded_audio_is_rejected(tmp_path, ravdess_rows, hf_cache):
     waveforms, usable, rejections = corpus.load_waveforms(16000, show_progress=False)
     assert len(waveforms) == 1 and [r.row for r in rejections] == [1]
     assert rejections[0].path == "b.wav (row 1)" and "not a readable audio file" in rejections[0].reason
+
+
+def test_a_corpus_cut_to_speakers_heard_in_few_emotions(caplog):
+    """`emotions_per_speaker` makes a corpus of speakers heard in few emotions out of one that has them all: each
+    speaker keeps every clip of at most k of their emotions, each emotion stays heard from as many speakers as
+    the corpus allows, the same clips on every call; given as a run's argument, the run reads the cut corpus."""
+    from training.arguments import ConfigError, DataArguments
+    from training.features import read_corpus
+
+    manifest = corpus_dir("ravdess") / "manifest.csv"
+    corpus = load_corpus(manifest)
+    with caplog.at_level(logging.INFO, logger="mise.data"):
+        cut = keep_emotions_per_speaker(corpus, 2)
+    assert "at most 2 emotion(s): 180 of 720 clips kept" in caplog.text
+    heard: dict[str, set[str]] = {}
+    for item in cut.items:
+        heard.setdefault(item.speaker, set()).add(item.label)
+    assert len(heard) == 24 and all(len(labels) == 2 for labels in heard.values())
+    assert Counter(label for labels in heard.values() for label in labels) == dict.fromkeys(
+        corpus.label_names, 6
+    )
+    kept = {(item.speaker, item.label) for item in cut.items}
+    assert [item.path for item in cut.items] == [
+        item.path for item in corpus.items if (item.speaker, item.label) in kept
+    ]
+    assert cut.label_names == corpus.label_names and [item.index for item in cut.items] == list(range(180))
+    assert [item.path for item in keep_emotions_per_speaker(corpus, 2).items] == [
+        item.path for item in cut.items
+    ]
+    assert len(keep_emotions_per_speaker(corpus, 8)) == len(corpus)
+    # a speaker heard in fewer emotions than asked keeps them all; the emotions stay spread over the speakers
+    one = keep_emotions_per_speaker(cut, 1)
+    assert len({item.speaker for item in one.items}) == 24
+    assert Counter(Counter({item.speaker: item.label for item in one.items}.values()).values()) == {3: 8}
+    with pytest.raises(ValueError, match="emotions_per_speaker: must be >= 1"):
+        keep_emotions_per_speaker(corpus, 0)
+
+    data_args = DataArguments(dataset=str(manifest), emotions_per_speaker=2)
+    assert [item.path for item in read_corpus(data_args).items] == [item.path for item in cut.items]
+    with pytest.raises(ConfigError, match="emotions_per_speaker: must be > 0"):
+        DataArguments(dataset=str(manifest), emotions_per_speaker=0)

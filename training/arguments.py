@@ -154,6 +154,14 @@ class DataArguments:
     strict: bool = field(
         default=False, metadata={"help": "Make a rejected file fatal instead of listing it."}
     )
+    emotions_per_speaker: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep each speaker's clips of at most N of their emotions (a stress test: a corpus whose "
+            "speakers are heard in few emotions, as in natural speech; which ones: `mise.data."
+            "keep_emotions_per_speaker`, the same in every run). Default: every clip."
+        },
+    )
     speaker_normalization: str = field(
         **shipped("speaker_normalization"),
         metadata={
@@ -250,6 +258,8 @@ class DataArguments:
             raise ConfigError(f"max_folds: must be >= 1, got {self.max_folds}")
         _positive("min_seconds", self.min_seconds, allow_zero=True)
         _positive("min_class_clips", self.min_class_clips)
+        if self.emotions_per_speaker is not None:
+            _positive("emotions_per_speaker", self.emotions_per_speaker)
         self.speaker_normalization = str(self.speaker_normalization).lower()
         if self.speaker_normalization not in SPEAKER_NORMALIZATION_MODES:
             raise ConfigError(
@@ -951,15 +961,22 @@ def arguments_dict(*arguments: object) -> dict:
     return merged
 
 
+def _hashed(key: str, value: object) -> bool:
+    """Whether a setting enters the config hash: an option at its "off" value does not, so that runs from before
+    the option existed keep their hash (and resume)."""
+    return not (key == "emotions_per_speaker" and value is None)
+
+
 def config_hash(*arguments: object) -> str:
     """Hash of every setting that changes results (paths, logging and resume settings excluded)."""
     values = {key: value for key, value in arguments_dict(*arguments).items() if key not in _NOT_HASHED}
     if values.get("protocol") != "split":  # the split column is only read by protocol split
         values.pop("split_column", None)
     values.pop("corpora", None)  # where the corpus files are; what they say is in corpus_args
+    values = {key: value for key, value in values.items() if _hashed(key, value)}
     if values.get("corpus_args"):  # several corpora: each corpus' settings
         values["corpus_args"] = [
-            {key: value for key, value in corpus.items() if key not in _NOT_HASHED}
+            {key: value for key, value in corpus.items() if key not in _NOT_HASHED and _hashed(key, value)}
             for corpus in values["corpus_args"]
         ]
     else:  # one corpus: the hash of a run before several corpora existed

@@ -19,7 +19,15 @@ from accelerate.logging import get_logger
 
 from mise.cache import FeatureCache
 from mise.console import progress_bars
-from mise.data import Corpus, Rejection, check_class_sizes, combine_corpora, load_corpus, write_rejections
+from mise.data import (
+    Corpus,
+    Rejection,
+    check_class_sizes,
+    combine_corpora,
+    keep_emotions_per_speaker,
+    load_corpus,
+    write_rejections,
+)
 from modeling_mise.audio import AudioInputError, crop
 from modeling_mise.encoders import AudioEncoder, TextEncoder, load_audio_encoder, load_text_encoder
 from modeling_mise.layers import speaker_statistics, standardize
@@ -103,7 +111,8 @@ def read_corpus(data_args: DataArguments) -> Corpus:
     A relative `dataset` path that exists under a local `data_dir` is read from there (e.g. `manifest.csv`
     with `--data_dir ../shared/data/ravdess`); otherwise `data_dir` goes to `datasets.load_dataset`. The split
     column is read (and checked) for protocol split only: other protocols ignore it. A class with fewer than
-    `min_class_clips` clips or 2 speakers stops here, before any audio is decoded.
+    `min_class_clips` clips or 2 speakers stops here, before any audio is decoded. With `emotions_per_speaker`
+    each speaker keeps the clips of that many of their emotions (`mise.data.keep_emotions_per_speaker`).
     """
     if data_args.corpus_args:
         corpora = {args.corpus_name: read_corpus(args) for args in data_args.corpus_args}
@@ -126,6 +135,8 @@ def read_corpus(data_args: DataArguments) -> Corpus:
         drop_labels=data_args.drop_labels,
         data_dir=data_dir,
     )
+    if data_args.emotions_per_speaker is not None:
+        corpus = keep_emotions_per_speaker(corpus, data_args.emotions_per_speaker)
     check_class_sizes(corpus, data_args.min_class_clips)
     return corpus
 
