@@ -456,22 +456,23 @@ def keep_emotions_per_speaker(corpus: Corpus, count: int) -> Corpus:
     emotions (as in natural speech), made from one that has them all, to measure what that does to a method.
 
     Speakers in sorted order each keep the ``count`` of their emotions that the fewest speakers before them kept
-    (ties: the first in label order), so every emotion stays heard from as many speakers as the corpus allows;
-    no seed, so every run of a study sees the same clips. The label space is unchanged.
+    (ties: the fewest clips kept, then the first in label order), so every emotion stays heard from as many
+    speakers, and with as many clips, as the corpus allows; no seed, so every run of a study sees the same clips.
+    The label space is unchanged.
 
     Raises:
         ValueError: for ``count`` < 1.
     """
     if count < 1:
         raise ValueError(f"emotions_per_speaker: must be >= 1, got {count}")
-    heard = Counter()  # emotion -> speakers kept in it so far
+    clips = Counter((item.speaker, item.label) for item in corpus.items)
+    heard, taken = Counter(), Counter()  # emotion -> speakers / clips kept in it so far
     kept: set[tuple[str, str]] = set()
-    for speaker in sorted({item.speaker for item in corpus.items}):
-        own = sorted(
-            {item.label for item in corpus.items if item.speaker == speaker}, key=corpus.label2id.get
-        )
-        for label in sorted(own, key=lambda name: heard[name])[:count]:
+    for speaker in sorted({speaker for speaker, _ in clips}):
+        own = sorted((label for who, label in clips if who == speaker), key=corpus.label2id.get)
+        for label in sorted(own, key=lambda name: (heard[name], taken[name]))[:count]:
             heard[label] += 1
+            taken[label] += clips[speaker, label]
             kept.add((speaker, label))
     keep = [i for i, item in enumerate(corpus.items) if (item.speaker, item.label) in kept]
     logger.info(

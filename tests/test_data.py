@@ -16,7 +16,13 @@ import pytest
 import soundfile
 from conftest import corpus_dir
 
-from mise.data import format_summary, keep_emotions_per_speaker, load_corpus, write_rejections
+from mise.data import (
+    check_class_sizes,
+    format_summary,
+    keep_emotions_per_speaker,
+    load_corpus,
+    write_rejections,
+)
 from modeling_mise.audio import AudioInputError, load_audio
 
 
@@ -414,6 +420,11 @@ def test_a_corpus_cut_to_speakers_heard_in_few_emotions(caplog):
     assert Counter(Counter({item.speaker: item.label for item in one.items}.values()).values()) == {3: 8}
     with pytest.raises(ValueError, match="emotions_per_speaker: must be >= 1"):
         keep_emotions_per_speaker(corpus, 0)
+    # Emo-DB's speakers have uneven clips per emotion: ties go to the emotion with the fewest clips kept, so that
+    # each class keeps enough clips to train (by speakers alone, sad kept 8 clips from 2 speakers)
+    emodb = keep_emotions_per_speaker(load_corpus(corpus_dir("emodb") / "manifest.csv"), 2)
+    check_class_sizes(emodb)
+    assert len(emodb) == 165 and min(Counter(item.label for item in emodb.items).values()) == 18
 
     data_args = DataArguments(dataset=str(manifest), emotions_per_speaker=2)
     assert [item.path for item in read_corpus(data_args).items] == [item.path for item in cut.items]
