@@ -627,6 +627,14 @@ class MiseTrainingArguments:
     generator_batch_size: int = field(
         **shipped("generator_batch_size"), metadata={"help": "Batch size of stage 2 (all processes)."}
     )
+    generator_min_batches: int = field(
+        **shipped("generator_min_batches"),
+        metadata={
+            "help": "Least batches of a stage-2 epoch: with few training rows the batches shrink below "
+            "generator_batch_size, so that G still takes this many steps an epoch (a corpus of ~150 clips would "
+            "otherwise give it one step an epoch, and G would end its epochs untrained)."
+        },
+    )
     generator_eval_every: int = field(
         **shipped("generator_eval_every"),
         metadata={"help": "Epochs between MI evaluations of G (the best-MI checkpoint is kept)."},
@@ -787,6 +795,7 @@ class MiseTrainingArguments:
         for name in ("r1_gamma", "instance_noise_std"):
             _positive(name, getattr(self, name), allow_zero=True)
         _positive("discriminator_steps", self.discriminator_steps)
+        _positive("generator_min_batches", self.generator_min_batches)
         _probability("generator_recall_floor", self.generator_recall_floor)
         if self.generator_selection not in GENERATOR_SELECTIONS:
             raise ConfigError(

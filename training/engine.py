@@ -277,14 +277,17 @@ class Batches:
         batch_size: int,
         rows: int | None = None,
         class_balanced: bool = False,
+        min_batches: int = 1,
     ) -> None:
         """`rows`: the row count when `tensors` are set later, epoch by epoch (stage 3's real + generated rows).
         `class_balanced`: an epoch's rows are drawn with replacement, each with probability inversely proportional
-        to the count of its class (the labels are `tensors[1]`), instead of a permutation."""
+        to the count of its class (the labels are `tensors[1]`), instead of a permutation. `min_batches`: at least
+        this many batches an epoch (smaller than `batch_size` when the rows are few; at most one per row)."""
         self.tensors = tensors
         self.class_balanced = class_balanced
         self.rows = len(tensors[0]) if rows is None else rows
-        self.size = max(1, self.rows // max(1, round(self.rows / batch_size)))
+        count = min(self.rows, max(min_batches, round(self.rows / batch_size)))
+        self.size = max(1, self.rows // max(1, count))
 
     def __len__(self) -> int:
         return self.rows // self.size

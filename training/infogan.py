@@ -458,7 +458,7 @@ class InfoGANTraining:
         )
         tensors = (features_train, labels_train) + ((codes_train,) if self.use_codes else ())
         tensors += (text_side.text_codes_train,) if text_side is not None else ()
-        self.batches = Batches(tensors, args.generator_batch_size)
+        self.batches = Batches(tensors, args.generator_batch_size, min_batches=args.generator_min_batches)
         self.step_module.to(runtime.device)
 
     @property
