@@ -183,6 +183,22 @@ def _loop_state() -> LoopState:
     return LoopState()
 
 
+def test_on_a_small_corpus_the_generator_still_takes_min_batches_steps_an_epoch():
+    """Fewer training rows than one batch: stage 2's batches shrink so that G takes `generator_min_batches` steps
+    an epoch, at most one per row (with one step an epoch, G ended a corpus of ~150 clips untrained)."""
+    features, labels, codes = clustered()
+    train, val = (features[:64], labels[:64], codes[:64]), (features[64:], labels[64:], codes[64:])
+    for min_batches, steps in ((3, 3), (1, 1), (100, 64)):
+        args = arguments(generator_batch_size=128, generator_min_batches=min_batches)
+        run = InfoGANTraining(runtime(), tiny_config(), args, train, val, seed=0)
+        state = _loop_state()
+        run.train_epoch(0, state, torch.Generator().manual_seed(0))
+        assert state.step == steps
+    assert MiseTrainingArguments(output_dir="unused").generator_min_batches == 3  # the shipped method's value
+    with pytest.raises(ConfigError, match="generator_min_batches: must be > 0"):
+        arguments(generator_min_batches=0)
+
+
 # ---------------------------------------------------------------------------------------------- D steps
 def _optimizer_steps(steps: int) -> tuple[dict[str, int], int]:
     """(optimiser steps of D and G, batches) in one epoch with `discriminator_steps` = `steps`."""
