@@ -107,15 +107,22 @@ def test_readme_targets_match_their_studies():
     assert blocks[0].strip() == study_targets.markdown(study_targets.read_settings(settings, REPO))
 
 
-def test_the_out_of_fold_targets_match_their_studies():
-    """docs/results.md's targets of the out-of-fold family are what `study_targets.py --suffix _oof` prints."""
+# the targets tables of docs/results.md beside the README's: marker -> (the family's suffix, its settings)
+FAMILY_TARGETS = {"oof": ("_oof", 4), "few-emotions": ("", 2)}
+
+
+@pytest.mark.parametrize("marker", sorted(FAMILY_TARGETS))
+def test_the_targets_tables_of_the_results_page_match_their_studies(marker):
+    """docs/results.md's targets tables (out-of-fold family, speakers heard in few emotions) are what
+    `study_targets.py [--suffix S]` prints for their studies."""
+    suffix, count = FAMILY_TARGETS[marker]
     blocks = re.findall(
-        r"<!-- oof targets table -->\n((?:\|.*\|\n)+)", (REPO / "docs" / "results.md").read_text()
+        rf"<!-- {marker} targets table -->\n((?:\|.*\|\n)+)", (REPO / "docs" / "results.md").read_text()
     )
-    assert len(blocks) == 1, "docs/results.md needs its out-of-fold targets table"
+    assert len(blocks) == 1, f"docs/results.md needs its {marker} targets table"
     settings = SETTING.findall(blocks[0])
-    assert len(settings) == 4, blocks[0]
-    table = study_targets.markdown(study_targets.read_settings(settings, REPO / "docs"), "_oof")
+    assert len(settings) == count, blocks[0]
+    table = study_targets.markdown(study_targets.read_settings(settings, REPO / "docs"), suffix)
     assert blocks[0].strip() == table
 
 
