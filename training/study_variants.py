@@ -31,6 +31,12 @@ VARIANTS: dict[str, Variant] = {
         Variant("mixup", "mix-up only", "mixup"),
         Variant("cgan", "conditional GAN without MI (lambda_y = lambda_t = 0)", "gan", mi=False),
         Variant("mise", "full MISE", "mise"),
+        Variant(
+            "mise_no_text",
+            "ablation: no text code (G conditioned on the emotion alone)",
+            "mise",
+            text_code=False,
+        ),
         Variant("mise_no_alignment", "ablation: no alignment", "mise", alignment=False),
         Variant(
             "mise_no_alignment_no_text",
