@@ -357,3 +357,70 @@ def test_discriminator_loss_is_unchanged_without_stabilisers():
     )
     logits = model.discriminate(torch.cat([features, fake])).adversarial_logits
     assert loss.item() == pytest.approx(discriminator_loss(logits[:32], logits[32:]).item(), rel=1e-5)
+
+
+def test_own_corpus_variants_train_stage_3_on_the_test_corpus_alone(monkeypatch):
+    """`mise_own` / `none_own` / `copies_own`: stages 1 and 2 read every corpus' training rows, stage 3 (selection
+    and refit) the real rows of the test speakers' corpus alone; validation rows of other corpora choose only
+    where the test corpus has none. Without several corpora the variants refuse to run."""
+    from training.study_variants import VARIANTS
+
+    trainer, _ = fold_trainer("mi")
+    speakers = np.repeat(np.arange(6), 24)
+    corpora = np.where(np.isin(speakers, [0, 1, 5]), "a", "b")  # test speaker 5 is of corpus a
+    trainer.data = dataclasses.replace(trainer.data, corpora=corpora)
+    trainer.args = dataclasses.replace(trainer.args, refit=True)
+    seen = []
+    classifier = FoldTrainer.classifier
+
+    def recording(self, variant, space, generated, *args, **kwargs):
+        seen.append((self.fold.name, space.train, space.val, len(space.z_train)))
+        return classifier(self, variant, space, generated, *args, **kwargs)
+
+    monkeypatch.setattr(FoldTrainer, "classifier", recording)
+    own_rows = np.flatnonzero(np.isin(speakers, [0, 1]))
+    for name in ("none_own", "copies_own", "mise_own"):
+        seen.clear()
+        trained = trainer.train(VARIANTS[name])
+        assert trained.selected.space.train.tolist() == np.flatnonzero(speakers < 4).tolist()  # stage 1: all
+        (selection, train, val, rows), (refit, refit_train, refit_val, _) = seen
+        assert refit == f"{selection}/refit" and rows == len(train)
+        assert train.tolist() == own_rows.tolist() and refit_train.tolist() == own_rows.tolist()
+        assert val.tolist() == np.flatnonzero(speakers == 4).tolist()  # corpus b: the only validation speaker
+        assert len(refit_val) == 0
+    shared = trainer.train(VARIANTS["mise"])
+    assert seen[-1][1].tolist() == np.flatnonzero(speakers != 5).tolist()  # mise's stage 3 reads both corpora
+    assert shared.generated.model is trained.generated.model  # one generator for mise and mise_own
+    # validation speakers of both corpora: the test corpus' alone choose
+    rows = np.arange(len(speakers))
+    trainer = FoldTrainer(
+        dataclasses.replace(trainer.data, corpora=np.where(speakers == 3, "b", "a")),
+        Fold("speaker-5", rows[speakers < 3], rows[np.isin(speakers, [3, 4])], rows[speakers == 5], ["5"],
+             ["3", "4"]),
+        0, 7, trainer.runtime, args=trainer.args,
+    )  # fmt: skip
+    seen.clear()
+    trainer.train(VARIANTS["none_own"])
+    assert seen[0][1].tolist() == np.flatnonzero(speakers < 3).tolist()
+    assert seen[0][2].tolist() == np.flatnonzero(speakers == 4).tolist()
+    assert seen[1][1].tolist() == np.flatnonzero(np.isin(speakers, [0, 1, 2, 4])).tolist()  # refit
+    trainer.data = dataclasses.replace(trainer.data, corpora=None)
+    with pytest.raises(ConfigError, match="several corpora"):
+        trainer.train(VARIANTS["none_own"])
+
+
+def test_the_text_code_ablation_keeps_the_alignment_and_drops_only_g_s_text_code():
+    """`mise_no_text` shares `mise`'s aligned space and trains its own generator, conditioned on the emotion alone
+    (no text codes reach G, so the text MI term is absent)."""
+    from training.study_variants import VARIANTS
+
+    mise, no_text = VARIANTS["mise"], VARIANTS["mise_no_text"]
+    assert no_text.aligner_key == mise.aligner_key and no_text.generator_key != mise.generator_key
+    model_args = no_text.model_arguments(ModelArguments(augmentation="none"))
+    assert model_args.no_text_code and not model_args.no_alignment and not model_args.no_mi
+    trainer, _ = fold_trainer("mi")
+    text = torch.randn(len(trainer.data.labels), 6, generator=torch.Generator().manual_seed(1))
+    trainer.data = dataclasses.replace(trainer.data, text=text)
+    space = trainer.space(mise)
+    assert trainer.text_codes(space.aligner, space.train, mise) is not None
+    assert trainer.text_codes(space.aligner, space.train, no_text) is None

@@ -60,6 +60,7 @@ class Variant:
     noise_std: float | None = None  # None: `noise_std` of the training arguments; 0: extra rows are copies
     without_validation: bool = False  # classic only: fitted on the training speakers alone, as `none` learns
     speaker_code: str | None = None  # speaker-aware G: whose voices stage 3 asks for (training.speaker_codes)
+    own_corpus: bool = False  # several corpora: stage 3's real rows are the test speakers' corpus' alone
 
     @classmethod
     def of(cls, model_args: ModelArguments) -> Variant:
@@ -119,6 +120,7 @@ class FoldData:
     speakers: np.ndarray | None = None  # per row; out-of-fold variants group by it
     out_of_fold_groups: int = 4  # speaker groups of the out-of-fold variants (one extra aligner each)
     test_speaker_clips: bool = False  # the fold reads its test speakers' clips (per-speaker statistics)
+    corpora: np.ndarray | None = None  # per row, in a run of several corpora; own-corpus variants read it
 
 
 @dataclass
@@ -496,6 +498,33 @@ class FoldTrainer:
         )  # fmt: skip
         return classifier, summary
 
+    def _own_corpus(self, variant: Variant, space: Space, generated: Generated) -> tuple[Space, Generated]:
+        """`Variant.own_corpus`: stage 3's real rows, and the text codes G's rows are drawn with, cut to the corpus
+        of the fold's test speakers; stages 1 and 2 keep every corpus' rows, so that G has learnt from more clips
+        than the classifier reads. Validation rows are cut the same way where the corpus has any."""
+        if not variant.own_corpus:
+            return space, generated
+        corpora = self.data.corpora
+        if corpora is None:
+            raise ConfigError(
+                f"variant {variant.name}: needs a run of several corpora (corpus files stacked)"
+            )
+        if self.data.model_args.multimodal:
+            raise ConfigError(f"variant {variant.name}: stage 3 reads z_a alone (multimodal: false)")
+        own = np.unique(corpora[self.fold.test])
+        train, val = np.isin(corpora[space.train], own), np.isin(corpora[space.val], own)
+        if not train.any():
+            raise ValueError(f"fold {self.fold.name}: no training clip of its test corpus {own.tolist()}")
+        if not val.any():  # the validation speakers all come from other corpora: they choose
+            val = np.ones(len(space.val), dtype=bool)
+        space = dataclasses.replace(
+            space, train=space.train[train], val=space.val[val], z_train=space.z_train[train],
+            z_val=space.z_val[val],
+        )  # fmt: skip
+        if generated.codes_train is not None:
+            generated = dataclasses.replace(generated, codes_train=generated.codes_train[train])
+        return space, generated
+
     # ------------------------------------------------------------------------------------------ a variant
     def train(self, variant: Variant) -> Trained:
         """Stages 1-3 of `variant`, selected on the validation speakers; with `refit`, trained once more on the
@@ -514,7 +543,7 @@ class FoldTrainer:
         generated = self.generator(variant, space)
         done = self._store("classifier", MiseClassifierModel) if self.store is not None else None
         if done is None:
-            classifier, summary = self.classifier(variant, space, generated)
+            classifier, summary = self.classifier(variant, *self._own_corpus(variant, space, generated))
             if self.store is not None:
                 self.store.save("classifier", classifier, summary)
         else:

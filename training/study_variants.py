@@ -66,6 +66,27 @@ VARIANTS: dict[str, Variant] = {
             "mise",
             speaker_code="test",
         ),
+        # several corpora: stage 3 on the test speakers' corpus alone, stages 1 and 2 on every corpus
+        Variant(
+            "none_own",
+            "no augmentation, stage 3 on the real rows of the test speakers' corpus",
+            "none",
+            own_corpus=True,
+        ),
+        Variant(
+            "copies_own",
+            "control: copies (as `copies`), stage 3 on the test speakers' corpus",
+            "noise",
+            noise_std=0.0,
+            own_corpus=True,
+        ),
+        Variant(
+            "mise_own",
+            "full MISE, G on every corpus, stage 3 on the real rows of the test speakers' "
+            "corpus and G's rows",
+            "mise",
+            own_corpus=True,
+        ),
         # out-of-fold z_a for stages 2 and 3 (training/out_of_fold.py), each with its in-fold counterpart above
         Variant("none_oof", "no augmentation, out-of-fold training features", "none", out_of_fold=True),
         Variant(
