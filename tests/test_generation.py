@@ -34,6 +34,7 @@ from training.infogan import (
     with_instance_noise,
 )
 from training.study_unit import StudyRuntime
+from training.study_variants import VARIANTS
 
 CLASSES = 4
 
@@ -363,8 +364,6 @@ def test_own_corpus_variants_train_stage_3_on_the_test_corpus_alone(monkeypatch)
     """`mise_own` / `none_own` / `copies_own`: stages 1 and 2 read every corpus' training rows, stage 3 (selection
     and refit) the real rows of the test speakers' corpus alone; validation rows of other corpora choose only
     where the test corpus has none. Without several corpora the variants refuse to run."""
-    from training.study_variants import VARIANTS
-
     trainer, _ = fold_trainer("mi")
     speakers = np.repeat(np.arange(6), 24)
     corpora = np.where(np.isin(speakers, [0, 1, 5]), "a", "b")  # test speaker 5 is of corpus a
@@ -412,8 +411,6 @@ def test_own_corpus_variants_train_stage_3_on_the_test_corpus_alone(monkeypatch)
 def test_the_text_code_ablation_keeps_the_alignment_and_drops_only_g_s_text_code():
     """`mise_no_text` shares `mise`'s aligned space and trains its own generator, conditioned on the emotion alone
     (no text codes reach G, so the text MI term is absent)."""
-    from training.study_variants import VARIANTS
-
     mise, no_text = VARIANTS["mise"], VARIANTS["mise_no_text"]
     assert no_text.aligner_key == mise.aligner_key and no_text.generator_key != mise.generator_key
     model_args = no_text.model_arguments(ModelArguments(augmentation="none"))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modeling_mise import MiseClassifierConfig, MiseClassifierModel, MiseGeneratorModel
+from modeling_mise import MiseAlignerModel, MiseClassifierConfig, MiseClassifierModel, MiseGeneratorModel
 from modeling_mise.modeling_audio_classifier import multimodal_features
 
 from .aligner import drop_text_codes
@@ -380,9 +380,13 @@ class MultimodalAugmenter:
 
 
 @torch.no_grad()
-def predict(classifier: MiseClassifierModel, features: Tensor) -> np.ndarray:
-    """Predicted class ids of `z_a` rows."""
+def predict(classifier: MiseClassifierModel | MiseAlignerModel, features: Tensor) -> np.ndarray:
+    """Predicted class ids of `z_a` rows: of a stage-3 classifier, or of an aligner's own emotion head (stage 1's
+    linear head on `z_a`: the study's `aligner_head` variant)."""
     classifier.eval()
     device = next(classifier.parameters()).device
-    logits = predict_in_chunks(lambda x: classifier(features=x.to(device)).logits.float().cpu(), features)
+    if isinstance(classifier, MiseAlignerModel):
+        logits = predict_in_chunks(lambda x: classifier.classify(x.to(device)).float().cpu(), features)
+    else:
+        logits = predict_in_chunks(lambda x: classifier(features=x.to(device)).logits.float().cpu(), features)
     return logits.argmax(-1).numpy()

@@ -61,6 +61,7 @@ class Variant:
     without_validation: bool = False  # classic only: fitted on the training speakers alone, as `none` learns
     speaker_code: str | None = None  # speaker-aware G: whose voices stage 3 asks for (training.speaker_codes)
     own_corpus: bool = False  # several corpora: stage 3's real rows are the test speakers' corpus' alone
+    aligner_head: bool = False  # the study predicts with stage 1's emotion head on z_a, not with stage 3
 
     @classmethod
     def of(cls, model_args: ModelArguments) -> Variant:

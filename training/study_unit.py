@@ -203,11 +203,12 @@ class FoldUnit:
         if variant.uses_generator and variant.name not in self.final_quality:  # the same generator, by name
             self.final_quality[variant.name] = self.final_quality[self.owners[variant.generator_key]]
         selected = trained.selected or trained
+        model = (lambda t: t.aligner) if variant.aligner_head else (lambda t: t.classifier)
         val_uar = classification_metrics(
-            labels[val].numpy(), predict(selected.classifier, selected.space.z_val), study.num_labels
+            labels[val].numpy(), predict(model(selected), selected.space.z_val), study.num_labels
         )
         z_test = encode_audio(trained.aligner, study.audio[self.fold.test])
-        return predict(trained.classifier, z_test), {
+        return predict(model(trained), z_test), {
             "val_uar": val_uar["uar"],
             "generated_ratio": selected.stages["classifier"]["generated_ratio"],
             "feature_set": selected.stages["aligner"].get("feature_set"),

@@ -27,6 +27,12 @@ VARIANTS: dict[str, Variant] = {
             "classic",
             without_validation=True,
         ),
+        Variant(
+            "aligner_head",
+            "diagnostic: stage 1's own emotion head on z_a (the linear head the aligner trains with), no stage 3",
+            "none",
+            aligner_head=True,
+        ),
         Variant("noise", "Gaussian feature noise", "noise"),
         Variant("mixup", "mix-up only", "mixup"),
         Variant("cgan", "conditional GAN without MI (lambda_y = lambda_t = 0)", "gan", mi=False),
