@@ -16,10 +16,17 @@ from torch.nn import functional as F
 from mise.data import load_corpus
 from mise.folds import Fold, make_folds
 from mise.quality import knn_precision_recall
-from modeling_mise import MiseGeneratorConfig, MiseGeneratorModel
+from modeling_mise import MiseAlignerModel, MiseGeneratorConfig, MiseGeneratorModel
 from modeling_mise.modeling_generator import SpectralLinear
-from training.aligner import drop_text_codes
-from training.arguments import ConfigError, MiseTrainingArguments, ModelArguments, parse_arguments
+from training.aligner import drop_text_codes, encode_audio
+from training.arguments import (
+    ConfigError,
+    DataArguments,
+    MiseTrainingArguments,
+    ModelArguments,
+    parse_arguments,
+)
+from training.classifier import predict
 from training.engine import Batches, LoopState
 from training.fold import FoldData, FoldTrainer, Generated, Variant
 from training.infogan import (
@@ -33,8 +40,8 @@ from training.infogan import (
     train_generator,
     with_instance_noise,
 )
-from training.study_unit import StudyRuntime
-from training.study_variants import VARIANTS
+from training.study_unit import FoldUnit, Study, StudyRuntime
+from training.study_variants import VARIANTS, StudyArguments
 
 CLASSES = 4
 
@@ -421,3 +428,31 @@ def test_the_text_code_ablation_keeps_the_alignment_and_drops_only_g_s_text_code
     space = trainer.space(mise)
     assert trainer.text_codes(space.aligner, space.train, mise) is not None
     assert trainer.text_codes(space.aligner, space.train, no_text) is None
+
+
+def test_the_aligner_head_variant_predicts_with_stage_1_s_emotion_head(monkeypatch):
+    """`aligner_head` scores the aligner's own linear head on `z_a` (validation and test), not stage 3: with the
+    head made to answer one class, every prediction is that class, while `none` still predicts with stage 3."""
+
+    trainer, _ = fold_trainer("mi")
+    data = trainer.data
+    study = Study(
+        Accelerator(cpu=True), DataArguments(dataset="unused"), data.model_args, data.training_args,
+        StudyArguments(variants=["none", "aligner_head"], figures=False), data.audio, None, data.labels,
+        data.id2label, None,
+    )  # fmt: skip
+    unit = FoldUnit(study, trainer.fold, 0, 7, trainer.fold.train)
+    head, _ = unit.classify(VARIANTS["aligner_head"])
+    trained = unit.trainer.train(VARIANTS["none"])  # stage 1 is shared: the same aligner, kept by the trainer
+    z_test = encode_audio(trained.aligner, data.audio[trainer.fold.test])
+    assert head.tolist() == predict(trained.aligner, z_test).tolist()
+    assert head.tolist() == trained.aligner.classify(z_test).argmax(-1).tolist()
+    stage_3 = predict(trained.classifier, z_test).tolist()
+
+    def one_class(self, audio_embeds):
+        return F.one_hot(torch.full((len(audio_embeds),), 2), CLASSES).float()
+
+    monkeypatch.setattr(MiseAlignerModel, "classify", one_class)
+    head, chosen = unit.classify(VARIANTS["aligner_head"])
+    assert set(head.tolist()) == {2} and chosen["val_uar"] == pytest.approx(1 / CLASSES)
+    assert unit.classify(VARIANTS["none"])[0].tolist() == stage_3  # `none` still reads stage 3
