@@ -264,6 +264,14 @@ def test_json_has_fold_statistics_pooled_uar_and_wilcoxon(study_run):
             assert 0.0 <= test["p_value"] <= 1.0 and test["n"] == 2
             delta = summary["uar_pooled"] - report["variants"]["none"]["uar_pooled"]
             assert summary["delta_uar_pooled_vs_none"] == pytest.approx(delta)
+            same, total = 0, 0  # the test clips it predicts as `none` does, from the units' predictions
+            for path in output_dir.glob("runs/seed-*/*.json"):
+                predicted = {
+                    r["variant"]: np.asarray(r["y_pred"]) for r in json.loads(path.read_text())["rows"]
+                }
+                same += int(np.sum(predicted[name] == predicted["none"]))
+                total += len(predicted["none"])
+            assert total > 0 and summary["same_predictions_as_none"] == pytest.approx(same / total)
     assert report["info"]["command"].startswith("training/study.py")
     assert report["info"]["commit"] and report["info"]["date"]
 
@@ -276,6 +284,8 @@ def test_markdown_renders_the_table(study_run):
     for name, summary in report["variants"].items():
         line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
         assert f"{100 * summary['uar_pooled']:.1f}" in line
+    same = next(line for line in text.splitlines() if line.startswith("Test clips predicted as `none`"))
+    assert f"mise {100 * report['variants']['mise']['same_predictions_as_none']:.1f}" in same
     for name in GENERATOR_VARIANTS:
         assert any(line.startswith(f"| {name} |") for line in text.split("## Quality")[1].splitlines())
 

@@ -159,6 +159,18 @@ def _markdown(report: dict, id2label: dict) -> str:
             f"{'–' if test is None else format(test['p_value'], '.3g')} | "
             f"{'–' if not ratio else ', '.join(f'{k}×{v}' for k, v in ratio.items())} |"
         )
+    same = {
+        name: s["same_predictions_as_none"]
+        for name, s in variants.items()
+        if s.get("same_predictions_as_none")
+    }
+    if same:
+        lines += [
+            "",
+            "Test clips predicted as `none` predicts them (every seed and fold): "
+            + ", ".join(f"{name} {_pct(value)}" for name, value in same.items())
+            + ".",
+        ]
     if report["quality"]:
         lines += [
             "",
@@ -268,6 +280,19 @@ def _figures(
     return [str(Path(p).relative_to(output_dir)) for p in written]
 
 
+def same_predictions(rows: list[dict], reference: list[dict]) -> float | None:
+    """The fraction of test clips, over every (seed, fold), that `rows` predict as the `reference` rows do."""
+    theirs = {(row["seed"], row["fold"]): row["y_pred"] for row in reference}
+    pairs = [
+        (row["y_pred"], theirs[row["seed"], row["fold"]])
+        for row in rows
+        if (row["seed"], row["fold"]) in theirs
+    ]
+    total = sum(len(ours) for ours, _ in pairs)
+    same = sum(int(np.sum(np.asarray(ours) == np.asarray(other))) for ours, other in pairs)
+    return same / total if total else None
+
+
 def _rows_by_variant(units: list[dict]) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = defaultdict(list)
     for unit in units:
@@ -299,6 +324,7 @@ def write_report(
             theirs = [reference["uar_by_fold"][f] for f in folds]
             summary["wilcoxon_vs_none"] = paired_wilcoxon(ours, theirs)
             summary["delta_uar_pooled_vs_none"] = summary["uar_pooled"] - reference["uar_pooled"]
+            summary["same_predictions_as_none"] = same_predictions(grouped[name], grouped[STUDY_REFERENCE])
     info = {
         **info,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
