@@ -1,7 +1,8 @@
 """The result tables of README.md and docs/*.md cannot drift from the study outputs they quote.
 
 A table preceded by `<!-- study table: PATH/study.json -->` has one row per variant (`variant: description`)
-with the columns UAR mean ± std over folds, pooled UAR, Δ pooled vs none, Wilcoxon p vs none; every number
+with the columns UAR mean ± std over folds, pooled UAR, Δ pooled vs none, Wilcoxon p vs none (and, optionally,
+the share of test clips predicted as `none` predicts them); every number
 shown must be the study's value rounded as displayed. The README's summary table, the targets table and the
 as-released table are checked against their `study.json` / `summary.json` files the same way.
 """
@@ -68,6 +69,8 @@ def check_row(cells: list[str], variants: dict) -> None:
         cells[3],
     )
     assert matches(NUMBER.findall(cells[4])[0], variant["wilcoxon_vs_none"]["p_value"], 1.0), (name, cells[4])
+    if len(cells) > 5:  # an optional last column: the test clips predicted as `none` predicts them, %
+        assert matches(NUMBER.findall(cells[5])[0], variant["same_predictions_as_none"]), (name, cells[5])
 
 
 def test_pages_have_study_tables():
