@@ -162,7 +162,7 @@ def _markdown(report: dict, id2label: dict) -> str:
     same = {
         name: s["same_predictions_as_none"]
         for name, s in variants.items()
-        if s.get("same_predictions_as_none")
+        if s.get("same_predictions_as_none") is not None
     }
     if same:
         lines += [
