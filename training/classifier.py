@@ -385,8 +385,6 @@ def predict(classifier: MiseClassifierModel | MiseAlignerModel, features: Tensor
     linear head on `z_a`: the study's `aligner_head` variant)."""
     classifier.eval()
     device = next(classifier.parameters()).device
-    if isinstance(classifier, MiseAlignerModel):
-        logits = predict_in_chunks(lambda x: classifier.classify(x.to(device)).float().cpu(), features)
-    else:
-        logits = predict_in_chunks(lambda x: classifier(features=x.to(device)).logits.float().cpu(), features)
-    return logits.argmax(-1).numpy()
+    aligner = isinstance(classifier, MiseAlignerModel)
+    forward = classifier.classify if aligner else (lambda x: classifier(features=x).logits)
+    return predict_in_chunks(lambda x: forward(x.to(device)).float().cpu(), features).argmax(-1).numpy()
