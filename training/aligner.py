@@ -11,8 +11,9 @@ encoder, and the codes the later stages read from it: `z_a` (`encode_audio`) and
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from accelerate.logging import get_logger
@@ -97,6 +98,7 @@ def train_aligner(
     seed: int = 0,
     transcripts_train: Sequence[str | None] | None = None,
     columns: slice | None = None,
+    extra_rows: ExtraRows | None = None,
 ) -> tuple[MiseAlignerModel, dict]:
     """Stage 1: CE + lambda_cl * symmetric InfoNCE; standardisation fitted on the training rows only.
 
@@ -108,6 +110,9 @@ def train_aligner(
     the tokens of `transcripts_train` instead of the frozen text features (`_lora_setup`). Early stopping on the
     validation speakers (`early_stopping_metric`: UAR or cross-entropy); returns the best aligner (eval mode,
     with a LoRA-tuned text encoder attached) and a summary.
+
+    `extra_rows` (`training.input_rows`): raw audio rows with labels, drawn anew each epoch and trained on with
+    the real rows (no transcript: the cross-entropy term alone); the standardisation stays the real rows'.
     """
     mean, std = feature_statistics(audio_train)
 
@@ -115,14 +120,20 @@ def train_aligner(
         return bounded(standardize(audio, mean, std), std, config.audio_limit)
 
     projection = InputProjection.fit(read(audio_train), columns, args.aligner_input_components)
-    statistics, trained_config = (mean, std), config
+    statistics, trained_config, reads = (mean, std), config, None
     if projection is not None:  # stage 1 on the projected features of the training clips, unfolded afterwards
         trained_config = copy.deepcopy(config)
         trained_config.audio_dim, trained_config.audio_limit = projection.size, None
         audio_train, audio_val = (projection(read(audio)) for audio in (audio_train, audio_val))
         statistics = (torch.zeros(projection.size), torch.ones(projection.size))
+        reads = lambda audio: projection(read(audio))  # noqa: E731
     model = initialised(lambda: MiseAlignerModel(trained_config), seed)
+    before_epoch = None
     if config.text_lora is not None:
+        if extra_rows is not None:
+            raise ValueError(
+                "train_aligner: extra rows train with frozen text features, not a LoRA text encoder"
+            )
         if transcripts_train is None or text_train is None:
             raise ValueError(
                 "train_aligner: a LoRA-tuned text encoder trains on the transcripts and text features"
@@ -135,9 +146,11 @@ def train_aligner(
         optimizer, batches, parameters, batch_loss = _plain_setup(
             model, args, audio_train, statistics, labels_train, text_train
         )
+        if extra_rows is not None:
+            before_epoch = _with_extra_rows(batches, extra_rows, reads)
     model, state = fit_supervised(
         runtime, "aligner", model, optimizer, batches, parameters, args, args.aligner_epochs,
-        batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val, seed,
+        batch_loss, lambda model, x: model(audio_features=x).logits, audio_val, labels_val, seed, before_epoch,
     )  # fmt: skip
     if projection is not None:
         model = projection.unfold(model, config, mean, std)
@@ -221,6 +234,33 @@ class InputProjection:
         state["audio_mean"], state["audio_std"] = mean, std
         model.load_state_dict(state)
         return model.to(small.audio_mean.device).eval()
+
+
+class ExtraRows(Protocol):
+    """Stage 1's extra rows (`training.input_rows.InputRows`): `count` rows a call, drawn from an epoch's stream."""
+
+    count: int
+
+    def __call__(self, generator: torch.Generator) -> tuple[Tensor, Tensor]: ...
+
+
+def _with_extra_rows(
+    batches: Batches, extra_rows: ExtraRows, reads: Callable[[Tensor], Tensor] | None
+) -> Callable[[int, torch.Generator], None]:
+    """Makes `batches` the real rows followed by each epoch's `extra_rows` (text features NaN: no transcript);
+    `reads`: what the trained model reads of a raw row (the projection), when not the row itself. Returns the
+    hook that draws them before an epoch."""
+    real = batches.tensors
+    batches.tensors, batches.rows = (), len(real[0]) + extra_rows.count
+
+    def before_epoch(epoch: int, generator: torch.Generator) -> None:
+        audio, labels = extra_rows(generator)
+        extra = (audio if reads is None else reads(audio), labels.to(real[1].dtype))
+        if len(real) > 2:  # text features
+            extra += (torch.full((len(labels), real[2].shape[1]), float("nan"), dtype=real[2].dtype),)
+        batches.tensors = tuple(torch.cat([a, b]) for a, b in zip(real, extra, strict=True))
+
+    return before_epoch
 
 
 def _plain_setup(
@@ -372,8 +412,13 @@ def text_codes(
         return codes
     if reference is None:
         raise ValueError("text_codes: without alignment the raw text features need the reference rows")
-    present = _present_rows(reference)
-    return standardize(text, *feature_statistics(present))
+    return raw_text_codes(text, reference)
+
+
+def raw_text_codes(text: Tensor, reference: Tensor) -> Tensor:
+    """Text features standardised with the mean and std of the `reference` rows that have a transcript: the text
+    codes of a space without alignment."""
+    return standardize(text, *feature_statistics(_present_rows(reference)))
 
 
 def drop_text_codes(

@@ -35,11 +35,13 @@ from .classifier import (
 from .engine import StageRuntime, stage_seed
 from .feature_choice import choose_feature_set
 from .infogan import TextSide, generator_config, train_generator
+from .input_rows import InputRows, input_rows
 from .out_of_fold import out_of_fold_features
 from .speaker_codes import SpeakerCodes, with_speaker_codes
 
 Tensor = torch.Tensor
 ALIGNER, GENERATOR, CLASSIFIER = 1, 2, 3  # stage numbers: the streams of stage k derive from (seed, fold, k)
+INPUT_ROWS = 4  # the extra rows of stage 1 and their generator (training.input_rows)
 OUT_OF_FOLD = 10  # out-of-fold aligners: stages 10 (the groups) and 11, 12, ... (one per group)
 
 
@@ -62,6 +64,7 @@ class Variant:
     speaker_code: str | None = None  # speaker-aware G: whose voices stage 3 asks for (training.speaker_codes)
     own_corpus: bool = False  # several corpora: stage 3's real rows are the test speakers' corpus' alone
     aligner_head: bool = False  # the study predicts with stage 1's emotion head on z_a, not with stage 3
+    input_rows: str | None = None  # extra rows at stage 1's inputs: "mise" or "noise" (training.input_rows)
 
     @classmethod
     def of(cls, model_args: ModelArguments) -> Variant:
@@ -79,7 +82,8 @@ class Variant:
     @property
     def aligner_key(self) -> tuple[bool, ...]:
         """Variants with the same key share one stage-1 space per fold and seed."""
-        return (self.alignment, self.full_data) + ((True,) if self.out_of_fold else ())
+        key = (self.alignment, self.full_data) + ((True,) if self.out_of_fold else ())
+        return key + (("input", self.input_rows, self.noise_std) if self.input_rows else ())
 
     @property
     def generator_key(self) -> tuple[bool, ...] | None:
@@ -272,9 +276,16 @@ class FoldTrainer:
                 self.spaces[key] = self._space(variant, train)
         return self.spaces[key]
 
-    def _train_aligner(self, variant: Variant, train: np.ndarray, seed: int, name: str | None):
-        """(aligner, summary) of stage 1 on the rows `train`, early-stopped on the fold's validation rows; `name`:
-        where the store keeps it (None: not kept)."""
+    def _train_aligner(
+        self,
+        variant: Variant,
+        train: np.ndarray,
+        seed: int,
+        name: str | None,
+        extra_rows: InputRows | None = None,
+    ):
+        """(aligner, summary) of stage 1 on the rows `train` (and `extra_rows`), early-stopped on the fold's
+        validation rows; `name`: where the store keeps it (None: not kept)."""
         done = None if name is None else self._store(name, MiseAlignerModel)
         if done is not None:
             return done
@@ -288,6 +299,7 @@ class FoldTrainer:
             self._runtime(0), config, self.args, data.audio[train], data.labels[train], data.audio[val],
             data.labels[val], text_train=None if data.text is None else data.text[train], seed=seed,
             transcripts_train=[data.transcripts[i] for i in train] if lora else None, columns=columns,
+            extra_rows=extra_rows,
         )  # fmt: skip
         if scores is not None:
             summary["feature_set"], summary["feature_set_scores"] = feature_set, scores
@@ -309,8 +321,30 @@ class FoldTrainer:
         return choose_feature_set(audio, labels, self.data.speakers, training_side, candidates)
 
     def _space(self, variant: Variant, train: np.ndarray) -> Space:
-        aligner, summary = self._train_aligner(variant, train, self.stage_seed(ALIGNER), "aligner")
+        extra_rows, generator_summary = self._input_rows(variant, train)
+        name = None if extra_rows is not None else "aligner"  # a study variant: nothing to resume
+        aligner, summary = self._train_aligner(variant, train, self.stage_seed(ALIGNER), name, extra_rows)
+        if generator_summary is not None:
+            summary = {**summary, "input_generator": generator_summary}
         return self.encode(aligner, summary, variant, train)
+
+    def _input_rows(self, variant: Variant, train: np.ndarray) -> tuple[InputRows | None, dict | None]:
+        """`Variant.input_rows`: stage 1's extra rows (`training.input_rows`) and their generator's summary."""
+        if variant.input_rows is None:
+            return None, None
+        data, val = self.data, self.fold.validation
+        if data.model_args.text_lora_r:
+            raise ConfigError(
+                f"variant {variant.name}: extra stage-1 rows need frozen text features (no LoRA)"
+            )
+
+        def rows(index: np.ndarray) -> tuple[Tensor, Tensor, Tensor | None]:
+            return data.audio[index], data.labels[index], None if data.text is None else data.text[index]
+
+        return input_rows(
+            variant.input_rows, data.model_args, variant.training_arguments(self.args), rows(train), rows(val),
+            self.feature_set[1], data.id2label, self.stage_seed(INPUT_ROWS), self._runtime(0),
+        )  # fmt: skip
 
     def encode(self, aligner: MiseAlignerModel, summary: dict, variant: Variant, train: np.ndarray) -> Space:
         """The fold's training and validation rows in `aligner`'s space."""
@@ -590,9 +624,11 @@ REFIT = "refit"  # a fold's stages trained once more on training + validation sp
 
 def refit_arguments(args: MiseTrainingArguments, stages: dict) -> MiseTrainingArguments:
     """The choices a fold made on its validation speakers as fixed settings: stage 1 on its chosen feature set,
-    each stage for its chosen epoch (stage 1 and 3: early stopping, stage 2: the best-MI checkpoint), stage 3
+    each stage for its chosen epoch (stage 1 and 3: early stopping, stage 2 or the generator of stage 1's extra
+    rows: the best-MI checkpoint), stage 3
     with the kept generated-to-real ratio, nothing left to select."""
     generator, classifier = stages["generator"], stages["classifier"]
+    generator = generator or stages["aligner"].get("input_generator")  # stage 1's extra rows' generator
     ratio = classifier["generated_ratio"]
     chosen = stages["aligner"].get("feature_set")
     return dataclasses.replace(

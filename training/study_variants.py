@@ -108,6 +108,26 @@ VARIANTS: dict[str, Variant] = {
             noise_std=0.0,
             out_of_fold=True,
         ),
+        # extra rows at stage 1's inputs (training/input_rows.py); stage 3 on real rows alone, as `none`
+        Variant(
+            "mise_input",
+            "MISE's generator on stage 1's inputs (top principal directions); stage 1 trains on real + its rows",
+            "none",
+            input_rows="mise",
+        ),
+        Variant(
+            "noise_input",
+            "control: Gaussian noise on real rows in the same directions, as extra stage-1 rows",
+            "none",
+            input_rows="noise",
+        ),
+        Variant(
+            "copies_input",
+            "control: copies of real rows in the same directions (noise with std 0), as extra stage-1 rows",
+            "none",
+            input_rows="noise",
+            noise_std=0.0,
+        ),
         # class-imbalance study only
         Variant(
             "none_full_data", "no augmentation, before the class was cut (reference)", "none", full_data=True
