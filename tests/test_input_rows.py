@@ -114,6 +114,11 @@ def test_the_input_generator_learns_on_training_speakers_is_chosen_on_validation
         (len(fold.train) + len(fold.validation), 0, chosen),
     ]
     assert refit_arguments(trainer.args, trained.selected.stages).generator_epochs == chosen
+    # G's rows are coordinates of the input space, not points of the unit sphere (z_a's, where stage 2 works)
+    extra_rows, _ = trainer._input_rows(VARIANTS["mise_input"], fold.train)
+    extra, _ = extra_rows(torch.Generator().manual_seed(0))
+    norms = extra_rows.space.coordinates(extra).norm(dim=1)
+    assert norms.std() > 0.05 and not torch.allclose(norms, torch.ones_like(norms), atol=0.05)
     assert trained.generated.model is None  # stage 3 reads real rows alone, as `none`
     calls.clear()
     for name in ("noise_input", "copies_input"):  # no generator; each control its own stage 1

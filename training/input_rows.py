@@ -3,8 +3,8 @@ aligner, where a fold's decision is made, instead of stage 3 alone.
 
 The extra rows live in the top principal directions of the standardised features stage 1 reads (`InputSpace`,
 fitted on the training rows: `projection_dim` directions, at most the rows' span): a generator trained there
-(an InfoGAN with MI terms, as stage 2, its checkpoint chosen by MI on the validation speakers; text codes are the
-standardised sentence features, as without alignment), or real rows' coordinates with Gaussian noise (std 0:
+(an InfoGAN with MI terms, as stage 2, with unnormalised output, its checkpoint chosen by MI on the validation
+speakers; text codes are the standardised sentence features, as without alignment), or real rows' coordinates with Gaussian noise (std 0:
 copies). Every kind is mapped back to feature space the same way, so they differ only in where the rows come
 from. Stage 1 draws them anew every epoch (`training.aligner.train_aligner`, `extra_rows`) at the ratio
 `generated_ratio`, class-balanced as stage 3's.
@@ -105,6 +105,7 @@ def input_rows(
             codes, codes_val = raw_text_codes(text, text), raw_text_codes(text_val, text)
         mise = dataclasses.replace(model_args, augmentation="mise", no_mi=False)
         config = generator_config(mise, space.size, None if codes is None else codes.shape[1], id2label)
+        config.normalize_output = False  # coordinates, not the unit-norm z_a of stage 2
         generator, summary = train_generator(
             runtime, config, args, coordinates, labels, space.coordinates(audio_val), labels_val,
             text_codes_train=codes, text_codes_val=None if codes is None else codes_val, seed=seed,
