@@ -625,8 +625,7 @@ REFIT = "refit"  # a fold's stages trained once more on training + validation sp
 def refit_arguments(args: MiseTrainingArguments, stages: dict) -> MiseTrainingArguments:
     """The choices a fold made on its validation speakers as fixed settings: stage 1 on its chosen feature set,
     each stage for its chosen epoch (stage 1 and 3: early stopping, stage 2 or the generator of stage 1's extra
-    rows: the best-MI checkpoint), stage 3
-    with the kept generated-to-real ratio, nothing left to select."""
+    rows: the best-MI checkpoint), stage 3 with the kept generated-to-real ratio, nothing left to select."""
     generator, classifier = stages["generator"], stages["classifier"]
     generator = generator or stages["aligner"].get("input_generator")  # stage 1's extra rows' generator
     ratio = classifier["generated_ratio"]
