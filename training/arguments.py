@@ -658,6 +658,13 @@ class MiseTrainingArguments:
             "stage's epochs (0 = off)."
         },
     )
+    mode_seeking_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Stage 2: weight of the mode-seeking term 1 / (mean|G(eps_1) - G(eps_2)| / mean|eps_1 - eps_2|) "
+            "in G's loss, two noises for the same emotion and text code (0 = off)."
+        },
+    )
     generator_selection: Literal[GENERATOR_SELECTIONS] = field(
         default="mi",
         metadata={
@@ -792,7 +799,7 @@ class MiseTrainingArguments:
             _positive(name, getattr(self, name), allow_zero=True)
         for name in ("generator_mixup_alpha", "mixup_alpha", "noise_std", "generated_ratio", "max_grad_norm"):
             _positive(name, getattr(self, name), allow_zero=True)
-        for name in ("r1_gamma", "instance_noise_std"):
+        for name in ("r1_gamma", "instance_noise_std", "mode_seeking_weight"):
             _positive(name, getattr(self, name), allow_zero=True)
         _positive("discriminator_steps", self.discriminator_steps)
         _positive("generator_min_batches", self.generator_min_batches)
@@ -970,10 +977,14 @@ def arguments_dict(*arguments: object) -> dict:
     return merged
 
 
+# options added after runs were committed, at their "off" value
+_OFF_VALUES = {"emotions_per_speaker": None, "mode_seeking_weight": 0.0}
+
+
 def _hashed(key: str, value: object) -> bool:
     """Whether a setting enters the config hash: an option at its "off" value does not, so that runs from before
     the option existed keep their hash (and resume)."""
-    return not (key == "emotions_per_speaker" and value is None)
+    return key not in _OFF_VALUES or value != _OFF_VALUES[key]
 
 
 def config_hash(*arguments: object) -> str:

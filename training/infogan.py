@@ -104,6 +104,14 @@ def with_instance_noise(rows: Tensor, std: float, generator: torch.Generator | N
     return rows + std * noise.to(device=rows.device, dtype=rows.dtype)
 
 
+def mode_seeking_loss(features: Tensor, other: Tensor, noise: Tensor, other_noise: Tensor) -> Tensor:
+    """Mode seeking (Mao et al. 2019): `1 / (mean|h_1 - h_2| / mean|eps_1 - eps_2| + 1e-5)` for two rows
+    generated from two noises with the same emotion and text code; small when G maps different noises apart,
+    so that a conditional G does not collapse each condition onto one row."""
+    ratio = (features - other).abs().mean() / (noise - other_noise).abs().mean()
+    return 1.0 / (ratio + 1e-5)
+
+
 def generator_loss(
     model: MiseGeneratorModel,
     labels: Tensor,
@@ -111,13 +119,21 @@ def generator_loss(
     noise: Tensor,
     generator: torch.Generator | None = None,
     instance_noise_std: float = 0.0,
+    mode_seeking_weight: float = 0.0,
 ) -> Tensor:
     """`L_G = BCE(D(h_hat), 1) + lambda_y * CE(Q_y(h_hat), y) + lambda_t * InfoNCE(z_t, Q_t(h_hat))` of
     `h_hat = G(noise, y, z_t)`; a fraction `text_code_dropout` of the codes is replaced by the null code first
-    (drawn from `generator`), and D sees `h_hat` with instance noise of `instance_noise_std`."""
+    (drawn from `generator`), and D sees `h_hat` with instance noise of `instance_noise_std`. With
+    `mode_seeking_weight` > 0, G also generates the same conditions from a second noise (drawn from `generator`)
+    and adds that weight times `mode_seeking_loss`."""
     config = model.config
     text_codes = drop_text_codes(text_codes, config.text_code_dropout, generator)
     features = model.generate_features(noise, labels, text_codes)
+    seeking = None
+    if mode_seeking_weight > 0:
+        other_noise = model.sample_noise(labels.shape[0], generator=generator)
+        other = model.generate_features(other_noise, labels, text_codes)
+        seeking = mode_seeking_weight * mode_seeking_loss(features, other, noise, other_noise)
     heads = model.discriminate(with_instance_noise(features, instance_noise_std, generator))
     adversarial = generator_adversarial_loss(heads.adversarial_logits)
     loss = adversarial + config.lambda_y * F.cross_entropy(heads.emotion_logits, labels.long())
@@ -125,7 +141,7 @@ def generator_loss(
         text_mi = _text_mi_term(text_codes, heads.text_code, text_codes, config.tau)
         if text_mi is not None:
             loss = loss + config.lambda_t * text_mi
-    return loss
+    return loss if seeking is None else loss + seeking
 
 
 def r1_penalty(adversarial_logits: Tensor, inputs: Tensor) -> Tensor:
@@ -181,12 +197,14 @@ class InfoGANStep(nn.Module):
         text_discriminator: TextDiscriminator | None = None,
         r1_gamma: float = 0.0,
         instance_noise_std: float = 0.0,
+        mode_seeking_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.text_discriminator = text_discriminator
         self.r1_gamma = r1_gamma  # weight of the R1 penalty on D's real rows
         self.instance_noise_std = instance_noise_std  # the current std (the training loop anneals it)
+        self.mode_seeking_weight = mode_seeking_weight  # weight of G's mode-seeking term
 
     def forward(
         self,
@@ -201,7 +219,15 @@ class InfoGANStep(nn.Module):
         """The loss of `player`; the noise and the text-code dropout draw from `generator` (the epoch's stream)."""
         noise = self.model.sample_noise(labels.shape[0], generator=generator)
         if player == "generator":
-            return generator_loss(self.model, labels, text_codes, noise, generator, self.instance_noise_std)
+            return generator_loss(
+                self.model,
+                labels,
+                text_codes,
+                noise,
+                generator,
+                self.instance_noise_std,
+                self.mode_seeking_weight,
+            )
         if player == "discriminator":
             return self._discriminator_loss(noise, real, labels, text_codes, mixed, mixed_labels, generator)
         if player not in ("text_generator", "text_discriminator"):
@@ -324,7 +350,8 @@ class TextSide:
         )
 
     def step_module(self, model: MiseGeneratorModel, **stabilisers: float) -> InfoGANStep:
-        """The module of all four players (`stabilisers`: `InfoGANStep`'s R1 weight and instance noise)."""
+        """The module of all four players (`stabilisers`: `InfoGANStep`'s R1 weight, instance noise and mode-seeking
+        weight)."""
         return InfoGANStep(model, self.discriminator, **stabilisers)
 
     def train_step(
@@ -442,7 +469,11 @@ class InfoGANTraining:
             features_train, labels_train, codes_train if self.probe_codes else None, seed=seed
         )
         self.model = model = initialised(lambda: MiseGeneratorModel(config), seed)
-        stabilisers = {"r1_gamma": args.r1_gamma, "instance_noise_std": args.instance_noise_std}
+        stabilisers = {
+            "r1_gamma": args.r1_gamma,
+            "instance_noise_std": args.instance_noise_std,
+            "mode_seeking_weight": args.mode_seeking_weight,
+        }
         self.step_module = (
             InfoGANStep(model, **stabilisers)
             if text_side is None
