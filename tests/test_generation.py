@@ -1,6 +1,6 @@
 """Stage 2's stabilisers of the adversarial game (spectral normalisation of D, the R1 penalty, annealed instance
-noise, several D steps per G step, G's mode-seeking term) and its checkpoint criteria (MI, MI under a recall floor, the stage-3
-validation score): each test fails when its piece is taken out."""
+noise, several D steps per G step, G's mode-seeking term) and its checkpoint criteria (MI, MI under a recall
+floor, the stage-3 validation score): each test fails when its piece is taken out."""
 
 from __future__ import annotations
 
@@ -283,7 +283,6 @@ def test_mode_seeking_spreads_a_generator_that_collapses_onto_its_classes():
             runtime(), config, args, features[:96], labels[:96], features[96:], labels[96:], seed=1
         )
         recalls[weight] = summary["quality"]["recall"]
-    print(recalls)
     assert recalls[0.05] > recalls[0.0] + 0.2
 
 

@@ -5,9 +5,9 @@ The extra rows live in the top principal directions of the standardised features
 fitted on the training rows: `projection_dim` directions, at most the rows' span): a generator trained there
 (an InfoGAN with MI terms, as stage 2, with unnormalised output, its checkpoint chosen by MI on the validation
 speakers; text codes are the standardised sentence features, as without alignment), or real rows' coordinates
-with Gaussian noise (std 0: copies). Every kind is mapped back to feature space the same way, so they differ only in where the rows come
-from. Stage 1 draws them anew every epoch (`training.aligner.train_aligner`, `extra_rows`) at the ratio
-`generated_ratio`, class-balanced as stage 3's.
+with Gaussian noise (std 0: copies). Every kind is mapped back to feature space the same way, so they differ only
+in where the rows come from. Stage 1 draws them anew every epoch (`training.aligner.train_aligner`, `extra_rows`)
+at the ratio `generated_ratio`, class-balanced as stage 3's.
 """
 
 from __future__ import annotations
