@@ -29,8 +29,8 @@ import training.study_unit as study_unit
 from mise.folds import make_folds
 from mise.plots import QUALITY_METRICS
 from training.arguments import ConfigError
-from training.study import main, parse_study_arguments
-from training.study_variants import DEFAULT_VARIANTS, VARIANTS, classic_baseline, cut_class
+from training.study import main, parse_study_arguments, study_hash
+from training.study_variants import DEFAULT_VARIANTS, VARIANTS, classic_baseline, cut_class, validated_c
 
 REPO = Path(__file__).resolve().parents[1]
 SPEAKERS = ("Actor_01", "Actor_02", "Actor_03", "Actor_04")
@@ -677,3 +677,66 @@ def test_a_balanced_classic_baseline_recalls_a_minority_class_more():
     weighted = classic_baseline(features, labels, train, test, balanced=True)
     minority = labels[test] == 1
     assert (weighted[minority] == 1).mean() > (plain[minority] == 1).mean() + 0.3
+
+
+def test_the_classic_baseline_chooses_its_l2_on_the_validation_rows():
+    """`validated_c` fits each C on the training rows and keeps the one with the best validation UAR, ties going
+    to the stronger L2; the test rows play no part (they are not among its arguments). With 200 noise features
+    beside 2 informative ones and 40 training rows, C = 1e-4 and C = 100 give different validation UARs, and the
+    choice is the brute-force argmax."""
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 60)
+    features = np.concatenate([np.eye(3)[labels][:, :2] * 1.5, rng.normal(size=(180, 200))], axis=1)
+    features[:, :2] += rng.normal(size=(180, 2))
+    order = rng.permutation(180)
+    train, validation = np.sort(order[:40]), np.sort(order[40:120])
+    cs = [1e-4, 0.01, 1.0, 100.0]
+    scores = [
+        np.mean([
+            (classic_baseline(features, labels, train, validation, c)[labels[validation] == k] == k).mean()
+            for k in range(3)
+        ])
+        for c in cs
+    ]  # fmt: skip
+    assert len({round(s, 6) for s in scores}) > 1  # the choice matters here
+    best = max(range(len(cs)), key=lambda i: (scores[i], -cs[i]))
+    assert validated_c(features, labels, train, validation, cs) == (cs[best], pytest.approx(scores[best]))
+    separable = np.eye(3)[labels] * 10.0  # every C scores 1.0 on the validation rows: the strongest L2 wins
+    assert validated_c(separable, labels, train, validation, cs[1:]) == (0.01, 1.0)
+    assert validated_c(features, labels, train, validation, [0.5]) == (0.5, None)  # one value: no choice
+    assert validated_c(features, labels, train, validation[:0], cs) == (1e-4, None)  # no validation speakers
+
+
+def test_the_study_chooses_the_classic_l2_without_the_test_speakers(
+    manifest, cache_dir, tmp_path, monkeypatch
+):
+    """The study hands `validated_c` the fold's training rows and its validation rows, neither holding a test
+    speaker's clip, and records the C it kept in `study.csv`; one number (a config of before the grid) is a
+    one-value grid, a study of another hash than the grid's; a C <= 0 is refused."""
+    calls = []
+    original = study_unit.validated_c
+
+    def recorded(features, labels, train, validation, cs, *args):
+        calls.append((np.asarray(train), np.asarray(validation), list(cs)))
+        return original(features, labels, train, validation, cs, *args)
+
+    monkeypatch.setattr(study_unit, "validated_c", recorded)
+    extra = ("--seeds", "3", "--max_folds", "1", "--variants", "classic", "--classic_c", "0.01", "1.0")
+    main(study_args(manifest, tmp_path / "out", cache_dir, *extra))
+    ((train, validation, cs),) = calls
+    speakers = np.array([row["speaker"] for row in csv.DictReader(manifest.open())])
+    (row,) = read_rows(tmp_path / "out" / "study.csv")
+    test_speakers = set(row["test_speakers"].split())
+    assert cs == [0.01, 1.0] and len(train) and len(validation) and not set(train) & set(validation)
+    assert not test_speakers & set(speakers[train]) and not test_speakers & set(speakers[validation])
+    assert float(row["classic_c"]) in cs and row["val_uar"] != ""
+    old = parse_study_arguments(["--dataset", "x.csv", "--output_dir", "o", "--classic_c", "1.0"])
+    new = parse_study_arguments(["--dataset", "x.csv", "--output_dir", "o"])
+    assert (
+        old[3].classic_c == [1.0]
+        and new[3].classic_c == sorted(new[3].classic_c)
+        and len(new[3].classic_c) > 1
+    )
+    assert study_hash(*old) != study_hash(*new)
+    with pytest.raises(ConfigError, match="classic_c"):
+        parse_study_arguments(["--dataset", "x.csv", "--output_dir", "o", "--classic_c", "0", "1"])

@@ -71,8 +71,12 @@ def test_the_command_writes_the_table(tmp_path):
 
 @pytest.mark.parametrize(
     "directions, page",
-    [(DIRECTIONS, "README.md"), (DIRECTIONS / "on_shipped", "docs/results.md")],
-    ids=["against the earlier base", "against the shipped method"],
+    [
+        (DIRECTIONS, "README.md"),
+        (DIRECTIONS / "on_shipped", "docs/results.md"),
+        (DIRECTIONS / "classic_c", "docs/results.md"),
+    ],
+    ids=["against the earlier base", "against the shipped method", "the classic baseline's L2 choice"],
 )
 def test_the_committed_directions_table_is_computed_from_its_studies(directions, page):
     report = json.loads((directions / "directions.json").read_text())

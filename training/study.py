@@ -69,6 +69,8 @@ def study_hash(data_args, model_args, training_args, study_args: StudyArguments)
         for key, value in dataclasses.asdict(study_args).items()
         if key not in ("variants", "seeds", "figures", "map_max_points")
     }
+    if len(study_args.classic_c) == 1:  # one value hashes as before the grid, so earlier studies resume
+        study_values["classic_c"] = study_args.classic_c[0]
     text = config_hash(data_args, model_args, training_args) + json.dumps(study_values, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

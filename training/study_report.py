@@ -24,7 +24,7 @@ from .study_variants import VARIANTS, StudyArguments
 
 CSV_COLUMNS = (
     "variant", "seed", "fold", "test_speakers", "uar", "wa", "f1_macro", "val_uar", "generated_ratio",
-    "feature_set", "train_clips", "test_clips", "seconds",
+    "feature_set", "classic_c", "train_clips", "test_clips", "seconds",
 )  # fmt: skip
 QUALITY_KEYS = ("mi_emotion_nats", "mi_text_nats", "frechet_distance", "precision", "recall")
 MAP_VARIANTS_TSNE = ("mise", "cgan")
@@ -78,6 +78,7 @@ def summarize_variant(
     summary["val_uar_mean"] = _mean([r["val_uar"] for r in rows])
     summary["generated_ratio_chosen"] = chosen_ratio_counts(r["generated_ratio"] for r in rows)
     summary["feature_set_chosen"] = chosen_feature_set_counts(r.get("feature_set") for r in rows)
+    summary["classic_c_chosen"] = chosen_ratio_counts(r.get("classic_c") for r in rows)
     return summary
 
 
@@ -145,19 +146,24 @@ def _markdown(report: dict, id2label: dict) -> str:
         "of all folds, averaged over seeds. p: two-sided paired Wilcoxon signed-rank test against `none` across "
         "folds. All numbers in %.",
         "",
-        "| variant | what | UAR mean ± std | pooled UAR | pooled WA | pooled macro-F1 | Δ pooled UAR vs none | p vs none | ratio |",
+        "| variant | what | UAR mean ± std | pooled UAR | pooled WA | pooled macro-F1 | Δ pooled UAR vs none | p vs none | chosen |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in variants.items():
         test = s.get("wilcoxon_vs_none")
         delta = s.get("delta_uar_pooled_vs_none")
-        ratio = s.get("generated_ratio_chosen")
+        ratio, c = s.get("generated_ratio_chosen"), s.get("classic_c_chosen")
+        chosen = (
+            f"ratio {', '.join(f'{k}×{v}' for k, v in ratio.items())}" if ratio
+            else f"C {', '.join(f'{k}×{v}' for k, v in c.items())}" if c
+            else "–"
+        )  # fmt: skip
         lines.append(
             f"| {name} | {VARIANTS[name].description} | {_pct(s['uar_mean'])} ± {_pct(s['uar_std'])} | "
             f"{_pct(s['uar_pooled'])} | {_pct(s['wa_pooled'])} | {_pct(s['f1_macro_pooled'])} | "
             f"{'–' if delta is None else f'{100 * delta:+.1f}'} | "
             f"{'–' if test is None else format(test['p_value'], '.3g')} | "
-            f"{'–' if not ratio else ', '.join(f'{k}×{v}' for k, v in ratio.items())} |"
+            f"{chosen} |"
         )
     same = {
         name: s["same_predictions_as_none"]

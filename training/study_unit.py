@@ -21,7 +21,7 @@ from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
 from .classifier import predict
 from .engine import StageRuntime
 from .fold import GENERATOR, FoldData, FoldTrainer, Generated, Space, Variant
-from .study_variants import StudyArguments, classic_baseline
+from .study_variants import StudyArguments, classic_baseline, validated_c
 
 QUALITY_SCALARS = ("frechet_distance", "precision", "recall")
 
@@ -188,16 +188,7 @@ class FoldUnit:
             # deterministic: shared by seeds that hold out the same speakers
             key = (self.fold.name, tuple(val), variant.without_validation)
             if key not in study.classic_cache:
-                audio, train = study.audio.numpy(), self.trainer.train_rows
-                name, columns, _ = self.trainer.feature_set  # stage 1's choice, on the same training side
-                args = study.study_args.classic_c, study.study_args.classic_max_iter
-                rows = train if variant.without_validation else np.union1d(train, val)
-                # the classes weigh as in the learned arms
-                predictions = classic_baseline(
-                    audio, labels.numpy(), rows, self.fold.test, *args, columns=columns,
-                    balanced=study.training_args.class_balanced_batches,
-                )  # fmt: skip
-                study.classic_cache[key] = predictions, {"feature_set": name}
+                study.classic_cache[key] = self._classic(variant)
             return study.classic_cache[key]
         trained = self.trainer.train(variant)
         if variant.uses_generator and variant.name not in self.final_quality:  # the same generator, by name
@@ -214,6 +205,23 @@ class FoldUnit:
             "feature_set": selected.stages["aligner"].get("feature_set"),
         }
 
+    def _classic(self, variant: Variant) -> tuple[np.ndarray, dict]:
+        """The classic baseline's test predictions and choices: stage 1's feature set (chosen on the same
+        training side), L2 chosen on the validation speakers as the learned arms choose theirs, the classes
+        weighed as in the learned arms."""
+        study, val, train = self.study, self.fold.validation, self.trainer.train_rows
+        audio, labels = study.audio.numpy(), study.labels.numpy()
+        name, columns, _ = self.trainer.feature_set
+        max_iter, balanced = study.study_args.classic_max_iter, study.training_args.class_balanced_batches
+        c, val_uar = validated_c(
+            audio, labels, train, val, study.study_args.classic_c, max_iter, columns, balanced
+        )
+        rows = train if variant.without_validation else np.union1d(train, val)
+        predictions = classic_baseline(
+            audio, labels, rows, self.fold.test, c, max_iter, columns=columns, balanced=balanced
+        )
+        return predictions, {"feature_set": name, "val_uar": val_uar, "classic_c": c}
+
     def run(self) -> dict:
         """Every selected variant; returns the unit's rows, quality records and maps."""
         study, fold = self.study, self.fold
@@ -229,6 +237,7 @@ class FoldUnit:
                 "test_speakers": " ".join(fold.test_speakers), "uar": metrics["uar"], "wa": metrics["wa"],
                 "f1_macro": metrics["f1_macro"], "val_uar": chosen.get("val_uar"),
                 "generated_ratio": chosen.get("generated_ratio"), "feature_set": chosen.get("feature_set"),
+                "classic_c": chosen.get("classic_c"),
                 "train_clips": int(len(train_rows)), "test_clips": int(len(fold.test)),
                 "seconds": time.perf_counter() - tick, "per_class_recall": metrics["per_class_recall"],
                 "y_true": y_test.tolist(), "y_pred": np.asarray(y_pred).tolist(),

@@ -153,6 +153,7 @@ DEFAULT_VARIANTS = (
     "mise_no_alignment_no_mi",
 )
 IMBALANCE_VARIANTS = ("none_full_data", "mise_proportional", "mise_balanced")
+CLASSIC_C = (0.01, 0.03, 0.1, 0.3, 1.0)  # the classic baseline's L2 grid, chosen per fold (`validated_c`)
 
 
 @dataclass
@@ -182,7 +183,15 @@ class StudyArguments:
             "(training/out_of_fold.py)."
         },
     )
-    classic_c: float = field(default=1.0, metadata={"help": "Inverse L2 strength of the classic baseline."})
+    classic_c: list[float] = field(
+        default_factory=lambda: list(CLASSIC_C),
+        metadata={
+            "help": "Inverse L2 strengths of the classic baseline: with several, each fold fits one logistic "
+            "regression per value on its training speakers, keeps the value whose fit scores the best UAR on "
+            "its validation speakers (ties: the stronger L2), and fits it on the whole training side, the care "
+            "the learned arms' choices get. One value: that one, no choice."
+        },
+    )
     classic_max_iter: int = field(
         default=2000, metadata={"help": "Solver iterations of the classic baseline."}
     )
@@ -221,7 +230,10 @@ class StudyArguments:
             raise ConfigError(f"quality_folds: must be >= 0, got {self.quality_folds}")
         if self.out_of_fold_groups < 2:
             raise ConfigError(f"out_of_fold_groups: must be >= 2, got {self.out_of_fold_groups}")
-        if not self.classic_c > 0 or self.classic_max_iter < 1:
+        if isinstance(self.classic_c, int | float):  # a config of before the grid: one value
+            self.classic_c = [float(self.classic_c)]
+        self.classic_c = sorted({float(c) for c in self.classic_c})
+        if not self.classic_c or not all(c > 0 for c in self.classic_c) or self.classic_max_iter < 1:
             raise ConfigError(
                 f"classic_c / classic_max_iter: must be > 0, got {self.classic_c}, {self.classic_max_iter}"
             )
@@ -263,6 +275,33 @@ def classic_baseline(
     columns = columns or slice(None)
     model, statistics = _logistic(features[:, columns], labels, train, c, max_iter, balanced)
     return model.predict(standardize(features[test][:, columns], *statistics))
+
+
+def validated_c(
+    features: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    validation: np.ndarray,
+    cs: list[float],
+    max_iter: int = 2000,
+    columns: slice | None = None,
+    balanced: bool = False,
+) -> tuple[float, float | None]:
+    """(C, its validation UAR) of the classic baseline: each of `cs` fitted on the `train` rows (training
+    speakers) and scored on the `validation` rows; the best UAR wins, ties going to the smaller C (the stronger
+    L2). One value, or no validation rows: that value (the first), no score. Test rows are never read."""
+    if len(cs) == 1 or len(validation) == 0:
+        return cs[0], None
+    from mise.metrics import classification_metrics
+
+    columns, num_labels = columns or slice(None), int(labels.max()) + 1
+    scores = []
+    for c in sorted(cs):
+        model, statistics = _logistic(features[:, columns], labels, train, c, max_iter, balanced)
+        predicted = model.predict(standardize(features[validation][:, columns], *statistics))
+        scores.append((classification_metrics(labels[validation], predicted, num_labels)["uar"], -c))
+    uar, negative_c = max(scores)
+    return -negative_c, uar
 
 
 def _logistic(
