@@ -152,12 +152,9 @@ def _markdown(report: dict, id2label: dict) -> str:
     for name, s in variants.items():
         test = s.get("wilcoxon_vs_none")
         delta = s.get("delta_uar_pooled_vs_none")
-        ratio, c = s.get("generated_ratio_chosen"), s.get("classic_c_chosen")
-        chosen = (
-            f"ratio {', '.join(f'{k}×{v}' for k, v in ratio.items())}" if ratio
-            else f"C {', '.join(f'{k}×{v}' for k, v in c.items())}" if c
-            else "–"
-        )  # fmt: skip
+        ratio = s.get("generated_ratio_chosen")
+        what, counts = ("ratio", ratio) if ratio else ("C", s.get("classic_c_chosen"))
+        chosen = f"{what} {', '.join(f'{k}×{v}' for k, v in counts.items())}" if counts else "–"
         lines.append(
             f"| {name} | {VARIANTS[name].description} | {_pct(s['uar_mean'])} ± {_pct(s['uar_std'])} | "
             f"{_pct(s['uar_pooled'])} | {_pct(s['wa_pooled'])} | {_pct(s['f1_macro_pooled'])} | "

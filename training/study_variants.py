@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mise.metrics import classification_metrics
 from modeling_mise.layers import feature_statistics, standardize
 
 from .arguments import ConfigError
@@ -292,13 +293,10 @@ def validated_c(
     L2). One value, or no validation rows: that value (the first), no score. Test rows are never read."""
     if len(cs) == 1 or len(validation) == 0:
         return cs[0], None
-    from mise.metrics import classification_metrics
-
-    columns, num_labels = columns or slice(None), int(labels.max()) + 1
+    num_labels = int(labels.max()) + 1
     scores = []
     for c in sorted(cs):
-        model, statistics = _logistic(features[:, columns], labels, train, c, max_iter, balanced)
-        predicted = model.predict(standardize(features[validation][:, columns], *statistics))
+        predicted = classic_baseline(features, labels, train, validation, c, max_iter, columns, balanced)
         scores.append((classification_metrics(labels[validation], predicted, num_labels)["uar"], -c))
     uar, negative_c = max(scores)
     return -negative_c, uar
