@@ -13,11 +13,13 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import FigureRecorder, check_confusion_figure, tick_labels, write_manifest
 from matplotlib.collections import PathCollection
@@ -274,6 +276,11 @@ def test_json_has_fold_statistics_pooled_uar_and_wilcoxon(study_run):
             assert total > 0 and summary["same_predictions_as_none"] == pytest.approx(same / total)
     assert report["info"]["command"].startswith("training/study.py")
     assert report["info"]["commit"] and report["info"]["date"]
+    environment = report["info"]["environment"]  # what to compare when a GAN's rows differ between machines
+    assert environment["torch"] == metadata.version("torch") and environment["numpy"] == metadata.version(
+        "numpy"
+    )
+    assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_markdown_renders_the_table(study_run):
@@ -281,6 +288,10 @@ def test_markdown_renders_the_table(study_run):
     text = (output_dir / "study.md").read_text()
     report = json.loads((output_dir / "study.json").read_text())
     assert "| variant |" in text and report["info"]["command"] in text
+    environment = report["info"]["environment"]
+    assert (
+        f"torch {environment['torch']}" in text and f"torch kernels {environment['cpu_capability']}" in text
+    )
     for name, summary in report["variants"].items():
         line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
         assert f"{100 * summary['uar_pooled']:.1f}" in line

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mise.hub.cards import STUDY_REFERENCE
-from mise.hub.run_card import git_commit
+from mise.hub.run_card import NUMERIC_PACKAGES, git_commit, numeric_environment
 from mise.metrics import paired_wilcoxon, summarize_folds
 
 from .classifier import chosen_feature_set_counts, chosen_ratio_counts
@@ -130,6 +130,17 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def _environment_line(environment: dict | None) -> list[str]:
+    """study.md's line on the numeric environment (none for a study written before it was recorded)."""
+    if not environment:
+        return []
+    packages = ", ".join(f"{name} {environment[name]}" for name in NUMERIC_PACKAGES if environment.get(name))
+    return [
+        f"- environment: Python {environment['python']}, {packages}; {environment['machine']}, torch kernels "
+        f"{environment['cpu_capability']}, {environment['torch_threads']} thread(s) a process"
+    ]
+
+
 def _markdown(report: dict, id2label: dict) -> str:
     info, variants = report["info"], report["variants"]
     lines = [
@@ -137,6 +148,7 @@ def _markdown(report: dict, id2label: dict) -> str:
         "",
         f"- command: `{info['command']}`",
         f"- date: {info['date']}, commit: `{info['commit']}`",
+        *_environment_line(info.get("environment")),
         f"- corpus: {info['corpus'].get('clips')} clips, {info['corpus'].get('speakers')} speakers; "
         f"folds: {len(info['folds'])} ({info['config']['protocol']}); seeds: {report['seeds']}",
         f"- encoders: {info['config']['audio_encoder']} + {info['config']['text_encoder']}; "
@@ -332,6 +344,7 @@ def write_report(
         **info,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(Path(__file__).resolve().parent),
+        "environment": numeric_environment(),
     }
     report = {
         "info": info,

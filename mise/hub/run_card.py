@@ -64,6 +64,35 @@ def git_commit(directory: str | os.PathLike) -> str:
     return head.stdout.strip() + ("+dirty" if changes.stdout.strip() else "")
 
 
+# the packages whose numerics a result's last digits depend on, beside the code itself
+NUMERIC_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "opensmile", "transformers")
+
+
+def numeric_environment() -> dict:
+    """What a run's last digits depend on beside its commit: Python, the numeric packages' versions, the CPU
+    architecture, the kernel level torch dispatches to and its thread count. Adversarial training amplifies
+    last-bit differences, so a GAN's rows can differ between machines that run the same commit; this is what to
+    compare when they do."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        **{name: version(name) for name in NUMERIC_PACKAGES},
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def _corpus(corpus: dict, config: dict) -> dict:
     source = corpus.get("source") or config.get("dataset")
     facts = known_corpus(source, config.get("data_dir"), config.get("dataset"))
