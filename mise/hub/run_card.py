@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 
 from .cards import RunFolderError, is_finite_number, known_corpus
@@ -73,10 +75,7 @@ def numeric_environment() -> dict:
     architecture, the kernel level torch dispatches to and its thread count. Adversarial training amplifies
     last-bit differences, so a GAN's rows can differ between machines that run the same commit; this is what to
     compare when they do."""
-    import platform
-    from importlib import metadata
-
-    import torch
+    import torch  # only when a report is written
 
     def version(name: str) -> str | None:
         try:
