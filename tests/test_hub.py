@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import socket
@@ -28,7 +29,15 @@ from transformers import pipeline
 
 import modeling_mise  # noqa: F401  (registers the Auto classes and the pipeline)
 from mise.cli import main as mise_main
-from mise.hub.cards import HUB_KINDS, MODEL_FOLDERS, PIPELINE_TAGS, card_context, render_card, template_dir
+from mise.hub.cards import (
+    HUB_KINDS,
+    MODEL_FOLDERS,
+    PIPELINE_TAGS,
+    card_context,
+    environment_text,
+    render_card,
+    template_dir,
+)
 from mise.hub.push import (
     HubPushError,
     RunFolderError,
@@ -366,6 +375,7 @@ def test_bad_run_folders_and_names(tmp_path, trained_run):
     card = ModelCard.load(folders["audio-classifier"] / "README.md")
     assert card.data.license == "other" and card.data.eval_results
     assert "not recorded" in card.text and f"{ORG}/mise-audio-classifier" in card.text
+    assert "numeric environment: not recorded." in card.text  # a card.json of before it was recorded
     (bare / CARD_FILE).write_text(json.dumps({"format": 1, "metrics": {**metrics, "uar_pooled": None}}))
     with pytest.raises(RunFolderError, match="'metrics.uar_pooled' missing"):
         read_run_card(bare)
@@ -373,10 +383,18 @@ def test_bad_run_folders_and_names(tmp_path, trained_run):
 
 def test_card_json_is_what_training_tells_the_cards(trained_run, tmp_path):
     """train.py writes every documented card.json field; `dataset_license` states the corpus' licence."""
-    out, _ = trained_run
+    out, folders = trained_run
     card = json.loads((out / CARD_FILE).read_text())
-    assert set(card) == {"format", "command", "commit", "date", "corpus", "protocol", "augmentation", "metrics",
-                         "folds", "final_generator_quality", "corpora", "config", "study"}  # fmt: skip
+    assert set(card) == {"format", "command", "commit", "date", "environment", "corpus", "protocol",
+                         "augmentation", "metrics", "folds", "final_generator_quality", "corpora", "config",
+                         "study"}  # fmt: skip
+    environment = card["environment"]  # the versions the run's numbers came from, in card and README
+    assert environment["python"] == platform.python_version() and environment["machine"] == platform.machine()
+    assert environment["torch"] == torch.__version__ and environment["numpy"] == np.__version__
+    assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    readme = (folders["classifier"] / "README.md").read_text()
+    assert f"Code: commit `{card['commit']}`; numeric environment: {environment_text(environment)}." in readme
+    assert f"torch {torch.__version__}" in environment_text(environment)
     assert card["corpora"] is None  # one corpus
     summary = json.loads((out / "summary.json").read_text())
     assert (
@@ -557,6 +575,7 @@ def test_cards_quote_the_comparison_study(trained_run, study_dir, tmp_path):
         assert [line for line in section.splitlines() if line.startswith("| `")] == expected
         assert f"```bash\n{info['command']}\n```" in section
         assert f"Date: {info['date']}; commit: `{info['commit']}`" in section
+        assert f"Numeric environment: {environment_text(info['environment'])}\n" in section
         assert "Corpus: RAVDESS, 48 clips, 4 speakers, 0.05 h" in section
         assert "Protocol: leave-one-speaker-out, 4 fold(s) × 2 seed(s)" in section
         assert card[:start] + card[end:] == without

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mise.hub.cards import STUDY_REFERENCE
-from mise.hub.run_card import NUMERIC_PACKAGES, git_commit, numeric_environment
+from mise.hub.cards import STUDY_REFERENCE, environment_text
+from mise.hub.run_card import git_commit, numeric_environment
 from mise.metrics import paired_wilcoxon, summarize_folds
 
 from .classifier import chosen_feature_set_counts, chosen_ratio_counts
@@ -132,13 +132,8 @@ def _pct(value: float | None) -> str:
 
 def _environment_line(environment: dict | None) -> list[str]:
     """study.md's line on the numeric environment (none for a study written before it was recorded)."""
-    if not environment:
-        return []
-    packages = ", ".join(f"{name} {environment[name]}" for name in NUMERIC_PACKAGES if environment.get(name))
-    return [
-        f"- environment: Python {environment['python']}, {packages}; {environment['machine']}, torch kernels "
-        f"{environment['cpu_capability']}, {environment['torch_threads']} thread(s) a process"
-    ]
+    text = environment_text(environment)
+    return [f"- environment: {text}"] if text else []
 
 
 def _markdown(report: dict, id2label: dict) -> str:

@@ -128,6 +128,26 @@ def is_finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# the fields of `mise.hub.run_card.numeric_environment` that are not package versions
+ENVIRONMENT_FIELDS = ("python", "machine", "cpu_capability", "torch_threads")
+
+
+def environment_text(environment: dict | None) -> str | None:
+    """One line on a run's numeric environment (`mise.hub.run_card.numeric_environment`): what to compare when
+    a result's last digits differ between machines; None where it was not recorded."""
+    if not environment:
+        return None
+    packages = ", ".join(
+        f"{name} {version}"
+        for name, version in environment.items()
+        if name not in ENVIRONMENT_FIELDS and version
+    )
+    return (
+        f"Python {environment.get('python')}, {packages}; {environment.get('machine')}, torch kernels "
+        f"{environment.get('cpu_capability')}, {environment.get('torch_threads')} thread(s) a process"
+    )
+
+
 def _percent(value: object, digits: int = 2) -> str:
     return f"{100 * value:.{digits}f} %" if is_finite_number(value) else NOT_RECORDED
 
@@ -534,9 +554,9 @@ def _distinct(values: list[int]) -> str:
 def read_study(study_dir: str | os.PathLike) -> dict:
     """The cards' "Comparison study" section from a folder written by `training/study.py`.
 
-    Reads its `study.json` (command, date, commit, corpus; per variant the folds, seeds, UAR mean ± std over
-    folds, pooled UAR, Δ pooled UAR and paired Wilcoxon test against the reference `none`) and returns it
-    checked and preformatted (percent with one decimal), one table row per variant in the study's order.
+    Reads its `study.json` (command, date, commit, the numeric environment where recorded, corpus; per variant
+    the folds, seeds, UAR mean ± std over folds, pooled UAR, Δ pooled UAR and paired Wilcoxon test against the
+    reference `none`) and returns it checked and preformatted (percent with one decimal), one table row per variant in the study's order.
     Raises `RunFolderError` naming the file and the field that is missing or malformed.
     """
     study_dir = Path(study_dir)
@@ -596,6 +616,7 @@ def read_study(study_dir: str | os.PathLike) -> dict:
         "command": command,
         "date": date,
         "commit": commit,
+        "environment": environment_text(field("info", "environment", optional=True)),
         "corpus": corpus_text or NOT_RECORDED,
         "protocol": f"{protocol}, {_distinct(folds)} fold(s) × {_distinct(seeds)} seed(s)",
         "reference": STUDY_REFERENCE,
@@ -733,6 +754,8 @@ def card_context(kind: str, card: dict, configs: dict[str, dict], repos: dict[st
         "max_duration_s": end_to_end.get("max_duration_s", NOT_RECORDED),
         "augmentation_text": _augmentation_text(card["augmentation"]),
         "command": (card["command"] or "").strip() or None,
+        "commit": card["commit"],
+        "environment": environment_text(card["environment"]) or NOT_RECORDED,
         "config_yaml": yaml.safe_dump(config, sort_keys=False, allow_unicode=True).strip()
         if config
         else None,

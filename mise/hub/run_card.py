@@ -6,7 +6,9 @@ present (`null` when the run did not record it):
 
 - `format`: 1.
 - `command`: the training command line; `commit`: the code's git commit (`+dirty` with uncommitted changes,
-  `unknown` outside git); `date`: when the run finished (UTC, ISO 8601).
+  `unknown` outside git); `date`: when the run finished (UTC, ISO 8601); `environment`: what its last digits
+  depend on beside the commit ([`numeric_environment`]: Python, the numeric packages' versions, the
+  architecture, torch's kernel level and threads).
 - `corpus`: `source` (the manifest, folder or Hub id read), `name` (a known corpus' name: RAVDESS, CREMA-D,
   IEMOCAP, MSP-Podcast), `clips`, `speakers`, `hours`, `license` (the `dataset_license` argument, else the
   known corpus' licence) and `license_source` (`argument`, `known corpus` or `null`).
@@ -153,6 +155,7 @@ def write_run_card(
         "command": run_info.get("command"),
         "commit": git_commit(Path(__file__).resolve().parent),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "environment": numeric_environment(),
         "corpus": _corpus(run_info.get("corpus") or {}, config),
         "protocol": {"name": config.get("protocol") or summary.get("protocol"),
                      **{key: config.get(key) for key in ("num_folds", "max_folds", "num_validation_speakers")}},
@@ -190,6 +193,6 @@ def read_run_card(output_dir: str | os.PathLike) -> dict:
     for key in ("corpus", "protocol", "augmentation", "config"):
         card[key] = card.get(key) or {}
     card["folds"] = [fold for fold in card.get("folds") or [] if isinstance(fold, dict)]
-    for key in ("command", "commit", "date", "final_generator_quality", "corpora", "study"):
+    for key in ("command", "commit", "date", "environment", "final_generator_quality", "corpora", "study"):
         card.setdefault(key, None)
     return card
