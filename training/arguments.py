@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -58,6 +58,16 @@ def shipped(name: str) -> dict:
     if isinstance(value, list):
         return {"default_factory": lambda: list(value)}
     return {"default": value}
+
+
+# the stage-1 settings `aligner_candidates` may vary, each with how its value is read
+ALIGNER_CANDIDATE_KEYS = {
+    "aligner_weight_decay": float,
+    "aligner_dropout": float,
+    "aligner_input_dropout": float,
+    "aligner_hidden_sizes": lambda text: [int(size) for size in text.split("+") if size],
+    "lambda_cl": float,
+}
 
 
 NONE_VALUES = ("", "none", "None")  # how a config or flag says "no value" for an optional string
@@ -612,6 +622,17 @@ class MiseTrainingArguments:
             "every direction they occupy; 0: the full features."
         },
     )
+    aligner_candidates: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Stage-1 settings stage 1 chooses from per fold, each `key=value[,key=value]` over the configured "
+            f'ones (keys: {", ".join(ALIGNER_CANDIDATE_KEYS)}; `""`: as configured; hidden sizes joined by '
+            "`+`): stage 1 trains once per candidate on the training speakers, a stage-3 classifier without "
+            "augmentation on each space, and the candidate whose classifier scores the best UAR on the validation "
+            "speakers is kept (ties: the first); a refit trains it again. One: that setting, no choice; empty: "
+            "as configured."
+        },
+    )
     text_lora_learning_rate: float = field(
         default=1e-4, metadata={"help": "AdamW learning rate of the text encoder's LoRA adapter (stage 1)."}
     )
@@ -891,6 +912,11 @@ def parse_arguments(argv: list[str] | None = None, extra_types: tuple[type, ...]
     except (TypeError, ValueError) as error:  # e.g. a flag no argument class has
         raise ConfigError(str(error)) from error
     _check_feature_sets(parsed[1], parsed[2])
+    candidates = parsed[2].aligner_candidates
+    if len(set(candidates)) != len(candidates):
+        raise ConfigError(f"aligner_candidates: need distinct entries, got {candidates}")
+    for candidate in candidates:  # each a valid setting, before any audio is read
+        with_aligner_candidate(parsed[1], parsed[2], candidate)
     _check_corpora(parsed[0], argv)
     return parsed
 
@@ -951,6 +977,36 @@ def _check_feature_sets(model_args: ModelArguments, training_args: MiseTrainingA
         )
 
 
+def aligner_candidate(text: str) -> dict:
+    """The settings one `aligner_candidates` entry (`key=value[,key=value]`, `""`: none) changes."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ALIGNER_CANDIDATE_KEYS:
+            raise ConfigError(
+                f"aligner_candidates: {text!r}: expected key=value with a key of {list(ALIGNER_CANDIDATE_KEYS)}"
+            )
+        try:
+            overrides[key] = ALIGNER_CANDIDATE_KEYS[key](value)
+        except ValueError as error:
+            raise ConfigError(f"aligner_candidates: {text!r}: {key}: {error}") from error
+    return overrides
+
+
+def with_aligner_candidate(
+    model_args: ModelArguments, training_args: MiseTrainingArguments, text: str
+) -> tuple[ModelArguments, MiseTrainingArguments]:
+    """The arguments with one `aligner_candidates` entry's settings, checked as the configured ones are."""
+    overrides = aligner_candidate(text)
+    model_keys = {f.name for f in fields(ModelArguments)}
+    try:
+        model_args = replace(model_args, **{k: v for k, v in overrides.items() if k in model_keys})
+        training_args = replace(training_args, **{k: v for k, v in overrides.items() if k not in model_keys})
+    except ConfigError as error:
+        raise ConfigError(f"aligner_candidates: {text!r}: {error}") from error
+    return model_args, training_args
+
+
 def _raise_config_error(message: str):
     raise ConfigError(message)
 
@@ -978,7 +1034,7 @@ def arguments_dict(*arguments: object) -> dict:
 
 
 # options added after runs were committed, at their "off" value
-_OFF_VALUES = {"emotions_per_speaker": None, "mode_seeking_weight": 0.0}
+_OFF_VALUES = {"emotions_per_speaker": None, "mode_seeking_weight": 0.0, "aligner_candidates": []}
 
 
 def _hashed(key: str, value: object) -> bool:

@@ -233,6 +233,12 @@ def chosen_feature_set_counts(names: Iterable[str | None]) -> dict[str, int] | N
     return {name: chosen.count(name) for name in sorted(set(chosen))} or None
 
 
+def chosen_aligner_candidate_counts(entries: Iterable[str | None]) -> dict[str, int] | None:
+    """How often stage 1 chose each `aligner_candidates` entry (`""` counted as `configured`); None without a
+    choice."""
+    return chosen_feature_set_counts(None if entry is None else entry or "configured" for entry in entries)
+
+
 def chosen_ratio_counts(ratios: Iterable[float | None]) -> dict[str, int] | None:
     """How often each generated-to-real ratio was chosen (`{"0.5": 3, "1.0": 1}`, ascending); None if none was."""
     chosen = [float(ratio) for ratio in ratios if ratio is not None]

@@ -1,7 +1,8 @@
 """One fold's stages, trained in one place: `train.py` trains one variant of a fold through `FoldTrainer` (with
 checkpoints, resume and the tracker), the study every variant of a (seed, fold) unit, the bench the shipped one.
 
-Stage 1 trains once per alignment setting (`Variant.aligner_key`), stage 2 once per generator setting
+Stage 1 trains once per alignment setting (`Variant.aligner_key`; once per `aligner_candidates` entry where it
+chooses among several), stage 2 once per generator setting
 (`Variant.generator_key`), stage 3 once per variant and candidate generated-to-real ratio; with `refit` the
 stages then train once more on the training and validation speakers with the choices made (`FoldTrainer.refit`).
 Every stage draws from its own streams, derived from (seed, fold, stage) (`training.engine.stage_seed`).
@@ -19,17 +20,25 @@ import numpy as np
 import torch
 
 from mise.folds import Fold
+from mise.metrics import classification_metrics
 from modeling_mise import MiseAlignerModel, MiseClassifierModel, MiseGeneratorModel
 from modeling_mise.encoders import feature_groups
 from modeling_mise.modeling_audio_classifier import multimodal_features
 
 from .aligner import aligner_config, encode_audio, text_codes, train_aligner
-from .arguments import ConfigError, MiseTrainingArguments, ModelArguments, feature_sets_to_choose
+from .arguments import (
+    ConfigError,
+    MiseTrainingArguments,
+    ModelArguments,
+    feature_sets_to_choose,
+    with_aligner_candidate,
+)
 from .classifier import (
     CandidateStore,
     MultimodalAugmenter,
     classifier_config,
     generated_ratio_candidates,
+    predict,
     train_classifier_choosing_ratio,
 )
 from .engine import StageRuntime, stage_seed
@@ -283,20 +292,26 @@ class FoldTrainer:
         seed: int,
         name: str | None,
         extra_rows: InputRows | None = None,
+        candidate: str | None = None,
     ):
         """(aligner, summary) of stage 1 on the rows `train` (and `extra_rows`), early-stopped on the fold's
-        validation rows; `name`: where the store keeps it (None: not kept)."""
+        validation rows; `name`: where the store keeps it (None: not kept); `candidate`: an `aligner_candidates`
+        entry (default: the first, or as configured where none is given)."""
         done = None if name is None else self._store(name, MiseAlignerModel)
         if done is not None:
             return done
         data, val = self.data, self.fold.validation
-        model_args = variant.model_arguments(data.model_args)
+        if candidate is None:
+            candidate = self.args.aligner_candidates[0] if self.args.aligner_candidates else ""
+        model_args, args = with_aligner_candidate(
+            variant.model_arguments(data.model_args), self.args, candidate
+        )
         text_dim = None if data.text is None else data.text.shape[1]
         config = aligner_config(model_args, data.audio.shape[1], text_dim, data.id2label, data.audio_spec)
         lora = config.text_lora is not None  # the text encoder trains too: tokens, not cached features
         feature_set, columns, scores = self.feature_set
         aligner, summary = train_aligner(
-            self._runtime(0), config, self.args, data.audio[train], data.labels[train], data.audio[val],
+            self._runtime(0), config, args, data.audio[train], data.labels[train], data.audio[val],
             data.labels[val], text_train=None if data.text is None else data.text[train], seed=seed,
             transcripts_train=[data.transcripts[i] for i in train] if lora else None, columns=columns,
             extra_rows=extra_rows,
@@ -323,10 +338,49 @@ class FoldTrainer:
     def _space(self, variant: Variant, train: np.ndarray) -> Space:
         extra_rows, generator_summary = self._input_rows(variant, train)
         name = None if extra_rows is not None else "aligner"  # a study variant: nothing to resume
-        aligner, summary = self._train_aligner(variant, train, self.stage_seed(ALIGNER), name, extra_rows)
+        if len(self.args.aligner_candidates) > 1 and len(self.fold.validation):
+            aligner, summary = self._chosen_aligner(variant, train, name, extra_rows)
+        else:
+            aligner, summary = self._train_aligner(variant, train, self.stage_seed(ALIGNER), name, extra_rows)
         if generator_summary is not None:
             summary = {**summary, "input_generator": generator_summary}
         return self.encode(aligner, summary, variant, train)
+
+    def _chosen_aligner(
+        self, variant: Variant, train: np.ndarray, name: str | None, extra_rows: InputRows | None
+    ) -> tuple[MiseAlignerModel, dict]:
+        """`aligner_candidates`: stage 1 once per candidate (the same streams), each scored by the validation UAR of
+        a stage-3 classifier without augmentation on its space; the best (ties: the first) with the scores in its
+        summary. The test speakers are never read."""
+        done = None if name is None else self._store(name, MiseAlignerModel)
+        if done is not None:
+            return done
+        scores, best = {}, None
+        for candidate in self.args.aligner_candidates:
+            aligner, summary = self._train_aligner(
+                variant, train, self.stage_seed(ALIGNER), None, extra_rows, candidate
+            )
+            scores[candidate] = self._plain_validation_uar(
+                variant, self.encode(aligner, summary, variant, train)
+            )
+            if best is None or scores[candidate] > scores[best[0]]:
+                best = (candidate, aligner, summary)
+        candidate, aligner, summary = best
+        summary = {**summary, "aligner_candidate": candidate, "aligner_candidate_scores": scores}
+        if name is not None and self.store is not None:
+            self.store.save(name, aligner, summary)
+        return aligner, summary
+
+    def _plain_validation_uar(self, variant: Variant, space: Space) -> float:
+        """The validation UAR of a stage-3 classifier without augmentation on `space` (`none`'s own stage 3)."""
+        plain = dataclasses.replace(variant, augmentation="none", noise_std=None, speaker_code=None)
+        runtime = bare_runtime(self._runtime(0))
+        classifier, _ = self.classifier(plain, space, Generated(), runtime=lambda index: runtime)
+        features = space.z_val
+        if self.data.model_args.multimodal:
+            features = multimodal_features(space.z_val, space.text_val)
+        labels = self.data.labels[space.val].numpy()
+        return classification_metrics(labels, predict(classifier, features), len(self.data.id2label))["uar"]
 
     def _input_rows(self, variant: Variant, train: np.ndarray) -> tuple[InputRows | None, dict | None]:
         """`Variant.input_rows`: stage 1's extra rows (`training.input_rows`) and their generator's summary."""
@@ -477,10 +531,7 @@ class FoldTrainer:
         """`generator_selection: classifier`: a generator checkpoint's score is the validation score of stage 3
         trained with its rows at the one ratio `generated_ratio` (on a runtime without checkpoints or tracker)."""
         args = dataclasses.replace(self.args, generated_ratios=[])
-        bare = StageRuntime(
-            runtime.accelerator, fold=runtime.fold, fold_index=runtime.fold_index,
-            max_grad_norm=runtime.max_grad_norm, log_every_epoch=False,
-        )  # fmt: skip
+        bare = bare_runtime(runtime)
 
         def score(model: MiseGeneratorModel) -> float:
             _, summary = self.classifier(
@@ -619,20 +670,31 @@ class FoldTrainer:
         )  # fmt: skip
 
 
+def bare_runtime(runtime: StageRuntime) -> StageRuntime:
+    """`runtime` without checkpoints, tracker or per-epoch log: a stage trained only to score a choice."""
+    return StageRuntime(
+        runtime.accelerator, fold=runtime.fold, fold_index=runtime.fold_index,
+        max_grad_norm=runtime.max_grad_norm, log_every_epoch=False,
+    )  # fmt: skip
+
+
 REFIT = "refit"  # a fold's stages trained once more on training + validation speakers: `<fold>/refit/`
 
 
 def refit_arguments(args: MiseTrainingArguments, stages: dict) -> MiseTrainingArguments:
     """The choices a fold made on its validation speakers as fixed settings: stage 1 on its chosen feature set,
     each stage for its chosen epoch (stage 1 and 3: early stopping, stage 2 or the generator of stage 1's extra
-    rows: the best-MI checkpoint), stage 3 with the kept generated-to-real ratio, nothing left to select."""
+    rows: the best-MI checkpoint), stage 1 with its chosen `aligner_candidates` entry, stage 3 with the kept
+    generated-to-real ratio, nothing left to select."""
     generator, classifier = stages["generator"], stages["classifier"]
     generator = generator or stages["aligner"].get("input_generator")  # stage 1's extra rows' generator
     ratio = classifier["generated_ratio"]
     chosen = stages["aligner"].get("feature_set")
+    candidate = stages["aligner"].get("aligner_candidate")
     return dataclasses.replace(
         args,
         aligner_feature_sets=[chosen] if chosen else args.aligner_feature_sets,
+        aligner_candidates=args.aligner_candidates if candidate is None else [candidate],
         aligner_epochs=max(1, stages["aligner"]["best_epoch"]),
         generator_epochs=args.generator_epochs if generator is None else max(1, generator["best_epoch"]),
         classifier_epochs=max(1, classifier["best_epoch"]),

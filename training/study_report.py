@@ -19,12 +19,12 @@ from mise.hub.cards import STUDY_REFERENCE, environment_text
 from mise.hub.run_card import git_commit, numeric_environment
 from mise.metrics import paired_wilcoxon, summarize_folds
 
-from .classifier import chosen_feature_set_counts, chosen_ratio_counts
+from .classifier import chosen_aligner_candidate_counts, chosen_feature_set_counts, chosen_ratio_counts
 from .study_variants import VARIANTS, StudyArguments
 
 CSV_COLUMNS = (
     "variant", "seed", "fold", "test_speakers", "uar", "wa", "f1_macro", "val_uar", "generated_ratio",
-    "feature_set", "classic_c", "train_clips", "test_clips", "seconds",
+    "feature_set", "classic_c", "aligner_candidate", "train_clips", "test_clips", "seconds",
 )  # fmt: skip
 QUALITY_KEYS = ("mi_emotion_nats", "mi_text_nats", "frechet_distance", "precision", "recall")
 MAP_VARIANTS_TSNE = ("mise", "cgan")
@@ -79,6 +79,9 @@ def summarize_variant(
     summary["generated_ratio_chosen"] = chosen_ratio_counts(r["generated_ratio"] for r in rows)
     summary["feature_set_chosen"] = chosen_feature_set_counts(r.get("feature_set") for r in rows)
     summary["classic_c_chosen"] = chosen_ratio_counts(r.get("classic_c") for r in rows)
+    summary["aligner_candidate_chosen"] = chosen_aligner_candidate_counts(
+        r.get("aligner_candidate") for r in rows
+    )
     return summary
 
 
@@ -161,7 +164,11 @@ def _markdown(report: dict, id2label: dict) -> str:
         delta = s.get("delta_uar_pooled_vs_none")
         ratio = s.get("generated_ratio_chosen")
         what, counts = ("ratio", ratio) if ratio else ("C", s.get("classic_c_chosen"))
-        chosen = f"{what} {', '.join(f'{k}×{v}' for k, v in counts.items())}" if counts else "–"
+        choices = [(what, counts), ("stage 1", s.get("aligner_candidate_chosen"))]
+        chosen = "; ".join(
+            f"{what} {', '.join(f'{k}×{v}' for k, v in counts.items())}" for what, counts in choices if counts
+        )
+        chosen = chosen or "–"
         lines.append(
             f"| {name} | {VARIANTS[name].description} | {_pct(s['uar_mean'])} ± {_pct(s['uar_std'])} | "
             f"{_pct(s['uar_pooled'])} | {_pct(s['wa_pooled'])} | {_pct(s['f1_macro_pooled'])} | "

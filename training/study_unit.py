@@ -203,6 +203,7 @@ class FoldUnit:
             "val_uar": val_uar["uar"],
             "generated_ratio": selected.stages["classifier"]["generated_ratio"],
             "feature_set": selected.stages["aligner"].get("feature_set"),
+            "aligner_candidate": selected.stages["aligner"].get("aligner_candidate"),
         }
 
     def _classic(self, variant: Variant) -> tuple[np.ndarray, dict]:
@@ -237,7 +238,7 @@ class FoldUnit:
                 "test_speakers": " ".join(fold.test_speakers), "uar": metrics["uar"], "wa": metrics["wa"],
                 "f1_macro": metrics["f1_macro"], "val_uar": chosen.get("val_uar"),
                 "generated_ratio": chosen.get("generated_ratio"), "feature_set": chosen.get("feature_set"),
-                "classic_c": chosen.get("classic_c"),
+                "classic_c": chosen.get("classic_c"), "aligner_candidate": chosen.get("aligner_candidate"),
                 "train_clips": int(len(train_rows)), "test_clips": int(len(fold.test)),
                 "seconds": time.perf_counter() - tick, "per_class_recall": metrics["per_class_recall"],
                 "y_true": y_test.tolist(), "y_pred": np.asarray(y_pred).tolist(),

@@ -31,7 +31,11 @@ from mise.hub.run_card import write_run_card
 from mise.metrics import summarize_folds
 from training.arguments import arguments_dict, config_hash, parse_arguments
 from training.checkpoint import CheckpointManager
-from training.classifier import chosen_feature_set_counts, chosen_ratio_counts
+from training.classifier import (
+    chosen_aligner_candidate_counts,
+    chosen_feature_set_counts,
+    chosen_ratio_counts,
+)
 from training.corpora import corpora_summary, released_uar_pooled
 from training.engine import NonFiniteLossError
 from training.pipeline import (
@@ -134,6 +138,10 @@ def _summary(run: Run, records: list[dict], choices: dict, folds: list[Fold]) ->
         generated_ratio_chosen=chosen_ratio_counts(record.get("generated_ratio") for record in records),
         feature_set_chosen=chosen_feature_set_counts(
             record["stages"].get("selection", record["stages"])["aligner"].get("feature_set")
+            for record in records
+        ),
+        aligner_candidate_chosen=chosen_aligner_candidate_counts(
+            record["stages"].get("selection", record["stages"])["aligner"].get("aligner_candidate")
             for record in records
         ),
         aligner_uar_mean=float(np.mean([record["aligner_uar"] for record in records])),
