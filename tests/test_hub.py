@@ -401,6 +401,7 @@ def test_card_json_is_what_training_tells_the_cards(trained_run, tmp_path):
         card["metrics"] == {key: summary[key] for key in card["metrics"]} and card["metrics"]["n_folds"] == 1
     )
     assert card["command"].startswith("accelerate launch training/train.py") and card["commit"]
+    assert card["commit"] == json.loads((out / "run_info.json").read_text())["commit"]  # read when it started
     assert card["corpus"] == {**card["corpus"], "name": "RAVDESS", "clips": 40, "speakers": 5,
                               "license": "cc-by-nc-sa-4.0", "license_source": "known corpus"}  # fmt: skip
     assert card["protocol"] == {"name": "loso", "num_folds": 5, "max_folds": 1, "num_validation_speakers": 1}

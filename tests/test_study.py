@@ -27,6 +27,7 @@ from matplotlib.collections import PathCollection
 import training.classifier as classifier
 import training.fold as fold_module
 import training.pipeline as pipeline
+import training.run as run_module
 import training.study_unit as study_unit
 from mise.folds import make_folds
 from mise.plots import QUALITY_METRICS
@@ -501,9 +502,11 @@ def test_resumed_study_trains_nothing_and_reports_the_same(study_run, manifest, 
     before = json.loads((output_dir / "study.json").read_text())
     counter = StageCounter(monkeypatch)
     args = study_args(manifest, output_dir, cache_dir, "--seeds", *SEEDS, "--figures", "false")
+    commits = iter(["start", "end"])  # the checkout changes while the study runs: it reports the code it ran
+    monkeypatch.setattr(run_module, "git_commit", lambda directory: next(commits))
     after = main(args + ["--resume_from_checkpoint", "latest"])
     assert sum(counter.counts.values()) == 0
-    assert after["variants"] == before["variants"]
+    assert after["variants"] == before["variants"] and after["info"]["commit"] == "start"
     with pytest.raises(ConfigError, match="already holds a study"):
         main(args)
 

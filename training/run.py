@@ -16,6 +16,8 @@ from accelerate import Accelerator
 from threadpoolctl import threadpool_limits
 from transformers.utils import logging as hf_logging
 
+from mise.hub.run_card import git_commit
+
 from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
 from .checkpoint import prepare_output_dir
 from .features import PreparedCorpus, prepare_features
@@ -34,6 +36,7 @@ class Run:
     config_hash: str
     resuming: bool
     prepared: PreparedCorpus
+    commit: str  # the code's git commit when the run started (`mise.hub.run_card.git_commit`)
 
 
 def start_run(
@@ -50,7 +53,9 @@ def start_run(
     """Accelerator (mixed precision, gradient accumulation, and the tracker with `tracker_config` as its
     hyper-parameters when that is given and `report_to` asks for one), logging, the output folder (`markers` mean it holds a `what`; `files` are what an overwrite deletes; a
     resumed one must have `config_hash` in its `run_info.json` when `resume_checks_hash`) and the feature stage
-    (usable clips, rejected files -> OUT/rejected.csv, frozen features through the cache)."""
+    (usable clips, rejected files -> OUT/rejected.csv, frozen features through the cache). The code's commit is
+    read first, so that what the run reports is the code it ran, whatever changes in the checkout meanwhile."""
+    commit = git_commit(Path(__file__).resolve().parent)
     output_dir = Path(training_args.output_dir)
     accelerator = Accelerator(
         log_with=None
@@ -74,7 +79,9 @@ def start_run(
         }
         accelerator.init_trackers("mise", config=values)
     prepared = prepare_features(data_args, model_args, output_dir, accelerator)
-    return Run(data_args, model_args, training_args, accelerator, output_dir, config_hash, resuming, prepared)
+    return Run(
+        data_args, model_args, training_args, accelerator, output_dir, config_hash, resuming, prepared, commit
+    )
 
 
 @contextmanager

@@ -219,7 +219,9 @@ def _run_study(raw_argv: list[str], started: float, run: Run, study_args: StudyA
 
     # 6. tables, tests, quality and figures
     report_normalization = normalization_report(_reported_choices(choices), data_args.speaker_normalization)
-    info = _study_info(raw_argv, started, hash_, study, prepared, units, folds, report_normalization)
+    info = _study_info(
+        raw_argv, started, hash_, run.commit, study, prepared, units, folds, report_normalization
+    )
     report = {}
     if accelerator.is_main_process:
         report = write_report(output_dir, units, study_args, study.id2label, info)
@@ -248,6 +250,7 @@ def _study_info(
     raw_argv: list[str],
     started: float,
     hash_: str,
+    commit: str,
     study: Study,
     prepared: PreparedCorpus,
     units: list[dict],
@@ -258,6 +261,7 @@ def _study_info(
     arguments = arguments_dict(study.data_args, study.model_args, study.training_args, study.study_args)
     return {
         "command": shlex.join(["training/study.py", *raw_argv]),
+        "commit": commit,
         "config_hash": hash_,
         "seconds": time.perf_counter() - started,
         "unit_seconds": sum(unit.get("seconds", 0.0) for unit in units),  # earlier attempts included

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mise.hub.cards import STUDY_REFERENCE, environment_text
-from mise.hub.run_card import git_commit, numeric_environment
+from mise.hub.run_card import numeric_environment
 from mise.metrics import paired_wilcoxon, summarize_folds
 
 from .classifier import chosen_aligner_candidate_counts, chosen_feature_set_counts, chosen_ratio_counts
@@ -345,7 +345,6 @@ def write_report(
     info = {
         **info,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git_commit(Path(__file__).resolve().parent),
         "environment": numeric_environment(),
     }
     report = {

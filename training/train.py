@@ -90,6 +90,7 @@ def _run_info(run: Run, folds: list[Fold]) -> dict:
     return {
         "config_hash": run.config_hash,
         "command": "accelerate launch training/train.py " + shlex.join(sys.argv[1:]),
+        "commit": run.commit,
         "world_size": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,

@@ -153,7 +153,7 @@ def write_run_card(
     card = {
         "format": CARD_FORMAT,
         "command": run_info.get("command"),
-        "commit": git_commit(Path(__file__).resolve().parent),
+        "commit": run_info.get("commit") or git_commit(Path(__file__).resolve().parent),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": numeric_environment(),
         "corpus": _corpus(run_info.get("corpus") or {}, config),
