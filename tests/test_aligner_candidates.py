@@ -135,3 +135,26 @@ def test_one_candidate_is_that_setting_without_a_choice(corpus):
     for a, b in zip(plain.aligner.parameters(), configured.aligner.parameters(), strict=True):
         assert torch.equal(a, b)  # "" is the configured setting
     assert plain.aligner.config.to_dict() == configured.aligner.config.to_dict()
+
+
+def test_out_of_fold_aligners_train_the_chosen_setting(corpus):
+    audio, labels = corpus
+    trainer = _trainer(audio, labels, CANDIDATES)
+    trainer.args.refit = False
+    calls = []
+    train_aligner = trainer._train_aligner
+
+    def recorded(variant, train, seed, name, extra_rows=None, candidate=None):
+        aligner, summary = train_aligner(variant, train, seed, name, extra_rows, candidate)
+        calls.append((candidate, aligner.config.hidden_sizes))
+        return aligner, summary
+
+    trainer._train_aligner = recorded
+    trained = trainer.train(Variant("none_oof", "out of fold", "none", out_of_fold=True))
+    chosen = trained.stages["aligner"]["aligner_candidate"]
+    assert chosen != CANDIDATES[0], "this corpus should choose another entry than the first"
+    assert [candidate for candidate, _ in calls[: len(CANDIDATES)]] == CANDIDATES  # the in-fold choice
+    out_of_fold = calls[len(CANDIDATES) :]
+    assert len(out_of_fold) == trainer.data.out_of_fold_groups
+    hidden = aligner_candidate(chosen).get("aligner_hidden_sizes", [8])
+    assert all(call == (chosen, hidden) for call in out_of_fold)

@@ -430,9 +430,11 @@ class FoldTrainer:
         if self.data.speakers is None:
             raise ValueError("out-of-fold features need the speaker of every row (FoldData.speakers)")
 
+        candidate = base.summary.get("aligner_candidate")  # the in-fold space's stage-1 setting
+
         def fit(rows: np.ndarray, index: int) -> MiseAlignerModel:
             return self._train_aligner(
-                variant, base.train[rows], self.stage_seed(OUT_OF_FOLD + 1 + index), None
+                variant, base.train[rows], self.stage_seed(OUT_OF_FOLD + 1 + index), None, candidate=candidate
             )[0]
 
         z_train = out_of_fold_features(
