@@ -529,6 +529,7 @@ def study_dir(tmp_path_factory) -> Path:
                           "imbalance_counts": None})  # fmt: skip
     info = {
         "command": "training/study.py training/configs/mise.yaml training/configs/study.yaml training/configs/corpora/ravdess.yaml --output_dir study --seeds 0 1",
+        "commit": "0123abc",  # read by `training.run.start_run` when the study starts
         "unit_seconds": 60.0,
         "world_size": 1,
         "corpus": {"source": "data/ravdess/manifest.csv", "clips": 48, "speakers": 4, "hours": 0.05},
