@@ -133,17 +133,15 @@ def _summary(run: Run, records: list[dict], choices: dict, folds: list[Fold]) ->
     pooled_true = np.concatenate([record["y_true"] for record in records])
     pooled_pred = np.concatenate([record["y_pred"] for record in records])
     summary = summarize_folds(records, pooled_true, pooled_pred, len(corpus.id2label), corpus.id2label)
+    # each fold's stage 1 as its validation speakers chose it (before a refit)
+    selected_aligners = [record["stages"].get("selection", record["stages"])["aligner"] for record in records]
     summary.update(
         folds={record["fold"]: record["uar"] for record in records},
         generated_ratio_by_fold={record["fold"]: record.get("generated_ratio") for record in records},
         generated_ratio_chosen=chosen_ratio_counts(record.get("generated_ratio") for record in records),
-        feature_set_chosen=chosen_feature_set_counts(
-            record["stages"].get("selection", record["stages"])["aligner"].get("feature_set")
-            for record in records
-        ),
+        feature_set_chosen=chosen_feature_set_counts(stage.get("feature_set") for stage in selected_aligners),
         aligner_candidate_chosen=chosen_aligner_candidate_counts(
-            record["stages"].get("selection", record["stages"])["aligner"].get("aligner_candidate")
-            for record in records
+            stage.get("aligner_candidate") for stage in selected_aligners
         ),
         aligner_uar_mean=float(np.mean([record["aligner_uar"] for record in records])),
         protocol=run.data_args.protocol,

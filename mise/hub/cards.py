@@ -128,8 +128,9 @@ def is_finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# the fields of `mise.hub.run_card.numeric_environment` that are not package versions
-ENVIRONMENT_FIELDS = ("python", "machine", "cpu_capability", "torch_threads")
+# the packages whose numerics a result's last digits depend on, beside the code itself: the versions
+# `mise.hub.run_card.numeric_environment` records and `environment_text` names
+NUMERIC_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "opensmile", "transformers")
 
 
 def environment_text(environment: dict | None) -> str | None:
@@ -137,11 +138,7 @@ def environment_text(environment: dict | None) -> str | None:
     a result's last digits differ between machines; None where it was not recorded."""
     if not environment:
         return None
-    packages = ", ".join(
-        f"{name} {version}"
-        for name, version in environment.items()
-        if name not in ENVIRONMENT_FIELDS and version
-    )
+    packages = ", ".join(f"{name} {environment[name]}" for name in NUMERIC_PACKAGES if environment.get(name))
     return (
         f"Python {environment.get('python')}, {packages}; {environment.get('machine')}, torch kernels "
         f"{environment.get('cpu_capability')}, {environment.get('torch_threads')} thread(s) a process"
@@ -556,7 +553,8 @@ def read_study(study_dir: str | os.PathLike) -> dict:
 
     Reads its `study.json` (command, date, commit, the numeric environment where recorded, corpus; per variant
     the folds, seeds, UAR mean ± std over folds, pooled UAR, Δ pooled UAR and paired Wilcoxon test against the
-    reference `none`) and returns it checked and preformatted (percent with one decimal), one table row per variant in the study's order.
+    reference `none`) and returns it checked and preformatted (percent with one decimal), one table row per
+    variant in the study's order.
     Raises `RunFolderError` naming the file and the field that is missing or malformed.
     """
     study_dir = Path(study_dir)

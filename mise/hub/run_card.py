@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from .cards import RunFolderError, is_finite_number, known_corpus
+from .cards import NUMERIC_PACKAGES, RunFolderError, is_finite_number, known_corpus
 
 CARD_FILE = "card.json"
 CARD_FORMAT = 1
@@ -66,10 +66,6 @@ def git_commit(directory: str | os.PathLike) -> str:
     if head.returncode != 0:
         return "unknown"
     return head.stdout.strip() + ("+dirty" if changes.stdout.strip() else "")
-
-
-# the packages whose numerics a result's last digits depend on, beside the code itself
-NUMERIC_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "opensmile", "transformers")
 
 
 def numeric_environment() -> dict:
