@@ -752,3 +752,21 @@ def test_the_study_chooses_the_classic_l2_without_the_test_speakers(
     assert study_hash(*old) != study_hash(*new)
     with pytest.raises(ConfigError, match="classic_c"):
         parse_study_arguments(["--dataset", "x.csv", "--output_dir", "o", "--classic_c", "0", "1"])
+
+
+def test_a_multimodal_study_predicts_as_train_py(manifest, cache_dir, tmp_path):
+    """With `multimodal: true` stage 3 reads `[z_a; z_t]`: the study scores its validation and test clips with their
+    transcripts' codes, as `train.py` does (it stopped with a shape error when it gave the classifier `z_a` alone),
+    so every fold's test UAR is train.py's."""
+    from training.train import main as train_main
+
+    seed, extra = SEEDS[0], ["--multimodal", "true", "--generated_ratios", "1.0"]
+    main(study_args(manifest, tmp_path / "study", cache_dir, "--seeds", seed, "--variants", "none", *extra))
+    summary = train_main(
+        ["--dataset", str(manifest), "--cache_dir", str(cache_dir), "--output_dir", str(tmp_path / "train"),
+         *TRAIN_TINY, *extra, "--augmentation", "none", "--seed", seed, "--final_models", "false",
+         "--report_to", "none"]
+    )  # fmt: skip
+    rows = read_rows(tmp_path / "study" / "study.csv")
+    assert len(rows) == 2 and all(0.0 <= float(row["val_uar"]) <= 1.0 for row in rows)
+    assert summary["folds"] == pytest.approx({row["fold"]: float(row["uar"]) for row in rows}, abs=1e-12)

@@ -151,6 +151,16 @@ class Space:
     text_train: Tensor | None = None
     text_val: Tensor | None = None
 
+    @property
+    def features_train(self) -> Tensor:
+        """What stage 3 reads for the training rows: `z_a`, or `[z_a; z_t]` for a multimodal classifier."""
+        return self.z_train if self.text_train is None else multimodal_features(self.z_train, self.text_train)
+
+    @property
+    def features_val(self) -> Tensor:
+        """What stage 3 reads for the validation rows: `z_a`, or `[z_a; z_t]` for a multimodal classifier."""
+        return self.z_val if self.text_val is None else multimodal_features(self.z_val, self.text_val)
+
 
 @dataclass
 class Generated:
@@ -376,11 +386,10 @@ class FoldTrainer:
         plain = dataclasses.replace(variant, augmentation="none", noise_std=None, speaker_code=None)
         runtime = bare_runtime(self._runtime(0))
         classifier, _ = self.classifier(plain, space, Generated(), runtime=lambda index: runtime)
-        features = space.z_val
-        if self.data.model_args.multimodal:
-            features = multimodal_features(space.z_val, space.text_val)
         labels = self.data.labels[space.val].numpy()
-        return classification_metrics(labels, predict(classifier, features), len(self.data.id2label))["uar"]
+        return classification_metrics(
+            labels, predict(classifier, space.features_val), len(self.data.id2label)
+        )["uar"]
 
     def _input_rows(self, variant: Variant, train: np.ndarray) -> tuple[InputRows | None, dict | None]:
         """`Variant.input_rows`: stage 1's extra rows (`training.input_rows`) and their generator's summary."""
@@ -558,7 +567,7 @@ class FoldTrainer:
         args = variant.training_arguments(args or self.args)
         model_args = variant.model_arguments(data.model_args)
         labels, seed = data.labels, self.stage_seed(CLASSIFIER)
-        features_train, features_val, augmenter_for, text_dim = space.z_train, space.z_val, None, None
+        augmenter_for, text_dim = None, None
         if model_args.multimodal:  # [z_a; z_t] over the four real/generated combinations
 
             def augmenter_for(stage_args: MiseTrainingArguments) -> MultimodalAugmenter:
@@ -567,8 +576,6 @@ class FoldTrainer:
                     model_args.multimodal_text_dropout, generated.model, seed=seed,
                 )  # fmt: skip
 
-            features_train = multimodal_features(space.z_train, space.text_train)
-            features_val = multimodal_features(space.z_val, space.text_val)
             text_dim = space.text_train.shape[1]
         candidates = len(generated_ratio_candidates(args, model_args.augmentation, model_args.multimodal))
         first = self.selection_epochs  # tracker offsets of the candidates
@@ -579,7 +586,8 @@ class FoldTrainer:
         classifier, summary = train_classifier_choosing_ratio(
             runtime or (lambda index: self._runtime(first + index * args.classifier_epochs)),
             classifier_config(model_args, space.z_train.shape[1], data.id2label, text_dim), args,
-            (features_train, labels[space.train], features_val, labels[space.val]), model_args.augmentation,
+            (space.features_train, labels[space.train], space.features_val, labels[space.val]),
+            model_args.augmentation,
             multimodal=model_args.multimodal, augmenter_for=augmenter_for, store=store,
             generator=generated.model, text_codes_train=generated.codes_train, seed=seed, head_init=head,
             speaker_codes=generated.speaker_pool,
@@ -670,6 +678,24 @@ class FoldTrainer:
             self.data, fold, self.fold_index, self.seed, lambda name, start: self.runtime(name, offset + start),
             None if self.store is None else self.store.child(REFIT), seed_index=self.seed_index, args=fixed,
         )  # fmt: skip
+
+
+def classifier_features(
+    aligner: MiseAlignerModel,
+    data: FoldData,
+    rows: np.ndarray,
+    reference: np.ndarray,
+    transcripts: bool = True,
+) -> Tensor:
+    """What a fold's stage-3 classifier reads for new `rows` (its test clips): `z_a` in `aligner`'s space, or
+    `[z_a; z_t]` for a multimodal classifier, `z_t` of each clip's transcript (the text standardised on the
+    `reference` rows, the fold's training rows); `transcripts=False`: every clip as if it had none."""
+    z_a = encode_audio(aligner, data.audio[rows])
+    if not data.model_args.multimodal:
+        return z_a
+    names = None if data.transcripts is None else [data.transcripts[i] for i in rows]
+    text = text_codes(aligner, data.text[rows], names, reference=data.text[reference])
+    return multimodal_features(z_a, text if transcripts else None, text_dim=text.shape[1])
 
 
 def bare_runtime(runtime: StageRuntime) -> StageRuntime:

@@ -32,16 +32,15 @@ from modeling_mise import (
     MiseForAudioClassification,
 )
 from modeling_mise.encoders import AudioEncoder
-from modeling_mise.modeling_audio_classifier import multimodal_features
 from modeling_mise.segments import utterance_range
 
-from .aligner import encode_audio, text_codes
+from .aligner import encode_audio
 from .arguments import SPLIT_NEEDS, ConfigError, DataArguments, MiseTrainingArguments, ModelArguments
 from .checkpoint import CheckpointManager, ResumePoint
 from .classifier import generated_ratio_candidates, predict
 from .engine import StageRuntime
 from .features import CorpusFeatures
-from .fold import REFIT, FoldData, FoldTrainer, Trained, Variant, refit_arguments
+from .fold import REFIT, FoldData, FoldTrainer, Trained, Variant, classifier_features, refit_arguments
 
 logger = get_logger(__name__)
 
@@ -270,11 +269,12 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
     y_true = ctx.labels[test].numpy()
     extra = {}
     if ctx.model_args.multimodal:  # test clips with their transcripts; also scored as if they had none
-        transcripts = None if ctx.transcripts is None else [ctx.transcripts[i] for i in test]
-        text = ctx.features.text
-        text_test = text_codes(trained.aligner, text[test], transcripts, reference=text[fold.train])
-        y_pred = predict(trained.classifier, multimodal_features(z_test, text_test))
-        y_null = predict(trained.classifier, multimodal_features(z_test, text_dim=text_test.shape[1]))
+        data = fold_data(ctx)
+        y_pred = predict(trained.classifier, classifier_features(trained.aligner, data, test, fold.train))
+        y_null = predict(
+            trained.classifier,
+            classifier_features(trained.aligner, data, test, fold.train, transcripts=False),
+        )
         extra["uar_without_transcript"] = classification_metrics(y_true, y_null, num_labels, ctx.id2label)[
             "uar"
         ]

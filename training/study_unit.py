@@ -20,7 +20,7 @@ from .aligner import encode_audio
 from .arguments import DataArguments, MiseTrainingArguments, ModelArguments
 from .classifier import predict
 from .engine import StageRuntime
-from .fold import GENERATOR, FoldData, FoldTrainer, Generated, Space, Variant
+from .fold import GENERATOR, FoldData, FoldTrainer, Generated, Space, Variant, classifier_features
 from .study_variants import StudyArguments, classic_baseline, validated_c
 
 QUALITY_SCALARS = ("frechet_distance", "precision", "recall")
@@ -194,12 +194,15 @@ class FoldUnit:
         if variant.uses_generator and variant.name not in self.final_quality:  # the same generator, by name
             self.final_quality[variant.name] = self.final_quality[self.owners[variant.generator_key]]
         selected = trained.selected or trained
-        model = (lambda t: t.aligner) if variant.aligner_head else (lambda t: t.classifier)
-        val_uar = classification_metrics(
-            labels[val].numpy(), predict(model(selected), selected.space.z_val), study.num_labels
-        )
-        z_test = encode_audio(trained.aligner, study.audio[self.fold.test])
-        return predict(model(trained), z_test), {
+        if variant.aligner_head:  # stage 1's own head reads z_a alone
+            val_pred = predict(selected.aligner, selected.space.z_val)
+            y_pred = predict(trained.aligner, encode_audio(trained.aligner, study.audio[self.fold.test]))
+        else:
+            val_pred = predict(selected.classifier, selected.space.features_val)
+            test = classifier_features(trained.aligner, self.trainer.data, self.fold.test, self.fold.train)
+            y_pred = predict(trained.classifier, test)
+        val_uar = classification_metrics(labels[val].numpy(), val_pred, study.num_labels)
+        return y_pred, {
             "val_uar": val_uar["uar"],
             "generated_ratio": selected.stages["classifier"]["generated_ratio"],
             "feature_set": selected.stages["aligner"].get("feature_set"),
