@@ -418,3 +418,31 @@ def test_multimodal_linear_classifier_starts_from_the_aligner_head():
     )
     with torch.no_grad():
         torch.testing.assert_close(classifier(features=features).logits, head(z_a))
+
+
+def test_a_study_with_a_lora_tuned_text_encoder_predicts_as_train_py(ravdess_rows, tiny_llama_dir, tmp_path):
+    """The study hands each fold the clips' transcripts, which a LoRA-tuned text encoder trains on (without them
+    stage 1 stopped with a TypeError), and scores the test clips with their text codes as `train.py` does: the
+    same fold's test UAR."""
+    import csv
+
+    from training.study import main as study_main
+    from training.train import main as train_main
+
+    rows = [dict(row) for row in ravdess_rows if row["speaker"] in ("Actor_01", "Actor_02", "Actor_03")]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    common = [
+        "--dataset", str(manifest), "--cache_dir", str(tmp_path / "cache"), "--text_encoder", str(tiny_llama_dir),
+        "--text_lora_r", "2", "--text_lora_target_modules", "q_proj", "--multimodal", "true", "--max_folds", "1",
+        "--projection_dim", "8", "--aligner_hidden_sizes", "16", "--classifier_hidden_sizes", "16",
+        "--aligner_epochs", "2", "--classifier_epochs", "2", "--num_validation_speakers", "1",
+        "--min_class_clips", "2",
+    ]  # fmt: skip
+    study_main([*common, "--output_dir", str(tmp_path / "study"), "--variants", "none", "--seeds", "3"])
+    summary = train_main(
+        [*common, "--output_dir", str(tmp_path / "train"), "--augmentation", "none", "--seed", "3",
+         "--final_models", "false", "--report_to", "none"]
+    )  # fmt: skip
+    with open(tmp_path / "study" / "study.csv", newline="") as handle:
+        study = {row["fold"]: float(row["uar"]) for row in csv.DictReader(handle)}
+    assert len(study) == 1 and summary["folds"] == pytest.approx(study, abs=1e-12)

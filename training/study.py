@@ -193,7 +193,7 @@ def _run_study(raw_argv: list[str], started: float, run: Run, study_args: StudyA
     study = Study(
         accelerator, data_args, model_args, training_args, study_args, features.audio, features.text,
         torch.as_tensor(corpus.labels()), dict(corpus.id2label), features.audio_spec,
-        speakers=np.asarray(corpus.speakers()), corpora=corpus.corpora(),
+        speakers=np.asarray(corpus.speakers()), corpora=corpus.corpora(), transcripts=corpus.transcripts(),
     )  # fmt: skip
 
     # 4. folds, shared by every variant: each seed's own validation speakers, drawn as `train.py --seed S` draws

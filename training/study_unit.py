@@ -54,6 +54,7 @@ class Study:
     classic_cache: dict[tuple, tuple] = field(default_factory=dict)
     speakers: np.ndarray | None = None  # (N,) speaker of every row: out-of-fold variants group by it
     corpora: np.ndarray | None = None  # (N,) corpus of every row in a run of several corpora
+    transcripts: list[str | None] | None = None  # per row; a LoRA-tuned text encoder reads them
     test_speaker_clips: bool = (
         False  # the unit's fold reads its test speakers' clips (per-speaker statistics)
     )
@@ -65,7 +66,7 @@ class Study:
     def fold_data(self) -> FoldData:
         return FoldData(
             self.audio, self.text, self.labels, self.id2label, self.audio_spec, self.model_args,
-            self.training_args, self.accelerator.device, speakers=self.speakers,
+            self.training_args, self.accelerator.device, self.transcripts, self.speakers,
             out_of_fold_groups=self.study_args.out_of_fold_groups, test_speaker_clips=self.test_speaker_clips,
             corpora=self.corpora,
         )  # fmt: skip
