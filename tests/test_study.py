@@ -621,6 +621,22 @@ def test_bad_study_options_name_the_field(tmp_path, manifest, cache_dir):
     extra = ["--seeds", "0", "--variants", "none", "--imbalance_class", "bored"]
     with pytest.raises(ConfigError, match="imbalance_class: 'bored' is not a class"):
         main(study_args(manifest, tmp_path / "bad", cache_dir, *extra))
+    # variants the run's settings cannot train are named before any audio is read
+    given = ["--dataset", "x.csv", "--output_dir", str(tmp_path)]
+    for flags, message in (
+        (
+            ["--multimodal", "true", "--variants", "none", "mise_speaker"],
+            "mise_speaker: stage 3 reads z_a alone",
+        ),
+        (["--variants", "mise_own"], "mise_own: needs a run of several corpora"),
+        (
+            ["--text_lora_r", "2", "--variants", "mise_input"],
+            "mise_input: extra stage-1 rows need frozen text",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_study_arguments([*given, *flags])
+    parse_study_arguments([*given, "--multimodal", "true", "--variants", "none", "mise", "mise_input"])
 
 
 def test_kfold_study_chooses_statistics_per_seed_as_train_py_does(ravdess_rows, cache_dir, tmp_path):

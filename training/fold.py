@@ -109,6 +109,16 @@ class Variant:
             no_text_code=not self.text_code, no_mi=not self.mi,
         )  # fmt: skip
 
+    def check(self, model_args: ModelArguments, several_corpora: bool) -> None:
+        """Raise `ConfigError` naming this variant where the run's settings cannot train it (a study checks its
+        variants so before any audio is read, the fold trainer again before it trains one)."""
+        if model_args.multimodal and (self.speaker_code or self.own_corpus):
+            raise ConfigError(f"variant {self.name}: stage 3 reads z_a alone (multimodal: false)")
+        if self.own_corpus and not several_corpora:
+            raise ConfigError(f"variant {self.name}: needs a run of several corpora (corpus files stacked)")
+        if self.input_rows and model_args.text_lora_r:
+            raise ConfigError(f"variant {self.name}: extra stage-1 rows need frozen text features (no LoRA)")
+
     def training_arguments(self, args: MiseTrainingArguments) -> MiseTrainingArguments:
         """The training arguments with this variant's stage-3 settings."""
         if self.class_balanced is not None:
@@ -396,10 +406,6 @@ class FoldTrainer:
         if variant.input_rows is None:
             return None, None
         data, val = self.data, self.fold.validation
-        if data.model_args.text_lora_r:
-            raise ConfigError(
-                f"variant {variant.name}: extra stage-1 rows need frozen text features (no LoRA)"
-            )
 
         def rows(index: np.ndarray) -> tuple[Tensor, Tensor, Tensor | None]:
             return data.audio[index], data.labels[index], None if data.text is None else data.text[index]
@@ -513,8 +519,6 @@ class FoldTrainer:
         speakers = self.data.speakers
         if speakers is None:
             raise ValueError("speaker-aware generation needs the speaker of every row (FoldData.speakers)")
-        if self.data.model_args.multimodal:
-            raise ConfigError("speaker-aware generation: stage 3 reads z_a alone (multimodal: false)")
         codes = SpeakerCodes(space.z_train, speakers[space.train])
         return (
             with_speaker_codes(codes_train, codes.of_rows(space.z_train, speakers[space.train])),
@@ -601,12 +605,6 @@ class FoldTrainer:
         if not variant.own_corpus:
             return space, generated
         corpora = self.data.corpora
-        if corpora is None:
-            raise ConfigError(
-                f"variant {variant.name}: needs a run of several corpora (corpus files stacked)"
-            )
-        if self.data.model_args.multimodal:
-            raise ConfigError(f"variant {variant.name}: stage 3 reads z_a alone (multimodal: false)")
         own = np.unique(corpora[self.fold.test])
         train, val = np.isin(corpora[space.train], own), np.isin(corpora[space.val], own)
         if not train.any():
@@ -625,6 +623,7 @@ class FoldTrainer:
     def train(self, variant: Variant) -> Trained:
         """Stages 1-3 of `variant`, selected on the validation speakers; with `refit`, trained once more on the
         training and validation speakers with those choices (`refit`)."""
+        variant.check(self.data.model_args, self.data.corpora is not None)
         if self.data.model_args.multimodal and self.data.text is None:
             raise ValueError(
                 "multimodal: no usable clip has a transcript (check transcript_column and the text encoder)"

@@ -57,8 +57,13 @@ STUDY_FILES = ("runs", "figures", "study.csv", "study.json", "study.md", "qualit
 def parse_study_arguments(
     argv: list[str] | None = None,
 ) -> tuple[DataArguments, ModelArguments, MiseTrainingArguments, StudyArguments]:
-    """`[CONFIG.yaml|.json ...] [--key value ...]`: the training arguments plus [`StudyArguments`]."""
-    return parse_arguments(argv, (StudyArguments,))
+    """`[CONFIG.yaml|.json ...] [--key value ...]`: the training arguments plus [`StudyArguments`]; each variant
+    checked against them (`Variant.check`) before any audio is read."""
+    parsed = parse_arguments(argv, (StudyArguments,))
+    data_args, model_args, _, study_args = parsed
+    for variant in study_args.selected:
+        variant.check(model_args, bool(data_args.corpora))
+    return parsed
 
 
 # ---------------------------------------------------------------------------------------------- the whole study
