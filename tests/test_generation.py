@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from conftest import corpus_dir
 from torch.nn import functional as F
 
+import training.classifier as classifier_module
 from mise.data import load_corpus
 from mise.folds import Fold, make_folds
 from mise.quality import knn_precision_recall
@@ -527,3 +528,27 @@ def test_the_aligner_head_variant_predicts_with_stage_1_s_emotion_head(monkeypat
     head, chosen = unit.classify(VARIANTS["aligner_head"])
     assert set(head.tolist()) == {2} and chosen["val_uar"] == pytest.approx(1 / CLASSES)
     assert unit.classify(VARIANTS["none"])[0].tolist() == stage_3  # `none` still reads stage 3
+
+
+def test_the_aligner_head_variant_trains_no_stage_3(monkeypatch):
+    """`aligner_head` predicts with stage 1's head, so it trains no stage-3 classifier, in the selection or the
+    refit (before, it trained one and left it unused)."""
+    trainer, _ = fold_trainer("mi")
+    trainer.args = dataclasses.replace(trainer.args, refit=True)
+    data = trainer.data
+    study = Study(
+        Accelerator(cpu=True), DataArguments(dataset="unused"), data.model_args, trainer.args,
+        StudyArguments(variants=["aligner_head"], figures=False), data.audio, None, data.labels, data.id2label,
+        None,
+    )  # fmt: skip
+    unit = FoldUnit(study, trainer.fold, 0, 7, trainer.fold.train)
+
+    def no_stage_3(*args, **kwargs):
+        raise AssertionError("aligner_head trained a stage-3 classifier")
+
+    monkeypatch.setattr(classifier_module, "train_classifier", no_stage_3)
+    head, chosen = unit.classify(VARIANTS["aligner_head"])
+    trained = unit.trainer.train(VARIANTS["aligner_head"])
+    assert trained.classifier is None and trained.selected is not None and trained.selected.classifier is None
+    z_test = encode_audio(trained.aligner, data.audio[trainer.fold.test])
+    assert head.tolist() == predict(trained.aligner, z_test).tolist() and 0 <= chosen["val_uar"] <= 1

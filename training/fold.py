@@ -52,6 +52,7 @@ Tensor = torch.Tensor
 ALIGNER, GENERATOR, CLASSIFIER = 1, 2, 3  # stage numbers: the streams of stage k derive from (seed, fold, k)
 INPUT_ROWS = 4  # the extra rows of stage 1 and their generator (training.input_rows)
 OUT_OF_FOLD = 10  # out-of-fold aligners: stages 10 (the groups) and 11, 12, ... (one per group)
+NO_STAGE_3 = {"generated_ratio": None, "best_epoch": 0}  # the stage-3 summary of a variant that trains none
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ class Trained:
 
     space: Space
     generated: Generated
-    classifier: MiseClassifierModel
+    classifier: MiseClassifierModel | None  # None: `Variant.aligner_head`, stage 1's head predicts
     stages: dict
     selected: Trained | None = None
 
@@ -636,6 +637,9 @@ class FoldTrainer:
     def _stages(self, variant: Variant) -> Trained:
         space = self.space(variant)
         generated = self.generator(variant, space)
+        if variant.aligner_head:  # stage 1's own emotion head predicts: no stage 3 to train
+            stages = {"aligner": space.summary, "generator": generated.summary, "classifier": NO_STAGE_3}
+            return Trained(space, generated, None, stages)
         done = self._store("classifier", MiseClassifierModel) if self.store is not None else None
         if done is None:
             classifier, summary = self.classifier(variant, *self._own_corpus(variant, space, generated))
