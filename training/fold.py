@@ -638,7 +638,11 @@ class FoldTrainer:
         space = self.space(variant)
         generated = self.generator(variant, space)
         if variant.aligner_head:  # stage 1's own emotion head predicts: no stage 3 to train
-            stages = {"aligner": space.summary, "generator": generated.summary, "classifier": NO_STAGE_3}
+            stages = {
+                "aligner": space.summary,
+                "generator": generated.summary,
+                "classifier": dict(NO_STAGE_3),
+            }
             return Trained(space, generated, None, stages)
         done = self._store("classifier", MiseClassifierModel) if self.store is not None else None
         if done is None:
@@ -688,17 +692,18 @@ def classifier_features(
     data: FoldData,
     rows: np.ndarray,
     reference: np.ndarray,
-    transcripts: bool = True,
+    z_a: Tensor | None = None,
 ) -> Tensor:
-    """What a fold's stage-3 classifier reads for new `rows` (its test clips): `z_a` in `aligner`'s space, or
-    `[z_a; z_t]` for a multimodal classifier, `z_t` of each clip's transcript (the text standardised on the
-    `reference` rows, the fold's training rows); `transcripts=False`: every clip as if it had none."""
-    z_a = encode_audio(aligner, data.audio[rows])
+    """What a fold's stage-3 classifier reads for new `rows` (its test clips): `z_a` in `aligner`'s space (given,
+    or encoded here), or `[z_a; z_t]` for a multimodal classifier, `z_t` of each clip's transcript (the text
+    standardised on the `reference` rows, the fold's training rows)."""
+    z_a = encode_audio(aligner, data.audio[rows]) if z_a is None else z_a
     if not data.model_args.multimodal:
         return z_a
     names = None if data.transcripts is None else [data.transcripts[i] for i in rows]
-    text = text_codes(aligner, data.text[rows], names, reference=data.text[reference])
-    return multimodal_features(z_a, text if transcripts else None, text_dim=text.shape[1])
+    return multimodal_features(
+        z_a, text_codes(aligner, data.text[rows], names, reference=data.text[reference])
+    )
 
 
 def bare_runtime(runtime: StageRuntime) -> StageRuntime:

@@ -32,6 +32,7 @@ from modeling_mise import (
     MiseForAudioClassification,
 )
 from modeling_mise.encoders import AudioEncoder
+from modeling_mise.modeling_audio_classifier import multimodal_features
 from modeling_mise.segments import utterance_range
 
 from .aligner import encode_audio
@@ -269,11 +270,10 @@ def run_fold(ctx: RunContext, fold: Fold, fold_index: int) -> dict:
     y_true = ctx.labels[test].numpy()
     extra = {}
     if ctx.model_args.multimodal:  # test clips with their transcripts; also scored as if they had none
-        data = fold_data(ctx)
-        y_pred = predict(trained.classifier, classifier_features(trained.aligner, data, test, fold.train))
+        features = classifier_features(trained.aligner, fold_data(ctx), test, fold.train, z_a=z_test)
+        y_pred = predict(trained.classifier, features)
         y_null = predict(
-            trained.classifier,
-            classifier_features(trained.aligner, data, test, fold.train, transcripts=False),
+            trained.classifier, multimodal_features(z_test, text_dim=trained.classifier.config.text_dim)
         )
         extra["uar_without_transcript"] = classification_metrics(y_true, y_null, num_labels, ctx.id2label)[
             "uar"
