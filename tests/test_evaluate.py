@@ -127,6 +127,42 @@ def test_evaluate_with_a_few_adaptation_clips(model_dir, emodb_manifest, tmp_pat
     assert "enrolment: this model does not take enrolment clips" in capsys.readouterr().err
 
 
+def test_cross_corpus_classic_reads_the_models_columns_and_chooses_c_on_whole_speakers(monkeypatch):
+    """The classic arm reads the columns of the feature set the released model chose (here they leave out
+    columns whose cue reverses on the other corpus), and its L2 is chosen on speaker-disjoint folds of the training
+    corpus alone."""
+    import training.cross_corpus as cross_corpus
+    from training.cross_corpus import ClassicSetting, classic_cross, speaker_validated_c
+
+    rng = np.random.default_rng(0)
+    classes = ["angry", "sad"]
+
+    def corpus(sign: float) -> tuple[np.ndarray, list[str], list[str]]:
+        features = rng.normal(size=(80, 6))
+        features[:40, 0] += 3.0  # angry clips are louder
+        features[:40, 3:] += 3.0 * sign  # columns the model did not choose: the classes swap across corpora
+        return features, ["angry"] * 40 + ["sad"] * 40, [f"s{i % 8}" for i in range(80)]
+
+    first, second = corpus(1.0), corpus(-1.0)
+    chosen = ClassicSetting("opensmile/x", slice(0, 3), balanced=True)
+    assert classic_cross(first, second, classes, "model", chosen)["uar"] > 0.9
+    assert classic_cross(first, second, classes, "model")["uar"] < 0.6  # every column: the reversed cue
+    held_out_speakers = []
+    real = cross_corpus.classic_baseline
+
+    def recording(features, labels, train, test, c, **kwargs):
+        speakers = np.asarray(first[2])
+        assert not set(speakers[train]) & set(speakers[test]), "a speaker on both sides of an inner fold"
+        held_out_speakers.append(sorted(set(speakers[test])))
+        assert len(features) == 80  # the training corpus alone
+        return real(features, labels, train, test, c, **kwargs)
+
+    monkeypatch.setattr(cross_corpus, "classic_baseline", recording)
+    c = speaker_validated_c(first, classes, chosen, [0.01, 1.0], groups=4)
+    assert c in (0.01, 1.0) and len(held_out_speakers) == 8
+    assert sorted(s for fold in held_out_speakers[:4] for s in fold) == sorted({f"s{i}" for i in range(8)})
+
+
 def test_cross_corpus_baseline_table_and_figure(tmp_path, monkeypatch):
     """The cross-corpus script's classic baseline, table and heat map on two feature sets that differ by a
     recording shift: only test-corpus statistics remove it."""

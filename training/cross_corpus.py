@@ -7,7 +7,9 @@ For each corpus, `training/train.py` (with `--config`, its other classes dropped
 audio classifier `OUT/train/<corpus>/models/mise-audio-classifier` (an existing one is reused); for each ordered
 pair, `mise evaluate` scores it on the other corpus twice, with the model's own feature statistics (as
 released) and with the test corpus' (unsupervised adaptation). Beside it, the classic baseline (openSMILE
-functionals + standardised logistic regression) fits on the training corpus. Writes `OUT/cross_corpus.json`,
+functionals + standardised logistic regression) fits on the training corpus with the care the study gives it: the
+released model's features (its encoder, the feature set it chose), the classes weighed as the config weighs
+them, and its L2 chosen by speaker-grouped cross-validation on the training corpus. Writes `OUT/cross_corpus.json`,
 `OUT/cross_corpus.md`, `OUT/eval/<train>_to_<test>_<normalize>/`, `OUT/features/<corpus>/rejected.csv` and
 `OUT/figures/cross_corpus_uar.png`.
 """
@@ -18,6 +20,7 @@ import argparse
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `training` and `modeling_mise` importable
@@ -31,9 +34,9 @@ from mise.hub.cards import MODEL_FOLDERS
 from mise.metrics import classification_metrics
 from mise.plots import plot_cross_corpus
 from modeling_mise.layers import feature_statistics, standardize
-from training.arguments import DataArguments, ModelArguments
+from training.arguments import DataArguments, MiseTrainingArguments, ModelArguments, _read_config_file
 from training.features import prepare_features
-from training.study_variants import classic_baseline
+from training.study_variants import CLASSIC_C, classic_baseline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad"]
@@ -54,7 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=str(REPO_ROOT / "training" / "configs" / "mise.yaml"))
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--max_folds", type=int, default=1, help="folds run before the final models (>= 1)")
-    parser.add_argument("--audio_encoder", default="opensmile/eGeMAPSv02", help="the classic baseline's")
+    parser.add_argument(
+        "--audio_encoder", default=None, help="the classic baseline's (default: the released models')"
+    )
+    parser.add_argument(
+        "--classic_c", type=float, nargs="+", default=list(CLASSIC_C),
+        help="the classic baseline's inverse L2 strengths, one chosen per training corpus on its speakers",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     corpora = dict(entry.split("=", 1) for entry in args.corpus)
     if len(corpora) < 2 or any(not name or not folder for name, folder in corpora.items()):
@@ -94,45 +103,106 @@ def train_corpus(name: str, folder: str, drop: list[str], args: argparse.Namespa
     return model
 
 
+@dataclass
+class ClassicSetting:
+    """How the classic arm reads a training corpus as its released model does: the model's audio encoder, the
+    columns of the feature set it chose, and whether classes are weighed inversely to their counts."""
+
+    audio_encoder: str
+    columns: slice | None
+    balanced: bool
+
+    @classmethod
+    def of(cls, model: Path, args: argparse.Namespace) -> ClassicSetting:
+        from modeling_mise.configuration_audio_classifier import MiseAudioClassifierConfig
+
+        aligner = MiseAudioClassifierConfig.from_pretrained(model).aligner_config
+        encoder = args.audio_encoder or aligner.audio_encoder
+        columns = aligner.audio_columns if encoder == aligner.audio_encoder else None
+        default = MiseTrainingArguments.__dataclass_fields__["class_balanced_batches"].default
+        balanced = bool(_read_config_file(Path(args.config)).get("class_balanced_batches", default))
+        return cls(encoder, None if columns is None else slice(*columns), balanced)
+
+
 def classic_features(
-    folder: str, drop: list[str], args: argparse.Namespace, name: str
-) -> tuple[np.ndarray, list[str]]:
-    """Frozen functionals of a corpus' usable clips (the feature stage training runs, through its cache) and their
-    labels; the rejected clips are listed in `OUT/features/<name>/rejected.csv`."""
+    folder: str, drop: list[str], args: argparse.Namespace, name: str, encoder: str
+) -> tuple:
+    """Frozen functionals of a corpus' usable clips (the feature stage training runs, through its cache), their
+    labels and speakers; the rejected clips are listed in `OUT/features/<name>/rejected.csv`."""
     from accelerate import PartialState
 
     data_args = DataArguments(dataset=corpus_source(folder), drop_labels=drop, transcript_column=None)
-    model_args = ModelArguments(audio_encoder=args.audio_encoder, text_encoder=None)
+    model_args = ModelArguments(audio_encoder=encoder, text_encoder=None)
     output_dir = Path(args.output_dir) / "features" / name
     output_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare_features(data_args, model_args, output_dir, PartialState())
-    return prepared.features.audio.numpy(), [item.label for item in prepared.corpus.items]
+    items = prepared.corpus.items
+    return prepared.features.audio.numpy(), [item.label for item in items], [item.speaker for item in items]
 
 
-def classic_cross(train: tuple, test: tuple, classes: list[str], normalize: str) -> dict:
+def speaker_validated_c(
+    train: tuple, classes: list[str], setting: ClassicSetting, cs: list[float], groups: int = 5
+) -> float:
+    """The classic baseline's C for a training corpus: the best pooled UAR over `groups` speaker-disjoint folds of
+    that corpus (ties: the stronger L2); the test corpus is never read."""
+    from sklearn.model_selection import GroupKFold
+
+    features, names, speakers = train
+    labels = np.asarray([classes.index(label) for label in names])
+    splits = list(GroupKFold(n_splits=min(groups, len(set(speakers)))).split(features, labels, speakers))
+    scores = []
+    for c in sorted(cs):
+        predicted = np.empty_like(labels)
+        for fit, held_out in splits:
+            predicted[held_out] = classic_baseline(
+                features, labels, fit, held_out, c, columns=setting.columns, balanced=setting.balanced
+            )
+        scores.append((classification_metrics(labels, predicted, len(classes))["uar"], -c))
+    return -max(scores)[1]
+
+
+def classic_cross(
+    train: tuple,
+    test: tuple,
+    classes: list[str],
+    normalize: str,
+    setting: ClassicSetting | None = None,
+    c: float = 1.0,
+) -> dict:
     """The classic baseline fit on `train`, scored on `test`; `corpus` z-scores each corpus on its own."""
-    (x_train, y_train), (x_test, y_test) = train, test
+    (x_train, y_train), (x_test, y_test) = train[:2], test[:2]
+    setting = setting or ClassicSetting("", None, False)
     if normalize == "corpus":
         x_train = standardize(x_train, *feature_statistics(x_train))
         x_test = standardize(x_test, *feature_statistics(x_test))
     labels = np.asarray([classes.index(label) for label in list(y_train) + list(y_test)])
     rows = np.arange(len(labels))
     predicted = classic_baseline(
-        np.concatenate([x_train, x_test]), labels, rows[: len(x_train)], rows[len(x_train) :]
-    )
+        np.concatenate([x_train, x_test]), labels, rows[: len(x_train)], rows[len(x_train) :], c,
+        columns=setting.columns, balanced=setting.balanced,
+    )  # fmt: skip
     metrics = classification_metrics(
         labels[len(x_train) :], predicted, len(classes), dict(enumerate(classes))
     )
-    return {"uar": metrics["uar"], "wa": metrics["wa"], "macro_f1": metrics["f1_macro"]}
+    return {"uar": metrics["uar"], "wa": metrics["wa"], "macro_f1": metrics["f1_macro"], "c": c}
 
 
 def run_pairs(args: argparse.Namespace, models: dict, drops: dict) -> dict:
     """Every method on every ordered (train, test) pair: {method: {train: {test: metrics}}}."""
+    settings = {name: ClassicSetting.of(model, args) for name, model in models.items()}
+    encoders = {setting.audio_encoder for setting in settings.values()}
+    if len(encoders) > 1:
+        raise SystemExit(
+            f"the released models read different audio encoders {sorted(encoders)}: give --audio_encoder"
+        )
+    (encoder,) = encoders
     features = {
-        name: classic_features(folder, drops[name], args, name) for name, folder in args.corpora.items()
+        name: classic_features(folder, drops[name], args, name, encoder)
+        for name, folder in args.corpora.items()
     }
     results = {method: {name: {} for name in args.corpora} for method in METHODS}
     for train, model in models.items():
+        c = speaker_validated_c(features[train], args.classes, settings[train], args.classic_c)
         for test, folder in args.corpora.items():
             if test == train:
                 continue
@@ -146,7 +216,9 @@ def run_pairs(args: argparse.Namespace, models: dict, drops: dict) -> dict:
                     show_progress=False,
                 )
                 results[f"mise_{normalize}"][train][test] = {k: report[k] for k in ("uar", "wa", "macro_f1")}
-                classic = classic_cross(features[train], features[test], args.classes, normalize)
+                classic = classic_cross(
+                    features[train], features[test], args.classes, normalize, settings[train], c
+                )
                 results[f"classic_{normalize}"][train][test] = classic
     return results
 
