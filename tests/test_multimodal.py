@@ -446,3 +446,23 @@ def test_a_study_with_a_lora_tuned_text_encoder_predicts_as_train_py(ravdess_row
     with open(tmp_path / "study" / "study.csv", newline="") as handle:
         study = {row["fold"]: float(row["uar"]) for row in csv.DictReader(handle)}
     assert len(study) == 1 and summary["folds"] == pytest.approx(study, abs=1e-12)
+
+
+def test_multimodal_corpus_without_transcripts_stops_before_audio_is_read(
+    ravdess_rows, tmp_path, monkeypatch
+):
+    """A multimodal run on a corpus whose clips have no transcript names the option before any audio is decoded
+    (it used to stop only after every clip's features were extracted)."""
+    import training.features as features
+    from training.arguments import ConfigError
+    from training.train import main
+
+    def no_audio(*args, **kwargs):
+        raise AssertionError("audio was read before the corpus was checked")
+
+    monkeypatch.setattr(features, "usable_clips", no_audio)
+    rows = [{**row, "transcript": ""} for row in ravdess_rows if row["speaker"] in ("Actor_01", "Actor_02")]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    argv = ["--dataset", str(manifest), "--output_dir", str(tmp_path / "out"), "--multimodal", "true"]
+    with pytest.raises(ConfigError, match="multimodal: no clip of the corpus has a transcript"):
+        main([*argv, "--report_to", "none", "--min_class_clips", "2"])

@@ -32,7 +32,7 @@ from modeling_mise.audio import AudioInputError, crop
 from modeling_mise.encoders import AudioEncoder, TextEncoder, load_audio_encoder, load_text_encoder
 from modeling_mise.layers import speaker_statistics, standardize
 
-from .arguments import DataArguments, ModelArguments
+from .arguments import ConfigError, DataArguments, ModelArguments
 
 logger = get_logger(__name__)
 
@@ -61,6 +61,10 @@ def prepare_features(
     tick = time.perf_counter()
     corpus = read_corpus(data_args)
     logger.info("corpus summary\n" + corpus.format_summary())
+    if model_args.multimodal and not any(corpus.transcripts()):  # known before any audio is read
+        raise ConfigError(
+            "multimodal: no clip of the corpus has a transcript (check transcript_column, or set multimodal false)"
+        )
     audio_encoder = load_audio_encoder(
         model_args.audio_encoder, model_args.audio_pooling, model_args.audio_layer
     )
