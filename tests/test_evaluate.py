@@ -131,7 +131,7 @@ def test_cross_corpus_classic_reads_the_models_columns_and_chooses_c_on_whole_sp
     """The classic arm reads the columns of the feature set the released model chose (here they leave out
     columns whose cue reverses on the other corpus), and its L2 is chosen on speaker-disjoint folds of the training
     corpus alone."""
-    import training.cross_corpus as cross_corpus
+    import training.study_variants as study_variants
     from training.cross_corpus import ClassicSetting, classic_cross, speaker_validated_c
 
     rng = np.random.default_rng(0)
@@ -148,16 +148,16 @@ def test_cross_corpus_classic_reads_the_models_columns_and_chooses_c_on_whole_sp
     assert classic_cross(first, second, classes, "model", chosen)["uar"] > 0.9
     assert classic_cross(first, second, classes, "model")["uar"] < 0.6  # every column: the reversed cue
     held_out_speakers = []
-    real = cross_corpus.classic_baseline
+    real = study_variants.classic_baseline
 
-    def recording(features, labels, train, test, c, **kwargs):
+    def recording(features, labels, train, test, c, *args, **kwargs):
         speakers = np.asarray(first[2])
         assert not set(speakers[train]) & set(speakers[test]), "a speaker on both sides of an inner fold"
         held_out_speakers.append(sorted(set(speakers[test])))
         assert len(features) == 80  # the training corpus alone
-        return real(features, labels, train, test, c, **kwargs)
+        return real(features, labels, train, test, c, *args, **kwargs)
 
-    monkeypatch.setattr(cross_corpus, "classic_baseline", recording)
+    monkeypatch.setattr(study_variants, "classic_baseline", recording)
     c = speaker_validated_c(first, classes, chosen, [0.01, 1.0], groups=4)
     assert c in (0.01, 1.0) and len(held_out_speakers) == 8
     assert sorted(s for fold in held_out_speakers[:4] for s in fold) == sorted({f"s{i}" for i in range(8)})

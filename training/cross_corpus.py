@@ -36,7 +36,7 @@ from mise.plots import plot_cross_corpus
 from modeling_mise.layers import feature_statistics, standardize
 from training.arguments import DataArguments, MiseTrainingArguments, ModelArguments, _read_config_file
 from training.features import prepare_features
-from training.study_variants import CLASSIC_C, classic_baseline
+from training.study_variants import CLASSIC_C, c_on_splits, classic_baseline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad"]
@@ -113,14 +113,12 @@ class ClassicSetting:
     balanced: bool
 
     @classmethod
-    def of(cls, model: Path, args: argparse.Namespace) -> ClassicSetting:
+    def of(cls, model: Path, audio_encoder: str | None, balanced: bool) -> ClassicSetting:
         from modeling_mise.configuration_audio_classifier import MiseAudioClassifierConfig
 
         aligner = MiseAudioClassifierConfig.from_pretrained(model).aligner_config
-        encoder = args.audio_encoder or aligner.audio_encoder
+        encoder = audio_encoder or aligner.audio_encoder
         columns = aligner.audio_columns if encoder == aligner.audio_encoder else None
-        default = MiseTrainingArguments.__dataclass_fields__["class_balanced_batches"].default
-        balanced = bool(_read_config_file(Path(args.config)).get("class_balanced_batches", default))
         return cls(encoder, None if columns is None else slice(*columns), balanced)
 
 
@@ -143,22 +141,14 @@ def classic_features(
 def speaker_validated_c(
     train: tuple, classes: list[str], setting: ClassicSetting, cs: list[float], groups: int = 5
 ) -> float:
-    """The classic baseline's C for a training corpus: the best pooled UAR over `groups` speaker-disjoint folds of
-    that corpus (ties: the stronger L2); the test corpus is never read."""
+    """The classic baseline's C for a training corpus, chosen on `groups` speaker-disjoint folds of that corpus
+    (`c_on_splits`); the test corpus is never read."""
     from sklearn.model_selection import GroupKFold
 
     features, names, speakers = train
     labels = np.asarray([classes.index(label) for label in names])
     splits = list(GroupKFold(n_splits=min(groups, len(set(speakers)))).split(features, labels, speakers))
-    scores = []
-    for c in sorted(cs):
-        predicted = np.empty_like(labels)
-        for fit, held_out in splits:
-            predicted[held_out] = classic_baseline(
-                features, labels, fit, held_out, c, columns=setting.columns, balanced=setting.balanced
-            )
-        scores.append((classification_metrics(labels, predicted, len(classes))["uar"], -c))
-    return -max(scores)[1]
+    return c_on_splits(features, labels, splits, cs, columns=setting.columns, balanced=setting.balanced)[0]
 
 
 def classic_cross(
@@ -189,7 +179,11 @@ def classic_cross(
 
 def run_pairs(args: argparse.Namespace, models: dict, drops: dict) -> dict:
     """Every method on every ordered (train, test) pair: {method: {train: {test: metrics}}}."""
-    settings = {name: ClassicSetting.of(model, args) for name, model in models.items()}
+    default = MiseTrainingArguments.__dataclass_fields__["class_balanced_batches"].default
+    balanced = bool(_read_config_file(Path(args.config)).get("class_balanced_batches", default))
+    settings = {
+        name: ClassicSetting.of(model, args.audio_encoder, balanced) for name, model in models.items()
+    }
     encoders = {setting.audio_encoder for setting in settings.values()}
     if len(encoders) > 1:
         raise SystemExit(

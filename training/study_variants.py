@@ -293,11 +293,29 @@ def validated_c(
     L2). One value, or no validation rows: that value (the first), no score. Test rows are never read."""
     if len(cs) == 1 or len(validation) == 0:
         return cs[0], None
+    return c_on_splits(features, labels, [(train, validation)], cs, max_iter, columns, balanced)
+
+
+def c_on_splits(
+    features: np.ndarray,
+    labels: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    cs: list[float],
+    max_iter: int = 2000,
+    columns: slice | None = None,
+    balanced: bool = False,
+) -> tuple[float, float]:
+    """(C, its UAR) of the classic baseline chosen on `splits` of (fitted rows, held-out rows): each C predicts
+    every split's held-out rows from its fitted rows, and the pooled UAR of those predictions scores it; ties go
+    to the smaller C (the stronger L2)."""
     num_labels = int(labels.max()) + 1
+    held_out = np.concatenate([rows for _, rows in splits])
     scores = []
     for c in sorted(cs):
-        predicted = classic_baseline(features, labels, train, validation, c, max_iter, columns, balanced)
-        scores.append((classification_metrics(labels[validation], predicted, num_labels)["uar"], -c))
+        predicted = np.concatenate([
+            classic_baseline(features, labels, fit, rows, c, max_iter, columns, balanced) for fit, rows in splits
+        ])  # fmt: skip
+        scores.append((classification_metrics(labels[held_out], predicted, num_labels)["uar"], -c))
     uar, negative_c = max(scores)
     return -negative_c, uar
 
