@@ -132,7 +132,7 @@ def test_cross_corpus_classic_reads_the_models_columns_and_chooses_c_on_whole_sp
     columns whose cue reverses on the other corpus), and its L2 is chosen on speaker-disjoint folds of the training
     corpus alone."""
     import training.study_variants as study_variants
-    from training.cross_corpus import ClassicSetting, classic_cross, speaker_validated_c
+    from training.cross_corpus import ClassicSetting, classic_cross, parse_args, speaker_validated_c
 
     rng = np.random.default_rng(0)
     classes = ["angry", "sad"]
@@ -143,6 +143,10 @@ def test_cross_corpus_classic_reads_the_models_columns_and_chooses_c_on_whole_sp
         features[:40, 3:] += 3.0 * sign  # columns the model did not choose: the classes swap across corpora
         return features, ["angry"] * 40 + ["sad"] * 40, [f"s{i % 8}" for i in range(80)]
 
+    corpora = ["--corpus", "a=x", "b=y", "--output_dir", "out"]
+    assert parse_args([*corpora, "--classic_c", "0.1", "1"]).classic_c == [0.1, 1.0]
+    with pytest.raises(SystemExit):
+        parse_args([*corpora, "--classic_c", "0.1", "0"])
     first, second = corpus(1.0), corpus(-1.0)
     chosen = ClassicSetting("opensmile/x", slice(0, 3), balanced=True)
     assert classic_cross(first, second, classes, "model", chosen)["uar"] > 0.9

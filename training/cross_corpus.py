@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     corpora = dict(entry.split("=", 1) for entry in args.corpus)
     if len(corpora) < 2 or any(not name or not folder for name, folder in corpora.items()):
         parser.error("--corpus: give at least two NAME=FOLDER entries")
+    if not all(c > 0 for c in args.classic_c):
+        parser.error(f"--classic_c: every value must be > 0, got {args.classic_c}")
     args.corpora = corpora
     return args
 
