@@ -8,12 +8,13 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from modeling_mise import MiseAlignerModel
 from modeling_mise.audio import load_audio
 from modeling_mise.encoders import load_audio_encoder
 from modeling_mise.layers import feature_statistics, standardize
-from training.aligner import aligner_config, encode_audio, principal_basis, train_aligner
+from training.aligner import _plain_setup, aligner_config, encode_audio, principal_basis, train_aligner
 from training.arguments import MiseTrainingArguments, ModelArguments
-from training.engine import StageRuntime
+from training.engine import StageRuntime, epoch_stream, mixup
 
 TRAIN_CLIPS = 40  # fewer clips than the 88 eGeMAPS features: the span is a strict subspace
 
@@ -109,3 +110,34 @@ def test_a_feature_the_training_clips_never_varied_on_is_read_as_zero_and_the_ot
         assert torch.allclose(encode_audio(aligner, farther), encode_audio(aligner, clamped), atol=1e-5)
     unclamped, _ = _train(features, labels, 0)
     assert not torch.allclose(encode_audio(unclamped, far), encode_audio(unclamped, test), atol=1e-2)
+
+
+def test_stage_1_mix_up_mixes_audio_text_and_labels_alike(real_features):
+    """`aligner_mixup_alpha`: stage 1's loss is the model's on one mix of each batch's audio features, text
+    features and labels (the same weight and partner for all three); a clip without transcript (NaN text) stays
+    without one after mixing (left out of the contrastive term), and alpha 0 trains on the batch as it is."""
+    features, labels = real_features
+    text = torch.randn(len(labels), 6, generator=torch.Generator().manual_seed(2))
+    text[3] = float("nan")
+    model_args = ModelArguments(aligner_hidden_sizes=[16], projection_dim=8, lambda_cl=0.5)
+    config = aligner_config(model_args, features.shape[1], text.shape[1], {0: "angry", 1: "sad"})
+    statistics = feature_statistics(features)
+    batch = (features[:16], labels[:16], text[:16])
+
+    def loss(alpha: float, model=None) -> tuple[torch.Tensor, object]:
+        args = MiseTrainingArguments(output_dir="unused", aligner_mixup_alpha=alpha)
+        model = model or MiseAlignerModel(config).eval()
+        _, _, _, batch_loss = _plain_setup(model, args, features, statistics, labels, text)
+        return batch_loss(model, batch, epoch_stream(5, 0)), model
+
+    plain, model = loss(0.0)
+    assert torch.equal(plain, model(audio_features=batch[0], labels=batch[1], text_features=batch[2]).loss)
+    mixed, _ = loss(1.0, model)
+    rows, soft = mixup(torch.cat([batch[0], batch[2]], 1), batch[1], 2, 1.0, epoch_stream(5, 0))
+    assert soft.shape == (16, 2) and bool(((soft > 0) & (soft < 1)).any())  # the labels are mixed
+    assert torch.isnan(rows[:, features.shape[1] :]).any(1).sum() == 2  # the NaN row and its partner
+    expected = model(
+        audio_features=rows[:, : features.shape[1]], labels=soft, text_features=rows[:, features.shape[1] :]
+    )
+    assert torch.isfinite(mixed) and torch.allclose(mixed, expected.loss)
+    assert not torch.allclose(mixed, plain)

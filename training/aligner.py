@@ -29,6 +29,7 @@ from .engine import (
     fit_supervised,
     initialised,
     library_stream,
+    mixup,
     predict_in_chunks,
     stage_summary,
 )
@@ -291,9 +292,13 @@ def _plain_setup(
     )  # fmt: skip
 
     def batch_loss(model: nn.Module, batch: tuple, generator: torch.Generator) -> Tensor:
-        return model(
-            audio_features=batch[0], labels=batch[1], text_features=batch[2] if use_text else None
-        ).loss
+        audio, labels, text = batch[0], batch[1], batch[2] if use_text else None
+        # audio and text mixed alike: a missing transcript (NaN) stays missing
+        if args.aligner_mixup_alpha > 0:
+            rows = audio if text is None else torch.cat([audio, text], dim=1)
+            rows, labels = mixup(rows, labels, model.config.num_labels, args.aligner_mixup_alpha, generator)
+            audio, text = rows[:, : audio.shape[1]], None if text is None else rows[:, audio.shape[1] :]
+        return model(audio_features=audio, labels=labels, text_features=text).loss
 
     return optimizer, batches, list(model.parameters()), batch_loss
 

@@ -730,6 +730,13 @@ class MiseTrainingArguments:
         },
     )
     mixup_alpha: float = field(default=0.2, metadata={"help": "Mix-up alpha of augmentation `mixup`."})
+    aligner_mixup_alpha: float = field(
+        **shipped("aligner_mixup_alpha"),
+        metadata={
+            "help": "Stage 1: mix-up alpha of its batches (each batch's audio features, text features and labels "
+            "mixed alike with a permutation of them; a LoRA-tuned text encoder's batches are not mixed; 0 = off)."
+        },
+    )
     noise_std: float = field(
         default=0.1,
         metadata={"help": "Augmentation `noise`: std of the added noise, relative to each dimension."},
@@ -818,7 +825,14 @@ class MiseTrainingArguments:
         _positive("text_lora_learning_rate", self.text_lora_learning_rate)
         for name in ("aligner_epochs", "generator_epochs", "classifier_epochs", "early_stopping_patience"):
             _positive(name, getattr(self, name), allow_zero=True)
-        for name in ("generator_mixup_alpha", "mixup_alpha", "noise_std", "generated_ratio", "max_grad_norm"):
+        for name in (
+            "generator_mixup_alpha",
+            "mixup_alpha",
+            "aligner_mixup_alpha",
+            "noise_std",
+            "generated_ratio",
+            "max_grad_norm",
+        ):
             _positive(name, getattr(self, name), allow_zero=True)
         for name in ("r1_gamma", "instance_noise_std", "mode_seeking_weight"):
             _positive(name, getattr(self, name), allow_zero=True)
