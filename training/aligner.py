@@ -139,6 +139,8 @@ def train_aligner(
             raise ValueError(
                 "train_aligner: a LoRA-tuned text encoder trains on the transcripts and text features"
             )
+        if args.aligner_mixup_alpha > 0:
+            logger.info("stage 1: a LoRA-tuned text encoder trains on tokens, which do not mix: no mix-up")
         with library_stream(seed, -1):  # the adapter's initial weights
             optimizer, batches, parameters, batch_loss = _lora_setup(
                 model, args, audio_train, statistics, labels_train, transcripts_train, text_train
