@@ -77,6 +77,7 @@ def test_the_command_writes_the_table(tmp_path):
         (DIRECTIONS / "classic_c", "docs/results.md"),
         (DIRECTIONS / "stage_1", "docs/results.md"),
         (DIRECTIONS / "emodb_more", "docs/results.md"),
+        (DIRECTIONS / "stage_1_mixup", "docs/results.md"),
     ],
     ids=[
         "against the earlier base",
@@ -84,6 +85,7 @@ def test_the_command_writes_the_table(tmp_path):
         "the classic baseline's L2 choice",
         "stage-1 settings chosen on the validation speakers",
         "three more directions on Emo-DB",
+        "mix-up at stage 1",
     ],
 )
 def test_the_committed_directions_table_is_computed_from_its_studies(directions, page):
