@@ -938,7 +938,8 @@ def test_mixed_precision_and_accumulation_flags_reach_every_stage(corpus_with_ba
 
 
 def accumulation_fit(accumulation_steps: int, batch_size: int, mixed_precision: str = "no") -> dict:
-    """Stage 1 (cross-entropy only, no dropout) on 64 rows of 4 classes, `batch_size` rows a micro-batch and the
+    """Stage 1 (cross-entropy only, no dropout, no mix-up: it mixes rows within a micro-batch, so two mixed
+    micro-batches are not one mixed batch) on 64 rows of 4 classes, `batch_size` rows a micro-batch and the
     optimiser stepping every `accumulation_steps`: the trained aligner's validation logits (float32) and the
     dtype of its logits under the run's autocast."""
     from training.aligner import aligner_config, train_aligner
@@ -952,7 +953,11 @@ def accumulation_fit(accumulation_steps: int, batch_size: int, mixed_precision: 
     model_args = ModelArguments(aligner_hidden_sizes=[16], projection_dim=8, aligner_dropout=0.0)
     config = aligner_config(model_args, 12, None, {index: str(index) for index in range(4)})
     args = MiseTrainingArguments(
-        output_dir="unused", aligner_epochs=4, aligner_batch_size=batch_size, early_stopping_patience=0
+        output_dir="unused",
+        aligner_epochs=4,
+        aligner_batch_size=batch_size,
+        early_stopping_patience=0,
+        aligner_mixup_alpha=0.0,
     )
     accelerator = Accelerator(
         cpu=True, gradient_accumulation_steps=accumulation_steps, mixed_precision=mixed_precision
