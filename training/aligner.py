@@ -290,7 +290,7 @@ def _plain_setup(
     )
     batches = Batches(
         (audio, labels) + ((text,) if use_text else ()), args.aligner_batch_size,
-        class_balanced=args.class_balanced_batches,
+        class_balanced=args.class_balanced_batches, min_batches=args.aligner_min_batches,
     )  # fmt: skip
 
     def batch_loss(model: nn.Module, batch: tuple, generator: torch.Generator) -> Tensor:
@@ -365,7 +365,7 @@ def _lora_setup(
     input_ids, attention_mask = tokenize_transcripts(model, transcripts)
     batches = Batches(
         (audio, labels, input_ids, attention_mask), args.aligner_batch_size,
-        class_balanced=args.class_balanced_batches,
+        class_balanced=args.class_balanced_batches, min_batches=args.aligner_min_batches,
     )  # fmt: skip
 
     def batch_loss(model: nn.Module, batch: tuple, generator: torch.Generator) -> Tensor:
