@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import corpus_dir
 
+from mise.data import load_corpus
+from mise.folds import make_folds
 from modeling_mise import MiseAlignerModel
 from modeling_mise.audio import load_audio
 from modeling_mise.encoders import load_audio_encoder
 from modeling_mise.layers import feature_statistics, standardize
 from training.aligner import _plain_setup, aligner_config, encode_audio, principal_basis, train_aligner
-from training.arguments import MiseTrainingArguments, ModelArguments
-from training.engine import StageRuntime, epoch_stream, mixup
+from training.arguments import ConfigError, MiseTrainingArguments, ModelArguments
+from training.engine import Batches, StageRuntime, epoch_stream, mixup
 
 TRAIN_CLIPS = 40  # fewer clips than the 88 eGeMAPS features: the span is a strict subspace
 
@@ -141,3 +144,45 @@ def test_stage_1_mix_up_mixes_audio_text_and_labels_alike(real_features):
     )
     assert torch.isfinite(mixed) and torch.allclose(mixed, expected.loss)
     assert not torch.allclose(mixed, plain)
+
+
+def test_on_a_small_corpus_stage_1_still_takes_min_batches_steps_an_epoch(real_features):
+    """`aligner_min_batches`: fewer training rows than the floor's worth of `aligner_batch_size` shrink stage 1's
+    batches, so that it takes that many steps an epoch, at most one per row (at 128 rows a batch a corpus of ~250
+    clips gave stage 1 two steps an epoch, and the base lost 3 to 7 points there)."""
+    features, labels = real_features
+    config = aligner_config(
+        ModelArguments(aligner_hidden_sizes=[16], projection_dim=8), 88, None, {0: "a", 1: "b"}
+    )
+    statistics = feature_statistics(features)
+    for min_batches, batch_size, steps in ((4, 128, 4), (1, 128, 1), (4, 8, 8), (100, 128, 60)):
+        args = MiseTrainingArguments(
+            output_dir="unused", aligner_batch_size=batch_size, aligner_min_batches=min_batches
+        )
+        _, batches, _, _ = _plain_setup(MiseAlignerModel(config), args, features, statistics, labels, None)
+        assert len(batches) == steps and len(batches.epoch(epoch_stream(0, 0))) == steps
+    assert MiseTrainingArguments(output_dir="unused").aligner_min_batches == 4  # the shipped method's value
+    with pytest.raises(ConfigError, match="aligner_min_batches: must be > 0"):
+        MiseTrainingArguments(output_dir="unused", aligner_min_batches=0)
+
+
+@pytest.mark.parametrize("name, short", [("ravdess", 0), ("emodb", 30)])
+def test_the_full_corpora_give_stage_1_min_batches_where_it_trains_on_all_training_speakers(name, short):
+    """The floor leaves the refit (every training speaker: what a released model and `none`'s test predictions
+    come from) of the two development corpora as it was; it adds a fourth batch to Emo-DB's first pass on the
+    training speakers alone (the choices of the augmentations: its studies were run again), and to none of
+    RAVDESS's (seeds 0-2)."""
+    corpus = load_corpus(corpus_dir(name) / "manifest.csv")
+    args = MiseTrainingArguments(output_dir="unused")
+    below = 0
+    for seed in range(3):
+        folds = make_folds(corpus.speakers(), corpus.labels(), protocol="loso", num_validation_speakers=2, seed=seed,
+                           id2label=corpus.id2label)  # fmt: skip
+        for fold in folds:
+            whole = (torch.zeros(len(fold.train) + len(fold.validation)),)
+            assert len(Batches(whole, args.aligner_batch_size)) >= args.aligner_min_batches, fold.name
+            below += (
+                len(Batches((torch.zeros(len(fold.train)),), args.aligner_batch_size))
+                < args.aligner_min_batches
+            )
+    assert below == short

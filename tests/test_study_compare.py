@@ -78,6 +78,8 @@ def test_the_command_writes_the_table(tmp_path):
         (DIRECTIONS / "stage_1", "docs/results.md"),
         (DIRECTIONS / "emodb_more", "docs/results.md"),
         (DIRECTIONS / "stage_1_mixup", "docs/results.md"),
+        (DIRECTIONS / "emodb_stage_1", "docs/results.md"),
+        (DIRECTIONS / "small_corpus", "docs/results.md"),
     ],
     ids=[
         "against the earlier base",
@@ -86,6 +88,8 @@ def test_the_command_writes_the_table(tmp_path):
         "stage-1 settings chosen on the validation speakers",
         "three more directions on Emo-DB",
         "mix-up at stage 1",
+        "six settings of stage 1 on Emo-DB",
+        "stage 1 on a small corpus",
     ],
 )
 def test_the_committed_directions_table_is_computed_from_its_studies(directions, page):

@@ -557,14 +557,21 @@ def test_refit_trains_the_chosen_epochs_on_training_and_validation_speakers(refe
         reference = read_json(reference_run / "folds" / fold / "metrics.json")
         selection, refit = record["stages"]["selection"], record["stages"]
         rows = record["clips"]["train"] + record["clips"]["validation"]
-        for stage, batch_size in (("aligner", 32), ("generator", 32), ("classifier", None)):
+        for stage, batch_size, least in (
+            ("aligner", 32, 4),
+            ("generator", 32, 3),
+            ("classifier", None, None),
+        ):
             chosen = reference["stages"][stage]
             assert selection[stage]["best_epoch"] == chosen["best_epoch"], stage  # the same selection
             assert selection[stage]["best_score"] == pytest.approx(chosen["best_score"]), stage
             assert refit[stage]["epochs_run"] == refit[stage]["best_epoch"] == chosen["best_epoch"], stage
             assert refit[stage]["best_score"] is None, stage  # nothing scored: the last epoch is kept
             if batch_size:  # stages 1 and 2 see every training and validation row
-                assert refit[stage]["steps"] == chosen["best_epoch"] * round(rows / batch_size), stage
+                # at least aligner_min_batches / generator_min_batches batches an epoch
+                assert refit[stage]["steps"] == chosen["best_epoch"] * max(least, round(rows / batch_size)), (
+                    stage
+                )
         assert (
             refit["classifier"]["generated_ratio"]
             == record["generated_ratio"]
@@ -611,7 +618,7 @@ def test_the_shipped_method_averages_every_epoch_then_refits_on_all_training_spe
         assert kept["best_epoch"] == 4 and selection["aligner"]["best_score"] != pytest.approx(
             kept["best_score"]
         )
-        assert refit["aligner"]["steps"] == 4 * round(rows / 32)
+        assert refit["aligner"]["steps"] == 4 * max(4, round(rows / 32))  # at least aligner_min_batches (4)
         assert refit["generator"]["best_epoch"] == selection["generator"]["best_epoch"]
         assert refit["classifier"]["generated_ratio"] == selection["classifier"]["generated_ratio"]
     released = load_file(shipped_run / "models" / "mise-classifier" / "model.safetensors")
@@ -958,6 +965,7 @@ def accumulation_fit(accumulation_steps: int, batch_size: int, mixed_precision: 
         aligner_batch_size=batch_size,
         early_stopping_patience=0,
         aligner_mixup_alpha=0.0,
+        aligner_min_batches=1,  # a batch of 32 of the 64 rows stays one batch (no floor of 4 smaller ones)
     )
     accelerator = Accelerator(
         cpu=True, gradient_accumulation_steps=accumulation_steps, mixed_precision=mixed_precision
