@@ -32,6 +32,27 @@ def corpus_dir(name: str) -> Path:
     return folder
 
 
+def development_folds(name: str, seeds=range(3)) -> list:
+    """Every leave-one-speaker-out fold of a development corpus for `seeds`, with two validation speakers each:
+    the folds of its committed studies."""
+    from mise.data import load_corpus
+    from mise.folds import make_folds
+
+    corpus = load_corpus(corpus_dir(name) / "manifest.csv")
+    return [
+        fold
+        for seed in seeds
+        for fold in make_folds(
+            corpus.speakers(),
+            corpus.labels(),
+            protocol="loso",
+            num_validation_speakers=2,
+            seed=seed,
+            id2label=corpus.id2label,
+        )  # fmt: skip
+    ]
+
+
 @pytest.fixture(scope="session")
 def ravdess_dir() -> Path:
     """Folder of the RAVDESS copy (720 clips, 24 speakers, 8 emotions, English)."""

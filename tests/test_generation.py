@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import corpus_dir
+from conftest import development_folds
 from torch.nn import functional as F
 
 import training.classifier as classifier_module
-from mise.data import load_corpus
-from mise.folds import Fold, make_folds
+from mise.folds import Fold
 from mise.quality import knn_precision_recall
 from modeling_mise import MiseAlignerModel, MiseGeneratorConfig, MiseGeneratorModel
 from modeling_mise.modeling_generator import SpectralLinear
@@ -219,14 +218,10 @@ def test_the_full_corpora_already_give_the_generator_min_batches_in_every_fold(n
     """The floor of batches changes only small corpora: every leave-one-speaker-out fold of the two development
     corpora (seeds 0-2) already has at least `generator_min_batches` batches of `generator_batch_size`, so the
     committed studies on them stand as they ran."""
-    corpus = load_corpus(corpus_dir(name) / "manifest.csv")
     args = MiseTrainingArguments(output_dir="unused")
-    for seed in range(3):
-        folds = make_folds(corpus.speakers(), corpus.labels(), protocol="loso", num_validation_speakers=2, seed=seed,
-                           id2label=corpus.id2label)  # fmt: skip
-        for fold in folds:
-            rows = (torch.zeros(len(fold.train)),)
-            assert len(Batches(rows, args.generator_batch_size)) >= args.generator_min_batches, fold.name
+    for fold in development_folds(name):
+        rows = (torch.zeros(len(fold.train)),)
+        assert len(Batches(rows, args.generator_batch_size)) >= args.generator_min_batches, fold.name
 
 
 # ---------------------------------------------------------------------------------------------- mode seeking

@@ -606,7 +606,8 @@ class MiseTrainingArguments:
         metadata={
             "help": "Least batches of a stage-1 epoch: with few training rows the batches shrink below "
             "aligner_batch_size, so that stage 1 still takes this many steps an epoch (at 128 rows a batch a "
-            "corpus of ~250 clips would give it 2 steps an epoch, and the base lost 3 to 7 points there)."
+            "corpus of ~250 clips would give it 2 steps an epoch; on Emo-DB two steps an epoch cost the base 2.4 and "
+            "4.0 points, docs/results.md)."
         },
     )
     aligner_weight_decay: float = field(
