@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -705,6 +706,16 @@ class MiseTrainingArguments:
             "stage 3 uses it)."
         },
     )
+    generator_mi_floor: float = field(
+        **shipped("generator_mi_floor"),
+        metadata={
+            "help": "Stage 3 takes no generated rows (ratio 0) in a fold whose kept generator's rows carry no more "
+            "than this many nats about their emotion: the MI bound a probe fitted on the real training rows reads "
+            "from rows generated for the validation speakers' labels. 0: rows a real-data probe reads no emotion "
+            "from are refused (the log names the fold); --generator_mi_floor=-inf: every generator's rows are taken. Applies where MI "
+            "is part of the method (not the cGAN ablation) and stage 3 takes rows at a ratio."
+        },
+    )
     generator_recall_floor: float = field(
         default=0.3,
         metadata={"help": "generator_selection mi_recall: the k-NN recall a checkpoint needs (in [0, 1])."},
@@ -849,6 +860,10 @@ class MiseTrainingArguments:
         _positive("generator_min_batches", self.generator_min_batches)
         _positive("aligner_min_batches", self.aligner_min_batches)
         _probability("generator_recall_floor", self.generator_recall_floor)
+        if math.isnan(self.generator_mi_floor):
+            raise ConfigError(
+                "generator_mi_floor: must be a number of nats (-inf: every generator's rows are taken)"
+            )
         if self.generator_selection not in GENERATOR_SELECTIONS:
             raise ConfigError(
                 f"generator_selection: must be one of {GENERATOR_SELECTIONS}, got {self.generator_selection!r}"
@@ -1058,7 +1073,12 @@ def arguments_dict(*arguments: object) -> dict:
 
 
 # options added after runs were committed, at their "off" value
-_OFF_VALUES = {"emotions_per_speaker": None, "mode_seeking_weight": 0.0, "aligner_candidates": []}
+_OFF_VALUES = {
+    "emotions_per_speaker": None,
+    "mode_seeking_weight": 0.0,
+    "aligner_candidates": [],
+    "generator_mi_floor": -math.inf,
+}
 
 
 def _hashed(key: str, value: object) -> bool:

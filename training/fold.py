@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from accelerate.logging import get_logger
 
 from mise.folds import Fold
 from mise.metrics import classification_metrics
@@ -47,6 +48,8 @@ from .infogan import TextSide, generator_config, train_generator
 from .input_rows import InputRows, input_rows
 from .out_of_fold import out_of_fold_features
 from .speaker_codes import SpeakerCodes, with_speaker_codes
+
+logger = get_logger(__name__)
 
 Tensor = torch.Tensor
 ALIGNER, GENERATOR, CLASSIFIER = 1, 2, 3  # stage numbers: the streams of stage k derive from (seed, fold, k)
@@ -646,13 +649,34 @@ class FoldTrainer:
             return Trained(space, generated, None, stages)
         done = self._store("classifier", MiseClassifierModel) if self.store is not None else None
         if done is None:
-            classifier, summary = self.classifier(variant, *self._own_corpus(variant, space, generated))
+            args = self._refusing_rows(variant, generated)
+            classifier, summary = self.classifier(
+                variant, *self._own_corpus(variant, space, generated), args=args
+            )
             if self.store is not None:
                 self.store.save("classifier", classifier, summary)
         else:
             classifier, summary = done[0].to(self.data.device), done[1]
         stages = {"aligner": space.summary, "generator": generated.summary, "classifier": summary}
         return Trained(space, generated, classifier, stages)
+
+    def _refusing_rows(self, variant: Variant, generated: Generated) -> MiseTrainingArguments | None:
+        """Stage 3's arguments at ratio 0 where the kept generator's rows carry no more than `generator_mi_floor`
+        nats about their emotion on the validation speakers (an MI variant whose rows stage 3 takes at a ratio;
+        said in the log); None: its rows are taken as configured."""
+        model_args, floor = variant.model_arguments(self.data.model_args), self.args.generator_mi_floor
+        carried = (generated.summary or {}).get("mi_emotion_nats")
+        at_ratio = generated_ratio_candidates(self.args, model_args.augmentation, model_args.multimodal) != [
+            None
+        ]
+        if not variant.mi or not at_ratio or carried is None or carried > floor:
+            return None
+        logger.warning(
+            f"fold {self.fold.name}, {variant.name}: the kept generator's rows tell a probe fitted on real rows "
+            f"{carried:.2f} nats about their emotion (the MI bound, rows for the validation speakers' labels; "
+            f"generator_mi_floor {floor:g}): stage 3 takes none of them"
+        )
+        return dataclasses.replace(self.args, generated_ratios=[], generated_ratio=0.0)
 
     def refit(self, variant: Variant, selected: Trained) -> Trained:
         """The stages of `variant` once more on the training and validation rows, each for the epochs the

@@ -556,8 +556,9 @@ class InfoGANTraining:
         names = ("d_loss", "g_loss", "text_d_loss", "text_g_loss")
         return {name: float(total) for name, total in zip(names, totals, strict=False)}
 
-    def evaluate(self) -> tuple[float, dict[str, float]]:
-        """The MI bounds of features generated for the validation labels (and text codes), at a fixed seed."""
+    def validation_scores(self) -> dict:
+        """The real-data probe's MI bounds of features generated for the validation labels (and text codes), at a
+        fixed seed: `mi_emotion_nats` and, where it scores text codes, `mi_text_nats`."""
         model, device = self.model, self.runtime.device
         features_val, labels_val, codes_val = self.val
         output = model.generate(
@@ -567,7 +568,12 @@ class InfoGANTraining:
             generator=torch.Generator().manual_seed(self.seed),
         )
         codes = output.text_codes.cpu() if self.probe_codes else None
-        scores = self.probe.score(output.features.float().cpu(), output.labels.cpu(), codes)
+        return self.probe.score(output.features.float().cpu(), output.labels.cpu(), codes)
+
+    def evaluate(self) -> tuple[float, dict[str, float]]:
+        """The selection score of the current generator and what it measured (`validation_scores`)."""
+        model, features_val, labels_val = self.model, self.val[0], self.val[1]
+        scores = self.validation_scores()
         metrics = {"mi_emotion_nats": float(scores["mi_emotion_nats"])}
         if scores.get("mi_text_nats") is not None:
             metrics["mi_text_nats"] = float(scores["mi_text_nats"])
@@ -648,6 +654,8 @@ def train_generator(
     codes = text_codes_train if run.probe_codes else None
     quality = generation_report(model, run.probe, features_train, labels_train, codes, seed)
     summary = {**stage_summary(state), "quality": quality}
+    if len(features_val):  # what the kept checkpoint's rows tell a real-data probe about their emotion
+        summary["mi_emotion_nats"] = float(run.validation_scores()["mi_emotion_nats"])
     if text_side is not None:
         summary["text_side_quality"] = text_side.evaluate(model, features_train, labels_train)
     return model, summary
