@@ -88,7 +88,7 @@ def test_the_command_writes_the_table(tmp_path):
         "stage-1 settings chosen on the validation speakers",
         "three more directions on Emo-DB",
         "mix-up at stage 1",
-        "six settings of stage 1 on Emo-DB",
+        "eight settings of stage 1 on Emo-DB",
         "stage 1 on a small corpus",
     ],
 )
