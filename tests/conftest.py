@@ -270,3 +270,42 @@ def check_confusion_figure(figure, matrix, names: list[str], title: str) -> None
     assert [text.get_text() for text in axis.texts] == [f"{value:.2f}" for value in recall.ravel()]
     assert tick_labels(axis.get_xticklabels()) == names and tick_labels(axis.get_yticklabels()) == names
     assert (axis.get_xlabel(), axis.get_ylabel()) == ("predicted", "true") and title in axis.get_title()
+
+
+# a toy corpus for one fold trainer: six speakers of 20 clips, three classes
+TOY_SPEAKERS = np.repeat(np.arange(6), 20)  # speakers 0-3 train, 4 validates, 5 is tested
+
+
+def toy_fold():
+    from mise.folds import Fold
+
+    rows = np.arange(len(TOY_SPEAKERS))
+    return Fold(
+        "speaker-5", rows[TOY_SPEAKERS < 4], rows[TOY_SPEAKERS == 4], rows[TOY_SPEAKERS == 5], ["5"], ["4"]
+    )
+
+
+def toy_corpus(signal: float = 1.0):
+    """Three classes, each carried by a column (`signal` above unit noise) for every speaker, with noise columns
+    beside them: (audio features, labels)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(len(TOY_SPEAKERS)) % 3
+    audio = torch.randn(len(TOY_SPEAKERS), 10, generator=generator)
+    audio[:, :3] += signal * torch.nn.functional.one_hot(labels, 3)
+    return audio, labels
+
+
+def toy_trainer(audio, labels, model_args, args):
+    """A `FoldTrainer` of `toy_fold` on the toy corpus' features, on the CPU."""
+    from accelerate import Accelerator
+
+    from training.engine import StageRuntime
+    from training.fold import FoldData, FoldTrainer
+
+    data = FoldData(
+        audio, None, labels, {0: "a", 1: "b", 2: "c"}, None, model_args, args, speakers=TOY_SPEAKERS
+    )
+    runtime = StageRuntime(Accelerator(cpu=True))
+    return FoldTrainer(data, toy_fold(), 0, 3, lambda name, offset: runtime)

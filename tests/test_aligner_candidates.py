@@ -4,12 +4,10 @@ the best is kept and a refit trains it again; a choice that read the test speake
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from accelerate import Accelerator
+from conftest import toy_corpus, toy_fold, toy_trainer
 
-from mise.folds import Fold
 from training.arguments import (
     ConfigError,
     MiseTrainingArguments,
@@ -20,16 +18,10 @@ from training.arguments import (
     parse_arguments,
     with_aligner_candidate,
 )
-from training.engine import StageRuntime
-from training.fold import FoldData, FoldTrainer, Variant, refit_arguments
+from training.fold import FoldTrainer, Variant, refit_arguments
 
-SPEAKERS = np.repeat(np.arange(6), 20)  # speakers 0-3 train, 4 validates, 5 is tested
 CANDIDATES = ["aligner_hidden_sizes=3", "", "aligner_input_dropout=0.9,aligner_dropout=0.5"]
-
-
-def _fold() -> Fold:
-    rows = np.arange(len(SPEAKERS))
-    return Fold("speaker-5", rows[SPEAKERS < 4], rows[SPEAKERS == 4], rows[SPEAKERS == 5], ["5"], ["4"])
+_fold = toy_fold
 
 
 def _trainer(audio: torch.Tensor, labels: torch.Tensor, candidates: list[str]) -> FoldTrainer:
@@ -42,19 +34,12 @@ def _trainer(audio: torch.Tensor, labels: torch.Tensor, candidates: list[str]) -
         generated_ratios=[], aligner_learning_rate=1e-2, classifier_learning_rate=1e-2,
         aligner_feature_sets=[], aligner_candidates=candidates,
     )  # fmt: skip
-    data = FoldData(audio, None, labels, {0: "a", 1: "b", 2: "c"}, None, model_args, args, speakers=SPEAKERS)
-    runtime = StageRuntime(Accelerator(cpu=True))
-    return FoldTrainer(data, _fold(), 0, 3, lambda name, offset: runtime)
+    return toy_trainer(audio, labels, model_args, args)
 
 
 @pytest.fixture(scope="module")
 def corpus() -> tuple[torch.Tensor, torch.Tensor]:
-    """Three classes, each carried by a column for every speaker, with noise columns beside them."""
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.arange(len(SPEAKERS)) % 3
-    audio = torch.randn(len(SPEAKERS), 10, generator=generator)
-    audio[:, :3] += 1.0 * torch.nn.functional.one_hot(labels, 3)
-    return audio, labels
+    return toy_corpus(1.0)
 
 
 def test_candidates_are_parsed_checked_and_left_out_of_the_hash_when_off():

@@ -380,7 +380,7 @@ def fold_trainer(selection: str) -> tuple[FoldTrainer, Variant]:
     args = MiseTrainingArguments(
         output_dir="unused", aligner_epochs=3, generator_epochs=4, generator_eval_every=1, classifier_epochs=3,
         generator_batch_size=32, generated_ratios=[0.5, 1.0], early_stopping_patience=0,
-        generator_selection=selection,
+        generator_selection=selection, generator_mi_floor=-float("inf"),  # the rows are taken: the choice is run
     )  # fmt: skip
     id2label = {index: f"class{index}" for index in range(CLASSES)}
     data = FoldData(audio, None, labels, id2label, None, model_args, args)

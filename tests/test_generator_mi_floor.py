@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from accelerate import Accelerator
+from conftest import toy_corpus, toy_fold, toy_trainer
 
-from mise.folds import Fold
 from training.arguments import (
     ConfigError,
     MiseTrainingArguments,
@@ -20,18 +18,11 @@ from training.arguments import (
     config_hash,
     parse_arguments,
 )
-from training.engine import StageRuntime
-from training.fold import FoldData, FoldTrainer, Variant
+from training.fold import FoldTrainer, Variant
 
-SPEAKERS = np.repeat(np.arange(6), 20)  # speakers 0-3 train, 4 validates, 5 is tested
 MISE = Variant("mise", "full MISE", "mise")
 CGAN = Variant("cgan", "conditional GAN without MI", "gan", mi=False)
 NONE = Variant("none", "no augmentation", "none")
-
-
-def _fold() -> Fold:
-    rows = np.arange(len(SPEAKERS))
-    return Fold("speaker-5", rows[SPEAKERS < 4], rows[SPEAKERS == 4], rows[SPEAKERS == 5], ["5"], ["4"])
 
 
 def _trainer(audio: torch.Tensor, labels: torch.Tensor, floor: float) -> FoldTrainer:
@@ -44,19 +35,12 @@ def _trainer(audio: torch.Tensor, labels: torch.Tensor, floor: float) -> FoldTra
         generator_epochs=4, generator_eval_every=2, generator_batch_size=16, generated_ratios=[0.5, 1.0],
         aligner_feature_sets=[], generator_mi_floor=floor,
     )  # fmt: skip
-    data = FoldData(audio, None, labels, {0: "a", 1: "b", 2: "c"}, None, model_args, args, speakers=SPEAKERS)
-    runtime = StageRuntime(Accelerator(cpu=True))
-    return FoldTrainer(data, _fold(), 0, 3, lambda name, offset: runtime)
+    return toy_trainer(audio, labels, model_args, args)
 
 
 @pytest.fixture(scope="module")
 def corpus() -> tuple[torch.Tensor, torch.Tensor]:
-    """Three classes, each carried by a column for every speaker, with noise columns beside them."""
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.arange(len(SPEAKERS)) % 3
-    audio = torch.randn(len(SPEAKERS), 10, generator=generator)
-    audio[:, :3] += 1.5 * torch.nn.functional.one_hot(labels, 3)
-    return audio, labels
+    return toy_corpus(1.5)
 
 
 def _ratios(trained) -> tuple[float, float]:
@@ -97,7 +81,7 @@ def test_the_decision_reads_the_validation_speakers_not_the_test_speaker(corpus)
         _trainer(audio, labels, -math.inf).train(MISE).stages["selection"]["generator"]["mi_emotion_nats"]
     )
     changed = audio.clone()
-    test = _fold().test
+    test = toy_fold().test
     changed[test] = torch.randn(len(test), audio.shape[1], generator=torch.Generator().manual_seed(5))
     again = (
         _trainer(changed, labels, -math.inf).train(MISE).stages["selection"]["generator"]["mi_emotion_nats"]

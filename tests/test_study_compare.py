@@ -80,6 +80,7 @@ def test_the_command_writes_the_table(tmp_path):
         (DIRECTIONS / "stage_1_mixup", "docs/results.md"),
         (DIRECTIONS / "emodb_stage_1", "docs/results.md"),
         (DIRECTIONS / "small_corpus", "docs/results.md"),
+        (DIRECTIONS / "mi_floor", "docs/results.md"),
     ],
     ids=[
         "against the earlier base",
@@ -90,6 +91,7 @@ def test_the_command_writes_the_table(tmp_path):
         "mix-up at stage 1",
         "eight settings of stage 1 on Emo-DB",
         "stage 1 on a small corpus",
+        "the MI floor of stage 3",
     ],
 )
 def test_the_committed_directions_table_is_computed_from_its_studies(directions, page):

@@ -50,6 +50,7 @@ TINY = [
     "--aligner_batch_size", "32", "--generator_batch_size", "32", "--classifier_batch_size", "32",
     "--seed", "7", "--min_class_clips", "2", "--generated_ratios", "0.5", "1.0",
     "--weight_averaging", "false", "--refit", "false",  # each stage's own choices, visible; the shipped: below
+    "--generator_mi_floor=-inf",  # these tiny generators carry no emotion: their rows taken, the ratio choice run
 ]  # fmt: skip
 
 
@@ -472,6 +473,24 @@ def test_generation_labels_fill_minority_classes():
     assert (torch.bincount(labels, minlength=3) + balanced).tolist() == [14, 14, 14]
     proportional = torch.bincount(generation_labels(labels, 3, ratio=0.5, class_balanced=False), minlength=3)
     assert proportional.tolist() == [5, 2, 3]
+
+
+def test_the_shipped_floor_refuses_rows_that_carry_no_emotion_on_real_clips(
+    corpus_with_bad_files, cache_dir, tmp_path, caplog
+):
+    """The generators of these tiny runs carry no emotion (a probe fitted on the real clips reads an MI bound below
+    0 nats from their rows): with the shipped `generator_mi_floor` every fold trains stage 3 without their rows
+    and the log names it; the reference run (floor -inf) takes them."""
+    output_dir = tmp_path / "out"
+    flags = ("--report_to", "none", "--final_models", "false", "--generator_mi_floor", "0")
+    with caplog.at_level("WARNING"):
+        main(run_args(corpus_with_bad_files[0], output_dir, cache_dir, *flags))
+    for fold in ("speaker-Actor_01", "speaker-Actor_02"):
+        record = read_json(output_dir / "folds" / fold / "metrics.json")
+        assert record["stages"]["generator"]["mi_emotion_nats"] <= 0.0
+        assert record["generated_ratio"] == record["stages"]["classifier"]["generated_ratio"] == 0.0
+        assert f"fold {fold}, mise:" in caplog.text
+    assert caplog.text.count("stage 3 takes none of them") == 2
 
 
 def test_generated_ratio_is_chosen_on_the_validation_speakers(reference_run):
