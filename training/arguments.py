@@ -712,8 +712,9 @@ class MiseTrainingArguments:
             "help": "Stage 3 takes no generated rows (ratio 0) in a fold whose kept generator's rows carry no more "
             "than this many nats about their emotion: the MI bound a probe fitted on the real training rows reads "
             "from rows generated for the validation speakers' labels. 0: rows a real-data probe reads no emotion "
-            "from are refused (the log names the fold); --generator_mi_floor=-inf: every generator's rows are taken. Applies where MI "
-            "is part of the method (not the cGAN ablation) and stage 3 takes rows at a ratio."
+            "from are refused (the log names the fold); --generator_mi_floor=-inf: every generator's rows are "
+            "taken. Applies where MI is part of the method (not the cGAN ablation) and stage 3 takes rows at a "
+            "ratio."
         },
     )
     generator_recall_floor: float = field(
@@ -862,7 +863,7 @@ class MiseTrainingArguments:
         _probability("generator_recall_floor", self.generator_recall_floor)
         if math.isnan(self.generator_mi_floor):
             raise ConfigError(
-                "generator_mi_floor: must be a number of nats (-inf: every generator's rows are taken)"
+                "generator_mi_floor: must be a number of nats (--generator_mi_floor=-inf: every generator's rows are taken)"
             )
         if self.generator_selection not in GENERATOR_SELECTIONS:
             raise ConfigError(

@@ -666,10 +666,8 @@ class FoldTrainer:
         said in the log); None: its rows are taken as configured."""
         model_args, floor = variant.model_arguments(self.data.model_args), self.args.generator_mi_floor
         carried = (generated.summary or {}).get("mi_emotion_nats")
-        at_ratio = generated_ratio_candidates(self.args, model_args.augmentation, model_args.multimodal) != [
-            None
-        ]
-        if not variant.mi or not at_ratio or carried is None or carried > floor:
+        candidates = generated_ratio_candidates(self.args, model_args.augmentation, model_args.multimodal)
+        if not variant.mi or None in candidates or carried is None or carried > floor:
             return None
         logger.warning(
             f"fold {self.fold.name}, {variant.name}: the kept generator's rows tell a probe fitted on real rows "
